@@ -1,0 +1,1 @@
+"""The `llmkit` command line: thin commands over the library (see main.py for the registry)."""

@@ -1,0 +1,62 @@
+"""The `llmkit` entry point: the command registry, global flags and error rendering.
+
+Commands import their heavy dependencies (torch, transformers) inside their bodies so that
+`llmkit --help` stays fast and works on a machine without torch.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import typer
+
+from llmkit import __version__
+from llmkit.cli import config_cmd, init_cmd
+from llmkit.errors import LlmkitError
+
+app = typer.Typer(
+    name="llmkit",
+    help="From a bare machine to a trained, evaluated and served language model, "
+    "from one validated config file.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+_state = {"debug": False}
+
+# The one registry of commands: each module adds its own to the app.
+for _module in (init_cmd, config_cmd):
+    _module.register(app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llmkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+) -> None:
+    _state["debug"] = debug
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; an LlmkitError becomes its message on stderr and its exit code."""
+    try:
+        app(args=argv, prog_name="llmkit")
+    except LlmkitError as exc:
+        if _state["debug"] or "--debug" in (argv or sys.argv):
+            traceback.print_exc()
+        sys.stderr.write(exc.render() + "\n")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)

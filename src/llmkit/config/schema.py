@@ -1,0 +1,417 @@
+"""The one run config: every section a stage reads, validated once at the edge.
+
+Each field's docstring is its documentation: the CLI help, `llmkit init`'s comments and the
+reference docs are generated from it. Units are in the names (``_s``, ``_tokens``, ``_bytes``).
+Secrets are never values here: fields ending in ``_env`` hold the *name* of an environment
+variable that holds the secret.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def _check_env_name(value: str | None) -> str | None:
+    """Accept an environment variable *name*; refuse anything that looks like a secret value."""
+    if value is None:
+        return value
+    if not _ENV_NAME.match(value):
+        raise ValueError(
+            "must be the name of an environment variable (letters, digits, '_'), not a secret "
+            "value; put the secret in the environment and give its name here"
+        )
+    return value
+
+
+class Section(BaseModel):
+    """Shared settings of every config section: unknown keys are errors, docstrings are docs."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        use_attribute_docstrings=True,
+        validate_assignment=True,
+        validate_default=True,
+    )
+
+
+class LoraConfig(Section):
+    """Low-rank adapters (peft) trained on top of a frozen base model."""
+
+    enabled: bool = False
+    """Train LoRA adapters instead of all weights."""
+    r: int = Field(8, gt=0, le=1024)
+    """Rank of each adapter matrix."""
+    alpha: float = Field(16.0, gt=0)
+    """Scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapter input."""
+    target_modules: list[str] | None = None
+    """Module names to adapt; null picks the attention and MLP projections of the architecture."""
+    base_bits: Literal[4, 8, 16, 32] = 32
+    """Precision of the frozen base weights (4/8 = QLoRA-style quantized base, needs a GPU)."""
+
+
+class ModelConfig(Section):
+    """The network: an architecture built from these numbers, or a local Hugging Face directory."""
+
+    architecture: Literal["llama", "gpt2"] = "llama"
+    """Hugging Face model_type to build: llama (RoPE, RMSNorm, SwiGLU, GQA) or gpt2."""
+    from_pretrained: str | None = None
+    """Local Hugging Face model directory to start from (full fine-tune); null builds from scratch."""
+    trust_remote_code: bool = False
+    """Allow a model directory's own Python code (auto_map) to run. Off: such a model is refused."""
+    vocab_size: int | None = Field(None, gt=0, le=1_048_576)
+    """Embedding rows; null takes the tokenizer's vocabulary size."""
+    hidden_size: int = Field(192, gt=0)
+    """Width of the residual stream."""
+    num_hidden_layers: int = Field(4, gt=0, le=1024)
+    """Number of transformer blocks."""
+    num_attention_heads: int = Field(6, gt=0)
+    """Query heads per attention layer."""
+    num_key_value_heads: int | None = Field(None, gt=0)
+    """Key/value heads (grouped-query attention); null means as many as the query heads."""
+    intermediate_size: int | None = Field(None, gt=0)
+    """MLP width; null derives it (4x hidden for gpt2, 8/3x hidden rounded to 64 for llama)."""
+    max_position_embeddings: int = Field(256, gt=0)
+    """Longest sequence the model can attend over."""
+    tie_word_embeddings: bool = True
+    """Share the input embedding with the output head."""
+    rope_theta: float = Field(10_000.0, gt=0)
+    """RoPE base frequency (llama only)."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout probability in attention and MLP during training."""
+    num_labels: int | None = Field(None, ge=2)
+    """Classes of the classification head (train.task = classify); null reads them from the data."""
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    """Low-rank adapters."""
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                f"{self.num_attention_heads}; pick a head count that divides it"
+            )
+        kv = self.num_key_value_heads
+        if kv is not None and self.num_attention_heads % kv:
+            raise ValueError(
+                f"num_attention_heads {self.num_attention_heads} is not divisible by "
+                f"num_key_value_heads {kv}"
+            )
+        if kv is not None and self.architecture == "gpt2" and kv != self.num_attention_heads:
+            raise ValueError("gpt2 has no grouped-query attention: leave num_key_value_heads null")
+        return self
+
+
+class TokenizerConfig(Section):
+    """How text becomes tokens: train a byte-level BPE here, or load an existing one."""
+
+    kind: Literal["bpe", "pretrained"] = "bpe"
+    """bpe: train a byte-level BPE on the corpus; pretrained: load the tokenizer from `path`."""
+    path: str | None = None
+    """Local tokenizer or model directory (kind = pretrained)."""
+    vocab_size: int = Field(4096, ge=256, le=1_048_576)
+    """Vocabulary size of a trained BPE, special tokens included."""
+    min_frequency: int = Field(2, ge=1)
+    """A pair must occur this often to be merged."""
+    eos_token: str = "<|endoftext|>"
+    """End-of-text token, also the document separator in token shards."""
+    chat_template: str | None = None
+    """Jinja chat template stored with the tokenizer; null uses llmkit's ChatML-style template."""
+
+    @model_validator(mode="after")
+    def _path_for_pretrained(self) -> TokenizerConfig:
+        if self.kind == "pretrained" and not self.path:
+            raise ValueError("kind 'pretrained' needs `path`: a local tokenizer directory")
+        return self
+
+
+class DataConfig(Section):
+    """Where the text comes from and how it is split and shaped."""
+
+    source: Literal["embedded", "text", "dir", "jsonl"] = "embedded"
+    """embedded: Python's own documentation text (no download); text: one file; dir: a folder of
+    files matched by `glob`; jsonl: one JSON object a line."""
+    path: str | None = None
+    """File or directory for the text, dir and jsonl sources."""
+    glob: str = "**/*.txt"
+    """Files to read under `path` (source = dir)."""
+    text_field: str = "text"
+    """JSON field that holds the text (source = jsonl, pretraining)."""
+    include_stdlib_source: bool = False
+    """Embedded source: add the Python standard library's .py files to the corpus."""
+    val_fraction: float = Field(0.05, gt=0, lt=0.5)
+    """Share of documents held out for validation (split by document, deterministic)."""
+    invalid_utf8: Literal["error", "replace"] = "replace"
+    """Bytes that are not UTF-8: stop with the file and offset, or replace them with U+FFFD."""
+    sft_path: str | None = None
+    """JSONL of supervised examples (prompt/completion, alpaca or chat messages) for task sft."""
+    sft_packing: bool = False
+    """SFT: pack several examples into one context window instead of padding each."""
+    classify_path: str | None = None
+    """JSONL or CSV with `text` and `label` for task classify."""
+
+    @model_validator(mode="after")
+    def _path_for_source(self) -> DataConfig:
+        if self.source != "embedded" and not self.path:
+            raise ValueError(f"source '{self.source}' needs `path`")
+        return self
+
+
+class TrainConfig(Section):
+    """The training loop: batch, schedule, precision, checkpoints and stopping rules."""
+
+    task: Literal["pretrain", "sft", "classify"] = "pretrain"
+    """pretrain: next-token on token shards; sft: next-token on completions only; classify: labels."""
+    seed: int = Field(1337, ge=0)
+    """Seed of model init, data order and dropout."""
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """auto picks cuda, then mps, then cpu."""
+    sequence_length_tokens: int = Field(256, gt=0)
+    """Tokens per training sequence (at most the model's max_position_embeddings)."""
+    global_batch_size: int = Field(16, gt=0)
+    """Sequences per optimizer step, over all devices."""
+    micro_batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = 16
+    """Sequences per forward pass per device; gradient accumulation makes up the rest.
+    auto picks the largest that the memory plan says fits."""
+    max_steps: int | None = Field(1000, gt=0)
+    """Stop after this many optimizer steps (null: no step limit)."""
+    max_tokens: int | None = Field(None, gt=0)
+    """Stop after this many training tokens (null: no token limit)."""
+    max_time_s: float | None = Field(None, gt=0)
+    """Stop, with a checkpoint, after this many seconds of training (null: no time limit)."""
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    """Peak learning rate."""
+    min_learning_rate: float = Field(1e-4, ge=0)
+    """Learning rate at the end of the decay."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup."""
+    warmup_steps: int = Field(50, ge=0)
+    """Linear warmup from 0 to the peak learning rate."""
+    weight_decay: float = Field(0.1, ge=0)
+    """AdamW decoupled weight decay (never applied to norms, biases and embeddings)."""
+    beta1: float = Field(0.9, ge=0, lt=1)
+    """AdamW first-moment decay."""
+    beta2: float = Field(0.95, ge=0, lt=1)
+    """AdamW second-moment decay."""
+    adam_eps: float = Field(1e-8, gt=0)
+    """AdamW epsilon."""
+    grad_clip_norm: float | None = Field(1.0, gt=0)
+    """Clip the global gradient norm to this (null: no clipping)."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """auto: bf16 autocast where the CPU or GPU supports it fast, fp16 + loss scaling on older
+    GPUs, else fp32."""
+    compile: bool | Literal["auto"] = "auto"
+    """torch.compile: true, false, or auto (decides by device and run length)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more compute."""
+    distributed: Literal["auto", "ddp", "fsdp"] = "auto"
+    """Under torchrun: ddp replicates the model, fsdp shards it; auto picks ddp."""
+    eval_every_steps: int = Field(100, gt=0)
+    """Evaluate on the validation set every this many steps."""
+    eval_batches: int = Field(20, gt=0)
+    """Validation micro-batches per evaluation."""
+    log_every_steps: int = Field(10, gt=0)
+    """Write a metrics line every this many steps."""
+    checkpoint_every_steps: int = Field(200, gt=0)
+    """Commit a checkpoint every this many steps."""
+    keep_last: int = Field(3, ge=1)
+    """Committed checkpoints kept; older ones are deleted after a new one commits."""
+    nonfinite: Literal["stop", "skip"] = "stop"
+    """A NaN/inf loss or gradient: stop with an error, or skip that batch. Never stepped."""
+    tensorboard: bool = False
+    """Also write TensorBoard events (needs the tensorboard extra)."""
+
+    @model_validator(mode="after")
+    def _batch_shapes(self) -> TrainConfig:
+        mb = self.micro_batch_size
+        if isinstance(mb, int) and self.global_batch_size % mb:
+            raise ValueError(
+                f"micro_batch_size {mb} does not divide global_batch_size "
+                f"{self.global_batch_size}; use a divisor, e.g. "
+                f"{_largest_divisor_at_most(self.global_batch_size, mb)}"
+            )
+        if self.min_learning_rate > self.learning_rate:
+            raise ValueError("min_learning_rate is larger than learning_rate")
+        if self.max_steps is None and self.max_tokens is None and self.max_time_s is None:
+            raise ValueError("set at least one of max_steps, max_tokens, max_time_s")
+        return self
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+class EvalConfig(Section):
+    """What `llmkit eval` measures and which samples it shows."""
+
+    batches: int = Field(50, gt=0)
+    """Validation micro-batches for loss and perplexity."""
+    sample_prompts: list[str] = Field(
+        default_factory=lambda: ["The for statement", "A class is", "Exceptions are"]
+    )
+    """Fixed prompts whose greedy continuations are recorded with every eval."""
+    sample_max_new_tokens: int = Field(48, gt=0)
+    """Tokens generated for each sample prompt."""
+    harness_tasks: list[str] = Field(default_factory=list)
+    """lm-evaluation-harness task names (needs the eval extra)."""
+
+
+class GenerateConfig(Section):
+    """Default sampling for `llmkit generate`, `chat` and the server."""
+
+    max_new_tokens: int = Field(128, gt=0)
+    """Most tokens to generate."""
+    temperature: float = Field(0.8, ge=0, le=2)
+    """0 is greedy decoding."""
+    top_k: int | None = Field(None, gt=0)
+    """Keep only the k most likely tokens (null: off)."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling: keep the smallest set with this total probability."""
+    repetition_penalty: float = Field(1.0, gt=0)
+    """Divide the logits of tokens already present (1.0: off)."""
+    stop: list[str] = Field(default_factory=list)
+    """Stop when any of these strings appears (it is not included in the output)."""
+    seed: int | None = Field(None, ge=0)
+    """Sampling seed; null draws a fresh one."""
+
+
+class ServeConfig(Section):
+    """The OpenAI-compatible HTTP server."""
+
+    host: str = "127.0.0.1"
+    """Address to bind. A non-loopback address needs an API key or allow_unauthenticated."""
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port (0 picks a free one)."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key; null: no key."""
+    allow_unauthenticated: bool = False
+    """Allow a non-loopback bind without an API key (warned about at start)."""
+    engine: Literal["llmkit", "vllm"] = "llmkit"
+    """llmkit: the in-process batching engine; vllm: hand the exported model to vLLM (GPU)."""
+    max_concurrency: int = Field(16, gt=0)
+    """Requests generating at once; more wait in the queue."""
+    max_queue: int = Field(64, ge=0)
+    """Requests allowed to wait; beyond it: 429 with Retry-After."""
+    max_batch_size: int = Field(16, gt=0)
+    """Sequences decoded together in one step."""
+    max_body_bytes: int = Field(1_048_576, gt=0)
+    """Largest request body accepted (413 beyond)."""
+    request_timeout_s: float = Field(300.0, gt=0)
+    """A request still generating after this long is ended."""
+    drain_timeout_s: float = Field(30.0, ge=0)
+    """On SIGTERM, how long in-flight requests may take to finish."""
+    cors_origins: list[str] = Field(default_factory=list)
+    """Origins allowed by CORS; empty: no CORS headers."""
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_is_env_name(cls, value: str | None) -> str | None:
+        return _check_env_name(value)
+
+
+class PlanConfig(Section):
+    """Defaults for `llmkit plan`: which hardware, which cloud, what budget."""
+
+    devices: list[str] = Field(default_factory=list)
+    """Candidate device names (e.g. H100-80GB); empty: every known device."""
+    num_devices: int = Field(1, gt=0)
+    """Devices the run is planned on."""
+    cloud: Literal["any", "aws", "gcp", "azure", "lambda", "runpod"] = "any"
+    """Price offerings from this cloud only."""
+    spot: bool = False
+    """Use spot / preemptible prices."""
+    budget_usd: float | None = Field(None, gt=0)
+    """Most money the run may cost (null: no limit)."""
+    deadline_hours: float | None = Field(None, gt=0)
+    """Longest the run may take (null: no limit)."""
+
+
+class LaunchConfig(Section):
+    """The same run rendered for a cluster scheduler or a cloud."""
+
+    target: Literal["slurm", "kubernetes", "skypilot"] = "slurm"
+    """Which engine's spec to render."""
+    nodes: int = Field(1, gt=0)
+    """Machines."""
+    devices_per_node: int = Field(1, gt=0)
+    """GPUs (or processes) per machine."""
+    accelerator: str | None = None
+    """Accelerator name as the engine spells it (e.g. H100:8 for SkyPilot); null: CPU."""
+    image: str | None = None
+    """Container image (Kubernetes, SkyPilot)."""
+    checkpoint_uri: str | None = None
+    """Persistent location for checkpoints (a shared path or s3://, gs://, az://)."""
+    max_restarts: int = Field(3, ge=0)
+    """torchrun restarts after a worker failure; each resumes from the latest checkpoint."""
+    time_limit_s: int | None = Field(None, gt=0)
+    """Wall-clock limit the scheduler enforces."""
+    secret_envs: list[str] = Field(default_factory=lambda: ["HF_TOKEN"])
+    """Names of environment variables passed through to the job (never their values)."""
+
+    @field_validator("secret_envs")
+    @classmethod
+    def _env_names(cls, values: list[str]) -> list[str]:
+        for v in values:
+            _check_env_name(v)
+        return values
+
+
+class RunConfig(Section):
+    """One run: every stage from prepare to serve reads this file."""
+
+    name: str
+    """Run name; the run directory is `<runs_root>/<name>`."""
+    runs_root: str = "runs"
+    """Folder that holds run directories."""
+    hub_token_env: str | None = "HF_TOKEN"
+    """Name of the environment variable with a Hugging Face token (never the token itself)."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """The network."""
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    """Text to tokens."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    """The corpus and datasets."""
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    """The training loop."""
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    """Evaluation."""
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    """Sampling defaults."""
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    """The HTTP server."""
+    plan: PlanConfig = Field(default_factory=PlanConfig)
+    """Sizing and cost."""
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
+    """Cluster and cloud launch."""
+
+    @field_validator("hub_token_env")
+    @classmethod
+    def _token_is_env_name(cls, value: str | None) -> str | None:
+        return _check_env_name(value)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not _RUN_NAME.match(value):
+            raise ValueError(
+                "must be 1-100 characters of letters, digits, '.', '_' or '-', starting with a "
+                "letter or digit (it becomes a directory name)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _fits_positions(self) -> RunConfig:
+        seq, pos = self.train.sequence_length_tokens, self.model.max_position_embeddings
+        if self.model.from_pretrained is None and seq > pos:
+            raise ValueError(
+                f"train.sequence_length_tokens {seq} is longer than "
+                f"model.max_position_embeddings {pos}; lower it or raise the model's positions"
+            )
+        return self
