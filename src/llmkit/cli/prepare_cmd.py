@@ -1,0 +1,40 @@
+"""`llmkit prepare`: tokenizer and data for a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from llmkit.cli.options import SetOpt
+
+
+def register(app: typer.Typer) -> None:
+    """Add `prepare` to the app."""
+    app.command("prepare")(prepare)
+
+
+def prepare(
+    config: Path = typer.Option(..., "--config", "-c", help="Run config YAML file."),
+    overrides: list[str] = SetOpt,
+    run_dir: Path = typer.Option(None, "--run-dir", help="Run directory (default: <runs_root>/<name>)."),
+    retrain_tokenizer: bool = typer.Option(False, "--retrain-tokenizer",
+                                           help="Replace the run's existing tokenizer."),
+) -> None:
+    """Train or load the tokenizer, then tokenize the data the config's task needs."""
+    from llmkit.config.load import load_config
+    from llmkit.data.prepare import prepare as run_prepare
+
+    cfg = load_config(config, overrides)
+    result = run_prepare(cfg, run_dir, retrain_tokenizer, log=typer.echo)
+    made = "trained" if result.tokenizer_trained else "loaded"
+    typer.echo(f"tokenizer: {made}, {result.vocab_size} tokens -> {result.run_dir / 'tokenizer'}")
+    for kind, meta in result.outputs.items():
+        if kind == "pretrain":
+            typer.echo(f"data: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
+                       f"({meta['train_documents']} / {meta['val_documents']} documents, {meta['dtype']}) "
+                       f"-> {result.run_dir / 'data'}")
+        else:
+            typer.echo(f"{kind}: {meta['train_examples']} train / {meta['val_examples']} val examples, "
+                       f"{meta['train_tokens']:,} train tokens -> {result.run_dir / 'data' / kind}")
+    typer.echo(f"done in {result.seconds:.1f} s; next: llmkit train --config {config}")

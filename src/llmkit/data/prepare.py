@@ -1,0 +1,199 @@
+"""`llmkit prepare`: corpus -> tokenizer -> token shards (or SFT / classification sets).
+
+Writes into the run directory: ``tokenizer/`` (trained or copied), then, by ``train.task``:
+``data/{train,val}.bin`` + ``data/meta.json`` (pretrain), ``data/sft/`` (sft) or
+``data/classify/`` (classify). Everything is built under a temporary name and moved into place
+when complete; a failure leaves the previous outputs as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmkit.config.schema import RunConfig
+from llmkit.data import classify as classify_data
+from llmkit.data import sft as sft_data
+from llmkit.data.corpus import CorpusStats, iter_documents
+from llmkit.data.ragged import write_ragged
+from llmkit.data.shards import ShardMeta, is_validation, publish_shards, token_dtype, write_token_shards
+from llmkit.data.tokenizer import eos_id, load_tokenizer, tokenizer_hash, train_bpe, wrap
+from llmkit.errors import UsageError
+from llmkit.fsutil import atomic_write_text, staged_dir
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class PrepareResult:
+    """What `prepare` made, for the CLI to print."""
+
+    run_dir: Path
+    vocab_size: int
+    tokenizer_trained: bool
+    outputs: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def run_dir_of(config: RunConfig, run_dir: str | Path | None = None) -> Path:
+    """The run directory: explicit, else ``<runs_root>/<name>``."""
+    return Path(run_dir) if run_dir is not None else Path(config.runs_root) / config.name
+
+
+def ensure_tokenizer(config: RunConfig, tok_dir: Path, retrain: bool, log: Log) -> tuple[Any, bool]:
+    """Load the run's tokenizer, or make it (train a BPE / copy a pretrained one) first."""
+    tcfg = config.tokenizer
+    if tok_dir.exists() and not retrain:
+        tok = load_tokenizer(tok_dir, config.model.trust_remote_code)
+        if tcfg.kind == "bpe" and len(tok) != tcfg.vocab_size:
+            raise UsageError(
+                f"{tok_dir} holds a {len(tok)}-token tokenizer, the config asks for {tcfg.vocab_size}",
+                "the run directory already has a tokenizer; its checkpoints depend on it",
+                "use a new run name, or pass --retrain-tokenizer to replace it (old checkpoints "
+                "become unusable)",
+            )
+        log(f"tokenizer: using {tok_dir} ({len(tok)} tokens)")
+        return tok, False
+    if tcfg.kind == "pretrained":
+        tok = load_tokenizer(tcfg.path or "", config.model.trust_remote_code)
+        trained = False
+    else:
+        log(f"tokenizer: training a {tcfg.vocab_size}-token byte-level BPE")
+        backend = train_bpe(iter_documents(config.data), tcfg)
+        tok = wrap(backend, tcfg, config.model.max_position_embeddings)
+        trained = True
+    if config.model.vocab_size is not None and len(tok) > config.model.vocab_size:
+        raise UsageError(f"the tokenizer has {len(tok)} tokens but model.vocab_size is {config.model.vocab_size}",
+                         "token ids would fall outside the embedding table",
+                         f"set model.vocab_size to at least {len(tok)}, or null to follow the tokenizer")
+    with staged_dir(tok_dir) as tmp:
+        tok.save_pretrained(str(tmp))
+    return load_tokenizer(tok_dir, config.model.trust_remote_code), trained
+
+
+def _check_context(tokens: int, seq_len: int, split: str) -> None:
+    if tokens < seq_len + 1:
+        raise UsageError(
+            f"the {split} split has {tokens:,} tokens: too few for one {seq_len}-token sequence",
+            f"training and evaluation need at least sequence_length_tokens + 1 = {seq_len + 1} "
+            "tokens in each split",
+            "add text, raise data.val_fraction, or lower train.sequence_length_tokens",
+        )
+
+
+def prepare_pretrain(config: RunConfig, tok: Any, data_dir: Path, log: Log) -> ShardMeta:
+    """Tokenize the corpus into data/train.bin, data/val.bin and data/meta.json."""
+    stats = CorpusStats()
+    vocab = len(tok)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for stale in data_dir.glob(".shards-*"):  # left by a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=".shards-", dir=data_dir) as staging:
+        counts = write_token_shards(iter_documents(config.data, stats), tok.backend_tokenizer,
+                                    eos_id(tok), Path(staging), config.data.val_fraction, vocab)
+        seq = config.train.sequence_length_tokens
+        _check_context(counts["train_tokens"], seq, "train")
+        _check_context(counts["val_tokens"], seq, "validation")
+        meta = ShardMeta(dtype=token_dtype(vocab).name, vocab_size=vocab, eos_id=eos_id(tok),
+                         val_fraction=config.data.val_fraction, source_bytes=stats.bytes,
+                         source_sha256=stats.fingerprint, replaced_chars=stats.replaced_chars,
+                         tokenizer_sha256=tokenizer_hash(data_dir.parent / "tokenizer"), **counts)
+        publish_shards(Path(staging), data_dir, meta)
+    if stats.replaced_chars:
+        log(f"data: replaced {stats.replaced_chars} invalid UTF-8 sequences with U+FFFD")
+    return meta
+
+
+def _split_examples(items: list[Any], val_fraction: float, what: str) -> tuple[list[Any], list[Any]]:
+    train = [x for i, x in enumerate(items) if not is_validation(i, val_fraction)]
+    val = [x for i, x in enumerate(items) if is_validation(i, val_fraction)]
+    if not train or not val:
+        raise UsageError(f"{len(items)} {what}: too few to split into training and validation",
+                         f"with data.val_fraction {val_fraction} every {max(2, round(1 / val_fraction))}-th "
+                         "example goes to validation",
+                         "add examples or raise data.val_fraction")
+    return train, val
+
+
+def prepare_sft(config: RunConfig, tok: Any, out: Path, log: Log) -> dict[str, Any]:
+    """Chat-render and mask the SFT file into data/sft/."""
+    if not config.data.sft_path:
+        raise UsageError("train.task is sft but data.sft_path is not set", "",
+                         "set data.sft_path to a JSONL file of examples")
+    encoded = [sft_data.encode_example(tok, msgs) for _, msgs in sft_data.read_sft_file(config.data.sft_path)]
+    train, val = _split_examples(encoded, config.data.val_fraction, "SFT examples")
+    dtype = token_dtype(len(tok))
+    seq = config.train.sequence_length_tokens
+    meta: dict[str, Any] = {"format": "llmkit-sft-v1", "dtype": dtype.name, "vocab_size": len(tok),
+                            "pad_id": int(tok.pad_token_id if tok.pad_token_id is not None else eos_id(tok)),
+                            "tokenizer_sha256": tokenizer_hash(out.parent.parent / "tokenizer")}
+    with staged_dir(out) as tmp:
+        for split, rows in (("train", train), ("val", val)):
+            tokens = write_ragged(tmp, split, [r[0] for r in rows], dtype, [r[1] for r in rows])
+            meta[f"{split}_examples"] = len(rows)
+            meta[f"{split}_tokens"] = tokens
+            meta[f"{split}_trained_tokens"] = int(sum(int(r[1].sum()) for r in rows))
+            meta[f"{split}_longer_than_context"] = sum(len(r[0]) > seq + 1 for r in rows)
+        atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
+    if meta["train_longer_than_context"]:
+        log(f"sft: {meta['train_longer_than_context']} training examples are longer than "
+            f"{seq + 1} tokens and will be truncated")
+    return meta
+
+
+def prepare_classify(config: RunConfig, tok: Any, out: Path, log: Log) -> dict[str, Any]:
+    """Tokenize the labelled file into data/classify/ with its label map."""
+    if not config.data.classify_path:
+        raise UsageError("train.task is classify but data.classify_path is not set", "",
+                         "set data.classify_path to a JSONL or CSV file with text and label")
+    rows = list(classify_data.read_classify_file(config.data.classify_path))
+    train, val = _split_examples(rows, config.data.val_fraction, "labelled rows")
+    labels = classify_data.label_map([r[2] for r in train])
+    classify_data.check_val_labels([(r[0], r[2]) for r in val], labels)
+    if len(labels) < 2:
+        raise UsageError(f"the training split has a single label ({next(iter(labels))!r})",
+                         "classification needs at least two classes", "add examples of other labels")
+    dtype = token_dtype(len(tok))
+    meta: dict[str, Any] = {"format": "llmkit-classify-v1", "dtype": dtype.name, "vocab_size": len(tok),
+                            "num_labels": len(labels),
+                            "pad_id": int(tok.pad_token_id if tok.pad_token_id is not None else eos_id(tok)),
+                            "tokenizer_sha256": tokenizer_hash(out.parent.parent / "tokenizer")}
+    with staged_dir(out) as tmp:
+        for split, part in (("train", train), ("val", val)):
+            ids = [np.asarray(x, dtype=np.int64) for x in
+                   (e.ids for e in tok.backend_tokenizer.encode_batch_fast([r[1] for r in part],
+                                                                         add_special_tokens=False))]
+            meta[f"{split}_examples"] = len(part)
+            meta[f"{split}_tokens"] = write_ragged(tmp, split, ids, dtype)
+            np.save(tmp / f"{split}.labels.npy", np.asarray([labels[r[2]] for r in part], np.int64),
+                    allow_pickle=False)
+        atomic_write_text(tmp / "labels.json", json.dumps(labels, indent=2) + "\n")
+        atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
+    log(f"classify: {len(labels)} labels: {', '.join(list(labels)[:10])}")
+    return meta
+
+
+def prepare(config: RunConfig, run_dir: str | Path | None = None, retrain_tokenizer: bool = False,
+            log: Log = lambda _: None) -> PrepareResult:
+    """Make the run directory's tokenizer and the data the config's task trains on."""
+    start = time.monotonic()
+    root = run_dir_of(config, run_dir)
+    tok, trained = ensure_tokenizer(config, root / "tokenizer", retrain_tokenizer, log)
+    result = PrepareResult(root, len(tok), trained)
+    task = config.train.task
+    if task == "pretrain":
+        result.outputs["pretrain"] = prepare_pretrain(config, tok, root / "data", log).model_dump()
+    elif task == "sft":
+        result.outputs["sft"] = prepare_sft(config, tok, root / "data" / "sft", log)
+    else:
+        result.outputs["classify"] = prepare_classify(config, tok, root / "data" / "classify", log)
+    result.seconds = time.monotonic() - start
+    return result

@@ -1,0 +1,106 @@
+"""Seeded batch samplers whose position is saved in checkpoints, so resumes continue exactly.
+
+- :class:`WindowSampler` (pretraining): random contiguous windows of a token memmap. Batch i is
+  a pure function of (seed, i): the whole state is the count of batches drawn.
+- :class:`ExampleSampler` (SFT, classification): examples in a fresh seeded permutation every
+  epoch; the state is (epoch, cursor).
+- :func:`eval_windows`: fixed, evenly spaced validation windows (the same every evaluation).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from llmkit.errors import UsageError
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(list(key)))
+
+
+class WindowSampler:
+    """Random (B, T) windows of ``tokens``; ``y`` is ``x`` shifted by one token."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, rank: int = 0):
+        if len(tokens) < seq_len + 1:
+            raise UsageError(
+                f"the data has {len(tokens):,} tokens, fewer than one sequence of {seq_len + 1}",
+                "a training window needs sequence_length_tokens + 1 tokens",
+                "add data or lower train.sequence_length_tokens",
+            )
+        self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
+        self.seed, self.rank = seed, rank
+        self.position = 0
+
+    def batch_at(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``index``-th batch: (x, y) int64 arrays of shape (B, T)."""
+        high = len(self.tokens) - self.seq_len - 1
+        starts = _rng(self.seed, self.rank, index).integers(0, high + 1, size=self.batch_size)
+        rows = np.stack([np.asarray(self.tokens[s : s + self.seq_len + 1]) for s in starts])
+        rows = rows.astype(np.int64)
+        return rows[:, :-1], rows[:, 1:]
+
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        """The next batch; advances the position."""
+        batch = self.batch_at(self.position)
+        self.position += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": "windows", "seed": self.seed, "rank": self.rank, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != "windows" or state.get("seed") != self.seed:
+            raise UsageError("the checkpoint's data position belongs to another sampler or seed",
+                             f"saved: {state}", "resume with the config the checkpoint was made with")
+        self.position = int(state["position"])
+
+
+def eval_windows(tokens: np.ndarray, seq_len: int, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``count`` evenly spaced (x, y) windows of shape (T,), the same on every call."""
+    high = len(tokens) - seq_len - 1
+    if high < 0:
+        raise UsageError(
+            f"the validation split has {len(tokens):,} tokens, fewer than one sequence of {seq_len + 1}",
+            "evaluation needs at least one full window",
+            "raise data.val_fraction, add data, or lower train.sequence_length_tokens",
+        )
+    starts = np.unique(np.linspace(0, high, num=max(1, count), dtype=np.int64))
+    rows = [np.asarray(tokens[s : s + seq_len + 1]).astype(np.int64) for s in starts]
+    return [(r[:-1], r[1:]) for r in rows]
+
+
+class ExampleSampler:
+    """Indices of ``n`` examples, reshuffled (seeded) every epoch."""
+
+    def __init__(self, n: int, seed: int):
+        if n <= 0:
+            raise UsageError("the training split has no examples", "", "add examples to the data file")
+        self.n, self.seed = n, seed
+        self.epoch, self.cursor = 0, 0
+        self._order = _rng(seed, 0).permutation(n)
+
+    def next_index(self) -> int:
+        """The next example index; a new permutation starts each epoch."""
+        if self.cursor == self.n:
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self._order = _rng(self.seed, self.epoch).permutation(self.n)
+        index = int(self._order[self.cursor])
+        self.cursor += 1
+        return index
+
+    def take(self, count: int) -> list[int]:
+        """The next ``count`` indices."""
+        return [self.next_index() for _ in range(count)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": "examples", "seed": self.seed, "n": self.n, "epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != "examples" or state.get("seed") != self.seed or state.get("n") != self.n:
+            raise UsageError("the checkpoint's data position belongs to another dataset or seed",
+                             f"saved: {state}", "resume with the data the checkpoint was made with")
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        self._order = _rng(self.seed, self.epoch).permutation(self.n)

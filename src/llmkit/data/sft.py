@@ -1,0 +1,181 @@
+"""Supervised fine-tuning data: JSONL in the common shapes -> chat-rendered tokens + loss masks.
+
+Accepted line shapes (detected per line):
+
+- ``{"prompt": ..., "completion": ...}``
+- alpaca: ``{"instruction": ..., "input": ..., "output": ...}`` (``input`` may be empty or absent)
+- chat: ``{"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}``
+
+Every example is turned into chat messages and rendered with the tokenizer's chat template, so
+training sees exactly the format `llmkit chat` and the server will send. Only assistant turns
+(their content and the closing end-of-turn token) are trained on: the mask is 1 there, 0 on
+system/user text and template scaffolding.
+
+Batches are built by padding (one example per row, truncated to the context) or by packing
+(examples laid end to end in each row; attention crosses example boundaries, as in simple
+packing; labels of prompt tokens stay masked).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmkit.errors import UsageError
+
+IGNORE_INDEX = -100
+ROLES = ("system", "user", "assistant")
+
+
+def _field(obj: dict[str, Any], name: str, where: str) -> str:
+    value = obj.get(name)
+    if not isinstance(value, str):
+        got = "missing" if name not in obj else f"a {type(value).__name__}"
+        raise UsageError(f"{where}: field {name!r} is {got}", "it must be a string",
+                         "fix that line of the SFT file")
+    return value
+
+
+def to_messages(obj: Any, where: str) -> list[dict[str, str]]:
+    """One JSONL object in any accepted shape -> chat messages."""
+    if not isinstance(obj, dict):
+        raise UsageError(f"{where}: expected a JSON object, found {type(obj).__name__}", "",
+                         "each line must be one JSON object")
+    if "messages" in obj:
+        msgs = obj["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise UsageError(f"{where}: 'messages' must be a non-empty list", "", "fix that line")
+        out = []
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict):
+                raise UsageError(f"{where}: messages[{i}] is not an object", "", "fix that line")
+            role = _field(m, "role", f"{where}, messages[{i}]")
+            if role not in ROLES:
+                raise UsageError(f"{where}, messages[{i}]: unknown role {role!r}",
+                                 f"roles are {', '.join(ROLES)}", "fix that line")
+            out.append({"role": role, "content": _field(m, "content", f"{where}, messages[{i}]")})
+        if not any(m["role"] == "assistant" for m in out):
+            raise UsageError(f"{where}: no assistant message", "SFT trains on assistant turns",
+                             "add the assistant's answer")
+        return out
+    if "prompt" in obj or "completion" in obj:
+        return [{"role": "user", "content": _field(obj, "prompt", where)},
+                {"role": "assistant", "content": _field(obj, "completion", where)}]
+    if "instruction" in obj or "output" in obj:
+        instruction = _field(obj, "instruction", where)
+        extra = obj.get("input") or ""
+        if not isinstance(extra, str):
+            raise UsageError(f"{where}: field 'input' must be a string", "", "fix that line")
+        prompt = f"{instruction}\n\n{extra}" if extra else instruction
+        return [{"role": "user", "content": prompt},
+                {"role": "assistant", "content": _field(obj, "output", where)}]
+    raise UsageError(f"{where}: unrecognized example shape (keys: {', '.join(map(str, obj)) or 'none'})",
+                     "expected prompt/completion, instruction/input/output, or messages",
+                     "reshape the line into one of those")
+
+
+def read_sft_file(path: str | Path) -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """(where, messages) for every non-empty line; errors name the line."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"SFT file {p} not found", "", "set data.sft_path to a JSONL file")
+    with open(p, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            where = f"{p}, line {number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UsageError(f"{where}: invalid UTF-8 at byte {exc.start} of the line", "",
+                                 "save the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno})", "",
+                                 "each line must be one JSON object") from None
+            yield where, to_messages(obj, where)
+
+
+def segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+    """Split the rendered chat into (text, trained) pieces: assistant turns are trained.
+
+    The template is rendered on growing prefixes of the conversation; each assistant turn is the
+    text the full render adds after the generation prompt.
+    """
+    def render(msgs: list[dict[str, str]], gen: bool) -> str:
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
+    pieces: list[tuple[str, bool]] = []
+    done = ""
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt, full = render(messages[:i], True), render(messages[: i + 1], False)
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise UsageError("the chat template is not prefix-stable",
+                             "rendering a longer conversation changed the text of earlier turns",
+                             "use a chat template whose output grows turn by turn")
+        pieces += [(prompt[len(done):], False), (full[len(prompt):], True)]
+        done = full
+    rest = render(messages, False)[len(done):]
+    if rest:
+        pieces.append((rest, False))
+    return [p for p in pieces if p[0]]
+
+
+def encode_example(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and the loss mask (1 = trained) of one conversation."""
+    ids: list[int] = []
+    mask: list[int] = []
+    for text, trained in segments(tokenizer, messages):
+        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += piece
+        mask += [int(trained)] * len(piece)
+    return np.asarray(ids, dtype=np.int64), np.asarray(mask, dtype=np.uint8)
+
+
+def shift_labels(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and next-token labels of one example; untrained positions get IGNORE_INDEX."""
+    x = ids[:-1].astype(np.int64)
+    y = np.where(mask[1:] > 0, ids[1:], IGNORE_INDEX).astype(np.int64)
+    return x, y
+
+
+def collate_padded(examples: list[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
+    """One example per row, truncated to ``seq_len``: input_ids, labels, attention_mask (B, T)."""
+    b = len(examples)
+    input_ids = np.full((b, seq_len), pad_id, dtype=np.int64)
+    labels = np.full((b, seq_len), IGNORE_INDEX, dtype=np.int64)
+    attention = np.zeros((b, seq_len), dtype=np.int64)
+    for row, (ids, mask) in enumerate(examples):
+        x, y = shift_labels(ids[: seq_len + 1], mask[: seq_len + 1])
+        input_ids[row, : len(x)], labels[row, : len(y)], attention[row, : len(x)] = x, y, 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+def pack_rows(examples: list[tuple[np.ndarray, np.ndarray]], seq_len: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Lay examples end to end into rows of at most seq_len + 1 tokens (greedy, in order).
+
+    An example that does not fit in the current row starts a new one; one longer than a row is
+    truncated. The result feeds :func:`collate_padded`.
+    """
+    rows: list[tuple[np.ndarray, np.ndarray]] = []
+    ids_parts: list[np.ndarray] = []
+    mask_parts: list[np.ndarray] = []
+    used = 0
+    for ids, mask in examples:
+        ids, mask = ids[: seq_len + 1], mask[: seq_len + 1]
+        if used and used + len(ids) > seq_len + 1:
+            rows.append((np.concatenate(ids_parts), np.concatenate(mask_parts)))
+            ids_parts, mask_parts, used = [], [], 0
+        ids_parts.append(ids)
+        mask_parts.append(mask)
+        used += len(ids)
+    if ids_parts:
+        rows.append((np.concatenate(ids_parts), np.concatenate(mask_parts)))
+    return rows
