@@ -1,0 +1,1 @@
+"""Models: build from config or load a local HF directory; LoRA adapters (peft)."""

@@ -1,0 +1,185 @@
+"""What the loop trains on, per task: micro-batches, fixed eval batches, and a resumable position.
+
+Every task gives the loop the same thing: ``next_micro_batch()`` returning numpy arrays
+(``input_ids`` and ``labels``, already aligned: ``labels[:, t]`` is the target of position t,
+``-100`` where no loss is taken; classification labels are (B,)), plus ``eval_batches()``,
+``state_dict()`` / ``load_state_dict()`` and a ``fingerprint`` of the data for resume checks.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmkit.config.schema import RunConfig
+from llmkit.data.classify import collate_classify
+from llmkit.data.ragged import Ragged, read_ragged
+from llmkit.data.samplers import ExampleSampler, WindowSampler, eval_windows
+from llmkit.data.sft import collate_padded
+from llmkit.data.shards import open_tokens, read_meta
+from llmkit.errors import UsageError
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.exists():
+        raise UsageError(f"no prepared {what} in {path.parent} ({path.name} is missing)",
+                         f"the {what} is written by `llmkit prepare`", "run: llmkit prepare --config <run.yaml>")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class PretrainBatches:
+    """Random windows of the token shards; eval on fixed, evenly spaced validation windows."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, micro: int):
+        data = run_dir / "data"
+        meta = read_meta(data)
+        self.vocab_size, self.eos_id, self.pad_id = meta.vocab_size, meta.eos_id, None
+        self.num_labels, self.id2label = None, None
+        self.fingerprint = {"source_sha256": meta.source_sha256, "tokenizer_sha256": meta.tokenizer_sha256,
+                            "train_tokens": meta.train_tokens}
+        seq = cfg.train.sequence_length_tokens
+        train = open_tokens(data, "train")
+        if len(train) < micro * (seq + 1):
+            raise UsageError(f"the training data ({len(train):,} tokens) is smaller than one micro-batch "
+                             f"({micro} x {seq + 1} tokens)", "", "add data, or lower the batch or sequence length")
+        self.sampler = WindowSampler(train, seq, micro, cfg.train.seed)
+        self._val = open_tokens(data, "val")
+        self._eval_count = cfg.train.eval_batches * micro
+        self.micro, self.seq = micro, seq
+
+    def next_micro_batch(self) -> dict[str, np.ndarray]:
+        x, y = self.sampler.next_batch()
+        return {"input_ids": x, "labels": y}
+
+    def eval_batches(self) -> list[dict[str, np.ndarray]]:
+        windows = eval_windows(self._val, self.seq, self._eval_count)
+        return [{"input_ids": np.stack([w[0] for w in windows[i : i + self.micro]]),
+                 "labels": np.stack([w[1] for w in windows[i : i + self.micro]])}
+                for i in range(0, len(windows), self.micro)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
+
+
+class _ExampleBatches:
+    """Shared by SFT and classification: ragged examples, seeded epochs, padded collation."""
+
+    sub = ""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, micro: int):
+        out = run_dir / "data" / self.sub
+        self.meta = _read_json(out / "meta.json", f"{self.sub} data")
+        self.vocab_size, self.pad_id = int(self.meta["vocab_size"]), int(self.meta["pad_id"])
+        self.train = read_ragged(out, "train", self.meta["dtype"], with_mask=self.sub == "sft")
+        self.val = read_ragged(out, "val", self.meta["dtype"], with_mask=self.sub == "sft")
+        if len(self.train) < micro:
+            raise UsageError(f"the training split has {len(self.train)} examples, fewer than one micro-batch "
+                             f"({micro})", "", "add examples or lower train.micro_batch_size")
+        self.sampler = ExampleSampler(len(self.train), cfg.train.seed)
+        self.micro, self.seq = micro, cfg.train.sequence_length_tokens
+        self.eval_limit = cfg.train.eval_batches * micro
+        self.fingerprint = {"meta": self.meta}
+        self.num_labels: int | None = None
+        self.id2label: dict[int, str] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
+
+
+class SftBatches(_ExampleBatches):
+    """Chat examples with loss masks; padded (one per row) or packed."""
+
+    sub = "sft"
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, micro: int):
+        super().__init__(cfg, run_dir, micro)
+        self.packing = cfg.data.sft_packing
+        self.eos_id = self.pad_id
+        self._carry: int | None = None
+
+    def _collate(self, split: Ragged, indices: list[int]) -> dict[str, np.ndarray]:
+        batch = collate_padded([split.example(i) for i in indices], self.seq, self.pad_id)  # type: ignore[misc]
+        return {"input_ids": batch["input_ids"], "labels": batch["labels"],
+                "attention_mask": batch["attention_mask"]}
+
+    def _packed(self) -> dict[str, np.ndarray]:
+        rows: list[list[int]] = [[]]
+        used = 0
+        while True:
+            index = self._carry if self._carry is not None else self.sampler.next_index()
+            self._carry = None
+            length = min(len(self.train.example(index)[0]), self.seq + 1)
+            if rows[-1] and used + length > self.seq + 1:
+                if len(rows) == self.micro:
+                    self._carry = index
+                    break
+                rows.append([])
+                used = 0
+            rows[-1].append(index)
+            used += length
+        parts = []
+        for row in rows:
+            ids = np.concatenate([self.train.example(i)[0][: self.seq + 1] for i in row])
+            mask = np.concatenate([self.train.example(i)[1][: self.seq + 1] for i in row])  # type: ignore[index]
+            parts.append((ids, mask))
+        batch = collate_padded(parts, self.seq, self.pad_id)
+        return {"input_ids": batch["input_ids"], "labels": batch["labels"], "attention_mask": batch["attention_mask"]}
+
+    def next_micro_batch(self) -> dict[str, np.ndarray]:
+        if self.packing:
+            return self._packed()
+        return self._collate(self.train, self.sampler.take(self.micro))
+
+    def eval_batches(self) -> list[dict[str, np.ndarray]]:
+        n = min(len(self.val), self.eval_limit)
+        return [self._collate(self.val, list(range(i, min(i + self.micro, n)))) for i in range(0, n, self.micro)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.sampler.state_dict(), "carry": self._carry}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        self._carry = state.pop("carry", None)
+        self.sampler.load_state_dict(state)
+
+
+class ClassifyBatches(_ExampleBatches):
+    """Labelled texts; labels are class ids (B,)."""
+
+    sub = "classify"
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, micro: int):
+        super().__init__(cfg, run_dir, micro)
+        out = run_dir / "data" / "classify"
+        self.labels = {s: np.load(out / f"{s}.labels.npy", allow_pickle=False) for s in ("train", "val")}
+        label_map = _read_json(out / "labels.json", "label map")
+        self.num_labels = len(label_map)
+        self.id2label = {int(v): str(k) for k, v in label_map.items()}
+        self.eos_id = self.pad_id
+
+    def _collate(self, split: str, indices: list[int]) -> dict[str, np.ndarray]:
+        data = self.train if split == "train" else self.val
+        return collate_classify([data.example(i)[0] for i in indices],
+                                [int(self.labels[split][i]) for i in indices], self.seq, self.pad_id)
+
+    def next_micro_batch(self) -> dict[str, np.ndarray]:
+        return self._collate("train", self.sampler.take(self.micro))
+
+    def eval_batches(self) -> list[dict[str, np.ndarray]]:
+        n = min(len(self.val), self.eval_limit)
+        return [self._collate("val", list(range(i, min(i + self.micro, n)))) for i in range(0, n, self.micro)]
+
+
+def task_batches(cfg: RunConfig, run_dir: Path, micro: int) -> PretrainBatches | SftBatches | ClassifyBatches:
+    """The batch provider for the config's task."""
+    kinds = {"pretrain": PretrainBatches, "sft": SftBatches, "classify": ClassifyBatches}
+    return kinds[cfg.train.task](cfg, run_dir, micro)

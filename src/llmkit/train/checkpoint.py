@@ -1,0 +1,166 @@
+"""Checkpoints that survive kills, full disks and bit rot.
+
+Layout: ``checkpoints/step-000200/`` holds ``model.safetensors`` (trainable parameters),
+``optimizer.safetensors`` (AdamW moments), ``trainer_state.json``, ``rng.json`` and
+``checksums.json`` (sha256 of each). A save writes into ``checkpoints/.tmp-step-...``, fsyncs
+every file, renames the folder into place, and only then writes the ``COMMITTED`` marker (also
+fsynced). Anything without ``COMMITTED`` is partial: never loaded, removed at the next start.
+Retention deletes old checkpoints only after a newer one has committed.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import RunFailure, UsageError
+from llmkit.fsutil import fsync_dir
+from llmkit.train.faults import fault_point
+
+COMMITTED = "COMMITTED"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+FILES = ("model.safetensors", "optimizer.safetensors", "trainer_state.json", "rng.json")
+
+
+class ChecksumError(UsageError):
+    """A committed checkpoint's file does not match its recorded sha256."""
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:06d}"
+
+
+def committed(root: Path) -> list[tuple[int, Path]]:
+    """Committed checkpoints, oldest first (numeric sort: step-9 < step-10 < step-100)."""
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir() and (p / COMMITTED).exists():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def remove_partial(root: Path) -> list[Path]:
+    """Delete temp folders and step folders without COMMITTED (left by a crash mid-save)."""
+    removed = []
+    if root.is_dir():
+        for p in root.iterdir():
+            partial = p.name.startswith(".tmp-") or (_STEP_DIR.match(p.name) and not (p / COMMITTED).exists())
+            if partial and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
+
+
+def apply_retention(root: Path, keep_last: int) -> list[Path]:
+    """Keep the newest ``keep_last`` committed checkpoints; delete older ones."""
+    ckpts = committed(root)
+    doomed = [p for _, p in ckpts[: max(0, len(ckpts) - keep_last)]]
+    for p in doomed:
+        fault_point("save")
+        (p / COMMITTED).unlink(missing_ok=True)  # uncommit first: a half-deleted dir is partial
+        shutil.rmtree(p, ignore_errors=True)
+    return doomed
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write(path: Path, writer: Callable[[Path], None]) -> None:
+    writer(path)
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+    fault_point("save")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _write(path, lambda p: p.write_text(json.dumps(obj, indent=2), encoding="utf-8"))
+
+
+def save_checkpoint(root: Path, step: int, tensors: dict[str, Any], optimizer_tensors: dict[str, Any],
+                    trainer_state: dict[str, Any], rng: dict[str, Any]) -> Path:
+    """Write one checkpoint atomically; returns its committed folder."""
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    final = step_dir(root, step)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    needed = sum(t.numel() * t.element_size() for t in [*tensors.values(), *optimizer_tensors.values()])
+    try:
+        tmp.mkdir()
+        _write(tmp / "model.safetensors", lambda p: save_file(tensors, str(p)))
+        _write(tmp / "optimizer.safetensors", lambda p: save_file(optimizer_tensors, str(p)))
+        _write_json(tmp / "trainer_state.json", trainer_state)
+        _write_json(tmp / "rng.json", rng)
+        _write_json(tmp / "checksums.json", {name: _sha256(tmp / name) for name in FILES})
+        fsync_dir(tmp)
+        if final.exists():  # an uncommitted leftover of the same step
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(root)
+        fault_point("save")
+        _write(final / COMMITTED, lambda p: p.write_text(f"{step}\n"))
+        fsync_dir(final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if final.exists() and not (final / COMMITTED).exists():
+            shutil.rmtree(final, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise RunFailure(
+                f"disk full while saving the step-{step} checkpoint in {root}",
+                f"a checkpoint needs about {needed / 2**20:.1f} MiB; earlier checkpoints are untouched",
+                "free disk space (or lower train.keep_last), then resume with --resume auto",
+            ) from None
+        raise RunFailure(f"cannot save the step-{step} checkpoint in {root}: {exc.strerror or exc}",
+                         "earlier checkpoints are untouched", "fix the problem, then resume") from None
+    return final
+
+
+def verify(path: Path) -> None:
+    """Raise ChecksumError unless every file matches checksums.json."""
+    try:
+        sums = json.loads((path / "checksums.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ChecksumError(f"{path / 'checksums.json'} is unreadable", str(exc)[:200],
+                            "this checkpoint is damaged; an older one will be used") from None
+    for name in FILES:
+        f = path / name
+        if not f.exists() or _sha256(f) != sums.get(name):
+            raise ChecksumError(f"checksum mismatch in {f}", "the file changed after it was committed "
+                                "(disk error, truncation or an edit)", "this checkpoint is damaged; an older "
+                                "one will be used")
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Verified (model tensors, optimizer tensors, trainer state, rng) of one checkpoint."""
+    from safetensors.torch import load_file
+
+    verify(path)
+    state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    rng = json.loads((path / "rng.json").read_text(encoding="utf-8"))
+    return load_file(str(path / "model.safetensors")), load_file(str(path / "optimizer.safetensors")), state, rng
+
+
+def newest_valid(root: Path, log: Callable[[str], None]) -> tuple[Path, tuple[Any, ...]] | None:
+    """The newest committed checkpoint that verifies, falling back (and saying so) past damaged ones."""
+    for step, path in reversed(committed(root)):
+        try:
+            return path, read_checkpoint(path)
+        except ChecksumError as exc:
+            log(f"warning: checkpoint step {step} is damaged ({exc.summary}); falling back to an older one")
+    return None

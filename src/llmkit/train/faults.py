@@ -1,0 +1,44 @@
+"""Fault injection for the reliability tests, driven by the ``LLMKIT_FAULT`` environment variable.
+
+Unset (always, outside tests) every hook is a dictionary lookup that does nothing. Set, it
+injects one fault so the tests can prove what a real crash would do:
+
+- ``save:kill@N``   SIGKILL this process at the N-th checkpoint-save fault point (1-based);
+- ``save:enospc@N`` raise ``OSError(ENOSPC)`` there (disk full);
+- ``save:sleep=S``  sleep S seconds at every save fault point (to kill from outside mid-save);
+- ``loss:nan@K``    make the loss of optimizer step K (1-based) NaN;
+- ``step:sleep=S``  sleep S seconds inside every optimizer step (to signal from outside mid-step).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+
+_spec = os.environ.get("LLMKIT_FAULT", "")
+_site, _, _rule = _spec.partition(":")
+_hits: dict[str, int] = {}
+
+
+def fault_point(site: str) -> None:
+    """Mark a point where a fault may be injected (no-op unless LLMKIT_FAULT names ``site``)."""
+    if site != _site:
+        return
+    _hits[site] = _hits.get(site, 0) + 1
+    if _rule.startswith("sleep="):
+        time.sleep(float(_rule.split("=", 1)[1]))
+        return
+    action, _, at = _rule.partition("@")
+    if not at or _hits[site] != int(at):
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if action == "enospc":
+        raise OSError(errno.ENOSPC, "No space left on device (injected)")
+
+
+def nan_loss_at(step: int) -> bool:
+    """True when the fault spec asks for a NaN loss at optimizer step ``step`` (1-based)."""
+    return _site == "loss" and _rule.startswith("nan@") and int(_rule[4:]) == step

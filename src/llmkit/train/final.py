@@ -1,0 +1,43 @@
+"""`final/`: the trained model as a plain Hugging Face directory (LoRA merged, adapter beside it)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from llmkit.config.schema import RunConfig
+from llmkit.fsutil import staged_dir
+
+
+def write_final(cfg: RunConfig, run: Path, model: Any, log: Any) -> Path:
+    """Write run/final atomically: config, safetensors, tokenizer, generation_config."""
+    from transformers import GenerationConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    out = run / "final"
+    with staged_dir(out) as tmp:
+        if cfg.model.lora.enabled:
+            model.save_pretrained(str(tmp / "adapter"))  # the standard PEFT adapter directory
+            model = model.merge_and_unload()
+        model.config.use_cache = True
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok_dir = run / "tokenizer"
+        for f in tok_dir.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+        g = cfg.generate
+        eos = model.config.eos_token_id
+        gen = GenerationConfig(eos_token_id=eos, pad_token_id=model.config.pad_token_id, bos_token_id=eos,
+                               max_new_tokens=g.max_new_tokens, do_sample=g.temperature > 0,
+                               temperature=g.temperature if g.temperature > 0 else None,
+                               top_p=g.top_p if g.temperature > 0 else None,
+                               top_k=g.top_k if g.temperature > 0 else None,
+                               repetition_penalty=g.repetition_penalty)
+        gen.save_pretrained(str(tmp))
+        (tmp / "llmkit.json").write_text(json.dumps({"run": cfg.name, "task": cfg.train.task}, indent=2) + "\n")
+    log(f"final model written to {out}")
+    return out
