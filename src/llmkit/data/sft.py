@@ -142,7 +142,7 @@ def encode_example(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[np.n
 def shift_labels(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Inputs and next-token labels of one example; untrained positions get IGNORE_INDEX."""
     x = ids[:-1].astype(np.int64)
-    y = np.where(mask[1:] > 0, ids[1:], IGNORE_INDEX).astype(np.int64)
+    y = np.where(mask[1:] > 0, ids[1:].astype(np.int64), IGNORE_INDEX)
     return x, y
 
 
