@@ -147,8 +147,12 @@ def shift_labels(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def collate_padded(examples: list[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
-    """One example per row, truncated to ``seq_len``: input_ids, labels, attention_mask (B, T)."""
+    """One example per row, truncated to ``seq_len``: input_ids, labels, attention_mask (B, T).
+
+    T is the longest row of this batch (at most ``seq_len``): short examples cost no padding compute.
+    """
     b = len(examples)
+    seq_len = min(seq_len, max((len(ids) - 1 for ids, _ in examples), default=1)) or 1
     input_ids = np.full((b, seq_len), pad_id, dtype=np.int64)
     labels = np.full((b, seq_len), IGNORE_INDEX, dtype=np.int64)
     attention = np.zeros((b, seq_len), dtype=np.int64)

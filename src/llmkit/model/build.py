@@ -102,6 +102,9 @@ def load_model(path: str | Path, trust_remote_code: bool, num_labels: int | None
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     p = Path(path)
     check_model_dir(p, trust_remote_code)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True,

@@ -63,7 +63,9 @@ def test_multi_turn_masks_every_assistant_turn_only(tokenizer) -> None:
 
 def test_collate_padded_shifts_and_masks(tokenizer) -> None:
     ex = encode_example(tokenizer, to_messages({"prompt": "Q", "completion": "Ans"}, "x"))
-    batch = collate_padded([ex], seq_len=64, pad_id=3)
+    longer = encode_example(tokenizer, to_messages({"prompt": "A longer question here", "completion": "Ans"}, "x"))
+    batch = collate_padded([ex, longer], seq_len=64, pad_id=3)
+    assert batch["input_ids"].shape == (2, len(longer[0]) - 1)  # padded to the longest row, not to 64
     ids, mask = ex
     n = len(ids) - 1
     assert (batch["input_ids"][0, :n] == ids[:-1]).all() and (batch["input_ids"][0, n:] == 3).all()

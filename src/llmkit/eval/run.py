@@ -1,0 +1,133 @@
+"""`llmkit eval`: metrics of a trained model on its run's validation data, plus fixed samples.
+
+Language models: validation loss, perplexity and bits per byte (nats over the UTF-8 bytes the
+target tokens stand for, / ln 2). Classifiers: accuracy, macro-F1 and the confusion matrix.
+Both: greedy completions of ``eval.sample_prompts`` (SFT runs render them as a user turn of the
+chat template). Results go to ``<run>/eval.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmkit.config.load import load_config
+from llmkit.config.schema import RunConfig
+from llmkit.errors import UsageError
+from llmkit.fsutil import atomic_write_text
+from llmkit.generate.decode import generate
+from llmkit.generate.sampling import SamplingParams
+from llmkit.train.batches import task_batches
+
+
+def token_bytes(tokenizer: Any) -> np.ndarray:
+    """UTF-8 bytes each token id stands for (special tokens: 0)."""
+    vocab = len(tokenizer)
+    special = set(tokenizer.all_special_ids)
+    table = np.zeros(vocab, dtype=np.int64)
+    pre = getattr(getattr(tokenizer, "backend_tokenizer", None), "pre_tokenizer", None)
+    byte_level = pre is not None and "ByteLevel" in repr(pre)
+    tokens = tokenizer.convert_ids_to_tokens(list(range(vocab)))
+    for i, tok in enumerate(tokens):
+        if i in special or tok is None:
+            continue
+        # byte-level BPE: one character per byte; otherwise decode (approximate at partial chars)
+        table[i] = len(tok) if byte_level else len(tokenizer.decode([i]).encode("utf-8"))
+    return table
+
+
+def lm_metrics(model: Any, batches: list[dict[str, np.ndarray]], byte_table: np.ndarray) -> dict[str, float]:
+    """Loss, perplexity and bits per byte over batches of (input_ids, labels)."""
+    import torch
+    import torch.nn.functional as F
+
+    nats, count, nbytes = 0.0, 0, 0
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for b in batches:
+            ids = torch.from_numpy(b["input_ids"]).to(device)
+            labels = torch.from_numpy(b["labels"]).to(device)
+            mask = torch.from_numpy(b["attention_mask"]).to(device) if "attention_mask" in b else None
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            nats += float(F.cross_entropy(logits.view(-1, logits.size(-1)), labels.reshape(-1),
+                                          ignore_index=-100, reduction="sum"))
+            valid = b["labels"][b["labels"] != -100]
+            count += int(valid.size)
+            nbytes += int(byte_table[np.clip(valid, 0, len(byte_table) - 1)].sum())
+    loss = nats / max(count, 1)
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)),
+            "bits_per_byte": nats / math.log(2) / max(nbytes, 1), "val_tokens": count}
+
+
+def classify_metrics(model: Any, batches: list[dict[str, np.ndarray]], labels: dict[int, str]) -> dict[str, Any]:
+    """Accuracy, macro-F1 and the confusion matrix (rows: true label, columns: predicted)."""
+    import torch
+
+    k = len(labels)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for b in batches:
+            logits = model(input_ids=torch.from_numpy(b["input_ids"]).to(device),
+                           attention_mask=torch.from_numpy(b["attention_mask"]).to(device)).logits
+            for t, p in zip(b["labels"], logits.argmax(-1).cpu().numpy()):
+                confusion[int(t), int(p)] += 1
+    total = int(confusion.sum())
+    f1s = []
+    for c in range(k):
+        tp = confusion[c, c]
+        precision = tp / max(confusion[:, c].sum(), 1)
+        recall = tp / max(confusion[c, :].sum(), 1)
+        f1s.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
+    return {"val_accuracy": float(np.trace(confusion)) / max(total, 1), "macro_f1": float(np.mean(f1s)),
+            "labels": [labels[i] for i in range(k)], "confusion_matrix": confusion.tolist(), "val_examples": total}
+
+
+def samples(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, chat: bool) -> list[dict[str, str]]:
+    """Greedy completions of fixed prompts (as chat turns for chat models)."""
+    if not prompts:
+        return []
+    if chat:
+        ids = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                             tokenize=True, return_dict=False) for p in prompts]
+    else:
+        ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)] * len(prompts)
+    return [{"prompt": p, "completion": c.text} for p, c in zip(prompts, generate(model, tokenizer, ids, params))]
+
+
+def evaluate_run(run: str | Path, write: bool = True) -> dict[str, Any]:
+    """Evaluate a run directory's final model on its validation data; writes eval.json."""
+    from llmkit.model.load import load_for_inference
+
+    run = Path(run)
+    if not (run / "config.yaml").exists():
+        raise UsageError(f"{run} is not a run directory (no config.yaml)", "",
+                         "pass runs/<name> made by `llmkit train`, or `llmkit quickstart`")
+    cfg = load_config(run / "config.yaml", environ={})
+    model, tokenizer, model_dir = load_for_inference(run, device="cpu")
+    return evaluate_loaded(cfg, run, model, tokenizer, write)
+
+
+def evaluate_loaded(cfg: RunConfig, run: Path, model: Any, tokenizer: Any, write: bool = True) -> dict[str, Any]:
+    """Evaluate an in-memory model on the run's validation data (see module docstring)."""
+    micro = cfg.train.micro_batch_size if isinstance(cfg.train.micro_batch_size, int) else 8
+    eval_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"eval_batches": cfg.eval.batches})})
+    data = task_batches(eval_cfg, run, micro)
+    batches = data.eval_batches()
+    if cfg.train.task == "classify":
+        metrics = classify_metrics(model, batches, data.id2label or {})
+        result: dict[str, Any] = {"metrics": metrics, "samples": []}
+    else:
+        metrics = lm_metrics(model, batches, token_bytes(tokenizer))
+        result = {"metrics": metrics, "samples": samples(model, tokenizer, cfg.eval.sample_prompts,
+                                                           cfg.eval.sample_max_new_tokens, cfg.train.task == "sft")}
+    result["run"] = cfg.name
+    result["task"] = cfg.train.task
+    if write:
+        atomic_write_text(run / "eval.json", json.dumps(result, indent=2) + "\n")
+    return result

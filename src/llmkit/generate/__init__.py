@@ -1,0 +1,1 @@
+"""Generation: pure sampling transforms and the KV-cache decode loop (batched, streaming)."""

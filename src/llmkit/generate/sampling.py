@@ -1,0 +1,111 @@
+"""Sampling: per-row parameters and pure logit transforms (B, V) -> (B, V).
+
+Every transform takes the logits of a batch and one parameter per row, so rows with different
+settings decode together. A row with temperature 0 is greedy (argmax), whatever else is set.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmkit.errors import UsageError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one sequence is sampled and when it stops."""
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = field(default_factory=tuple)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_new_tokens <= 0:
+            problems.append(f"max_new_tokens must be > 0 (got {self.max_new_tokens})")
+        if not (0 <= self.temperature <= 2) or math.isnan(self.temperature):
+            problems.append(f"temperature must be within [0, 2] (got {self.temperature})")
+        if self.top_k is not None and self.top_k <= 0:
+            problems.append(f"top_k must be > 0 or unset (got {self.top_k})")
+        if not (0 < self.top_p <= 1):
+            problems.append(f"top_p must be within (0, 1] (got {self.top_p})")
+        if not (self.repetition_penalty > 0) or math.isinf(self.repetition_penalty):
+            problems.append(f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
+        if any(not s for s in self.stop):
+            problems.append("stop strings must not be empty")
+        if problems:
+            raise UsageError("invalid sampling parameters", "; ".join(problems), "fix the values named above")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def apply_repetition_penalty(logits: Any, seen: Any, penalty: Any) -> Any:
+    """Make tokens already present less likely (CTRL): positive logits / p, negative * p.
+
+    ``seen`` is a (B, V) bool mask of tokens in each row so far; ``penalty`` is (B,).
+    """
+    import torch
+
+    p = penalty.to(logits.dtype).unsqueeze(1)
+    penalized = torch.where(logits > 0, logits / p, logits * p)
+    return torch.where(seen, penalized, logits)
+
+
+def apply_temperature(logits: Any, temperature: Any) -> Any:
+    """Divide by the per-row temperature (rows at 0 are left alone: they are decoded greedily)."""
+    t = temperature.to(logits.dtype).clamp_min(1e-6).unsqueeze(1)
+    return logits / t
+
+
+def apply_top_k(logits: Any, k: Any) -> Any:
+    """Keep each row's k largest logits (k = 0: keep all)."""
+    import torch
+
+    vocab = logits.size(-1)
+    k = torch.where(k <= 0, torch.full_like(k, vocab), k.clamp(max=vocab))
+    kth = torch.sort(logits, dim=-1, descending=True).values.gather(1, (k - 1).unsqueeze(1))
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def apply_top_p(logits: Any, p: Any) -> Any:
+    """Keep the smallest set of tokens whose probability reaches p (the top token always stays)."""
+    import torch
+
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    before = probs.cumsum(-1) - probs  # mass of the tokens ranked above each token
+    drop_sorted = before >= p.to(probs.dtype).unsqueeze(1)
+    drop_sorted[:, 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def next_tokens(logits: Any, params: list[SamplingParams], seen: Any, generators: list[Any]) -> Any:
+    """Choose each row's next token from (B, V) logits under its own parameters."""
+    import torch
+
+    device = logits.device
+    logits = logits.float()
+    penalty = torch.tensor([sp.repetition_penalty for sp in params], device=device)
+    if bool((penalty != 1).any()):
+        logits = apply_repetition_penalty(logits, seen, penalty)
+    greedy = [sp.greedy for sp in params]
+    out = logits.argmax(-1)
+    if all(greedy):
+        return out
+    logits = apply_temperature(logits, torch.tensor([sp.temperature for sp in params], device=device))
+    logits = apply_top_k(logits, torch.tensor([sp.top_k or 0 for sp in params], device=device))
+    logits = apply_top_p(logits, torch.tensor([sp.top_p for sp in params], device=device))
+    probs = logits.softmax(-1)
+    for row, sp in enumerate(params):
+        if not greedy[row]:
+            out[row] = torch.multinomial(probs[row], 1, generator=generators[row])[0]
+    return out

@@ -1,0 +1,41 @@
+"""Find and load a model for inference: a run directory (its final/) or an HF model directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llmkit.data.tokenizer import load_tokenizer
+from llmkit.errors import UsageError
+from llmkit.model.build import load_model
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model directory from a run directory or a model directory; errors list what is nearby."""
+    p = Path(path)
+    for candidate in (p / "final", p):
+        if (candidate / "config.json").exists():
+            return candidate
+    if p.is_dir():
+        found = sorted(x.name for x in p.iterdir())[:12]
+        detail = f"{p} has no final/ or config.json; it holds: {', '.join(found) or 'nothing'}"
+    else:
+        parent = p.parent if p.parent.is_dir() else Path(".")
+        near = sorted(x.name for x in parent.iterdir() if x.is_dir())[:12]
+        detail = f"{p} does not exist; directories in {parent}: {', '.join(near) or 'none'}"
+    raise UsageError(f"no model at {p}", detail,
+                     "`llmkit quickstart` makes runs/quickstart; `llmkit train --config run.yaml` makes runs/<name>")
+
+
+def load_for_inference(path: str | Path, device: str = "auto", trust_remote_code: bool = False) -> tuple[Any, Any, Path]:
+    """(model in eval mode, tokenizer, model directory), fp32, on ``device``."""
+    import torch
+
+    model_dir = resolve_model_dir(path)
+    tokenizer = load_tokenizer(model_dir, trust_remote_code)
+    model = load_model(model_dir, trust_remote_code)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).eval()
+    model.config.use_cache = True
+    return model, tokenizer, model_dir

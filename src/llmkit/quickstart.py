@@ -1,0 +1,185 @@
+"""`llmkit quickstart`: the whole chain on the embedded corpus, in a few minutes on 2 CPU cores.
+
+doctor summary -> prepare (BPE tokenizer + token shards of Python's own documentation) ->
+pretrain the `tiny` preset -> supervised fine-tuning on question/answer pairs derived from the
+same documentation (so `llmkit chat` answers in chat form) -> eval (perplexity before/after, SFT
+loss before/after, samples) -> report.html.
+
+Layout: ``runs/quickstart/pretrain/`` is the pretraining run; ``runs/quickstart/`` itself is the
+fine-tuning run, whose ``final/`` is the chat model.
+
+The Q/A pairs ask about each topic in three phrasings with the same answer, and the validation
+split holds out phrasings, not topics: the SFT validation loss shows the chat format and the
+answers being learned, not generalisation to unseen topics (a 2M-parameter model has little).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from llmkit.config.load import validate_config
+from llmkit.config.presets import load_preset
+from llmkit.config.schema import RunConfig
+from llmkit.data.corpus import embedded_topics
+from llmkit.fsutil import atomic_write_text
+
+Log = Callable[[str], None]
+QUESTIONS = ("What is {t}?", "Explain {t}.", "Tell me about {t}.")
+
+
+def qa_pairs(max_answer_chars: int = 320) -> list[dict[str, str]]:
+    """Question/answer pairs from the embedded docs: a topic's title -> its opening paragraph."""
+    pairs = []
+    for _, text in embedded_topics():
+        lines = text.split("\n")
+        if len(lines) < 3 or not set(lines[1].strip()) <= set("*=-"):
+            continue
+        title = lines[0].strip().replace('"', "`")
+        paragraphs = [p.strip() for p in "\n".join(lines[2:]).split("\n\n") if p.strip()]
+        # the opening prose paragraph: not indented grammar/code, not a sub-heading
+        prose = next((p for p in paragraphs if not p.startswith((" ", "*", "=")) and len(p) > 40), None)
+        if prose is None:
+            continue
+        answer = " ".join(prose.split()).replace('"', "`")
+        if len(answer) > max_answer_chars:
+            cut = answer[:max_answer_chars]
+            answer = cut[: cut.rfind(". ") + 1] if ". " in cut else cut.rsplit(" ", 1)[0] + "..."
+        subject = title[0].lower() + title[1:] if title[:4] == "The " else title
+        for q in QUESTIONS:
+            pairs.append({"prompt": q.format(t=subject), "completion": answer})
+    return pairs
+
+
+def _configs(root: Path, pretrain_steps: int, sft_steps: int, budget_s: float) -> tuple[RunConfig, RunConfig]:
+    base = load_preset("tiny")
+    pre = {**base, "name": "pretrain", "runs_root": str(root)}
+    pre["data"] = {"source": "embedded", "val_fraction": 0.1}
+    pre["train"] = {**base["train"], "max_steps": pretrain_steps, "max_time_s": 0.7 * budget_s,
+                    "warmup_steps": 20, "eval_every_steps": max(50, pretrain_steps // 4),
+                    "checkpoint_every_steps": max(50, pretrain_steps // 3), "log_every_steps": 10, "keep_last": 1}
+    final = str(root / "quickstart" / "pretrain" / "final")
+    sft = {**base, "name": "quickstart", "runs_root": str(root)}
+    sft["model"] = {**base["model"], "from_pretrained": final}
+    sft["tokenizer"] = {"kind": "pretrained", "path": final}
+    sft["data"] = {"source": "embedded", "sft_path": str(root / "quickstart" / "sft.jsonl"), "val_fraction": 0.1}
+    sft["train"] = {**base["train"], "task": "sft", "max_steps": sft_steps, "max_time_s": 0.3 * budget_s,
+                    "learning_rate": 0.003, "min_learning_rate": 0.0003, "warmup_steps": 10,
+                    "eval_every_steps": max(25, sft_steps // 4), "checkpoint_every_steps": sft_steps,
+                    "log_every_steps": 10, "keep_last": 1}
+    sft["eval"] = {"sample_prompts": ["What is the `for` statement?", "Explain the `while` statement.",
+                                      "What is the `with` statement?"], "sample_max_new_tokens": 60}
+    return validate_config(pre), validate_config(sft)
+
+
+def _step_seconds(cfg: RunConfig) -> float:
+    """Measured seconds per optimizer step of ``cfg``'s model on this machine (3 steps, random tokens)."""
+    import torch
+
+    from llmkit.model.build import build_model
+    from llmkit.train import setup
+
+    device = torch.device("cpu")
+    precision = setup.resolve_precision(cfg.train.precision, device)
+    model = build_model(cfg.model, cfg.tokenizer.vocab_size, 0, None, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randint(0, cfg.tokenizer.vocab_size, (cfg.train.micro_batch_size, cfg.train.sequence_length_tokens + 1))
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        with setup.autocast(device, precision):
+            logits = model(input_ids=x[:, :-1]).logits
+        torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten()).backward()
+        opt.step()
+        opt.zero_grad()
+        times.append(time.perf_counter() - t0)
+    accum = cfg.train.global_batch_size // cfg.train.micro_batch_size
+    return min(times[1:]) * accum
+
+
+def _untrained_ppl(cfg: RunConfig, run: Path) -> float:
+    """Validation perplexity of the freshly initialised model (the "before" of pretraining)."""
+    from llmkit.eval.run import lm_metrics, token_bytes
+    from llmkit.data.tokenizer import load_tokenizer
+    from llmkit.model.build import build_model
+    from llmkit.train.batches import task_batches
+
+    data = task_batches(cfg, run, 16)
+    model = build_model(cfg.model, data.vocab_size, data.eos_id, None, cfg.train.seed).eval()
+    return lm_metrics(model, data.eval_batches(), token_bytes(load_tokenizer(run / "tokenizer")))["val_ppl"]
+
+
+def run_quickstart(root: str | Path = "runs", minutes: float = 4.0, fresh: bool = False, log: Log = print) -> dict[str, Any]:
+    """Run the whole chain; returns the summary written to runs/quickstart/quickstart.json."""
+    from llmkit.data.prepare import prepare
+    from llmkit.doctor.report import run_doctor
+    from llmkit.eval.run import evaluate_loaded, lm_metrics, token_bytes
+    from llmkit.model.load import load_for_inference
+    from llmkit.report.html import build_report
+    from llmkit.train.batches import task_batches
+    from llmkit.train.loop import train
+
+    start = time.monotonic()
+    root = Path(root)
+    qs = root / "quickstart"
+    if fresh and qs.exists():
+        shutil.rmtree(qs)
+    elif qs.exists():
+        log(f"{qs} exists from an earlier quickstart: continuing it (pass --fresh to start over)")
+    budget = minutes * 60
+    report = run_doctor(run_dir=root)
+    problems = [f for f in report.findings if f.status in ("fail", "warn")]
+    cpu = next((f for f in report.findings if f.id == "cpu"), None)
+    log(f"[1/6] doctor: {'ready' if not report.failed else 'NOT ready'}; {cpu.summary if cpu else ''}")
+    for f in problems:
+        log(f"      {f.status}: {f.id}: {f.summary}" + (f" (fix: {f.fix})" if f.fix else ""))
+
+    probe_pre, _ = _configs(root, 100, 100, budget)
+    per_step = _step_seconds(probe_pre)
+    pretrain_steps = max(40, int(0.55 * budget / per_step))
+    # SFT batches are short Q/A pairs (padded to the longest in the batch): ~1/4 of a pretraining step
+    sft_steps = max(30, min(300, int(0.25 * budget / (per_step / 4))))
+    pre_cfg, sft_cfg = _configs(root, pretrain_steps, sft_steps, budget)
+    pre_dir = qs / "pretrain"
+    log(f"[2/6] prepare: tokenizer + token shards of Python's documentation ({per_step:.2f} s/step measured, "
+        f"planning {pretrain_steps} pretraining steps)")
+    prepare(pre_cfg, run_dir=pre_dir, log=lambda s: log(f"      {s}"))
+    untrained = _untrained_ppl(pre_cfg, pre_dir)
+
+    log(f"[3/6] pretrain the tiny preset (untrained validation perplexity {untrained:.0f})")
+    pre = train(pre_cfg, run_dir=pre_dir, log=lambda s: log(f"      {s}"))
+    pretrained_ppl = pre.eval["val_ppl"]
+
+    log("[4/6] fine-tune on question/answer pairs from the same documentation")
+    qs.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(qs / "sft.jsonl", "".join(json.dumps(p) + "\n" for p in qa_pairs()))
+    prepare(sft_cfg, run_dir=qs, log=lambda s: log(f"      {s}"))
+    base_model, base_tok, _ = load_for_inference(pre_dir, device="cpu")
+    sft_batches = task_batches(sft_cfg, qs, 16).eval_batches()
+    sft_before = lm_metrics(base_model, sft_batches, token_bytes(base_tok))["val_loss"]
+    sft = train(sft_cfg, run_dir=qs, log=lambda s: log(f"      {s}"))
+
+    log("[5/6] evaluate")
+    model, tok, _ = load_for_inference(qs, device="cpu")
+    result = evaluate_loaded(sft_cfg, qs, model, tok)
+    summary = {
+        "untrained_val_ppl": untrained, "pretrained_val_ppl": pretrained_ppl,
+        "ppl_improvement": untrained / pretrained_ppl, "pretrain_steps": pre.step,
+        "sft_val_loss_before": sft_before, "sft_val_loss_after": sft.eval["val_loss"], "sft_steps": sft.step,
+        "seconds": time.monotonic() - start,
+    }
+    atomic_write_text(qs / "quickstart.json", json.dumps(summary, indent=2) + "\n")
+    log(f"      validation perplexity {untrained:.0f} -> {pretrained_ppl:.1f} ({summary['ppl_improvement']:.0f}x lower); "
+        f"SFT validation loss {sft_before:.3f} -> {sft.eval['val_loss']:.3f}")
+    for s in result["samples"]:
+        log(f"      Q: {s['prompt']}\n      A: {s['completion'].strip()}")
+    log("[6/6] report")
+    out = build_report(qs)
+    log(f"      {out}")
+    log(f"done in {summary['seconds']:.0f} s. Next:\n  llmkit chat {qs}\n  llmkit generate {qs} --prompt 'What is "
+        f"the `if` statement?' --chat\n  llmkit eval {qs}\n  llmkit report {qs}")
+    return summary

@@ -1,0 +1,1 @@
+"""The run report: one self-contained HTML file with inline SVG plots."""

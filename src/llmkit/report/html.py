@@ -1,0 +1,124 @@
+"""`report.html`: loss and learning-rate curves, throughput, evaluation, samples, config and
+environment, in one self-contained file (inline SVG, inline CSS, no scripts, no CDN).
+
+A run with a ``pretrain/`` sub-run (as `llmkit quickstart` makes) shows both stages.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import UsageError
+from llmkit.fsutil import atomic_write_text
+from llmkit.report.svg import line_chart
+from llmkit.train.metrics import read_metrics
+
+CSS = """body{font-family:sans-serif;max-width:1000px;margin:24px auto;color:#222}
+h1{font-size:22px}h2{font-size:17px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;
+vertical-align:top}pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px;white-space:pre-wrap}
+.grid{display:flex;flex-wrap:wrap;gap:8px}"""
+
+
+def _stage_series(run: Path) -> list[tuple[str, list[dict[str, Any]]]]:
+    stages = []
+    if (run / "pretrain" / "metrics.jsonl").exists():
+        stages.append(("pretrain", read_metrics(run / "pretrain" / "metrics.jsonl")))
+    stages.append((_task(run), read_metrics(run / "metrics.jsonl")))
+    return stages
+
+
+def _task(run: Path) -> str:
+    try:
+        import yaml
+
+        return str(yaml.safe_load((run / "config.yaml").read_text())["train"]["task"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return "train"
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    return "<table>" + "".join(f"<tr><th>{escape(str(k))}</th><td>{escape(_show(v))}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _charts(stages: list[tuple[str, list[dict[str, Any]]]]) -> str:
+    def series(kind: str, key: str) -> list[tuple[str, list[tuple[float, float]]]]:
+        out = []
+        for name, recs in stages:
+            pts = [(r["step"], r[key]) for r in recs if r.get("kind") == kind and isinstance(r.get(key), (int, float))]
+            if pts:
+                out.append((f"{name} {key}", pts))
+        return out
+
+    charts = [line_chart(series("train", "loss") + series("eval", "val_loss"), "Loss", "step", "nats"),
+              line_chart(series("train", "lr"), "Learning rate", "step", "lr"),
+              line_chart(series("train", "tokens_per_s"), "Throughput", "step", "tokens/s")]
+    if series("eval", "val_ppl"):
+        charts.append(line_chart(series("eval", "val_ppl"), "Validation perplexity", "step", "ppl", log_y=True))
+    return '<div class="grid">' + "".join(charts) + "</div>"
+
+
+def _eval_section(run: Path) -> str:
+    parts = []
+    for name in ("quickstart.json", "eval.json"):
+        f = run / name
+        if not f.exists():
+            continue
+        data = json.loads(f.read_text())
+        metrics = data.get("metrics", data)
+        flat = [(k, v) for k, v in metrics.items() if not isinstance(v, (list, dict))]
+        parts.append(f"<h3>{escape(name)}</h3>" + _table(flat))
+        if "confusion_matrix" in metrics:
+            labels = metrics.get("labels", [])
+            head = "".join(f"<th>{escape(str(x))}</th>" for x in labels)
+            body = "".join(f"<tr><th>{escape(str(labels[i]))}</th>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
+                           for i, row in enumerate(metrics["confusion_matrix"]))
+            parts.append(f"<table><tr><th>true \\ predicted</th>{head}</tr>{body}</table>")
+        for s in data.get("samples", []):
+            parts.append(f"<pre><b>{escape(s['prompt'])}</b>{escape(s['completion'])}</pre>")
+    return "".join(parts) or "<p>No evaluation yet: run <code>llmkit eval</code>.</p>"
+
+
+def _environment(run: Path) -> str:
+    f = run / "manifest.json"
+    if not f.exists():
+        return "<p>No manifest.</p>"
+    m = json.loads(f.read_text())
+    hw = m.get("hardware", {})
+    torch = m.get("torch") or {}
+    rows = [("llmkit", m.get("llmkit_version")), ("python", m.get("python")), ("torch", torch.get("version")),
+            ("CUDA", torch.get("cuda")), ("CPU", hw.get("cpu")), ("cores", hw.get("cores")),
+            ("GPUs", ", ".join(g["name"] for g in hw.get("gpus", [])) or "none"),
+            ("git", (m.get("git") or {}).get("commit")), ("config sha256", m.get("config_sha256"))]
+    return _table(rows)
+
+
+def build_report(run: str | Path) -> Path:
+    """Write ``<run>/report.html`` from the run directory's files; returns its path."""
+    run = Path(run)
+    if not (run / "metrics.jsonl").exists():
+        raise UsageError(f"{run} has no metrics.jsonl", "the report plots a training run's metrics",
+                         "train first: llmkit train --config <run.yaml> (or llmkit quickstart)")
+    stages = _stage_series(run)
+    last = {name: next((r for r in reversed(recs) if r.get("kind") == "train"), {}) for name, recs in stages}
+    summary = [(f"{name}: steps", rec.get("step")) for name, rec in last.items()]
+    summary += [(f"{name}: final loss", rec.get("loss")) for name, rec in last.items()]
+    summary += [(f"{name}: training time (s)", rec.get("elapsed_s")) for name, rec in last.items()]
+    config = (run / "config.yaml").read_text() if (run / "config.yaml").exists() else ""
+    html = (f"<!doctype html><html><head><meta charset='utf-8'><title>llmkit report: {escape(run.name)}</title>"
+            f"<style>{CSS}</style></head><body><h1>llmkit run report: {escape(run.name)}</h1>"
+            f"<h2>Summary</h2>{_table(summary)}<h2>Curves</h2>{_charts(stages)}"
+            f"<h2>Evaluation and samples</h2>{_eval_section(run)}"
+            f"<h2>Environment</h2>{_environment(run)}<h2>Config</h2><pre>{escape(config)}</pre></body></html>")
+    out = run / "report.html"
+    atomic_write_text(out, html)
+    return out

@@ -1,0 +1,91 @@
+"""The main job a new user runs first: `llmkit quickstart`, then chat, eval, report, generate."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def quickstart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cwd = tmp_path_factory.mktemp("qs")
+    out = subprocess.run([sys.executable, "-m", "llmkit", "quickstart", "--minutes", "1"], cwd=cwd,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "llmkit chat runs/quickstart" in out.stdout
+    return cwd / "runs" / "quickstart"
+
+
+def test_quickstart_leaves_a_complete_run(quickstart_dir: Path) -> None:
+    for name in ("final/config.json", "final/model.safetensors", "final/tokenizer.json", "metrics.jsonl",
+                 "report.html", "eval.json", "pretrain/final/model.safetensors", "manifest.json"):
+        assert (quickstart_dir / name).exists(), name
+    summary = json.loads((quickstart_dir / "quickstart.json").read_text())
+    assert summary["pretrained_val_ppl"] * 5 <= summary["untrained_val_ppl"]  # a clear learning signal
+    assert summary["sft_val_loss_after"] < summary["sft_val_loss_before"]
+
+
+def test_chat_answers_and_exits_on_eof(quickstart_dir: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "llmkit", "chat", str(quickstart_dir), "--temperature", "0",
+                          "--max-tokens", "30"], input="What is the `for` statement?\n", capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    answer = out.stdout.split("model> ", 1)[1]
+    assert len(answer.strip()) > 5
+
+
+def test_generate_and_eval(quickstart_dir: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "llmkit", "generate", str(quickstart_dir), "--chat", "--prompt",
+                          "What is the `while` statement?", "--temperature", "0", "--max-tokens", "20"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip(), out.stderr[-2000:]
+    out = subprocess.run([sys.executable, "-m", "llmkit", "eval", str(quickstart_dir), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    metrics = json.loads(out.stdout)["metrics"]
+    assert metrics["val_ppl"] > 1 and 0 < metrics["bits_per_byte"] < 20
+
+
+class _Collect(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for key, value in attrs:
+            if key in ("src", "href") and value:
+                self.refs.append(value)
+
+
+def test_report_is_self_contained_and_its_plots_parse(quickstart_dir: Path) -> None:
+    html = (quickstart_dir / "report.html").read_text()
+    svgs = re.findall(r"<svg.*?</svg>", html, flags=re.S)
+    assert len(svgs) >= 4
+    for svg in svgs:
+        root = ET.fromstring(svg)  # every plot is well-formed SVG
+        assert root.tag.endswith("svg") and (root.findall(".//{http://www.w3.org/2000/svg}polyline")
+                                              or root.findall(".//{http://www.w3.org/2000/svg}circle"))
+    collector = _Collect()
+    collector.feed(html)
+    assert collector.refs == [] and "<script" not in html  # nothing fetched from anywhere
+    for section in ("Curves", "Evaluation and samples", "Environment", "Config"):
+        assert section in html
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_report_renders_in_headless_chromium(quickstart_dir: Path, tmp_path: Path) -> None:
+    shot = tmp_path / "report.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1100,2400",
+                    (quickstart_dir / "report.html").resolve().as_uri()], capture_output=True, timeout=120)
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a real, non-blank page

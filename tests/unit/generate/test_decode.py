@@ -1,0 +1,97 @@
+"""The decode loop against HF generate, with batches, stop rules and cancellation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmkit.errors import UsageError
+from llmkit.generate.decode import _holdback, generate, stream
+from llmkit.generate.sampling import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tmp_path_factory: pytest.TempPathFactory):
+    from llmkit.config.schema import ModelConfig, TokenizerConfig, DataConfig
+    from llmkit.data.corpus import iter_documents
+    from llmkit.data.tokenizer import load_tokenizer, train_bpe, wrap
+    from llmkit.model.build import build_model
+
+    out = tmp_path_factory.mktemp("tok")
+    cfg = TokenizerConfig(vocab_size=300)
+    wrap(train_bpe(iter_documents(DataConfig()), cfg), cfg, 64).save_pretrained(str(out))
+    tok = load_tokenizer(out)
+    model = build_model(ModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                    max_position_embeddings=64), 300, tok.eos_token_id, tok.pad_token_id, seed=5)
+    model.eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def greedy(n: int) -> SamplingParams:
+    return SamplingParams(max_new_tokens=n, temperature=0)
+
+
+def test_greedy_matches_hf_generate(model_and_tokenizer) -> None:
+    model, tok = model_and_tokenizer
+    prompt = tok.encode("The for statement")
+    hf = model.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False, eos_token_id=None)
+    ours = generate(model, tok, [prompt], [greedy(20)])[0]
+    expected = [t for t in hf[0, len(prompt):].tolist()]
+    stops = {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
+    cut = next((i for i, t in enumerate(expected) if t in stops), len(expected))
+    assert ours.token_ids == expected[:cut]
+
+
+def test_batch_with_padding_equals_one_by_one(model_and_tokenizer) -> None:
+    model, tok = model_and_tokenizer
+    prompts = [tok.encode("A"), tok.encode("The while statement repeats"), tok.encode("class")]
+    batch = generate(model, tok, prompts, [greedy(12)] * 3)
+    single = [generate(model, tok, [p], [greedy(12)])[0] for p in prompts]
+    assert [b.token_ids for b in batch] == [s.token_ids for s in single]
+
+
+def test_length_limit_and_context_window(model_and_tokenizer) -> None:
+    model, tok = model_and_tokenizer
+    out = generate(model, tok, [tok.encode("x")], [SamplingParams(max_new_tokens=5, temperature=0)])[0]
+    assert out.finish_reason in ("length", "stop") and len(out.token_ids) <= 5
+    long_prompt = list(range(10, 70))  # 60 of the model's 64 positions
+    out = generate(model, tok, [long_prompt], [SamplingParams(max_new_tokens=50, temperature=0)])[0]
+    assert len(out.token_ids) <= 4
+    with pytest.raises(UsageError, match="no room"):
+        generate(model, tok, [list(range(10, 74))], [greedy(1)])
+    with pytest.raises(UsageError, match="prompt is empty"):
+        generate(model, tok, [[]], [greedy(1)])
+
+
+def test_stop_strings_cut_and_never_stream_past(model_and_tokenizer) -> None:
+    model, tok = model_and_tokenizer
+    prompt = tok.encode("The")
+    free = generate(model, tok, [prompt], [greedy(30)])[0].text
+    if len(free) < 6:
+        pytest.skip("the untrained model stopped too early to pick a stop string")
+    stop = free[3:6]
+    streamed = "".join(ev.text for ev in stream(model, tok, [prompt], [SamplingParams(max_new_tokens=30, temperature=0, stop=(stop,))]))
+    assert streamed == free[: free.find(stop)]
+
+
+def test_holdback_of_partial_stop_and_utf8() -> None:
+    assert _holdback("hello wor", ("world",)) == 3
+    assert _holdback("hello", ("world",)) == 0
+    assert _holdback("caf\ufffd", ()) == 1
+
+
+def test_cancellation_ends_a_row(model_and_tokenizer) -> None:
+    model, tok = model_and_tokenizer
+    prompts = [tok.encode("The"), tok.encode("A")]
+    events = list(stream(model, tok, prompts, [greedy(20)] * 2, cancelled=lambda row: row == 1))
+    assert [e.finish_reason for e in events if e.row == 1] == ["cancelled"]
+    assert len([e for e in events if e.row == 0]) >= 1
+
+
+def test_seeded_sampling_is_reproducible(model_and_tokenizer) -> None:
+    model, tok = model_and_tokenizer
+    sp = SamplingParams(max_new_tokens=10, temperature=1.0, top_p=0.9, seed=42)
+    a = generate(model, tok, [tok.encode("The")], [sp])[0]
+    b = generate(model, tok, [tok.encode("The")], [sp])[0]
+    assert a.token_ids == b.token_ids
