@@ -32,7 +32,22 @@ class _Row:
     index: int
     params: SamplingParams
     ids: list[int]
-    emitted: int = 0  # characters of the decoded text already streamed
+    text: str = ""  # decoded so far (complete characters only)
+    emitted: int = 0  # characters of ``text`` already streamed
+    prefix_offset: int = 0  # incremental detokenization window (see _detokenize)
+    read_offset: int = 0
+
+    def detokenize(self, tokenizer: Any, flush: bool = False) -> None:
+        """Extend ``text`` by what the newest tokens spell, decoding only a short window.
+
+        A token that ends inside a multi-byte character adds nothing until the character is
+        complete (or, with ``flush``, the replacement character is kept).
+        """
+        prefix = tokenizer.decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=True)
+        new = tokenizer.decode(self.ids[self.prefix_offset :], skip_special_tokens=True)
+        if len(new) > len(prefix) and (flush or not new.endswith("\ufffd")):
+            self.text += new[len(prefix) :]
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
 
 
 def _holdback(text: str, stops: Sequence[str]) -> int:
@@ -109,9 +124,11 @@ def stream(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], params:
         mask[i, longest - len(p):] = 1
     input_ids, mask = input_ids.to(device), mask.to(device)
     vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else len(tokenizer)
-    seen = torch.zeros((len(prompts), vocab), dtype=torch.bool, device=device)
-    for i, p in enumerate(prompts):
-        seen[i, torch.tensor(p, device=device).clamp(max=vocab - 1)] = True
+    track_seen = any(sp.repetition_penalty != 1 for sp in params)  # only the penalty reads it
+    seen = torch.zeros((len(prompts), vocab if track_seen else 1), dtype=torch.bool, device=device)
+    if track_seen:
+        for i, p in enumerate(prompts):
+            seen[i, torch.tensor(p, device=device).clamp(max=vocab - 1)] = True
     limits = [min(sp.max_new_tokens, window - len(p)) for sp, p in zip(params, prompts)]
     cache = DynamicCache()
     cache_kw = cache_argument(model)
@@ -123,28 +140,29 @@ def stream(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], params:
                         use_cache=True, logits_to_keep=1, **{cache_kw: cache})
             chosen = next_tokens(out.logits[:, -1, :], [r.params for r in rows], seen,
                                  [generators[r.index] for r in rows])
+            if track_seen:
+                seen[torch.arange(len(rows), device=device), chosen] = True
             keep: list[int] = []
-            for slot, row in enumerate(rows):
-                token = int(chosen[slot])
+            for slot, (row, token) in enumerate(zip(rows, chosen.tolist())):
                 finish = None
                 if cancelled is not None and cancelled(row.index):
                     yield Event(row.index, None, "", "cancelled")
                     continue
-                if token in stops:
+                is_stop_token = token in stops and not row.params.ignore_eos
+                if is_stop_token:
                     finish = "stop"
                 else:
                     row.ids.append(token)
-                    seen[slot, token] = True
-                text = tokenizer.decode(row.ids, skip_special_tokens=True)
-                hit = _first_stop(text, row.params.stop, row.emitted)
+                    if len(row.ids) >= limits[row.index]:
+                        finish = "length"
+                row.detokenize(tokenizer, flush=finish is not None)
+                hit = _first_stop(row.text, row.params.stop, row.emitted)
                 if hit >= 0:
-                    text, finish = text[:hit], "stop"
-                elif finish is None and len(row.ids) >= limits[row.index]:
-                    finish = "length"
-                safe = len(text) if finish else len(text) - _holdback(text, row.params.stop)
-                delta = text[row.emitted:safe]
+                    row.text, finish = row.text[:hit], "stop"
+                safe = len(row.text) if finish else len(row.text) - _holdback(row.text, row.params.stop)
+                delta = row.text[row.emitted:safe]
                 row.emitted = max(row.emitted, safe)
-                yield Event(row.index, token if token not in stops else None, delta, finish)
+                yield Event(row.index, None if is_stop_token else token, delta, finish)
                 if finish is None:
                     keep.append(slot)
             if len(keep) != len(rows):

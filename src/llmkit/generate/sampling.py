@@ -24,6 +24,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = field(default_factory=tuple)
     seed: int | None = None
+    ignore_eos: bool = False  # keep going past end-of-text tokens (benchmarks, forced lengths)
 
     def __post_init__(self) -> None:
         problems = []

@@ -95,3 +95,20 @@ def test_seeded_sampling_is_reproducible(model_and_tokenizer) -> None:
     a = generate(model, tok, [tok.encode("The")], [sp])[0]
     b = generate(model, tok, [tok.encode("The")], [sp])[0]
     assert a.token_ids == b.token_ids
+
+
+def test_incremental_detokenization_never_splits_characters(model_and_tokenizer) -> None:
+    from llmkit.generate.decode import _Row
+
+    _, tok = model_and_tokenizer
+    text = "héllo 漢字🙂 done"
+    ids = tok.encode(text, add_special_tokens=False)
+    row = _Row(0, SamplingParams(), [])
+    pieces = []
+    for i, t in enumerate(ids):
+        row.ids.append(t)
+        before = len(row.text)
+        row.detokenize(tok, flush=i == len(ids) - 1)
+        pieces.append(row.text[before:])
+        assert "\ufffd" not in row.text
+    assert "".join(pieces) == text
