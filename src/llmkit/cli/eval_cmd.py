@@ -17,11 +17,15 @@ def register(app: typer.Typer) -> None:
 def evaluate(
     run: Path = typer.Argument(..., help="Run directory (runs/<name>)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    tasks: list[str] = typer.Option([], "--task", help="lm-evaluation-harness task (repeatable; extra `eval`)."),
+    task_dir: Path = typer.Option(None, "--task-dir", help="Folder of extra harness task YAML files."),
+    limit: int = typer.Option(None, "--limit", min=1, help="At most this many examples per harness task."),
 ) -> None:
-    """Validation loss, perplexity and bits/byte (or accuracy, macro-F1, confusion matrix), plus samples."""
+    """Validation loss, perplexity and bits/byte (or accuracy, macro-F1, confusion matrix), plus samples;
+    with --task, lm-evaluation-harness tasks too."""
     from llmkit.eval.run import evaluate_run
 
-    result = evaluate_run(run)
+    result = evaluate_run(run, harness_tasks=tasks, harness_dir=task_dir, harness_limit=limit)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -35,6 +39,8 @@ def evaluate(
         typer.echo("confusion (rows: true, columns: predicted): " + " ".join(labels))
         for label, row in zip(labels, result["metrics"]["confusion_matrix"]):
             typer.echo(f"  {label:>12} " + " ".join(f"{c:5d}" for c in row))
+    for task, metrics in result.get("harness", {}).items():
+        typer.echo(f"{task}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     for s in result["samples"]:
         typer.echo(f"--- {s['prompt']}\n{s['completion']}")
     typer.echo(f"written: {run / 'eval.json'}")

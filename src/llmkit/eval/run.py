@@ -100,8 +100,10 @@ def samples(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
     return [{"prompt": p, "completion": c.text} for p, c in zip(prompts, generate(model, tokenizer, ids, params))]
 
 
-def evaluate_run(run: str | Path, write: bool = True) -> dict[str, Any]:
-    """Evaluate a run directory's final model on its validation data; writes eval.json."""
+def evaluate_run(run: str | Path, write: bool = True, harness_tasks: list[str] | None = None,
+                 harness_dir: str | Path | None = None, harness_limit: int | None = None) -> dict[str, Any]:
+    """Evaluate a run directory's final model on its validation data (and harness tasks: the
+    config's ``eval.harness_tasks`` plus ``harness_tasks``); writes eval.json."""
     from llmkit.model.load import load_for_inference
 
     run = Path(run)
@@ -110,7 +112,15 @@ def evaluate_run(run: str | Path, write: bool = True) -> dict[str, Any]:
                          "pass runs/<name> made by `llmkit train`, or `llmkit quickstart`")
     cfg = load_config(run / "config.yaml", environ={})
     model, tokenizer, model_dir = load_for_inference(run, device="cpu")
-    return evaluate_loaded(cfg, run, model, tokenizer, write)
+    result = evaluate_loaded(cfg, run, model, tokenizer, write=False)
+    tasks = list(dict.fromkeys([*cfg.eval.harness_tasks, *(harness_tasks or [])]))
+    if tasks:
+        from llmkit.eval.harness import run_harness
+
+        result["harness"] = run_harness(model_dir, tasks, harness_dir, harness_limit)
+    if write:
+        atomic_write_text(run / "eval.json", json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def evaluate_loaded(cfg: RunConfig, run: Path, model: Any, tokenizer: Any, write: bool = True) -> dict[str, Any]:
