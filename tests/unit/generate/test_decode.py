@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from llmkit.errors import UsageError
-from llmkit.generate.decode import _holdback, generate, stream
+from llmkit.generate.batch import BatchDecoder, _Seq, holdback
+from llmkit.generate.decode import generate, stream
 from llmkit.generate.sampling import SamplingParams
 
 
@@ -75,18 +76,18 @@ def test_stop_strings_cut_and_never_stream_past(model_and_tokenizer) -> None:
     assert streamed == free[: free.find(stop)]
 
 
-def test_holdback_of_partial_stop_and_utf8() -> None:
-    assert _holdback("hello wor", ("world",)) == 3
-    assert _holdback("hello", ("world",)) == 0
-    assert _holdback("caf\ufffd", ()) == 1
+def test_holdback_of_partial_stop() -> None:
+    assert holdback("hello wor", ("world",)) == 3
+    assert holdback("hello", ("world",)) == 0
 
 
 def test_cancellation_ends_a_row(model_and_tokenizer) -> None:
     model, tok = model_and_tokenizer
     prompts = [tok.encode("The"), tok.encode("A")]
     events = list(stream(model, tok, prompts, [greedy(20)] * 2, cancelled=lambda row: row == 1))
-    assert [e.finish_reason for e in events if e.row == 1] == ["cancelled"]
-    assert len([e for e in events if e.row == 0]) >= 1
+    assert [e.finish_reason for e in events if e.key == 1][-1] == "cancelled"
+    assert len([e for e in events if e.key == 1]) == 2  # the first token (from the prefill), then cancelled
+    assert len([e for e in events if e.key == 0]) >= 1
 
 
 def test_seeded_sampling_is_reproducible(model_and_tokenizer) -> None:
@@ -98,12 +99,10 @@ def test_seeded_sampling_is_reproducible(model_and_tokenizer) -> None:
 
 
 def test_incremental_detokenization_never_splits_characters(model_and_tokenizer) -> None:
-    from llmkit.generate.decode import _Row
-
     _, tok = model_and_tokenizer
     text = "héllo 漢字🙂 done"
     ids = tok.encode(text, add_special_tokens=False)
-    row = _Row(0, SamplingParams(), [])
+    row = _Seq(0, SamplingParams(), 100, None, None)
     pieces = []
     for i, t in enumerate(ids):
         row.ids.append(t)
@@ -112,3 +111,24 @@ def test_incremental_detokenization_never_splits_characters(model_and_tokenizer)
         pieces.append(row.text[before:])
         assert "\ufffd" not in row.text
     assert "".join(pieces) == text
+
+
+def test_sequences_joining_a_running_batch_decode_as_if_alone(model_and_tokenizer) -> None:
+    model, tok = model_and_tokenizer
+    prompts = [tok.encode("The while statement"), tok.encode("A"), tok.encode("class Foo and some more words")]
+    alone = [generate(model, tok, [p], [greedy(15)])[0].token_ids for p in prompts]
+    dec = BatchDecoder(model, tok)
+    got: dict[int, list[int]] = {0: [], 1: [], 2: []}
+
+    def collect(events):  # type: ignore[no-untyped-def]
+        for ev in events:
+            if ev.token_id is not None:
+                got[ev.key].append(ev.token_id)
+
+    collect(dec.add([prompts[0]], [greedy(15)], [0]))
+    for _ in range(3):
+        collect(dec.step())
+    collect(dec.add([prompts[1], prompts[2]], [greedy(15)] * 2, [1, 2]))  # join mid-flight
+    while dec:
+        collect(dec.step())
+    assert [got[i] for i in range(3)] == alone

@@ -1,0 +1,244 @@
+"""A running batch of sequences that new ones can join between steps (continuous batching).
+
+``add`` prefills new prompts together (left-padded), samples their first token and merges their
+KV cache into the running batch: the shorter side's cache is left-padded with masked-out
+positions, so every row keeps its own positions and attention. ``step`` decodes one token for
+every live row. Finished, cancelled and stopped rows leave the batch (and the cache) at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmkit.errors import UsageError
+from llmkit.generate.sampling import SamplingParams, next_tokens
+
+
+@dataclass
+class Event:
+    """One sequence's progress: new text (possibly empty) and, at the end, why it finished."""
+
+    key: Hashable
+    token_id: int | None
+    text: str
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled"
+
+
+@dataclass
+class _Seq:
+    key: Hashable
+    params: SamplingParams
+    limit: int
+    generator: Any
+    seen: Any  # (V,) bool tensor, or None when no repetition penalty applies
+    ids: list[int] = field(default_factory=list)
+    text: str = ""  # decoded so far (complete characters only)
+    emitted: int = 0  # characters of ``text`` already streamed
+    prefix_offset: int = 0
+    read_offset: int = 0
+    cancelled: bool = False
+
+    def detokenize(self, tokenizer: Any, flush: bool = False) -> None:
+        """Extend ``text`` by what the newest tokens spell, decoding only a short window
+        (a token that ends inside a multi-byte character waits for the rest, unless ``flush``)."""
+        prefix = tokenizer.decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=True)
+        new = tokenizer.decode(self.ids[self.prefix_offset :], skip_special_tokens=True)
+        if len(new) > len(prefix) and (flush or not new.endswith("\ufffd")):
+            self.text += new[len(prefix) :]
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+
+
+def holdback(text: str, stops: Sequence[str]) -> int:
+    """Characters at the end of ``text`` that may be the start of a stop string: not streamed yet."""
+    hold = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:n]):
+                hold = max(hold, n)
+                break
+    return hold
+
+
+def first_stop(text: str, stops: Sequence[str], emitted: int) -> int:
+    """Where the earliest stop string starts in ``text`` (-1: none); only new text is searched."""
+    found = [i for s in stops if (i := text.find(s, max(0, emitted - len(s) + 1))) >= 0]
+    return min(found, default=-1)
+
+
+def stop_token_ids(tokenizer: Any) -> set[int]:
+    """End-of-text and end-of-turn tokens: generation ends when one is produced."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    end_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(end_turn, int) and end_turn != tokenizer.unk_token_id and end_turn >= 0:
+        ids.add(end_turn)
+    return ids
+
+
+def context_length(model: Any) -> int:
+    """Positions the model can attend over."""
+    cfg = model.config
+    return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 1024))
+
+
+def cache_argument(model: Any) -> str:
+    """The forward() keyword for the KV cache: `cache` in newer transformers, else `past_key_values`."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+class BatchDecoder:
+    """Live sequences decoded together; see the module docstring."""
+
+    def __init__(self, model: Any, tokenizer: Any):
+        self.model, self.tokenizer = model, tokenizer
+        self.window = context_length(model)
+        self.stops = stop_token_ids(tokenizer)
+        self.cache_kw = cache_argument(model)
+        self.device = next(model.parameters()).device
+        head = model.get_output_embeddings()
+        self.vocab = head.weight.shape[0] if head is not None else len(tokenizer)
+        self.seqs: list[_Seq] = []
+        self.cache: Any = None
+        self.mask: Any = None  # (B, L + 1): cache entries plus the pending token
+        self.positions: Any = None  # (B, 1): position of the pending token
+        self.pending: Any = None  # (B,): the token each row feeds next
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def check_prompt(self, prompt: Sequence[int]) -> None:
+        """Refuse a prompt that is empty or leaves no room in the context window."""
+        if not prompt:
+            raise UsageError("the prompt is empty", "generation needs at least one prompt token", "give a prompt")
+        if len(prompt) >= self.window:
+            raise UsageError(f"the prompt is {len(prompt)} tokens; the model's context is {self.window}",
+                             "no room is left for a single new token", "shorten the prompt")
+
+    def cancel(self, key: Hashable) -> None:
+        """Mark a sequence cancelled; it leaves at the next step."""
+        for s in self.seqs:
+            if s.key == key:
+                s.cancelled = True
+
+    def add(self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams], keys: Sequence[Hashable]) -> list[Event]:
+        """Prefill new prompts together, sample their first tokens, and join them to the batch."""
+        import torch
+        from transformers import DynamicCache
+
+        for p in prompts:
+            self.check_prompt(p)
+        n, longest = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((n, longest), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros((n, longest), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, longest - len(p):] = torch.tensor(list(p))
+            mask[i, longest - len(p):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        new = []
+        for p, sp, key in zip(prompts, params, keys):
+            g = torch.Generator(device=self.device)
+            g.manual_seed(sp.seed if sp.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+            seen = None
+            if sp.repetition_penalty != 1:
+                seen = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
+                seen[torch.tensor(list(p), device=self.device).clamp(max=self.vocab - 1)] = True
+            new.append(_Seq(key, sp, min(sp.max_new_tokens, self.window - len(p)), g, seen))
+        cache = DynamicCache()
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                             logits_to_keep=1, **{self.cache_kw: cache})
+        state = (cache, torch.cat([mask, mask.new_ones((n, 1))], 1), positions[:, -1:] + 1)
+        return self._sample(out.logits[:, -1, :], new, state)
+
+    def step(self) -> list[Event]:
+        """Decode one token for every live sequence."""
+        import torch
+
+        if not self.seqs:
+            return []
+        events = [Event(s.key, None, "", "cancelled") for s in self.seqs if s.cancelled]
+        if events:
+            self._keep([i for i, s in enumerate(self.seqs) if not s.cancelled])
+            if not self.seqs:
+                return events
+        with torch.inference_mode():
+            out = self.model(input_ids=self.pending.unsqueeze(1), attention_mask=self.mask,
+                             position_ids=self.positions, use_cache=True, logits_to_keep=1,
+                             **{self.cache_kw: self.cache})
+        seqs = self.seqs
+        state = (self.cache, torch.cat([self.mask, self.mask.new_ones((len(seqs), 1))], 1), self.positions + 1)
+        self.seqs, self.cache = [], None  # _sample merges the rows that go on back in
+        return events + self._sample(out.logits[:, -1, :], seqs, state)
+
+    def _sample(self, logits: Any, seqs: list[_Seq], state: tuple[Any, Any, Any]) -> list[Event]:
+        """Choose each row's token, emit events, and merge the rows still going into the batch."""
+        import torch
+
+        seen = None
+        if any(s.seen is not None for s in seqs):
+            blank = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
+            seen = torch.stack([s.seen if s.seen is not None else blank for s in seqs])
+        chosen = next_tokens(logits, [s.params for s in seqs], seen, [s.generator for s in seqs])
+        events, keep = [], []
+        for i, (seq, token) in enumerate(zip(seqs, chosen.tolist())):
+            finish = None
+            is_stop = token in self.stops and not seq.params.ignore_eos
+            if is_stop:
+                finish = "stop"
+            else:
+                seq.ids.append(token)
+                if seq.seen is not None:
+                    seq.seen[min(token, self.vocab - 1)] = True
+                if len(seq.ids) >= seq.limit:
+                    finish = "length"
+            seq.detokenize(self.tokenizer, flush=finish is not None)
+            hit = first_stop(seq.text, seq.params.stop, seq.emitted)
+            if hit >= 0:
+                seq.text, finish = seq.text[:hit], "stop"
+            safe = len(seq.text) if finish else len(seq.text) - holdback(seq.text, seq.params.stop)
+            events.append(Event(seq.key, None if is_stop else token, seq.text[seq.emitted:safe], finish))
+            seq.emitted = max(seq.emitted, safe)
+            if finish is None:
+                keep.append(i)
+        if keep:
+            cache, mask, positions = state
+            idx = torch.tensor(keep, device=self.device)
+            if len(keep) != len(seqs):
+                cache.batch_select_indices(idx)
+                mask, positions = mask[idx], positions[idx]
+            self._merge([seqs[i] for i in keep], cache, mask, positions, chosen[idx])
+        return events
+
+    def _keep(self, rows: list[int]) -> None:
+        import torch
+
+        idx = torch.tensor(rows, device=self.device, dtype=torch.long)
+        self.seqs = [self.seqs[i] for i in rows]
+        if not self.seqs:
+            self.cache = self.mask = self.positions = self.pending = None
+            return
+        self.cache.batch_select_indices(idx)
+        self.mask, self.positions, self.pending = self.mask[idx], self.positions[idx], self.pending[idx]
+
+    def _merge(self, seqs: list[_Seq], cache: Any, mask: Any, positions: Any, pending: Any) -> None:
+        """Join rows to the running batch, left-padding the shorter cache (padding is masked out)."""
+        import torch
+        import torch.nn.functional as F
+
+        if self.cache is None:
+            self.seqs, self.cache, self.mask, self.positions, self.pending = seqs, cache, mask, positions, pending
+            return
+        a, b = self.mask.size(1), mask.size(1)
+        length = max(a, b)
+        for mine, theirs in zip(self.cache.layers, cache.layers):
+            mine.keys = torch.cat([F.pad(mine.keys, (0, 0, length - a, 0)), F.pad(theirs.keys, (0, 0, length - b, 0))])
+            mine.values = torch.cat([F.pad(mine.values, (0, 0, length - a, 0)),
+                                     F.pad(theirs.values, (0, 0, length - b, 0))])
+        self.mask = torch.cat([F.pad(self.mask, (length - a, 0)), F.pad(mask, (length - b, 0))])
+        self.positions = torch.cat([self.positions, positions])
+        self.pending = torch.cat([self.pending, pending])
+        self.seqs = self.seqs + seqs
