@@ -206,11 +206,11 @@ class BatchDecoder:
                 keep.append(i)
         if keep:
             cache, mask, positions = state
-            idx = torch.tensor(keep, device=self.device)
             if len(keep) != len(seqs):
+                idx = torch.tensor(keep, device=self.device)
                 cache.batch_select_indices(idx)
-                mask, positions = mask[idx], positions[idx]
-            self._merge([seqs[i] for i in keep], cache, mask, positions, chosen[idx])
+                mask, positions, chosen = mask[idx], positions[idx], chosen[idx]
+            self._merge([seqs[i] for i in keep], cache, mask, positions, chosen)
         return events
 
     def _keep(self, rows: list[int]) -> None:

@@ -94,9 +94,11 @@ def next_tokens(logits: Any, params: list[SamplingParams], seen: Any, generators
     import torch
 
     device = logits.device
+    if all(sp.greedy for sp in params) and all(sp.repetition_penalty == 1 for sp in params):
+        return logits.argmax(-1)  # the common fast path: no copies, no sorting
     logits = logits.float()
-    penalty = torch.tensor([sp.repetition_penalty for sp in params], device=device)
-    if bool((penalty != 1).any()):
+    if any(sp.repetition_penalty != 1 for sp in params):
+        penalty = torch.tensor([sp.repetition_penalty for sp in params], device=device)
         logits = apply_repetition_penalty(logits, seen, penalty)
     greedy = [sp.greedy for sp in params]
     out = logits.argmax(-1)
