@@ -7,7 +7,8 @@ injects one fault so the tests can prove what a real crash would do:
 - ``save:enospc@N`` raise ``OSError(ENOSPC)`` there (disk full);
 - ``save:sleep=S``  sleep S seconds at every save fault point (to kill from outside mid-save);
 - ``loss:nan@K``    make the loss of optimizer step K (1-based) NaN;
-- ``step:sleep=S``  sleep S seconds inside every optimizer step (to signal from outside mid-step).
+- ``step:sleep=S``  sleep S seconds inside every optimizer step (to signal from outside mid-step);
+- ``engine:raise@N`` raise RuntimeError at the server engine's N-th decode step.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def fault_point(site: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if action == "enospc":
         raise OSError(errno.ENOSPC, "No space left on device (injected)")
+    if action == "raise":
+        raise RuntimeError(f"injected failure at {site} #{_hits[site]}")
 
 
 def nan_loss_at(step: int) -> bool:

@@ -1,0 +1,51 @@
+"""`llmkit serve`: the OpenAI-compatible server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from llmkit.cli.options import SetOpt
+
+
+def register(app: typer.Typer) -> None:
+    """Add `serve` to the app."""
+    app.command("serve")(serve)
+
+
+def serve(
+    model_path: Path = typer.Argument(..., metavar="MODEL_DIR_OR_RUN", help="Run directory or HF model directory."),
+    config: Path = typer.Option(None, "--config", "-c", help="Run config whose `serve` and `generate` sections apply."),
+    overrides: list[str] = SetOpt,
+    host: str = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1)."),
+    port: int = typer.Option(None, "--port", help="TCP port (default 8000)."),
+    api_key_env: str = typer.Option(None, "--api-key-env", help="Environment variable holding the API key."),
+    allow_unauthenticated: bool = typer.Option(None, "--allow-unauthenticated",
+                                               help="Allow a non-loopback bind without an API key."),
+    max_concurrency: int = typer.Option(None, "--max-concurrency", help="Requests generating at once."),
+    max_batch_size: int = typer.Option(None, "--max-batch-size", help="Sequences decoded together."),
+    max_queue: int = typer.Option(None, "--max-queue", help="Requests allowed to wait (beyond: 429)."),
+    drain_timeout: float = typer.Option(None, "--drain-timeout", help="Seconds in-flight requests get on SIGTERM."),
+    engine: str = typer.Option(None, "--engine", help="llmkit (in-process) or vllm (GPU hosts)."),
+    served_model_name: str = typer.Option(None, "--served-model-name", help="Model id clients send."),
+) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API (binds 127.0.0.1 by default)."""
+    from llmkit.config.load import load_config
+    from llmkit.serve.server import ensure_serve_extra
+    from llmkit.serve.server import serve as run_server
+
+    ensure_serve_extra()
+    flags = {"serve.host": host, "serve.port": port, "serve.api_key_env": api_key_env,
+             "serve.allow_unauthenticated": allow_unauthenticated, "serve.max_concurrency": max_concurrency,
+             "serve.max_batch_size": max_batch_size, "serve.max_queue": max_queue,
+             "serve.drain_timeout_s": drain_timeout, "serve.engine": engine}
+    sets = list(overrides) + [f"{k}={_yaml(v)}" for k, v in flags.items() if v is not None]
+    cfg = load_config(config, sets, base={"name": "serve"} if config is None else None)
+    run_server(model_path, cfg.serve, cfg.generate, served_model_name)
+
+
+def _yaml(value: object) -> str:
+    import json
+
+    return json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)

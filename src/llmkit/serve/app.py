@@ -1,0 +1,382 @@
+"""The HTTP layer: an OpenAI-compatible FastAPI app over the engine.
+
+Every request first passes :class:`Guard` (plain ASGI): path normalisation, deny-by-default API
+key check, body-size limit, draining, and the request counter. Every error, whatever caused it,
+is the OpenAI error object with a 4xx/5xx status and no stack trace or file path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import posixpath
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+
+from llmkit.config.schema import GenerateConfig, ServeConfig
+from llmkit.errors import UsageError
+from llmkit.serve.engine import Engine, EngineError, Handle, Overloaded
+from llmkit.serve.metrics import Metrics
+from llmkit.serve.protocol import ChatCompletionRequest, CompletionRequest, error_body
+
+log = logging.getLogger("llmkit.serve")
+ALLOW_UNAUTHENTICATED = frozenset({"/health"})
+"""Routes reachable without the API key. Every other route requires it (deny by default)."""
+ROUTES = ("/health", "/ready", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions")
+
+
+class ApiError(Exception):
+    """An error answered as the OpenAI error object."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(error_body(self.message, self.kind, self.param, self.code), self.status, self.headers)
+
+
+@dataclass
+class State:
+    """What the routes share."""
+
+    engine: Engine
+    tokenizer: Any
+    model_name: str
+    defaults: GenerateConfig
+    config: ServeConfig
+    api_key: str | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    ready: bool = True
+    draining: bool = False
+    in_flight: int = 0
+    max_token_bytes: int = 64
+
+
+def canonical_path(raw: str) -> str:
+    """The path an auth decision is made on: percent-decoded, '//' and '..' resolved, no trailing '/'."""
+    path = posixpath.normpath("/" + unquote(raw).replace("\\", "/"))
+    return "/" + path.lstrip("/") if path != "/" else "/"
+
+
+class Guard:
+    """ASGI middleware: auth, size limit, draining and request metrics, before any routing."""
+
+    def __init__(self, app: Any, state: State):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = canonical_path(scope.get("path", "/"))
+        route = path if path in ROUTES else "other"
+        status_box = {"status": 500}
+
+        async def send_recording(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status_box["status"] = message["status"]
+            await send(message)
+
+        try:
+            problem = self._check(scope, path)
+            if problem is not None:
+                await problem.response()(scope, receive, send_recording)
+                return
+            await self.app(scope, self._limited(receive), send_recording)
+        finally:
+            self.state.metrics.request_done(route, status_box["status"])
+
+    def _check(self, scope: dict[str, Any], path: str) -> ApiError | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if self.state.api_key is not None and path not in ALLOW_UNAUTHENTICATED:
+            given = headers.get("authorization", "")
+            token = given[7:] if given[:7].lower() == "bearer " else ""
+            if not hmac.compare_digest(token.encode(), self.state.api_key.encode()):
+                return ApiError(401, "missing or wrong API key (send Authorization: Bearer <key>)",
+                                "authentication_error", code="invalid_api_key")
+        if self.state.draining and path != "/health":
+            return ApiError(503, "the server is shutting down", "service_unavailable")
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.state.config.max_body_bytes):
+            return ApiError(413, f"request body over {self.state.config.max_body_bytes} bytes", code="body_too_large")
+        return None
+
+    def _limited(self, receive: Any) -> Any:
+        seen = 0
+        limit = self.state.config.max_body_bytes
+
+        async def wrapped() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise ApiError(413, f"request body over {limit} bytes", code="body_too_large")
+            return message
+
+        return wrapped
+
+
+async def _read_json(request: Request) -> dict[str, Any]:
+    ctype = request.headers.get("content-type", "")
+    if "json" not in ctype.lower():
+        raise ApiError(400, "the body must be JSON (Content-Type: application/json)")
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "the body is not valid JSON") from None
+    except RecursionError:
+        raise ApiError(400, "the JSON is nested too deeply") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def _parse(model: type[BaseModel], body: dict[str, Any]) -> Any:
+    try:
+        req = model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(x) for x in first["loc"]) or None
+        raise ApiError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
+    except RecursionError:
+        raise ApiError(400, "the JSON is nested too deeply") from None
+    if req.model_extra:
+        log.info("ignored request fields: %s", ", ".join(sorted(req.model_extra))[:200])
+    return req
+
+
+def create_app(state: State) -> FastAPI:
+    """The FastAPI app (docs routes off: every route is classified for auth)."""
+    app = FastAPI(title="llmkit", docs_url=None, redoc_url=None, openapi_url=None)
+    tok, engine = state.tokenizer, state.engine
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return JSONResponse(error_body("internal error", "server_error"), 500)
+
+    @app.exception_handler(404)
+    async def _not_found(_: Request, __: Exception) -> JSONResponse:
+        return JSONResponse(error_body("no such route", "invalid_request_error", code="not_found"), 404)
+
+    @app.exception_handler(405)
+    async def _bad_method(_: Request, __: Exception) -> JSONResponse:
+        return JSONResponse(error_body("method not allowed on this route", "invalid_request_error"), 405)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        ok = state.ready and not state.draining
+        return JSONResponse({"status": "ready" if ok else "not ready"}, 200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        gauges = {"llmkit_active_requests": state.in_flight, "llmkit_queue_depth": engine.queued,
+                  "llmkit_batch_size": engine.batch_size, "llmkit_engine_requests": engine.active}
+        return PlainTextResponse(state.metrics.render(gauges), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": state.model_name, "object": "model", "created": 0,
+                                            "owned_by": "llmkit"}]}
+
+    def prompt_ids(text: str, param: str) -> list[int]:
+        # Reject hopeless prompts before tokenizing them: a token covers at most max_token_bytes bytes.
+        if len(text) // state.max_token_bytes >= engine.window:
+            raise ApiError(400, f"the prompt is far longer than the model's {engine.window}-token context", param=param,
+                           code="context_length_exceeded")
+        return tok.encode(text, add_special_tokens=False)
+
+    async def generation(request: Request, chat: bool) -> Response:
+        body = await _read_json(request)
+        req = _parse(ChatCompletionRequest if chat else CompletionRequest, body)
+        if req.model != state.model_name:
+            raise ApiError(404, "the model does not exist on this server (see GET /v1/models)", param="model",
+                           code="model_not_found")
+        param = "messages" if chat else "prompt"
+        if chat:
+            if tok.chat_template is None:
+                raise ApiError(400, "this model has no chat template; use /v1/completions", param="messages")
+            text = tok.apply_chat_template(req.chat(), tokenize=False, add_generation_prompt=True)
+            ids = prompt_ids(text, param)
+        elif isinstance(req.prompt, str):
+            ids = prompt_ids(req.prompt, param)
+        else:
+            ids = list(req.prompt)
+            if any(t < 0 or t >= len(tok) for t in ids):
+                raise ApiError(400, f"token ids must be within [0, {len(tok)})", param="prompt")
+        if not ids:
+            raise ApiError(400, "the prompt is empty", param=param)
+        if len(ids) >= engine.window:
+            raise ApiError(400, f"the prompt is {len(ids)} tokens; the model's context is {engine.window}",
+                           param=param, code="context_length_exceeded")
+        wanted = req.requested_max_tokens()
+        if wanted is not None and wanted <= 0:
+            raise ApiError(400, "max_tokens must be at least 1", param="max_tokens")
+        try:
+            params = [req.to_sampling_params(state.defaults, engine.window - len(ids), i) for i in range(req.n)]
+        except UsageError as exc:
+            raise ApiError(400, exc.detail or exc.summary) from None
+        try:
+            handle = engine.submit(ids, params)
+        except Overloaded:
+            raise ApiError(429, "the server is at capacity; retry shortly", "rate_limit_exceeded",
+                           headers={"Retry-After": "1"}) from None
+        state.metrics.tokens_in += len(ids)
+        meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
+                "model": state.model_name}
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(_sse(state, handle, meta, chat, include_usage, len(ids)),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return await _collect(state, request, handle, meta, chat, len(ids))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await generation(request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await generation(request, chat=True)
+
+    return app
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def _events(state: State, handle: Handle) -> AsyncIterator[Any]:
+    """A request's events until every choice has finished; cancels the request if abandoned."""
+    deadline = handle.submitted_at + state.config.request_timeout_s
+    remaining = len(handle.params)
+    state.in_flight += 1
+    first = True
+    try:
+        while remaining:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                yield EngineError("the request timed out")
+                return
+            try:
+                item = await asyncio.wait_for(handle.queue.get(), timeout)
+            except asyncio.TimeoutError:
+                continue
+            if isinstance(item, EngineError):
+                state.metrics.stream_errors += 1
+                yield item
+                return
+            if first and item.token_id is not None:
+                state.metrics.ttft.observe(time.monotonic() - handle.submitted_at)
+                first = False
+            if item.finish_reason:
+                remaining -= 1
+            yield item
+    finally:
+        state.in_flight -= 1
+        state.metrics.latency.observe(time.monotonic() - handle.submitted_at)
+        if remaining:
+            state.engine.cancel(handle)
+
+
+async def _collect(state: State, request: Request, handle: Handle, meta: dict[str, Any], chat: bool,
+                   prompt_tokens: int) -> JSONResponse:
+    n = len(handle.params)
+    texts, reasons, counts = [""] * n, ["stop"] * n, [0] * n
+    events = _events(state, handle)
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        while True:
+            nxt = asyncio.ensure_future(events.__anext__())
+            done, _ = await asyncio.wait({nxt, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if nxt not in done:  # the client went away: stop generating for it
+                nxt.cancel()
+                await events.aclose()
+                return JSONResponse(error_body("client disconnected", "invalid_request_error"), 499)
+            try:
+                ev = nxt.result()
+            except StopAsyncIteration:
+                break
+            if isinstance(ev, EngineError):
+                await events.aclose()
+                return JSONResponse(error_body(ev.message, "server_error"), 504 if "timed out" in ev.message else 500)
+            choice = ev.key[1]
+            texts[choice] += ev.text
+            counts[choice] += ev.token_id is not None
+            if ev.finish_reason:
+                reasons[choice] = ev.finish_reason
+    finally:
+        watcher.cancel()
+    state.metrics.tokens_out += sum(counts)
+    if chat:
+        choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": r, "logprobs": None}
+                   for i, (t, r) in enumerate(zip(texts, reasons))]
+        body = {**meta, "object": "chat.completion", "choices": choices}
+    else:
+        choices = [{"index": i, "text": t, "finish_reason": r, "logprobs": None}
+                   for i, (t, r) in enumerate(zip(texts, reasons))]
+        body = {**meta, "object": "text_completion", "choices": choices}
+    body["usage"] = _usage(prompt_tokens, sum(counts))
+    return JSONResponse(body)
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.1)
+
+
+async def _sse(state: State, handle: Handle, meta: dict[str, Any], chat: bool, include_usage: bool,
+               prompt_tokens: int) -> AsyncIterator[bytes]:
+    """Server-sent events in OpenAI's chunk format; an engine failure ends with one error event."""
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    completion = 0
+
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return f"data: {json.dumps({**meta, 'object': obj, 'choices': choices, **extra})}\n\n".encode()
+
+    if chat:
+        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                     for i in range(len(handle.params))])
+    events = _events(state, handle)
+    try:
+        async for ev in events:
+            if isinstance(ev, EngineError):
+                yield f"data: {json.dumps(error_body(ev.message, 'server_error'))}\n\n".encode()
+                return
+            completion += ev.token_id is not None
+            if not ev.text and not ev.finish_reason:
+                continue
+            choice = ev.key[1]
+            finish = ev.finish_reason if ev.finish_reason != "cancelled" else "stop"
+            if chat:
+                yield chunk([{"index": choice, "delta": {"content": ev.text} if ev.text else {},
+                              "finish_reason": finish}])
+            else:
+                yield chunk([{"index": choice, "text": ev.text, "finish_reason": finish, "logprobs": None}])
+        state.metrics.tokens_out += completion
+        if include_usage:
+            yield chunk([], usage=_usage(prompt_tokens, completion))
+        yield b"data: [DONE]\n\n"
+    finally:
+        await events.aclose()

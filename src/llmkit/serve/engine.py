@@ -1,0 +1,180 @@
+"""The serving engine: one thread that runs a BatchDecoder; requests join it between steps.
+
+The HTTP layer submits a request (one or more choices) and reads its events from an asyncio
+queue. The engine admits waiting requests while the batch has room (``max_batch_size``), decodes
+one step for everyone, and delivers each event to its request's queue. A request cancelled by
+its client (disconnect, timeout) leaves the batch at the next step. An exception inside a step
+ends every request in that batch with an error event; the engine then goes on with new ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmkit.generate.batch import BatchDecoder, Event
+from llmkit.generate.sampling import SamplingParams
+from llmkit.train.faults import fault_point
+
+log = logging.getLogger("llmkit.serve")
+
+
+class Overloaded(Exception):
+    """More requests than max_concurrency + max_queue: the client should retry later."""
+
+
+@dataclass
+class EngineError:
+    """Delivered instead of an Event when the engine failed while decoding this request."""
+
+    message: str
+
+
+@dataclass
+class Handle:
+    """One submitted request: its choices, and where its events go."""
+
+    id: int
+    prompt: list[int]
+    params: list[SamplingParams]
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: bool = False
+    admitted_at: float | None = None
+    submitted_at: float = field(default_factory=time.monotonic)
+    open_choices: int = 0
+
+    def keys(self) -> list[tuple[int, int]]:
+        return [(self.id, i) for i in range(len(self.params))]
+
+
+class Engine:
+    """Continuous batching over one model on one device."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_batch_size: int, max_concurrency: int, max_queue: int):
+        self.decoder = BatchDecoder(model, tokenizer)
+        self.tokenizer = tokenizer
+        self.window = self.decoder.window
+        self.max_batch, self.max_concurrency, self.max_queue = max_batch_size, max_concurrency, max_queue
+        self._waiting: deque[Handle] = deque()
+        self._active: dict[int, Handle] = {}
+        self._ids = itertools.count(1)
+        self._wake = threading.Condition()
+        self._stop = False
+        self.batch_size = 0
+        self.steps = 0
+        self._thread = threading.Thread(target=self._run, name="llmkit-engine", daemon=True)
+        self._thread.start()
+
+    # --- called from the event loop -----------------------------------------------------------
+
+    def submit(self, prompt: list[int], params: list[SamplingParams]) -> Handle:
+        """Queue a request (raises Overloaded when the server is full)."""
+        with self._wake:
+            if len(self._active) + len(self._waiting) >= self.max_concurrency + self.max_queue:
+                raise Overloaded
+            handle = Handle(next(self._ids), prompt, params, asyncio.get_running_loop())
+            handle.open_choices = len(params)
+            self._waiting.append(handle)
+            self._wake.notify()
+        return handle
+
+    def cancel(self, handle: Handle) -> None:
+        """Stop generating for a request (its client is gone)."""
+        with self._wake:
+            handle.cancelled = True
+            if handle in self._waiting:
+                self._waiting.remove(handle)
+            self._wake.notify()
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    def close(self) -> None:
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+        self._thread.join(timeout=5)
+
+    # --- the engine thread ----------------------------------------------------------------------
+
+    def _deliver(self, handle: Handle, item: Event | EngineError) -> None:
+        try:
+            handle.loop.call_soon_threadsafe(handle.queue.put_nowait, item)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass
+
+    def _admit(self) -> list[Handle]:
+        """Waiting requests that fit: concurrency limit and batch room."""
+        admitted = []
+        room = self.max_batch - len(self.decoder)
+        with self._wake:
+            while self._waiting and len(self._active) < self.max_concurrency:
+                need = len(self._waiting[0].params)
+                if need > room and room < self.max_batch:  # wait for room (a too-wide request runs alone)
+                    break
+                handle = self._waiting.popleft()
+                handle.admitted_at = time.monotonic()
+                self._active[handle.id] = handle
+                admitted.append(handle)
+                room -= need
+        return admitted
+
+    def _dispatch(self, events: list[Event]) -> None:
+        for ev in events:
+            rid, _choice = ev.key  # type: ignore[misc]
+            handle = self._active.get(rid)
+            if handle is None:
+                continue
+            self._deliver(handle, ev)
+            if ev.finish_reason:
+                handle.open_choices -= 1
+                if handle.open_choices == 0:
+                    with self._wake:
+                        self._active.pop(rid, None)
+
+    def _fail_all(self, message: str) -> None:
+        with self._wake:
+            failed = list(self._active.values())
+            self._active.clear()
+        for handle in failed:
+            self._deliver(handle, EngineError(message))
+        self.decoder = BatchDecoder(self.decoder.model, self.tokenizer)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stop and not self._waiting and not len(self.decoder):
+                    self._wake.wait(timeout=0.5)
+                if self._stop:
+                    return
+            try:
+                for handle in self._admit():
+                    if handle.cancelled:
+                        self._dispatch([Event(k, None, "", "cancelled") for k in handle.keys()])
+                        continue
+                    self._dispatch(self.decoder.add([handle.prompt] * len(handle.params), handle.params,
+                                                    handle.keys()))
+                for seq in self.decoder.seqs:
+                    owner = self._active.get(seq.key[0])  # type: ignore[index]
+                    if owner is None or owner.cancelled:
+                        self.decoder.cancel(seq.key)
+                self.batch_size = len(self.decoder)
+                if len(self.decoder):
+                    fault_point("engine")
+                    self._dispatch(self.decoder.step())
+                    self.steps += 1
+            except Exception as exc:  # never let one bad step kill the server
+                log.exception("engine step failed")
+                self._fail_all(f"generation failed: {type(exc).__name__}")

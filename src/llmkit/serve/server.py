@@ -1,0 +1,156 @@
+"""Start the server: security checks, model loading, uvicorn, and draining on SIGTERM.
+
+SIGTERM (or Ctrl-C) flips readiness to 503 at once; new requests get 503; requests in flight
+finish (up to ``drain_timeout_s``); then the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from llmkit.config.schema import GenerateConfig, ServeConfig
+from llmkit.errors import ConfigError, EnvironmentProblem, UsageError
+
+log = logging.getLogger("llmkit.serve")
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def api_key_from_env(cfg: ServeConfig, environ: dict[str, str] | os._Environ[str] = os.environ) -> str | None:
+    """The API key named by ``api_key_env`` (its value never appears in logs or errors)."""
+    if cfg.api_key_env is None:
+        return None
+    key = environ.get(cfg.api_key_env, "")
+    if not key:
+        raise ConfigError(f"serve.api_key_env names ${cfg.api_key_env}, which is not set", "",
+                          f"export {cfg.api_key_env}=<a long random key>, or drop --api-key-env")
+    return key
+
+
+def check_bind(cfg: ServeConfig, api_key: str | None) -> str | None:
+    """Refuse a public bind without a key unless explicitly allowed; returns a warning to print."""
+    if is_loopback(cfg.host):
+        return None
+    if api_key is None and not cfg.allow_unauthenticated:
+        raise ConfigError(f"refusing to serve on {cfg.host} without an API key",
+                          "anyone who can reach this address could use the model",
+                          "set --api-key-env NAME (and export NAME), or pass --allow-unauthenticated")
+    if api_key is None:
+        return f"warning: serving on {cfg.host} WITHOUT authentication (--allow-unauthenticated)"
+    return None
+
+
+def vllm_command(model_dir: Path, cfg: ServeConfig, served_name: str) -> list[str]:
+    """The `vllm serve` command equivalent to this server's options (the key goes by env var)."""
+    cmd = ["vllm", "serve", str(model_dir), "--host", cfg.host, "--port", str(cfg.port),
+           "--served-model-name", served_name, "--max-num-seqs", str(cfg.max_batch_size)]
+    if cfg.api_key_env:
+        cmd += ["--api-key", f"${cfg.api_key_env}"]  # expanded by the shell we exec through
+    if cfg.cors_origins:
+        cmd += ["--allowed-origins", ",".join(cfg.cors_origins)]
+    return cmd
+
+
+def run_vllm(model_dir: Path, cfg: ServeConfig, served_name: str) -> None:
+    """Hand the model directory to vLLM's OpenAI server, or say what is missing."""
+    import torch
+
+    if shutil.which("vllm") is None:
+        raise EnvironmentProblem("--engine vllm needs vLLM", "the `vllm` command is not installed",
+                                 "pip install vllm (on a Linux machine with an NVIDIA GPU), or use --engine llmkit")
+    if not torch.cuda.is_available():
+        raise EnvironmentProblem("--engine vllm needs a CUDA GPU", "torch sees none on this machine",
+                                 "use --engine llmkit here")
+    cmd = " ".join(vllm_command(model_dir, cfg, served_name))
+    os.execvp("sh", ["sh", "-c", f"exec {cmd}"])
+
+
+def serve(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, served_name: str | None = None) -> None:
+    """Load the model and serve until SIGTERM/SIGINT (then drain and return)."""
+    import uvicorn
+
+    from llmkit.model.load import load_for_inference, resolve_model_dir
+    from llmkit.serve.app import State, create_app
+    from llmkit.serve.engine import Engine
+
+    api_key = api_key_from_env(cfg)
+    warning = check_bind(cfg, api_key)
+    model_dir = resolve_model_dir(model_path)
+    name = served_name or (model_dir.parent.name if model_dir.name == "final" else model_dir.name)
+    if cfg.engine == "vllm":
+        run_vllm(model_dir, cfg, name)
+        return
+    if warning:
+        print(warning, file=sys.stderr)
+    model, tokenizer, _ = load_for_inference(model_dir)
+    engine = Engine(model, tokenizer, cfg.max_batch_size, cfg.max_concurrency, cfg.max_queue)
+    longest = max((len(t) for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))) if t), default=16)
+    state = State(engine, tokenizer, name, defaults, cfg, api_key, max_token_bytes=max(4, longest * 4))
+    app = create_app(state)
+    if cfg.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    from llmkit.serve.app import Guard
+
+    guarded = Guard(app, state)
+    config = uvicorn.Config(guarded, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=1, h11_max_incomplete_event_size=65536)
+    server = uvicorn.Server(config)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+
+        async def drain() -> None:
+            await stopping.wait()
+            state.draining = True  # readiness 503 now; new requests 503
+            deadline = loop.time() + cfg.drain_timeout_s
+            while (state.in_flight or engine.active or engine.queued) and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            server.should_exit = True
+
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        drainer = asyncio.ensure_future(drain())
+        print(f"serving {name} on http://{cfg.host}:{cfg.port} (OpenAI API under /v1)", flush=True)
+        await server.serve()
+        drainer.cancel()
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.close()
+
+
+def ensure_serve_extra() -> None:
+    """Fail with the install command when FastAPI/uvicorn are missing."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise EnvironmentProblem("llmkit serve needs FastAPI and uvicorn", "", "pip install 'llmkit[serve]'") from None
+
+
+def parse_port(value: Any) -> int:
+    if not isinstance(value, int) or not (0 <= value <= 65535):
+        raise UsageError(f"bad port {value!r}", "", "pass a port between 0 and 65535")
+    return value
