@@ -150,7 +150,7 @@ def _parse(model: type[BaseModel], body: dict[str, Any]) -> Any:
         req = model.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
-        param = ".".join(str(x) for x in first["loc"]) or None
+        param = str(first["loc"][0]) if first["loc"] else None  # the request field, as OpenAI reports it
         raise ApiError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
     except RecursionError:
         raise ApiError(400, "the JSON is nested too deeply") from None

@@ -45,6 +45,7 @@ class _Sampling(BaseModel):
     stop: StrictStr | list[StrictStr] | None = None
     seed: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] | None = None
     user: StrictStr | None = None
+    ignore_eos: StrictBool = False  # vLLM's extension: generate past end-of-text tokens
 
     @field_validator("stop")
     @classmethod
@@ -75,6 +76,7 @@ class _Sampling(BaseModel):
                                 else defaults.repetition_penalty),
             stop=tuple(stops) if self.stop is not None else tuple(defaults.stop),
             seed=seed if seed is not None else defaults.seed,
+            ignore_eos=self.ignore_eos,
         )
 
 

@@ -7,6 +7,7 @@ finish (up to ``drain_timeout_s``); then the process exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -113,7 +114,17 @@ def serve(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, se
     guarded = Guard(app, state)
     config = uvicorn.Config(guarded, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=1, h11_max_incomplete_event_size=65536)
-    server = uvicorn.Server(config)
+    class DrainingServer(uvicorn.Server):
+        """uvicorn without its own signal handling: ours drains first, then sets should_exit."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:  # uvicorn >= 0.29
+            yield
+
+        def install_signal_handlers(self) -> None:  # older uvicorn
+            return None
+
+    server = DrainingServer(config)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -129,7 +140,6 @@ def serve(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, se
                 await asyncio.sleep(0.05)
             server.should_exit = True
 
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         drainer = asyncio.ensure_future(drain())
         print(f"serving {name} on http://{cfg.host}:{cfg.port} (OpenAI API under /v1)", flush=True)
         await server.serve()

@@ -8,7 +8,8 @@ injects one fault so the tests can prove what a real crash would do:
 - ``save:sleep=S``  sleep S seconds at every save fault point (to kill from outside mid-save);
 - ``loss:nan@K``    make the loss of optimizer step K (1-based) NaN;
 - ``step:sleep=S``  sleep S seconds inside every optimizer step (to signal from outside mid-step);
-- ``engine:raise@N`` raise RuntimeError at the server engine's N-th decode step.
+- ``engine:raise@N`` raise RuntimeError at the server engine's N-th decode step;
+- ``engine:sleep=S`` sleep S seconds at every engine decode step (to keep requests in flight).
 """
 
 from __future__ import annotations
