@@ -1,0 +1,187 @@
+"""Serving load: time to first token, inter-token latency, aggregate tokens/s, errors.
+
+1. `llmkit serve` (a subprocess, 127.0.0.1 only) on the `tiny` preset's model (random weights,
+   BPE tokenizer trained on the embedded corpus). At concurrency 1, 4, 16 and 64, each client
+   streams completions of 64 tokens (end-of-text ignored) for a bounded number of requests.
+2. The HTTP layer alone: the same app with a dummy engine that emits tokens instantly; one
+   stream of 4,000 tokens shows what the server adds per token.
+
+Usage: python benchmarks/serve_load.py [--requests-per-client 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from llmkit.config.load import validate_config
+from llmkit.config.presets import load_preset
+from llmkit.config.schema import DataConfig, GenerateConfig, ServeConfig
+from llmkit.data.corpus import iter_documents
+from llmkit.data.tokenizer import load_tokenizer, train_bpe, wrap
+from llmkit.generate.batch import Event
+from llmkit.model.build import build_model
+
+MAX_TOKENS = 64
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_model(directory: Path) -> None:
+    cfg = validate_config(load_preset("tiny"))
+    tcfg = cfg.tokenizer
+    wrap(train_bpe(iter_documents(DataConfig()), tcfg), tcfg, 256).save_pretrained(str(directory))
+    tok = load_tokenizer(directory)
+    model = build_model(cfg.model, len(tok), tok.eos_token_id, tok.pad_token_id, seed=0)
+    model.save_pretrained(str(directory))
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def client(http: httpx.AsyncClient, n: int, stats: dict[str, list[float]]) -> None:
+    body = {"model": "m", "prompt": "The for statement", "max_tokens": MAX_TOKENS, "temperature": 0,
+            "stream": True, "ignore_eos": True}
+    for _ in range(n):
+        t0 = time.perf_counter()
+        last = None
+        tokens = 0
+        try:
+            async with http.stream("POST", "/v1/completions", json=body) as resp:
+                if resp.status_code != 200:
+                    stats["errors"].append(1)
+                    continue
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    now = time.perf_counter()
+                    chunk = json.loads(line[6:])
+                    if "error" in chunk:
+                        stats["errors"].append(1)
+                        break
+                    if last is None:
+                        stats["ttft"].append(now - t0)
+                    else:
+                        stats["itl"].append(now - last)
+                    last = now
+                    tokens += 1
+            stats["tokens"].append(tokens)
+        except httpx.HTTPError:
+            stats["errors"].append(1)
+
+
+async def level(url: str, concurrency: int, per_client: int) -> dict[str, float]:
+    stats: dict[str, list[float]] = {"ttft": [], "itl": [], "tokens": [], "errors": []}
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(http, per_client, stats) for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return {"concurrency": concurrency, "ttft_p50_ms": 1000 * pct(stats["ttft"], 0.5),
+            "ttft_p99_ms": 1000 * pct(stats["ttft"], 0.99), "itl_p50_ms": 1000 * pct(stats["itl"], 0.5),
+            "itl_p99_ms": 1000 * pct(stats["itl"], 0.99), "tokens_per_s": sum(stats["tokens"]) / wall,
+            "errors": len(stats["errors"])}
+
+
+class InstantEngine:
+    """Emits tokens as fast as the HTTP layer can take them (no model)."""
+
+    window, batch_size, active, queued = 100_000, 1, 0, 0
+
+    def submit(self, prompt: list[int], params: list) -> object:  # type: ignore[type-arg]
+        from llmkit.serve.engine import Handle
+
+        handle = Handle(1, prompt, params, asyncio.get_running_loop())
+        n = params[0].max_new_tokens
+        for i in range(n):
+            handle.queue.put_nowait(Event((1, 0), 5, "x", "length" if i == n - 1 else None))
+        return handle
+
+    def cancel(self, handle: object) -> None:
+        return None
+
+
+def http_layer_rate(tokenizer_dir: Path, tokens: int = 4000) -> float:
+    import uvicorn
+
+    from llmkit.serve.app import Guard, State, create_app
+
+    tok = load_tokenizer(tokenizer_dir)
+    state = State(InstantEngine(), tok, "m", GenerateConfig(), ServeConfig())  # type: ignore[arg-type]
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(Guard(create_app(state), state), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    body = {"model": "m", "prompt": "x", "max_tokens": tokens, "stream": True}
+    best = 0.0
+    for _ in range(3):
+        t0 = time.perf_counter()
+        n = 0
+        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=60) as resp:
+            for line in resp.iter_lines():
+                n += line.startswith("data: {")
+        best = max(best, n / (time.perf_counter() - t0))
+    server.should_exit = True
+    thread.join(timeout=10)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests-per-client", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "m"
+        make_model(model_dir)
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", str(model_dir), "--port", str(port),
+                                 "--max-concurrency", "64", "--max-batch-size", "64", "--served-model-name", "m"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(600):
+                try:
+                    if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            rows = [asyncio.run(level(url, c, args.requests_per_client)) for c in (1, 4, 16, 64)]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        print(f"{'conc':>4} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'tok/s':>8} {'errors':>6}")
+        for r in rows:
+            print(f"{r['concurrency']:4d} {r['ttft_p50_ms']:8.1f}ms {r['ttft_p99_ms']:8.1f}ms {r['itl_p50_ms']:7.1f}ms "
+                  f"{r['itl_p99_ms']:7.1f}ms {r['tokens_per_s']:8.0f} {r['errors']:6d}")
+        by = {r["concurrency"]: r["tokens_per_s"] for r in rows}
+        print(f"aggregate tokens/s, concurrency 16 / 1: {by[16] / by[1]:.1f}x; errors in total: "
+              f"{sum(r['errors'] for r in rows)}")
+        print(f"HTTP layer alone (instant engine), one stream: {http_layer_rate(model_dir):.0f} tokens/s")
+
+
+if __name__ == "__main__":
+    main()
