@@ -160,26 +160,3 @@ def collate_padded(examples: list[tuple[np.ndarray, np.ndarray]], seq_len: int, 
         x, y = shift_labels(ids[: seq_len + 1], mask[: seq_len + 1])
         input_ids[row, : len(x)], labels[row, : len(y)], attention[row, : len(x)] = x, y, 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
-
-
-def pack_rows(examples: list[tuple[np.ndarray, np.ndarray]], seq_len: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Lay examples end to end into rows of at most seq_len + 1 tokens (greedy, in order).
-
-    An example that does not fit in the current row starts a new one; one longer than a row is
-    truncated. The result feeds :func:`collate_padded`.
-    """
-    rows: list[tuple[np.ndarray, np.ndarray]] = []
-    ids_parts: list[np.ndarray] = []
-    mask_parts: list[np.ndarray] = []
-    used = 0
-    for ids, mask in examples:
-        ids, mask = ids[: seq_len + 1], mask[: seq_len + 1]
-        if used and used + len(ids) > seq_len + 1:
-            rows.append((np.concatenate(ids_parts), np.concatenate(mask_parts)))
-            ids_parts, mask_parts, used = [], [], 0
-        ids_parts.append(ids)
-        mask_parts.append(mask)
-        used += len(ids)
-    if ids_parts:
-        rows.append((np.concatenate(ids_parts), np.concatenate(mask_parts)))
-    return rows

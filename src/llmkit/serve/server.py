@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.config.schema import GenerateConfig, ServeConfig
-from llmkit.errors import ConfigError, EnvironmentProblem, UsageError
+from llmkit.errors import ConfigError, EnvironmentProblem
 
 log = logging.getLogger("llmkit.serve")
 
@@ -158,9 +158,3 @@ def ensure_serve_extra() -> None:
         import uvicorn  # noqa: F401
     except ImportError:
         raise EnvironmentProblem("llmkit serve needs FastAPI and uvicorn", "", "pip install 'llmkit[serve]'") from None
-
-
-def parse_port(value: Any) -> int:
-    if not isinstance(value, int) or not (0 <= value <= 65535):
-        raise UsageError(f"bad port {value!r}", "", "pass a port between 0 and 65535")
-    return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,25 @@ def test_cli_train_end_to_end(tmp_path: Path) -> None:
     assert {"config.yaml", "manifest.json", "metrics.jsonl", "final", "checkpoints"} <= {p.name for p in run_dir.iterdir()}
     assert sorted(losses(run_dir)) == [3, 6, 9, 12]
     assert math.isfinite(losses(run_dir)[12])
+
+
+def test_sft_packing_keeps_masks_and_fills_rows(tmp_path: Path, pretrained: Path) -> None:
+    from llmkit.config.load import load_config as load
+    from llmkit.data.sft import IGNORE_INDEX
+    from llmkit.train.batches import SftBatches
+
+    cfg_path = make_run(tmp_path, train={"task": "sft"}, model={"from_pretrained": str(pretrained)},
+                        tokenizer={"kind": "pretrained", "path": str(pretrained)},
+                        data={"sft_path": str(sft_file(tmp_path)), "val_fraction": 0.1, "sft_packing": True})
+    cfg = load(cfg_path, environ={})
+    packed = SftBatches(cfg, tmp_path / "runs" / "t", micro=2)
+    batch = packed.next_micro_batch()
+    tok = AutoTokenizer.from_pretrained(str(pretrained))
+    for row_ids, row_labels in zip(batch["input_ids"], batch["labels"]):
+        trained = tok.decode([int(t) for t in row_labels if t != IGNORE_INDEX])
+        # only completions are trained on (the 32-token context may cut the last one short)
+        assert trained and re.fullmatch(r"(\d+ plus one is \d+\.<\|im_end\|>\n)*[\d a-z.]*", trained), trained
+    state = packed.state_dict()
+    again = SftBatches(cfg, tmp_path / "runs" / "t", micro=2)
+    again.load_state_dict(state)
+    assert (again.next_micro_batch()["input_ids"] == packed.next_micro_batch()["input_ids"]).all()

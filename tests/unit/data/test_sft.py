@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmkit.data.sft import (IGNORE_INDEX, collate_padded, encode_example, pack_rows, read_sft_file,
-                             segments, to_messages)
+from llmkit.data.sft import IGNORE_INDEX, collate_padded, encode_example, read_sft_file, segments, to_messages
 from llmkit.errors import UsageError
 
 
@@ -79,16 +78,6 @@ def test_truncation_to_context(tokenizer) -> None:
     ex = encode_example(tokenizer, to_messages({"prompt": "word " * 50, "completion": "x"}, "x"))
     batch = collate_padded([ex], seq_len=8, pad_id=3)
     assert batch["input_ids"].shape == (1, 8) and (batch["labels"] == IGNORE_INDEX).all()
-
-
-def test_packing_keeps_masks_and_fits_rows(tokenizer) -> None:
-    exs = [encode_example(tokenizer, to_messages({"prompt": f"q{i}", "completion": f"a{i}"}, "x"))
-           for i in range(6)]
-    rows = pack_rows(exs, seq_len=40)
-    assert len(rows) < len(exs) and all(len(r[0]) <= 41 for r in rows)
-    assert sum(len(r[0]) for r in rows) == sum(len(e[0]) for e in exs)
-    packed_trained = "".join(trained_text(tokenizer, *r) for r in rows)
-    assert packed_trained == "".join(f"a{i}<|im_end|>\n" for i in range(6))
 
 
 def test_file_errors_name_the_line(tmp_path: Path) -> None:
