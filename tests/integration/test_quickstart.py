@@ -89,3 +89,19 @@ def test_report_renders_in_headless_chromium(quickstart_dir: Path, tmp_path: Pat
                     (quickstart_dir / "report.html").resolve().as_uri()], capture_output=True, timeout=120)
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a real, non-blank page
+
+
+def test_chat_ctrl_c_exits_cleanly(quickstart_dir: Path) -> None:
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "llmkit", "chat", str(quickstart_dir)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    line = ""
+    while time.monotonic() < deadline and "chatting with" not in line:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+    time.sleep(0.3)  # waiting at the prompt
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "bye" in out and "Traceback" not in err
