@@ -206,3 +206,16 @@ def test_s12_fuzzed_bodies_never_5xx(server: Server, body: object, chat: bool) -
             assert data.rstrip().endswith("data: [DONE]")
     else:
         assert set(resp.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_s7_chunked_body_over_the_limit(server: Server) -> None:
+    def chunks():  # type: ignore[no-untyped-def]
+        yield b'{"model": "t", "prompt": "'
+        for _ in range(40):
+            yield b"a" * 65536  # 2.6 MB in all, sent without a Content-Length
+        yield b'"}'
+
+    resp = httpx.post(server.url + "/v1/completions", content=chunks(), headers={"content-type": "application/json"},
+                      timeout=60)
+    assert_error(resp, 413)
+    assert server.alive()

@@ -187,3 +187,21 @@ def test_vllm_command_carries_the_options(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "llmkit", "serve", str(tmp_path), "--engine", "vllm"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode in (2, 3) and "Traceback" not in out.stderr
+
+
+def test_per_request_timeout(model_dir: Path) -> None:
+    server = start_server(model_dir, "--set", "serve.request_timeout_s=0.5", env={"LLMKIT_FAULT": "engine:sleep=0.05"})
+    try:
+        slow = httpx.post(server.url + "/v1/completions", json={**BODY, "max_tokens": 60}, timeout=60)
+        err = slow.json()["error"]
+        assert slow.status_code == 504 and "timed out" in err["message"]
+        with httpx.stream("POST", server.url + "/v1/completions", json={**BODY, "max_tokens": 60, "stream": True},
+                          timeout=60) as resp:
+            lines = [line for line in resp.iter_lines() if line.startswith("data: ")]
+        assert "timed out" in json.loads(lines[-1][6:])["error"]["message"]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and gauge(server, "llmkit_engine_requests"):
+            time.sleep(0.1)
+        assert gauge(server, "llmkit_engine_requests") == 0  # timed-out requests stopped generating
+    finally:
+        stop_server(server)
