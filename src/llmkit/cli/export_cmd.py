@@ -1,0 +1,73 @@
+"""`llmkit export` and `llmkit verify`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add `export` and `verify` to the app."""
+    app.command("export")(export)
+    app.command("verify")(verify)
+
+
+def export(
+    run: Path = typer.Argument(..., help="Run directory (runs/<name>)."),
+    fmt: str = typer.Option("hf", "--format", help="hf (Hugging Face directory) or gguf (llama.cpp file)."),
+    out: Path = typer.Option(..., "--out", help="Output directory (hf) or file (gguf)."),
+    dtype: str = typer.Option("float32", "--dtype", help="hf: float32, bfloat16 or float16."),
+    merge_lora: bool = typer.Option(True, "--merge-lora/--no-merge-lora", help="LoRA runs: merged model or adapter."),
+    quant: str = typer.Option("f32", "--quant", help="gguf: f32, f16 or q8_0."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+) -> None:
+    """Export the trained model; an fp32 HF export is then verified against the run's model."""
+    from llmkit.errors import UsageError
+    from llmkit.export.hf import export_hf, source_dir
+    from llmkit.export.verify import render
+    from llmkit.export.verify import verify as run_verify
+
+    if fmt == "gguf":
+        from llmkit.export.gguf import export_gguf
+
+        path = export_gguf(source_dir(run), out, quant, overwrite)
+        typer.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {quant})")
+        return
+    if fmt != "hf":
+        raise UsageError(f"unknown export format {fmt!r}", "formats: hf, gguf", "pass --format hf or --format gguf")
+    from llmkit.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(source_dir(run))
+    prompts = [tok.encode(p, add_special_tokens=False) or [tok.eos_token_id] for p in ("The", "A class is", "x = 1")]
+    result = export_hf(run, out, dtype, merge_lora, overwrite, prompts=prompts)
+    typer.echo(f"wrote {out}: {', '.join(result.files)}")
+    if result.dtype == "adapter":
+        return
+    if dtype != "float32":
+        typer.echo(f"warning: {dtype} changes the model: max logit difference {result.max_logit_diff:.3g} vs float32 "
+                   "on fixed prompts (greedy outputs may differ)")
+        return
+    report = run_verify(run, out)
+    typer.echo(render(report))
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def verify(
+    run: Path = typer.Argument(..., help="Run directory (runs/<name>)."),
+    exported: Path = typer.Option(None, "--exported", help="Exported HF directory (default: the run's final/)."),
+    endpoint: str = typer.Option(None, "--endpoint", help="Base URL of a running OpenAI-compatible server."),
+    endpoint_model: str = typer.Option(None, "--endpoint-model", help="Model id at the endpoint (default: run name)."),
+    api_key_env: str = typer.Option(None, "--api-key-env", help="Environment variable with the endpoint's key."),
+    tolerance: float = typer.Option(1e-4, "--tolerance", help="Largest allowed logit difference."),
+) -> None:
+    """Parity check: the run's model vs its export (plain transformers) vs an endpoint. Exit 1 on a mismatch."""
+    import os
+
+    from llmkit.export.verify import render
+    from llmkit.export.verify import verify as run_verify
+
+    key = os.environ.get(api_key_env, "") if api_key_env else None
+    report = run_verify(run, exported or run / "final", endpoint, endpoint_model, tolerance, key or None)
+    typer.echo(render(report))
+    raise typer.Exit(0 if report.ok else 1)

@@ -1,0 +1,149 @@
+"""`llmkit verify`: the model users take elsewhere behaves exactly as the one they evaluated.
+
+For each of the run's fixed eval prompts (chat-rendered for SFT runs), compares:
+
+- (a) the run's model as llmkit serves it (llmkit's loader and decode loop);
+- (b) the exported directory loaded with plain ``transformers`` (AutoTokenizer, AutoModel,
+  ``generate``): same token ids for the prompt, same greedy tokens, and the largest absolute
+  difference of the prompt's logits;
+- (c) optionally a running OpenAI-compatible endpoint: same greedy text.
+
+Tolerance (documented): logits may differ by at most ``tolerance`` (default 1e-4, for fp32
+exports; a bf16/fp16 export needs a larger one, e.g. 0.1, and may legitimately change greedy
+tokens). Any prompt-token, special-token or greedy-output mismatch fails the check (exit 1).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import UsageError
+
+NEW_TOKENS = 24
+
+
+@dataclass
+class PromptCheck:
+    prompt: str
+    tokens_equal: bool
+    greedy_equal: bool
+    max_logit_diff: float
+    endpoint_equal: bool | None = None
+    detail: str = ""
+
+
+@dataclass
+class VerifyReport:
+    checks: list[PromptCheck] = field(default_factory=list)
+    special_tokens_equal: bool = True
+    special_detail: str = ""
+    tolerance: float = 1e-4
+
+    @property
+    def ok(self) -> bool:
+        return self.special_tokens_equal and all(
+            c.tokens_equal and c.greedy_equal and c.max_logit_diff <= self.tolerance and c.endpoint_equal is not False
+            for c in self.checks)
+
+
+def _prompts(run: Path, tokenizer: Any) -> tuple[list[str], bool]:
+    from llmkit.config.load import load_config
+
+    if (run / "config.yaml").exists():
+        cfg = load_config(run / "config.yaml", environ={})
+        return list(cfg.eval.sample_prompts), cfg.train.task == "sft"
+    return ["The", "A class is"], False
+
+
+def _render(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
+    if chat:
+        return list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                  tokenize=True, return_dict=False))
+    return tokenizer.encode(prompt, add_special_tokens=False)
+
+
+def _endpoint_text(url: str, model: str, prompt_text: str, chat: bool, api_key: str | None) -> str:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    if chat:
+        body = {"model": model, "messages": [{"role": "user", "content": prompt_text}], "max_tokens": NEW_TOKENS,
+                "temperature": 0}
+        r = httpx.post(url.rstrip("/") + "/v1/chat/completions", json=body, headers=headers, timeout=120)
+        r.raise_for_status()
+        return r.json()["choices"][0]["message"]["content"]
+    body = {"model": model, "prompt": prompt_text, "max_tokens": NEW_TOKENS, "temperature": 0}
+    r = httpx.post(url.rstrip("/") + "/v1/completions", json=body, headers=headers, timeout=120)
+    r.raise_for_status()
+    return r.json()["choices"][0]["text"]
+
+
+def verify(run: Path, exported: Path, endpoint: str | None = None, endpoint_model: str | None = None,
+           tolerance: float = 1e-4, api_key: str | None = None) -> VerifyReport:
+    """Compare the run's model with its export (and an endpoint); see the module docstring."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmkit.generate.decode import context_length, generate
+    from llmkit.generate.sampling import SamplingParams
+    from llmkit.model.load import load_for_inference
+
+    if not (exported / "config.json").exists():
+        raise UsageError(f"{exported} is not an exported model directory (no config.json)", "",
+                         "make one with: llmkit export RUN --format hf --out DIR")
+    ours, our_tok, _ = load_for_inference(run, device="cpu")
+    theirs = AutoModelForCausalLM.from_pretrained(str(exported), local_files_only=True).eval()
+    their_tok = AutoTokenizer.from_pretrained(str(exported), local_files_only=True)
+    report = VerifyReport(tolerance=tolerance)
+    specials = [(name, getattr(our_tok, name), getattr(their_tok, name))
+                for name in ("eos_token", "pad_token", "eos_token_id", "pad_token_id", "chat_template")]
+    mismatched = [f"{n}: {a!r} vs {b!r}" for n, a, b in specials if a != b]
+    if len(our_tok) != len(their_tok):
+        mismatched.append(f"vocabulary: {len(our_tok)} vs {len(their_tok)} tokens")
+    report.special_tokens_equal, report.special_detail = not mismatched, "; ".join(mismatched)[:500]
+    prompts, chat = _prompts(run, our_tok)
+    name = endpoint_model or run.name
+    for text in prompts:
+        a_ids = _render(our_tok, text, chat)
+        try:
+            b_ids = _render(their_tok, text, chat)
+        except Exception as exc:  # a broken chat template in the export, for instance
+            report.checks.append(PromptCheck(text, False, False, float("inf"), detail=f"export cannot render: {exc}"[:300]))
+            continue
+        check = PromptCheck(text, a_ids == b_ids, False, float("inf"))
+        new = min(NEW_TOKENS, context_length(ours) - len(a_ids))  # both stop at the context window
+        with torch.inference_mode():
+            la = ours(input_ids=torch.tensor([a_ids])).logits.float()
+            lb = theirs(input_ids=torch.tensor([a_ids])).logits.float()
+            check.max_logit_diff = float((la - lb).abs().max()) if la.shape == lb.shape else float("inf")
+            mine = generate(ours, our_tok, [a_ids], [SamplingParams(max_new_tokens=new, temperature=0)])[0]
+            eos = [t for t in (their_tok.eos_token_id, their_tok.convert_tokens_to_ids("<|im_end|>")) if isinstance(t, int)]
+            out = theirs.generate(torch.tensor([b_ids]), attention_mask=torch.ones(1, len(b_ids), dtype=torch.long),
+                                  max_new_tokens=new, do_sample=False, eos_token_id=eos or None,
+                                  pad_token_id=their_tok.pad_token_id)
+        hf_tokens = [t for t in out[0, len(b_ids):].tolist() if t not in eos]
+        check.greedy_equal = hf_tokens == mine.token_ids
+        if not check.greedy_equal:
+            check.detail = f"llmkit {our_tok.decode(mine.token_ids)!r} vs transformers {their_tok.decode(hf_tokens)!r}"[:400]
+        if endpoint:
+            remote = _endpoint_text(endpoint, name, text, chat, api_key)
+            check.endpoint_equal = remote == mine.text
+            if not check.endpoint_equal:
+                check.detail += f" endpoint {remote!r} vs {mine.text!r}"[:400]
+        report.checks.append(check)
+    return report
+
+
+def render(report: VerifyReport) -> str:
+    """A table a person reads, ending with the verdict."""
+    lines = [f"special tokens and chat template: {'same' if report.special_tokens_equal else 'DIFFERENT: ' + report.special_detail}"]
+    for c in report.checks:
+        endpoint = "" if c.endpoint_equal is None else f" | endpoint {'same' if c.endpoint_equal else 'DIFFERENT'}"
+        lines.append(f"{json.dumps(c.prompt)[:40]:42} prompt tokens {'same' if c.tokens_equal else 'DIFFERENT'} | greedy "
+                     f"{'same' if c.greedy_equal else 'DIFFERENT'} | max logit diff {c.max_logit_diff:.2e}{endpoint}"
+                     + (f"\n    {c.detail}" if c.detail else ""))
+    lines.append(f"verdict: {'PASS' if report.ok else 'FAIL'} (tolerance {report.tolerance:g} on logits)")
+    return "\n".join(lines)
