@@ -1,0 +1,124 @@
+"""How right is `llmkit plan`? Predicted vs measured peak memory and step time on this CPU.
+
+Each configuration runs in a fresh subprocess: build the model (fp32 weights), reset the
+process's peak-RSS mark (/proc/self/clear_refs = 5) and read its RSS as the baseline, run 3
+training steps exactly as llmkit's loop does (autocast, llmkit's loss, AdamW with its param
+groups, clipping), then read the peak RSS (VmHWM). Measured memory = peak - baseline; predicted =
+everything `llmkit.plan.memory` counts above the weights. Step time: predicted = FLOPs per step
+/ (this CPU's measured matmul peak in that precision x CPU_MFU); measured = the best of steps 2-3.
+
+Usage: python benchmarks/plan_accuracy.py
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+CPU_MFU = 0.55  # assumed share of the matmul peak a training step reaches on this CPU
+
+CONFIGS = [
+    ("llama 4x192 mb8 s256", {}, {"micro": 8}),
+    ("llama 4x192 mb16 s256", {}, {"micro": 16}),
+    ("llama 4x192 mb8 s128", {"train": {"sequence_length_tokens": 128}}, {"micro": 8}),
+    ("llama 8x192 mb8 s256", {"model": {"num_hidden_layers": 8}}, {"micro": 8}),
+    ("llama 4x384 mb8 s256", {"model": {"hidden_size": 384}}, {"micro": 8}),
+    ("llama 4x384 mb8 ckpt", {"model": {"hidden_size": 384}, "train": {"gradient_checkpointing": True}}, {"micro": 8}),
+    ("llama 6x384 mb8 fp32", {"model": {"hidden_size": 384, "num_hidden_layers": 6}, "train": {"precision": "fp32"}}, {"micro": 8}),
+    ("gpt2 4x256 mb8 s256", {"model": {"architecture": "gpt2", "hidden_size": 256, "num_attention_heads": 8,
+                                       "num_key_value_heads": None}}, {"micro": 8}),
+    ("llama 4x384 LoRA mb8", {"model": {"hidden_size": 384, "lora": {"enabled": True, "base_bits": 32}}}, {"micro": 8}),
+]
+
+WORKER = r'''
+import json, sys, time
+import torch
+from llmkit.config.load import validate_config
+from llmkit.config.presets import load_preset
+from llmkit.model.build import build_model
+from llmkit.model.lora import apply_lora
+from llmkit.train import setup
+from llmkit.train.loop import compute_loss
+from llmkit.train.optim import make_optimizer
+from llmkit.train.perf import matmul_peak_flops
+
+def merge(a, b):
+    for k, v in b.items():
+        a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) else v
+    return a
+
+spec = json.loads(sys.argv[1])
+data = merge(load_preset("tiny"), spec["overrides"])
+data["model"]["max_position_embeddings"] = 512
+data["tokenizer"]["vocab_size"] = 8192
+cfg = validate_config(data)
+precision = setup.resolve_precision(cfg.train.precision, torch.device("cpu"))
+dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+peak = matmul_peak_flops(torch.device("cpu"), dtype, seconds=0.3)
+model = build_model(cfg.model, 8192, 0, None, seed=0)
+if cfg.train.gradient_checkpointing:
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+model.config.use_cache = False
+if cfg.model.lora.enabled:
+    model = apply_lora(model, cfg.model.lora, cfg.model.architecture, False)
+model.train()
+opt = make_optimizer(model, cfg.train, "cpu")
+mb, seq = spec["micro"], cfg.train.sequence_length_tokens
+x = torch.randint(0, 8192, (mb, seq + 1))
+batch = {"input_ids": x[:, :-1], "labels": x[:, 1:]}
+def rss(field):
+    return int([l for l in open("/proc/self/status") if l.startswith(field)][0].split()[1]) * 1024
+open("/proc/self/clear_refs", "w").write("5")
+base = rss("VmRSS")
+times = []
+for _ in range(3):
+    t0 = time.perf_counter()
+    with setup.autocast(torch.device("cpu"), precision):
+        loss, _ = compute_loss(model, batch, False)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    times.append(time.perf_counter() - t0)
+print(json.dumps({"measured_bytes": rss("VmHWM") - base, "step_s": min(times[1:]), "peak_flops": peak,
+                  "precision": precision}))
+'''
+
+
+def main() -> None:
+    from llmkit.config.load import validate_config
+    from llmkit.config.presets import load_preset
+    from llmkit.plan.memory import training_memory
+    from llmkit.plan.params import count_parameters, vocab_size
+    from llmkit.train.perf import flops_per_token
+
+    print(f"{'configuration':24} {'pred MB':>8} {'meas MB':>8} {'err':>7} {'pred ms':>8} {'meas ms':>8} {'err':>7}")
+    worst_mem = worst_time = 0.0
+    for label, overrides, opts in CONFIGS:
+        out = subprocess.run([sys.executable, "-c", WORKER, json.dumps({"overrides": overrides, **opts})],
+                             capture_output=True, text=True, check=True)
+        meas = json.loads(out.stdout.strip().splitlines()[-1])
+        data = load_preset("tiny")
+        for k, v in overrides.items():
+            data[k] = {**data.get(k, {}), **v}
+        data["model"]["max_position_embeddings"] = 512
+        data["tokenizer"]["vocab_size"] = 8192
+        cfg = validate_config(data)
+        pred = training_memory(cfg, opts["micro"], meas["precision"], device_kind="cpu").above_weights_bytes
+        m = cfg.model
+        n = count_parameters(m, vocab_size(cfg)).total
+        frac = 0.01 if m.lora.enabled else 1.0
+        flops = flops_per_token(n, m.num_hidden_layers, m.hidden_size, cfg.train.sequence_length_tokens, frac)
+        flops *= opts["micro"] * cfg.train.sequence_length_tokens * (4 / 3 if cfg.train.gradient_checkpointing else 1)
+        pred_s = flops / (meas["peak_flops"] * CPU_MFU)
+        mem_err = pred / meas["measured_bytes"] - 1
+        time_err = pred_s / meas["step_s"] - 1
+        worst_mem, worst_time = max(worst_mem, abs(mem_err)), max(worst_time, abs(time_err))
+        print(f"{label:24} {pred / 2**20:8.0f} {meas['measured_bytes'] / 2**20:8.0f} {100 * mem_err:+6.0f}% "
+              f"{1000 * pred_s:8.0f} {1000 * meas['step_s']:8.0f} {100 * time_err:+6.0f}%")
+    print(f"worst memory error {100 * worst_mem:.0f}% (target 15%), worst step-time error {100 * worst_time:.0f}% (target 25%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""`llmkit plan`: will it fit, how long, what will it cost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from llmkit.cli.options import SetOpt
+
+
+def register(app: typer.Typer) -> None:
+    """Add `plan` to the app."""
+    app.command("plan")(plan)
+
+
+def plan(
+    config: Path = typer.Option(..., "--config", "-c", help="Run config YAML file."),
+    overrides: list[str] = SetOpt,
+    device: list[str] = typer.Option([], "--device", help="Candidate device (repeatable; default: plan.devices or all)."),
+    budget_usd: float = typer.Option(None, "--budget-usd", help="Most the run may cost."),
+    deadline_hours: float = typer.Option(None, "--deadline-hours", help="Longest the run may take."),
+    cloud: str = typer.Option(None, "--cloud", help="any, aws, gcp, azure, lambda or runpod."),
+    spot: bool = typer.Option(None, "--spot/--on-demand", help="Spot or on-demand prices."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    top: int = typer.Option(12, "--top", help="Candidates shown in the table."),
+) -> None:
+    """Memory breakdown, fit per device, time and cost per candidate, cheapest that meet the limits."""
+    from llmkit.config.load import load_config
+    from llmkit.plan.memory import GB
+    from llmkit.plan.recommend import make_plan
+
+    sets = list(overrides)
+    for key, value in (("plan.budget_usd", budget_usd), ("plan.deadline_hours", deadline_hours),
+                       ("plan.cloud", cloud), ("plan.spot", spot)):
+        if value is not None:
+            sets.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+    cfg = load_config(config, sets)
+    p = cfg.plan
+    result = make_plan(cfg, list(device) or p.devices or None, p.cloud, p.spot, p.budget_usd, p.deadline_hours)
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+        return
+    typer.echo(f"{cfg.name}: {result.parameters / 1e6:,.1f} M parameters ({result.trainable_parameters / 1e6:,.1f} M "
+               f"trainable), {result.tokens / 1e9:.3g} B tokens, {result.flops:.3g} FLOPs")
+    mem = result.memory_at_config_micro_batch
+    typer.echo("memory per device at the config's micro-batch (bf16, 1 device): " + ", ".join(
+        f"{k.removesuffix('_bytes')} {v / GB:.2f} GB" for k, v in mem.items() if v) + f"; peak {sum(mem.values()) / GB:.2f} GB")
+    typer.echo(f"{'device':14} {'n':>3} {'fits':5} {'micro':>5} {'peak GB':>8} {'hours':>9} {'cost $':>10}  offering")
+    shown = 0
+    for c in result.candidates:
+        if shown >= top:
+            break
+        shown += 1
+        peak = sum(c.memory.values()) / GB
+        hours = f"{c.hours:9.2f}" if c.hours is not None else "        -"
+        cost = f"{c.cost_usd:10.0f}" if c.cost_usd is not None else "         -"
+        typer.echo(f"{c.device:14} {c.num_devices:3d} {'yes' if c.fits else 'NO':5} {c.micro_batch or '-':>5} "
+                   f"{peak:8.1f} {hours} {cost}  {c.offering or 'no price listed'}")
+    meets = [c for c in result.candidates if c.fits and c.cost_usd is not None
+             and (p.budget_usd is None or c.cost_usd <= p.budget_usd)
+             and (p.deadline_hours is None or (c.hours or 0) <= p.deadline_hours)]
+    if meets:
+        best = meets[0]
+        typer.echo(f"cheapest that fits and meets the limits: {best.num_devices} x {best.device}, "
+                   f"{best.hours:.2f} h, ${best.cost_usd:,.0f} ({best.offering})")
+    else:
+        priced = [c for c in result.candidates if c.fits and c.cost_usd is not None]
+        if priced and (p.budget_usd or p.deadline_hours):
+            near = min(priced, key=lambda c: c.cost_usd or 0)
+            typer.echo(f"nothing meets the limits; nearest: {near.num_devices} x {near.device}, {near.hours:.2f} h, "
+                       f"${near.cost_usd:,.0f}" + (f" (budget ${p.budget_usd:,.0f})" if p.budget_usd else "")
+                       + (f" (deadline {p.deadline_hours} h)" if p.deadline_hours else ""))
+    for s in result.suggestions:
+        typer.echo(f"to make it fit: {s}")

@@ -1,0 +1,155 @@
+"""Will it fit, how long, what will it cost: candidates per device and device count (pure).
+
+Time = total training FLOPs / (devices x peak x MFU x scaling). MFU assumptions (model FLOPs
+utilisation actually reached, by device class) are documented below with their sources; they
+are assumptions, and `benchmarks/plan_accuracy.py` measures how the model does on this CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from llmkit.config.schema import RunConfig
+from llmkit.plan.hardware import Device, devices, find_device, offerings
+from llmkit.plan.memory import GB, MemoryBreakdown, training_memory
+from llmkit.plan.params import count_parameters, vocab_size
+
+# MFU reached by well-tuned bf16 training, by device class. Sources: Llama 3 paper (38-43% on H100),
+# Megatron-LM / MosaicML reports (45-55% on A100); consumer and PCIe cards are set lower because
+# they lack NVLink and have smaller caches. fp32 on GPUs uses the fp32 (non-tensor-core) peak.
+MFU = {"H100": 0.40, "H200": 0.42, "B200": 0.38, "MI300X": 0.35, "A100": 0.45, "L40S": 0.35, "A10G": 0.35,
+       "L4": 0.30, "RTX4090": 0.35, "RTX3090": 0.35, "V100": 0.35, "T4": 0.25}
+SCALING = {1: 1.0, 2: 0.95, 4: 0.92, 8: 0.90, 16: 0.85, 32: 0.82, 64: 0.80}  # multi-device efficiency
+HEADROOM = 0.90  # usable share of device memory (allocator fragmentation, CUDA context)
+CUDA_CONTEXT_BYTES = int(0.8e9)
+
+
+@dataclass
+class Candidate:
+    device: str
+    num_devices: int
+    sharded: bool
+    precision: str
+    micro_batch: int | None  # largest that fits (None: none fits)
+    memory: dict[str, int]
+    fits: bool
+    hours: float | None
+    cost_usd: float | None
+    offering: str | None
+
+
+@dataclass
+class Plan:
+    parameters: int
+    trainable_parameters: int
+    tokens: int
+    flops: float
+    memory_at_config_micro_batch: dict[str, int]
+    candidates: list[Candidate] = field(default_factory=list)
+    suggestions: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def total_tokens(cfg: RunConfig) -> int:
+    t = cfg.train
+    per_step = t.global_batch_size * t.sequence_length_tokens
+    if t.max_tokens is not None:
+        return t.max_tokens
+    return per_step * (t.max_steps or 0)
+
+
+def training_flops(cfg: RunConfig) -> float:
+    """6·N·T plus attention (12·L·H·T·seq), N the parameters, T the tokens (PaLM appendix B)."""
+    from llmkit.train.perf import flops_per_token
+
+    m = cfg.model
+    n = count_parameters(m, vocab_size(cfg)).total
+    frac = 0.01 if m.lora.enabled else 1.0
+    return flops_per_token(n, m.num_hidden_layers, m.hidden_size, cfg.train.sequence_length_tokens, frac) * total_tokens(cfg)
+
+
+def largest_micro_batch(cfg: RunConfig, device: Device, n: int, sharded: bool, precision: str) -> tuple[int | None, MemoryBreakdown]:
+    """The largest divisor of the per-device batch that fits, and its memory."""
+    per_device = max(1, cfg.train.global_batch_size // n)
+    budget = device.memory_gb * GB * HEADROOM
+    best, best_mem = None, training_memory(cfg, 1, precision, n, sharded, overhead_bytes=CUDA_CONTEXT_BYTES)
+    for mb in sorted((d for d in range(1, per_device + 1) if per_device % d == 0), reverse=True):
+        mem = training_memory(cfg, mb, precision, n, sharded, overhead_bytes=CUDA_CONTEXT_BYTES)
+        if mem.peak_bytes <= budget:
+            return mb, mem
+    return best, best_mem
+
+
+def _price(device: str, n: int, cloud: str, spot: bool) -> tuple[float, str] | None:
+    best = None
+    for o in offerings():
+        if o.device != device or (cloud != "any" and o.cloud != cloud):
+            continue
+        rate = o.spot_usd_h if spot else o.on_demand_usd_h
+        if rate is None:
+            continue
+        instances = math.ceil(n / o.count)
+        price = instances * rate
+        if best is None or price < best[0]:
+            best = (price, f"{o.cloud} {instances}x {o.instance}{' (spot)' if spot else ''}")
+    return best
+
+
+def make_plan(cfg: RunConfig, device_names: list[str] | None = None, cloud: str = "any", spot: bool = False,
+              budget_usd: float | None = None, deadline_hours: float | None = None,
+              counts: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)) -> Plan:
+    """Every (device, count) candidate, cheapest first among those that fit and meet the limits."""
+    m = cfg.model
+    pc = count_parameters(m, vocab_size(cfg))
+    chosen = [find_device(n) for n in device_names] if device_names else list(devices().values())
+    mb = cfg.train.micro_batch_size if isinstance(cfg.train.micro_batch_size, int) else 1
+    flops = training_flops(cfg)
+    plan = Plan(pc.total, max(1, pc.total // 100) if m.lora.enabled else pc.total, total_tokens(cfg), flops,
+                asdict(training_memory(cfg, mb, "bf16")))
+    for dev in chosen:
+        precision = dev.best_precision()
+        peak = dev.peak_flops(precision) or 0.0
+        mfu = MFU.get(dev.name.split("-")[0], 0.3)
+        for n in counts:
+            sharded = n > 1
+            micro, mem = largest_micro_batch(cfg, dev, n, sharded, precision)
+            hours = flops / (n * peak * mfu * SCALING.get(n, 0.8)) / 3600 if peak else None
+            price = _price(dev.name, n, cloud, spot)
+            cost = hours * price[0] if hours is not None and price else None
+            plan.candidates.append(Candidate(dev.name, n, sharded, precision, micro, asdict(mem), micro is not None,
+                                             hours, cost, price[1] if price else None))
+    def ok(c: Candidate) -> bool:
+        return (c.fits and (budget_usd is None or (c.cost_usd is not None and c.cost_usd <= budget_usd))
+                and (deadline_hours is None or (c.hours is not None and c.hours <= deadline_hours)))
+    plan.candidates.sort(key=lambda c: (not ok(c), c.cost_usd if c.cost_usd is not None else math.inf,
+                                        c.hours or math.inf))
+    if not any(c.fits for c in plan.candidates):
+        plan.suggestions = suggestions(cfg, chosen)
+    return plan
+
+
+def suggestions(cfg: RunConfig, chosen: list[Device]) -> list[str]:
+    """What to change when nothing fits, with the peak memory each change gives (1 device, micro-batch 1)."""
+    biggest = max(chosen, key=lambda d: d.memory_gb)
+    prec = biggest.best_precision()
+    out = []
+    variants = {
+        "gradient checkpointing": cfg.model_copy(update={"train": cfg.train.model_copy(update={"gradient_checkpointing": True})}),
+        "LoRA (16-bit frozen base)": cfg.model_copy(update={"model": cfg.model.model_copy(update={
+            "lora": cfg.model.lora.model_copy(update={"enabled": True, "base_bits": 16})})}),
+        "half the context": cfg.model_copy(update={"train": cfg.train.model_copy(update={
+            "sequence_length_tokens": max(1, cfg.train.sequence_length_tokens // 2)})}),
+    }
+    for label, variant in variants.items():
+        peak = training_memory(variant, 1, prec, overhead_bytes=CUDA_CONTEXT_BYTES).peak_bytes
+        out.append(f"{label}: {peak / GB:.1f} GB per device on one {biggest.name}")
+    for n in (2, 4, 8, 16, 32, 64):
+        peak = training_memory(cfg, 1, prec, n, True, overhead_bytes=CUDA_CONTEXT_BYTES).peak_bytes
+        if peak <= biggest.memory_gb * GB * HEADROOM:
+            out.append(f"FSDP over {n} x {biggest.name}: {peak / GB:.1f} GB per device")
+            break
+    return out

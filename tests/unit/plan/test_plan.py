@@ -1,0 +1,93 @@
+"""The planner: exact parameter counts, sane fits, limits, unknown devices, no torch at import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from llmkit.config.load import validate_config
+from llmkit.config.presets import load_preset
+from llmkit.errors import UsageError
+from llmkit.model.build import build_model
+from llmkit.plan.hardware import find_device, offerings
+from llmkit.plan.memory import GB, training_memory
+from llmkit.plan.params import count_parameters, vocab_size
+from llmkit.plan.recommend import make_plan
+
+
+def preset(name: str, **updates):  # type: ignore[no-untyped-def]
+    data = load_preset(name)
+    for key, value in updates.items():
+        data.setdefault(key, {}).update(value)
+    return validate_config(data)
+
+
+@pytest.mark.parametrize("name", ["tiny", "gpt2-124m", "llama-1b", "llama-8b"])
+def test_parameter_counts_equal_the_instantiated_hf_models(name: str) -> None:
+    cfg = preset(name)
+    with torch.device("meta"):  # no memory: just the shapes
+        model = build_model(cfg.model, vocab_size(cfg), 0, None, seed=0)
+    assert count_parameters(cfg.model, vocab_size(cfg)).total == sum(p.numel() for p in model.parameters())
+
+
+def test_known_sizes() -> None:
+    assert count_parameters(preset("gpt2-124m").model, 50257).total == 124_439_808
+    assert count_parameters(preset("llama-8b").model, 128256).total == 8_030_261_248
+    assert count_parameters(preset("llama-1b").model, 128256).total == 1_235_814_400
+
+
+def test_8b_full_finetune_does_not_fit_one_80gb_gpu_but_lora_does() -> None:
+    full = make_plan(preset("llama-8b"), ["H100-80GB"], counts=(1,))
+    assert not full.candidates[0].fits and full.suggestions
+    assert any("LoRA" in s for s in full.suggestions) and any("FSDP" in s for s in full.suggestions)
+    lora = make_plan(preset("lora/llama-8b"), ["H100-80GB"], counts=(1,))
+    assert lora.candidates[0].fits
+    sharded = make_plan(preset("llama-8b"), ["H100-80GB"], counts=(8,))
+    assert sharded.candidates[0].fits and sharded.candidates[0].cost_usd > 0
+
+
+def test_memory_grows_with_batch_and_shrinks_with_checkpointing_and_sharding() -> None:
+    cfg = preset("llama-1b")
+    a, b = training_memory(cfg, 1), training_memory(cfg, 4)
+    assert b.activations_bytes == 4 * a.activations_bytes and b.logits_bytes == 4 * a.logits_bytes
+    ckpt = training_memory(preset("llama-1b", train={"gradient_checkpointing": True}), 4)
+    assert ckpt.activations_bytes < b.activations_bytes / 4
+    fsdp = training_memory(cfg, 4, num_devices=8, sharded=True)
+    assert fsdp.optimizer_bytes == b.optimizer_bytes // 8
+    assert 10 * GB < b.peak_bytes < 60 * GB
+
+
+def test_budget_and_deadline_order_the_candidates() -> None:
+    plan = make_plan(preset("gpt2-124m"), ["H100-80GB", "A100-80GB"], budget_usd=1e6, deadline_hours=2)
+    best = plan.candidates[0]
+    assert best.fits and best.hours <= 2 and best.cost_usd is not None
+    impossible = make_plan(preset("gpt2-124m"), ["H100-80GB"], budget_usd=0.01)
+    assert impossible.candidates[0].cost_usd > 0.01  # nothing meets it; the nearest comes first
+
+
+def test_unknown_device_lists_close_matches() -> None:
+    with pytest.raises(UsageError, match="unknown device") as info:
+        find_device("H1OO")
+    assert "H100-80GB" in str(info.value)
+    assert find_device("h100").name == "H100-80GB"
+    assert all(o.on_demand_usd_h > 0 for o in offerings())
+
+
+def test_plan_modules_do_not_import_torch() -> None:
+    code = ("import sys; import llmkit.plan.recommend, llmkit.plan.memory, llmkit.plan.hardware;"
+            "assert 'torch' not in sys.modules")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_cli_plan(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cli("init", "--preset", "llama-8b", "run.yaml", cwd=tmp_path)
+    out = cli("plan", "--config", "run.yaml", "--device", "H100-80GB", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "8,030.3 M parameters" in out.stdout and "NO" in out.stdout
+    out = cli("plan", "--config", "run.yaml", "--device", "H1OO", cwd=tmp_path)
+    assert out.returncode == 2 and "closest known: H100-80GB" in out.stderr
+    out = cli("plan", "--config", "run.yaml", "--json", cwd=tmp_path)
+    assert out.returncode == 0 and '"candidates"' in out.stdout
