@@ -170,3 +170,14 @@ def test_gguf_runs_in_llama_cpp_with_the_same_greedy_tokens(runs: dict[str, Path
         if len(theirs) == 8:
             break
     assert theirs == ours.token_ids
+
+
+def test_verify_against_a_running_endpoint(runs: dict[str, Path], tmp_path: Path) -> None:
+    from .serve.conftest import start_server, stop_server
+
+    server = start_server(runs["lora"])
+    try:
+        report = verify(runs["lora"], runs["lora"] / "final", endpoint=server.url)
+        assert report.ok and all(c.endpoint_equal for c in report.checks)
+    finally:
+        stop_server(server)

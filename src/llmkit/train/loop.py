@@ -100,7 +100,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: str = "auto
     tc = cfg.train
     device = setup.resolve_device(tc.device)
     precision = setup.resolve_precision(tc.precision, device)
-    micro = setup.micro_batch(cfg)
+    micro = setup.micro_batch(cfg, device, precision, log)
     accum = tc.global_batch_size // micro
     classify = tc.task == "classify"
     data = task_batches(cfg, run, micro)

@@ -75,13 +75,38 @@ def autocast(device: Any, precision: str) -> Any:
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def micro_batch(cfg: RunConfig) -> int:
-    """The micro-batch size (``auto`` needs the memory planner)."""
+def memory_budget_bytes(device: Any) -> int:
+    """Memory a run may plan to use: 90% of a GPU, 80% of the RAM available now on a CPU."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory * 0.9)
+    import psutil
+
+    return int(psutil.virtual_memory().available * 0.8)
+
+
+def micro_batch(cfg: RunConfig, device: Any, precision: str, log: Any = print) -> int:
+    """The configured micro-batch, or with ``auto`` the largest divisor of the global batch that the
+    memory plan says fits; warns before step 1 when the plan says even the chosen one will not fit."""
+    from llmkit.plan.memory import training_memory
+
+    kind = "cpu" if device.type == "cpu" else "gpu"
+    budget = memory_budget_bytes(device)
+
+    def peak(mb: int) -> int:
+        return training_memory(cfg, mb, precision, device_kind=kind).peak_bytes
+
     mb = cfg.train.micro_batch_size
     if mb == "auto":
-        raise ConfigError("train.micro_batch_size: auto is not available yet",
-                          "it needs the memory planner (`llmkit plan`), which is not in this build",
-                          "set train.micro_batch_size to a number that divides global_batch_size")
+        divisors = [d for d in range(1, cfg.train.global_batch_size + 1) if cfg.train.global_batch_size % d == 0]
+        fitting = [d for d in divisors if peak(d) <= budget]
+        mb = max(fitting) if fitting else 1
+        log(f"micro_batch_size auto -> {mb} (planned peak {peak(mb) / 1e9:.2f} GB of {budget / 1e9:.1f} GB)")
+    if peak(mb) > budget:
+        log(f"warning: the memory plan says micro-batch {mb} needs {peak(mb) / 1e9:.1f} GB but about "
+            f"{budget / 1e9:.1f} GB is available: expect an out-of-memory error (see `llmkit plan`; try a smaller "
+            "train.micro_batch_size, gradient checkpointing or LoRA)")
     return mb
 
 

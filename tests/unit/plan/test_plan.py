@@ -91,3 +91,19 @@ def test_cli_plan(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert out.returncode == 2 and "closest known: H100-80GB" in out.stderr
     out = cli("plan", "--config", "run.yaml", "--json", cwd=tmp_path)
     assert out.returncode == 0 and '"candidates"' in out.stdout
+
+
+def test_train_micro_batch_auto_and_the_fit_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmkit.train import setup
+
+    cfg = preset("tiny", train={"micro_batch_size": "auto", "global_batch_size": 16})
+    cpu = torch.device("cpu")
+    need = {mb: training_memory(cfg, mb, "fp32", device_kind="cpu").peak_bytes for mb in (1, 2, 4, 8, 16)}
+    monkeypatch.setattr(setup, "memory_budget_bytes", lambda device: need[4] + 1)
+    lines: list[str] = []
+    assert setup.micro_batch(cfg, cpu, "fp32", lines.append) == 4
+    assert "auto -> 4" in lines[0]
+    fixed = preset("tiny", train={"micro_batch_size": 16, "global_batch_size": 16})
+    lines.clear()
+    assert setup.micro_batch(fixed, cpu, "fp32", lines.append) == 16
+    assert lines and "expect an out-of-memory error" in lines[0]
