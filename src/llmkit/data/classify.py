@@ -9,13 +9,13 @@ predict it.
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from llmkit.data.jsonl import json_lines
 from llmkit.errors import UsageError
 
 
@@ -47,16 +47,8 @@ def _row(obj: Any, where: str) -> tuple[str, str, str]:
 def _read_jsonl(p: Path) -> Iterator[tuple[str, str, str]]:
     with open(p, encoding="utf-8", errors="strict") as fh:
         try:
-            for number, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                where = f"{p}, line {number}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UsageError(f"{where}: not valid JSON ({exc.msg})", "",
-                                     "each line must be one JSON object") from None
-                yield _row(obj, where)
+            for number, obj in json_lines(fh, p):
+                yield _row(obj, f"{p}, line {number}")
         except UnicodeDecodeError as exc:
             raise UsageError(f"{p}: invalid UTF-8", str(exc)[:200], "save the file as UTF-8") from None
 

@@ -18,7 +18,6 @@ Invalid UTF-8 follows ``data.invalid_utf8``: ``error`` stops with the file and b
 from __future__ import annotations
 
 import hashlib
-import json
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.config.schema import DataConfig
+from llmkit.data.jsonl import json_lines
 from llmkit.errors import ConfigError, UsageError
 
 _BINARY_SNIFF_BYTES = 8192
@@ -106,14 +106,7 @@ def _whole_file(path: Path, policy: str, stats: CorpusStats) -> Iterator[str]:
 
 
 def _jsonl(path: Path, field_name: str, policy: str, stats: CorpusStats) -> Iterator[str]:
-    for number, line in enumerate(_lines(path, policy, stats), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{path}, line {number}: not valid JSON ({exc.msg})", "",
-                             "each line must be one JSON object") from None
+    for number, obj in json_lines(_lines(path, policy, stats), path):
         if not isinstance(obj, dict) or field_name not in obj:
             raise UsageError(f"{path}, line {number}: no field {field_name!r}",
                              f"found: {', '.join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__}",

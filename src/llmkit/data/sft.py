@@ -18,13 +18,13 @@ packing; labels of prompt tokens stay masked).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from llmkit.data.jsonl import json_lines
 from llmkit.errors import UsageError
 
 IGNORE_INDEX = -100
@@ -83,21 +83,17 @@ def read_sft_file(path: str | Path) -> Iterator[tuple[str, list[dict[str, str]]]
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"SFT file {p} not found", "", "set data.sft_path to a JSONL file")
-    with open(p, "rb") as fh:
+    def decoded(fh: Any) -> Iterator[str]:
         for number, raw in enumerate(fh, start=1):
-            where = f"{p}, line {number}"
             try:
-                line = raw.decode("utf-8")
+                yield raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise UsageError(f"{where}: invalid UTF-8 at byte {exc.start} of the line", "",
+                raise UsageError(f"{p}, line {number}: invalid UTF-8 at byte {exc.start} of the line", "",
                                  "save the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno})", "",
-                                 "each line must be one JSON object") from None
+
+    with open(p, "rb") as fh:
+        for number, obj in json_lines(decoded(fh), p):
+            where = f"{p}, line {number}"
             yield where, to_messages(obj, where)
 
 
