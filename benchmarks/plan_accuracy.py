@@ -4,8 +4,10 @@ Each configuration runs in a fresh subprocess: build the model (fp32 weights), r
 process's peak-RSS mark (/proc/self/clear_refs = 5) and read its RSS as the baseline, run 3
 training steps exactly as llmkit's loop does (autocast, llmkit's loss, AdamW with its param
 groups, clipping), then read the peak RSS (VmHWM). Measured memory = peak - baseline; predicted =
-everything `llmkit.plan.memory` counts above the weights. Step time: predicted = FLOPs per step
-/ (this CPU's measured matmul peak in that precision x CPU_MFU); measured = the best of steps 2-3.
+everything `llmkit.plan.memory` counts above the weights. Step time: predicted by
+`llmkit.plan.compute.step_seconds` from the matmul rate this CPU reaches for each of the model's
+GEMM shapes and its memory-copy bandwidth (both measured in the worker, in the run's precision);
+measured = the best of steps 2-3.
 
 Usage: python benchmarks/plan_accuracy.py
 """
@@ -15,8 +17,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-
-CPU_MFU = 0.55  # assumed share of the matmul peak a training step reaches on this CPU
 
 CONFIGS = [
     ("llama 4x192 mb8 s256", {}, {"micro": 8}),
@@ -41,7 +41,7 @@ from llmkit.model.lora import apply_lora
 from llmkit.train import setup
 from llmkit.train.loop import compute_loss
 from llmkit.train.optim import make_optimizer
-from llmkit.train.perf import matmul_peak_flops
+from llmkit.plan.compute import forward_gemms
 
 def merge(a, b):
     for k, v in b.items():
@@ -55,7 +55,19 @@ data["tokenizer"]["vocab_size"] = 8192
 cfg = validate_config(data)
 precision = setup.resolve_precision(cfg.train.precision, torch.device("cpu"))
 dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-peak = matmul_peak_flops(torch.device("cpu"), dtype, seconds=0.3)
+def rate(g):
+    a, b = torch.randn(g.batch, g.m, g.k).to(dtype), torch.randn(g.batch, g.k, g.n).to(dtype)
+    for _ in range(3):
+        torch.bmm(a, b)
+    best = float("inf")
+    for _ in range(7):
+        t0 = time.perf_counter(); torch.bmm(a, b); best = min(best, time.perf_counter() - t0)
+    return 2 * g.batch * g.m * g.k * g.n / best
+rates = {f"{g.m},{g.k},{g.n},{g.batch}": rate(g) for g in forward_gemms(cfg, spec["micro"])}
+src, dst = torch.randn(64 * 2**20 // 4), torch.empty(64 * 2**20 // 4)
+bandwidth = 0.0
+for _ in range(5):
+    t0 = time.perf_counter(); dst.copy_(src); bandwidth = max(bandwidth, 2 * 64 * 2**20 / (time.perf_counter() - t0))
 model = build_model(cfg.model, 8192, 0, None, seed=0)
 if cfg.train.gradient_checkpointing:
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -81,7 +93,7 @@ for _ in range(3):
     opt.step()
     opt.zero_grad(set_to_none=True)
     times.append(time.perf_counter() - t0)
-print(json.dumps({"measured_bytes": rss("VmHWM") - base, "step_s": min(times[1:]), "peak_flops": peak,
+print(json.dumps({"measured_bytes": rss("VmHWM") - base, "step_s": min(times[1:]), "rates": rates, "bandwidth": bandwidth,
                   "precision": precision}))
 '''
 
@@ -89,9 +101,8 @@ print(json.dumps({"measured_bytes": rss("VmHWM") - base, "step_s": min(times[1:]
 def main() -> None:
     from llmkit.config.load import validate_config
     from llmkit.config.presets import load_preset
+    from llmkit.plan.compute import step_seconds
     from llmkit.plan.memory import training_memory
-    from llmkit.plan.params import count_parameters, vocab_size
-    from llmkit.train.perf import flops_per_token
 
     print(f"{'configuration':24} {'pred MB':>8} {'meas MB':>8} {'err':>7} {'pred ms':>8} {'meas ms':>8} {'err':>7}")
     worst_mem = worst_time = 0.0
@@ -106,12 +117,8 @@ def main() -> None:
         data["tokenizer"]["vocab_size"] = 8192
         cfg = validate_config(data)
         pred = training_memory(cfg, opts["micro"], meas["precision"], device_kind="cpu").above_weights_bytes
-        m = cfg.model
-        n = count_parameters(m, vocab_size(cfg)).total
-        frac = 0.01 if m.lora.enabled else 1.0
-        flops = flops_per_token(n, m.num_hidden_layers, m.hidden_size, cfg.train.sequence_length_tokens, frac)
-        flops *= opts["micro"] * cfg.train.sequence_length_tokens * (4 / 3 if cfg.train.gradient_checkpointing else 1)
-        pred_s = flops / (meas["peak_flops"] * CPU_MFU)
+        pred_s = step_seconds(cfg, opts["micro"], lambda g: meas["rates"][f"{g.m},{g.k},{g.n},{g.batch}"],
+                              meas["bandwidth"], meas["precision"], "cpu")
         mem_err = pred / meas["measured_bytes"] - 1
         time_err = pred_s / meas["step_s"] - 1
         worst_mem, worst_time = max(worst_mem, abs(mem_err)), max(worst_time, abs(time_err))

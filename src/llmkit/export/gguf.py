@@ -67,12 +67,6 @@ def _tokenizer_fields(model_dir: Path) -> dict[str, Any]:
 
 def export_gguf(model_dir: Path, out_file: Path, quant: str = "f32", overwrite: bool = False) -> Path:
     """Write ``model_dir`` (an HF llama directory) as one GGUF file."""
-    try:
-        import gguf
-    except ImportError:
-        raise EnvironmentProblem("GGUF export needs the gguf package", "", "pip install gguf") from None
-    from safetensors.numpy import load_file
-
     cfg = json.loads((model_dir / "config.json").read_text())
     arch = cfg.get("model_type")
     if arch not in SUPPORTED:
@@ -82,6 +76,12 @@ def export_gguf(model_dir: Path, out_file: Path, quant: str = "f32", overwrite: 
         raise UsageError(f"unknown GGUF quantization {quant!r}", f"choose one of {', '.join(QUANTS)}", "pass --quant f32")
     if out_file.exists() and not overwrite:
         raise UsageError(f"{out_file} exists", "export never overwrites by default", "pass --overwrite")
+    try:
+        import gguf
+    except ImportError:
+        raise EnvironmentProblem("GGUF export needs the gguf package", "", "pip install 'llmkit[export]'") from None
+    from safetensors.numpy import load_file
+
     weights: dict[str, np.ndarray] = {}
     for f in sorted(model_dir.glob("*.safetensors")):
         weights.update({k: v.astype(np.float32) for k, v in load_file(str(f)).items()})

@@ -107,3 +107,24 @@ def test_train_micro_batch_auto_and_the_fit_warning(monkeypatch: pytest.MonkeyPa
     lines.clear()
     assert setup.micro_batch(fixed, cpu, "fp32", lines.append) == 16
     assert lines and "expect an out-of-memory error" in lines[0]
+
+
+def test_step_time_from_gemms() -> None:
+    from llmkit.plan.compute import TRAFFIC_PASSES, forward_gemms, step_seconds
+    from llmkit.train.perf import flops_per_token
+
+    cfg = preset("tiny")
+    tokens = 8 * cfg.train.sequence_length_tokens
+    forward = sum(g.flops for g in forward_gemms(cfg, 8))
+    n = count_parameters(cfg.model, vocab_size(cfg)).non_embedding + 192 * 4096  # matmul weights incl. the head
+    assert abs(forward - 2 * n * tokens) / forward < 0.15  # 2N per token plus attention
+    full = flops_per_token(count_parameters(cfg.model, 4096).total, 4, 192, 256) * tokens
+    assert abs(3 * forward - full) / full < 0.15  # agrees with the 6N + attention count
+    mem = training_memory(cfg, 8, "bf16")
+    t = step_seconds(cfg, 8, lambda g: 1e11, 1e10)
+    traffic = TRAFFIC_PASSES * (mem.activations_bytes + mem.logits_bytes) / 1e10
+    assert t == pytest.approx(3 * forward / 1e11 + traffic)
+    assert step_seconds(cfg, 8, lambda g: 1e11, 1e30) == pytest.approx(3 * forward / 1e11)
+    ckpt = step_seconds(preset("tiny", train={"gradient_checkpointing": True}), 8, lambda g: 1e11, 1e30)
+    assert ckpt == pytest.approx(4 * forward / 1e11)
+    assert step_seconds(preset("tiny", model={"lora": {"enabled": True}}), 8, lambda g: 1e11, 1e30) < 3 * forward / 1e11
