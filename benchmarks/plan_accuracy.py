@@ -5,8 +5,9 @@ process's peak-RSS mark (/proc/self/clear_refs = 5) and read its RSS as the base
 training steps exactly as llmkit's loop does (autocast, llmkit's loss, AdamW with its param
 groups, clipping), then read the peak RSS (VmHWM). Measured memory = peak - baseline; predicted =
 everything `llmkit.plan.memory` counts above the weights. Step time: predicted by
-`llmkit.plan.compute.step_seconds` from the matmul rate this CPU reaches for each of the model's
-GEMM shapes and its memory-copy bandwidth (both measured in the worker, in the run's precision);
+`llmkit.plan.compute.step_breakdown` from this CPU's primitives as `llmkit plan --this-machine`
+measures them (`llmkit.plan.measure`: each GEMM shape, one layer's attention, the loss over the
+logits, copy bandwidth; the model itself is not timed for the prediction), printed by component;
 measured = the best of steps 2-3.
 
 Usage: python benchmarks/plan_accuracy.py
@@ -41,7 +42,8 @@ from llmkit.model.lora import apply_lora
 from llmkit.train import setup
 from llmkit.train.loop import compute_loss
 from llmkit.train.optim import make_optimizer
-from llmkit.plan.compute import forward_gemms
+from llmkit.plan.compute import step_breakdown
+from llmkit.plan.measure import measure_cpu_rates
 
 def merge(a, b):
     for k, v in b.items():
@@ -55,19 +57,8 @@ data["tokenizer"]["vocab_size"] = 8192
 cfg = validate_config(data)
 precision = setup.resolve_precision(cfg.train.precision, torch.device("cpu"))
 dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-def rate(g):
-    a, b = torch.randn(g.batch, g.m, g.k).to(dtype), torch.randn(g.batch, g.k, g.n).to(dtype)
-    for _ in range(3):
-        torch.bmm(a, b)
-    best = float("inf")
-    for _ in range(7):
-        t0 = time.perf_counter(); torch.bmm(a, b); best = min(best, time.perf_counter() - t0)
-    return 2 * g.batch * g.m * g.k * g.n / best
-rates = {f"{g.m},{g.k},{g.n},{g.batch}": rate(g) for g in forward_gemms(cfg, spec["micro"])}
-src, dst = torch.randn(64 * 2**20 // 4), torch.empty(64 * 2**20 // 4)
-bandwidth = 0.0
-for _ in range(5):
-    t0 = time.perf_counter(); dst.copy_(src); bandwidth = max(bandwidth, 2 * 64 * 2**20 / (time.perf_counter() - t0))
+rates = measure_cpu_rates(precision)
+breakdown = step_breakdown(cfg, spec["micro"], rates, precision)
 model = build_model(cfg.model, 8192, 0, None, seed=0)
 if cfg.train.gradient_checkpointing:
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -93,7 +84,7 @@ for _ in range(3):
     opt.step()
     opt.zero_grad(set_to_none=True)
     times.append(time.perf_counter() - t0)
-print(json.dumps({"measured_bytes": rss("VmHWM") - base, "step_s": min(times[1:]), "rates": rates, "bandwidth": bandwidth,
+print(json.dumps({"measured_bytes": rss("VmHWM") - base, "step_s": min(times[1:]), "breakdown": breakdown, "bandwidth": rates.bandwidth_bytes_s,
                   "precision": precision}))
 '''
 
@@ -101,10 +92,9 @@ print(json.dumps({"measured_bytes": rss("VmHWM") - base, "step_s": min(times[1:]
 def main() -> None:
     from llmkit.config.load import validate_config
     from llmkit.config.presets import load_preset
-    from llmkit.plan.compute import step_seconds
     from llmkit.plan.memory import training_memory
 
-    print(f"{'configuration':24} {'pred MB':>8} {'meas MB':>8} {'err':>7} {'pred ms':>8} {'meas ms':>8} {'err':>7}")
+    print(f"{'configuration':24} {'pred MB':>8} {'meas MB':>8} {'err':>7} {'pred ms':>8} {'meas ms':>8} {'err':>7}   predicted ms by component")
     worst_mem = worst_time = 0.0
     for label, overrides, opts in CONFIGS:
         out = subprocess.run([sys.executable, "-c", WORKER, json.dumps({"overrides": overrides, **opts})],
@@ -117,13 +107,13 @@ def main() -> None:
         data["tokenizer"]["vocab_size"] = 8192
         cfg = validate_config(data)
         pred = training_memory(cfg, opts["micro"], meas["precision"], device_kind="cpu").above_weights_bytes
-        pred_s = step_seconds(cfg, opts["micro"], lambda g: meas["rates"][f"{g.m},{g.k},{g.n},{g.batch}"],
-                              meas["bandwidth"], meas["precision"], "cpu")
+        pred_s = sum(meas["breakdown"].values())
+        parts = " ".join(f"{k[:4]} {1000 * v:4.0f}" for k, v in meas["breakdown"].items())
         mem_err = pred / meas["measured_bytes"] - 1
         time_err = pred_s / meas["step_s"] - 1
         worst_mem, worst_time = max(worst_mem, abs(mem_err)), max(worst_time, abs(time_err))
         print(f"{label:24} {pred / 2**20:8.0f} {meas['measured_bytes'] / 2**20:8.0f} {100 * mem_err:+6.0f}% "
-              f"{1000 * pred_s:8.0f} {1000 * meas['step_s']:8.0f} {100 * time_err:+6.0f}%")
+              f"{1000 * pred_s:8.0f} {1000 * meas['step_s']:8.0f} {100 * time_err:+6.0f}%   {parts}")
     print(f"worst memory error {100 * worst_mem:.0f}% (target 15%), worst step-time error {100 * worst_time:.0f}% (target 25%)")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 from pathlib import Path
 
 import typer
@@ -25,6 +26,10 @@ def plan(
     spot: bool = typer.Option(None, "--spot/--on-demand", help="Spot or on-demand prices."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     top: int = typer.Option(12, "--top", help="Candidates shown in the table."),
+    this_machine: bool = typer.Option(False, "--this-machine", help="Add this machine's CPU as a candidate, "
+                                      "timed by measuring its matmul, attention, loss and memory speeds (seconds)."),
+    adam_8bit: bool = typer.Option(False, "--adam-8bit", help="Count 8-bit AdamW states (as bitsandbytes' "
+                                   "AdamW8bit keeps them) instead of 32-bit."),
 ) -> None:
     """Memory breakdown, fit per device, time and cost per candidate, cheapest that meet the limits."""
     from llmkit.config.load import load_config
@@ -38,7 +43,9 @@ def plan(
             sets.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
     cfg = load_config(config, sets)
     p = cfg.plan
-    result = make_plan(cfg, list(device) or p.devices or None, p.cloud, p.spot, p.budget_usd, p.deadline_hours)
+    local = _this_machine(cfg) if this_machine else None
+    result = make_plan(cfg, list(device) or p.devices or None, p.cloud, p.spot, p.budget_usd, p.deadline_hours,
+                       optimizer_bits=8 if adam_8bit else 32, local=local)
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))
         return
@@ -74,3 +81,28 @@ def plan(
                        + (f" (deadline {p.deadline_hours} h)" if p.deadline_hours else ""))
     for s in result.suggestions:
         typer.echo(f"to make it fit: {s}")
+    kv = result.serving
+    typer.echo(f"serving (bf16 weights {kv['weights_bytes'] / GB:.2f} GB): KV cache {kv['kv_bytes_per_token'] / 1024:.1f} KiB "
+               f"per token, {kv['kv_bytes_per_sequence'] / 2**20:,.1f} MiB per {kv['context']}-token sequence, "
+               f"{kv['kv_bytes_at_max_batch'] / GB:.2f} GB for serve.max_batch_size={kv['max_batch']} full sequences")
+
+
+def _this_machine(cfg: Any) -> Any:
+    """This CPU, measured: RAM, the precision llmkit would train in, and its rates."""
+    import os
+
+    from llmkit.errors import EnvironmentProblem
+    from llmkit.plan.recommend import LocalMachine
+
+    try:
+        import torch
+    except ImportError as exc:
+        raise EnvironmentProblem("--this-machine needs torch to measure this CPU", str(exc),
+                                 "install torch (llmkit doctor prints the command) or leave out --this-machine") from exc
+    from llmkit.plan.measure import measure_cpu_rates
+    from llmkit.train.setup import resolve_precision
+
+    precision = resolve_precision(cfg.train.precision, torch.device("cpu"))
+    ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    typer.echo(f"measuring this CPU ({os.cpu_count()} cores, {ram_gb:.0f} GB RAM, {precision}) ...", err=True)
+    return LocalMachine("this-cpu", ram_gb, precision, measure_cpu_rates(precision))

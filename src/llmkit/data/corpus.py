@@ -110,7 +110,7 @@ def _jsonl(path: Path, field_name: str, policy: str, stats: CorpusStats) -> Iter
         if not isinstance(obj, dict) or field_name not in obj:
             raise UsageError(f"{path}, line {number}: no field {field_name!r}",
                              f"found: {', '.join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__}",
-                             f"set data.text_field to the field that holds the text")
+                             "set data.text_field to the field that holds the text")
         if not isinstance(obj[field_name], str):
             raise UsageError(f"{path}, line {number}: field {field_name!r} is not a string", "",
                              "the text field must hold a string")

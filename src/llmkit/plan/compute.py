@@ -1,10 +1,24 @@
-"""Step time from the model's matrix multiplications and its memory traffic (pure; rates are inputs).
+"""Step time from the work a training step does, component by component (pure; rates are inputs).
 
-A training step is the forward pass's GEMMs and their two backward GEMMs each (input and weight
-gradients, the same FLOPs), plus attention. Small matrices run far below a device's peak, so the
-GEMM time is summed per shape at the rate measured (or assumed) for that shape. Everything else
-(norms, activations, softmax, casts) is bound by memory bandwidth: it is modelled as the
-activations and logits being read or written TRAFFIC_PASSES times over the measured bandwidth.
+A step is, per micro-batch:
+
+- the GEMMs: each forward matrix multiplication and its two backward ones (input and weight
+  gradients, the same FLOPs; LoRA skips the frozen weights' gradients, checkpointing repeats the
+  forward), summed per shape at the rate the device reaches *for that shape* (small matrices run
+  far below peak);
+- attention: causal scaled-dot-product attention, forward and backward, per (batch, heads, seq,
+  head dim) shape; fused kernels run at their own rate, unlike a GEMM of the same FLOPs;
+- the loss: log-softmax and its gradient over (tokens x vocab) fp32 logits;
+- everything else (norms, rotary, activations, residual adds, autocast casts, their gradients):
+  memory-bound, counted as the bytes those operations read and write per token and layer
+  (``elementwise_bytes``, counted op by op from the Hugging Face llama and gpt2 blocks under
+  autocast) over the device's effective bandwidth for such small operations;
+- the optimizer: AdamW reads and writes each trainable parameter's weight, gradient and two
+  moments, plus clipping (``OPTIMIZER_BYTES_PER_PARAM``), at the same bandwidth.
+
+The rates come from a ``Rates`` object: measured on this machine's CPU (``measure_cpu_rates``,
+a few seconds of micro-benchmarks of exactly these primitives) or assumed for a GPU from its
+data-sheet figures.
 """
 
 from __future__ import annotations
@@ -13,9 +27,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from llmkit.config.schema import RunConfig
-from llmkit.plan.params import intermediate_size, vocab_size
+from llmkit.plan.params import count_parameters, intermediate_size, vocab_size
 
-TRAFFIC_PASSES = 6  # reads + writes of each saved activation and logit per step (forward, backward, casts)
+OPTIMIZER_BYTES_PER_PARAM = 62  # AdamW foreach + grad clipping: counted bytes per trainable parameter
+# Non-GEMM operations on activation-sized tensors reach only a fraction of streaming-copy bandwidth:
+# strided views (rotary, heads), reductions, broadcasts and the autograd engine's per-op cost. Measured
+# on the reference config (llama 4x192, micro-batch 8, bf16) on a 2-core AVX-512 CPU: 0.45 of memcpy
+# bandwidth; a GPU's elementwise kernels reach ~0.7 of HBM bandwidth (assumption).
+ELEMENTWISE_EFFICIENCY = {"cpu": 0.45, "gpu": 0.7}
 
 
 @dataclass(frozen=True)
@@ -33,41 +52,126 @@ class Gemm:
         return 2 * self.m * self.k * self.n * self.count * self.batch
 
 
+@dataclass(frozen=True)
+class Attention:
+    """Causal attention of ``batch`` sequences, ``heads`` query heads, ``seq`` positions, per layer."""
+
+    batch: int
+    heads: int
+    seq: int
+    head_dim: int
+
+    @property
+    def forward_flops(self) -> int:
+        return 2 * 2 * self.batch * self.heads * self.seq * self.seq * self.head_dim // 2  # QK^T and PV, causal half
+
+
+@dataclass(frozen=True)
+class Rates:
+    """How fast a device does each kind of work.
+
+    gemm: FLOP/s for a GEMM shape. attention_seconds: forward + backward of one layer's attention.
+    cross_entropy_seconds: forward + backward of the loss for (tokens, vocab) logits. bandwidth_bytes_s:
+    streaming-copy bandwidth. device_kind: ``cpu`` or ``gpu`` (selects the elementwise efficiency).
+    """
+
+    gemm: Callable[[Gemm], float]
+    attention_seconds: Callable[[Attention], float]
+    cross_entropy_seconds: Callable[[int, int], float]
+    bandwidth_bytes_s: float
+    device_kind: str = "gpu"
+
+
 def forward_gemms(cfg: RunConfig, micro_batch: int) -> list[Gemm]:
-    """The forward pass's matrix multiplications for one micro-batch."""
+    """The forward pass's projections and LM head for one micro-batch (attention is separate)."""
     m = cfg.model
     tokens = micro_batch * cfg.train.sequence_length_tokens
-    seq, h, layers = cfg.train.sequence_length_tokens, m.hidden_size, m.num_hidden_layers
+    h, layers = m.hidden_size, m.num_hidden_layers
     heads = m.num_attention_heads
-    head_dim = h // heads
     inter = intermediate_size(m)
     if m.architecture == "gpt2":
         per_layer = [Gemm(tokens, h, 3 * h, 1), Gemm(tokens, h, h, 1), Gemm(tokens, h, inter, 1), Gemm(tokens, inter, h, 1)]
     else:
         kv = h * (m.num_key_value_heads or heads) // heads
         per_layer = [Gemm(tokens, h, h, 2), Gemm(tokens, h, kv, 2), Gemm(tokens, h, inter, 2), Gemm(tokens, inter, h, 1)]
-    # causal attention, per layer: scores and weighted values for every (sequence, head), half computed
-    attention = Gemm(seq, head_dim, seq // 2, 2 * layers, batch=heads * micro_batch)
     gemms = [Gemm(g.m, g.k, g.n, g.count * layers) for g in per_layer]
-    return gemms + [attention, Gemm(tokens, h, vocab_size(cfg), 1)]
+    return gemms + [Gemm(tokens, h, vocab_size(cfg), 1)]
 
 
-def step_seconds(cfg: RunConfig, micro_batch: int, rate: Callable[[Gemm], float], bandwidth_bytes_s: float,
-                 precision: str = "bf16", device_kind: str = "gpu", accumulation: int = 1) -> float:
-    """Seconds per optimizer step: 3 x each forward GEMM at ``rate(gemm)`` FLOP/s, plus the memory
-    traffic of the activations and logits at ``bandwidth_bytes_s``.
+def attention_shape(cfg: RunConfig, micro_batch: int) -> Attention:
+    m = cfg.model
+    return Attention(micro_batch, m.num_attention_heads, cfg.train.sequence_length_tokens,
+                     m.hidden_size // m.num_attention_heads)
 
-    Gradient checkpointing repeats the forward pass once more (4 instead of 3).
+
+def elementwise_bytes(cfg: RunConfig, micro_batch: int, precision: str) -> int:
+    """Bytes the non-GEMM, non-attention, non-loss operations read and write in one step.
+
+    Counted op by op (every tensor each dispatched operation reads and writes) on the Hugging
+    Face blocks under autocast, then written per token and layer in terms of the widths: a hidden
+    unit costs ~500 bytes (fp32 residual stream and RMSNorm internals, rotary on q, casts, their
+    gradients), an MLP unit ~32, a key/value unit ~96 (rotary on k, GQA repeats). GPT-2's block
+    (LayerNorm, GELU, no rotary) ~400 per hidden unit. LoRA adds ~160 per hidden unit: each adapted
+    projection casts and reads its input again (~320 counted, but the projections that share an
+    input read it from cache); checkpointing repeats the forward's share (~30%).
+    Outside the blocks: ~250 bytes per token and hidden unit (embedding, final norm) and, with
+    autocast, the logits' cast to fp32 and back (12 bytes per logit).
     """
-    from llmkit.plan.memory import training_memory
+    m = cfg.model
+    h, inter = m.hidden_size, intermediate_size(m)
+    kv = h * (m.num_key_value_heads or m.num_attention_heads) // m.num_attention_heads
+    tokens = micro_batch * cfg.train.sequence_length_tokens
+    per_token_layer = 400 * h + 32 * inter if m.architecture == "gpt2" else 500 * h + 32 * inter + 96 * kv
+    if m.lora.enabled:
+        per_token_layer += 160 * h
+    if cfg.train.gradient_checkpointing:
+        per_token_layer = int(per_token_layer * 1.3)
+    outside = 250 * h + (12 * vocab_size(cfg) if precision != "fp32" else 0)
+    return tokens * (per_token_layer * m.num_hidden_layers + outside)
 
-    mem = training_memory(cfg, micro_batch, precision, gradient_checkpointing=False, device_kind=device_kind)
+
+def trainable_parameters(cfg: RunConfig) -> int:
+    total = count_parameters(cfg.model, vocab_size(cfg)).total
+    return max(1, total // 100) if cfg.model.lora.enabled else total
+
+
+def step_breakdown(cfg: RunConfig, micro_batch: int, rates: Rates, precision: str = "bf16",
+                   accumulation: int = 1) -> dict[str, float]:
+    """Seconds per optimizer step, by component (see the module docstring)."""
     passes = 4 if cfg.train.gradient_checkpointing else 3
     lora = cfg.model.lora.enabled
-    total = 0.0
+    vocab = vocab_size(cfg)
+    gemm = 0.0
     for g in forward_gemms(cfg, micro_batch):
-        # LoRA: frozen weights need no weight gradient (2 passes), the head and attention as usual
-        n_pass = passes - 1 if lora and g.batch == 1 and g.n != vocab_size(cfg) else passes
-        total += n_pass * g.flops / rate(g)
-    traffic = TRAFFIC_PASSES * (mem.activations_bytes * passes / 3 + mem.logits_bytes) / bandwidth_bytes_s
-    return accumulation * (total + traffic)
+        # LoRA: frozen projections need no weight gradient; the head is computed as usual
+        n_pass = passes - 1 if lora and g.n != vocab else passes
+        gemm += n_pass * g.flops / rates.gemm(g)
+    attention = rates.attention_seconds(attention_shape(cfg, micro_batch)) * cfg.model.num_hidden_layers
+    if cfg.train.gradient_checkpointing:
+        attention *= 4 / 3
+    tokens = micro_batch * cfg.train.sequence_length_tokens
+    loss = rates.cross_entropy_seconds(tokens, vocab)
+    bandwidth = rates.bandwidth_bytes_s * ELEMENTWISE_EFFICIENCY.get(rates.device_kind, 0.7)
+    elementwise = elementwise_bytes(cfg, micro_batch, precision) / bandwidth
+    optimizer = OPTIMIZER_BYTES_PER_PARAM * trainable_parameters(cfg) / bandwidth
+    return {"gemm": accumulation * gemm, "attention": accumulation * attention, "loss": accumulation * loss,
+            "elementwise": accumulation * elementwise, "optimizer": optimizer}
+
+
+def step_seconds(cfg: RunConfig, micro_batch: int, rates: Rates, precision: str = "bf16", accumulation: int = 1) -> float:
+    """Seconds per optimizer step (the sum of ``step_breakdown``)."""
+    return sum(step_breakdown(cfg, micro_batch, rates, precision, accumulation).values())
+
+
+def gpu_rates(peak_flops: float, bandwidth_bytes_s: float, gemm_efficiency: float = 0.75,
+              attention_efficiency: float = 0.5) -> Rates:
+    """Assumed rates for a GPU from its data sheet: large GEMMs at ``gemm_efficiency`` of peak,
+    fused (flash) attention forward + backward (3.5x the forward FLOPs) at ``attention_efficiency``,
+    the loss as ~7 fp32 passes over the logits at copy bandwidth."""
+    return Rates(
+        gemm=lambda g: peak_flops * gemm_efficiency,
+        attention_seconds=lambda a: 3.5 * a.forward_flops / (peak_flops * attention_efficiency),
+        cross_entropy_seconds=lambda tokens, vocab: 7 * 4 * tokens * vocab / bandwidth_bytes_s,
+        bandwidth_bytes_s=bandwidth_bytes_s,
+        device_kind="gpu",
+    )

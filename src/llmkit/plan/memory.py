@@ -64,15 +64,23 @@ def activation_bytes_per_token_layer(cfg: RunConfig, precision: str, device_kind
         return norms_and_residual + e * (3 * h + h + 2 * h) + e * 2 * inter
     # q (pre/post rotary), attention output, the two norm outputs; k, v, k rotated; gate, up, silu, product
     base = norms_and_residual + e * (5 * h) + e * 3 * kv_width + e * 4 * inter
-    if m.lora.enabled:  # each adapted projection keeps its own cast input: q, k, v, o, gate, up (h) and down (inter)
-        base += e * (6 * h + inter)
+    if device_kind == "cpu" and precision == "fp32":
+        # measured: without autocast the backward's transient fp32 gradients of the block (freed
+        # chunks the allocator keeps) add ~6 hidden-width fp32 tensors per token and layer to the peak
+        base += 24 * h
+    # LoRA keeps about what the full model keeps: the frozen projections' inputs are saved for the
+    # adapters instead of for weight gradients (counted with saved-tensor hooks: within 5%)
     return base
 
 
 def training_memory(cfg: RunConfig, micro_batch: int, precision: str = "bf16", num_devices: int = 1,
                     sharded: bool = False, gradient_checkpointing: bool | None = None,
-                    overhead_bytes: int = 0, device_kind: str = "gpu") -> MemoryBreakdown:
-    """Peak training memory per device for ``micro_batch`` sequences of the config's length."""
+                    overhead_bytes: int = 0, device_kind: str = "gpu", optimizer_bits: int = 32) -> MemoryBreakdown:
+    """Peak training memory per device for ``micro_batch`` sequences of the config's length.
+
+    ``optimizer_bits`` 8: AdamW with 8-bit moments (bitsandbytes' AdamW8bit: 1 byte per moment plus
+    block-wise scales, ~2 bytes per parameter); llmkit's own loop uses 32-bit AdamW.
+    """
     m = cfg.model
     counts = count_parameters(m, vocab_size(cfg))
     total = counts.total
@@ -83,7 +91,7 @@ def training_memory(cfg: RunConfig, micro_batch: int, precision: str = "bf16", n
     weights = total * base_bytes // shard + (4 * trainable if lora else 0)
     casts = 0 if precision == "fp32" or (lora and m.lora.base_bits <= 16) else ELEMENT[precision] * total // shard
     grads = 4 * trainable // shard
-    optimizer = 8 * trainable // shard
+    optimizer = (8 if optimizer_bits == 32 else 2) * trainable // shard
     tokens = micro_batch * cfg.train.sequence_length_tokens
     per_layer = activation_bytes_per_token_layer(cfg, precision, device_kind)
     ckpt = cfg.train.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
@@ -94,7 +102,10 @@ def training_memory(cfg: RunConfig, micro_batch: int, precision: str = "bf16", n
     vocab = vocab_size(cfg)
     # logits in the compute dtype, their fp32 copy (none in fp32), the log-softmax kept for
     # backward, and the logits' fp32 gradient, which exists while the backward pass is at the head
-    logits = tokens * vocab * ((ELEMENT[precision] if precision != "fp32" else 0) + 4 + 4 + 4)
+    # (fp32 on a CPU: the log-softmax's input and output gradients are both alive at its backward,
+    # and nothing is freed early as the half-precision copy is under autocast: 16 bytes measured)
+    per_logit = ELEMENT[precision] + 12 if precision != "fp32" else (16 if device_kind == "cpu" else 12)
+    logits = tokens * vocab * per_logit
     return MemoryBreakdown(weights, casts, grads, optimizer, acts, logits, overhead_bytes)
 
 

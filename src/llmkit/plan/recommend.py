@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from llmkit.config.schema import RunConfig
+from llmkit.plan.compute import Rates, step_seconds
 from llmkit.plan.hardware import Device, devices, find_device, offerings
-from llmkit.plan.memory import GB, MemoryBreakdown, training_memory
+from llmkit.plan.memory import GB, MemoryBreakdown, kv_cache_bytes, training_memory
 from llmkit.plan.params import count_parameters, vocab_size
 
 # MFU reached by well-tuned bf16 training, by device class. Sources: Llama 3 paper (38-43% on H100),
@@ -21,7 +22,11 @@ from llmkit.plan.params import count_parameters, vocab_size
 # they lack NVLink and have smaller caches. fp32 on GPUs uses the fp32 (non-tensor-core) peak.
 MFU = {"H100": 0.40, "H200": 0.42, "B200": 0.38, "MI300X": 0.35, "A100": 0.45, "L40S": 0.35, "A10G": 0.35,
        "L4": 0.30, "RTX4090": 0.35, "RTX3090": 0.35, "V100": 0.35, "T4": 0.25}
-SCALING = {1: 1.0, 2: 0.95, 4: 0.92, 8: 0.90, 16: 0.85, 32: 0.82, 64: 0.80}  # multi-device efficiency
+# Data-parallel scaling efficiency within one node over NVLink / Infinity Fabric (gradient all-reduce
+# overlapped with the backward pass); beyond 8 devices the run spans nodes.
+SCALING = {1: 1.0, 2: 0.95, 4: 0.92, 8: 0.90, 16: 0.85, 32: 0.82, 64: 0.80}
+PCIE_PENALTY = 0.93  # per doubling of devices when the all-reduce crosses PCIe instead of NVLink
+NO_P2P_PENALTY = 0.88  # per doubling when PCIe peer-to-peer is disabled (consumer cards): via host memory
 HEADROOM = 0.90  # usable share of device memory (allocator fragmentation, CUDA context)
 CUDA_CONTEXT_BYTES = int(0.8e9)
 
@@ -49,6 +54,7 @@ class Plan:
     memory_at_config_micro_batch: dict[str, int]
     candidates: list[Candidate] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
+    serving: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,13 +78,26 @@ def training_flops(cfg: RunConfig) -> float:
     return flops_per_token(n, m.num_hidden_layers, m.hidden_size, cfg.train.sequence_length_tokens, frac) * total_tokens(cfg)
 
 
-def largest_micro_batch(cfg: RunConfig, device: Device, n: int, sharded: bool, precision: str) -> tuple[int | None, MemoryBreakdown]:
+def scaling_efficiency(device: Device, n: int) -> float:
+    """Share of n x one device's speed that n data-parallel devices reach, by interconnect."""
+    base = SCALING.get(n, 0.8)
+    if n == 1 or not device.interconnect.startswith("PCIe"):
+        return base
+    doublings = math.log2(min(n, 8))
+    return base * (NO_P2P_PENALTY if "noP2P" in device.interconnect else PCIE_PENALTY) ** doublings
+
+
+def largest_micro_batch(cfg: RunConfig, device: Device, n: int, sharded: bool, precision: str,
+                        optimizer_bits: int = 32, device_kind: str = "gpu") -> tuple[int | None, MemoryBreakdown]:
     """The largest divisor of the per-device batch that fits, and its memory."""
     per_device = max(1, cfg.train.global_batch_size // n)
     budget = device.memory_gb * GB * HEADROOM
-    best, best_mem = None, training_memory(cfg, 1, precision, n, sharded, overhead_bytes=CUDA_CONTEXT_BYTES)
+    overhead = CUDA_CONTEXT_BYTES if device_kind == "gpu" else 0
+    best, best_mem = None, training_memory(cfg, 1, precision, n, sharded, overhead_bytes=overhead,
+                                           device_kind=device_kind, optimizer_bits=optimizer_bits)
     for mb in sorted((d for d in range(1, per_device + 1) if per_device % d == 0), reverse=True):
-        mem = training_memory(cfg, mb, precision, n, sharded, overhead_bytes=CUDA_CONTEXT_BYTES)
+        mem = training_memory(cfg, mb, precision, n, sharded, overhead_bytes=overhead, device_kind=device_kind,
+                              optimizer_bits=optimizer_bits)
         if mem.peak_bytes <= budget:
             return mb, mem
     return best, best_mem
@@ -101,27 +120,36 @@ def _price(device: str, n: int, cloud: str, spot: bool) -> tuple[float, str] | N
 
 def make_plan(cfg: RunConfig, device_names: list[str] | None = None, cloud: str = "any", spot: bool = False,
               budget_usd: float | None = None, deadline_hours: float | None = None,
-              counts: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)) -> Plan:
-    """Every (device, count) candidate, cheapest first among those that fit and meet the limits."""
+              counts: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64), optimizer_bits: int = 32,
+              local: LocalMachine | None = None) -> Plan:
+    """Every (device, count) candidate, cheapest first among those that fit and meet the limits.
+
+    ``local``: this machine's CPU, measured (``llmkit.plan.measure``), as one more candidate whose
+    time comes from the component step-time model instead of an MFU assumption.
+    """
     m = cfg.model
     pc = count_parameters(m, vocab_size(cfg))
     chosen = [find_device(n) for n in device_names] if device_names else list(devices().values())
     mb = cfg.train.micro_batch_size if isinstance(cfg.train.micro_batch_size, int) else 1
     flops = training_flops(cfg)
     plan = Plan(pc.total, max(1, pc.total // 100) if m.lora.enabled else pc.total, total_tokens(cfg), flops,
-                asdict(training_memory(cfg, mb, "bf16")))
+                asdict(training_memory(cfg, mb, "bf16", optimizer_bits=optimizer_bits)))
     for dev in chosen:
         precision = dev.best_precision()
         peak = dev.peak_flops(precision) or 0.0
         mfu = MFU.get(dev.name.split("-")[0], 0.3)
         for n in counts:
             sharded = n > 1
-            micro, mem = largest_micro_batch(cfg, dev, n, sharded, precision)
-            hours = flops / (n * peak * mfu * SCALING.get(n, 0.8)) / 3600 if peak else None
+            micro, mem = largest_micro_batch(cfg, dev, n, sharded, precision, optimizer_bits)
+            hours = flops / (n * peak * mfu * scaling_efficiency(dev, n)) / 3600 if peak else None
             price = _price(dev.name, n, cloud, spot)
             cost = hours * price[0] if hours is not None and price else None
             plan.candidates.append(Candidate(dev.name, n, sharded, precision, micro, asdict(mem), micro is not None,
                                              hours, cost, price[1] if price else None))
+    plan.serving = serving_memory(cfg)
+    if local is not None:
+        plan.candidates.append(local_candidate(cfg, local, optimizer_bits))
+
     def ok(c: Candidate) -> bool:
         return (c.fits and (budget_usd is None or (c.cost_usd is not None and c.cost_usd <= budget_usd))
                 and (deadline_hours is None or (c.hours is not None and c.hours <= deadline_hours)))
@@ -130,6 +158,38 @@ def make_plan(cfg: RunConfig, device_names: list[str] | None = None, cloud: str 
     if not any(c.fits for c in plan.candidates):
         plan.suggestions = suggestions(cfg, chosen)
     return plan
+
+
+def serving_memory(cfg: RunConfig) -> dict[str, int]:
+    """bf16 weights and the KV cache per token, per full-context sequence and at serve.max_batch_size."""
+    context = cfg.model.max_position_embeddings
+    per_token = kv_cache_bytes(cfg, 1)
+    return {"weights_bytes": 2 * count_parameters(cfg.model, vocab_size(cfg)).total, "kv_bytes_per_token": per_token,
+            "context": context, "kv_bytes_per_sequence": per_token * context, "max_batch": cfg.serve.max_batch_size,
+            "kv_bytes_at_max_batch": per_token * context * cfg.serve.max_batch_size}
+
+
+@dataclass(frozen=True)
+class LocalMachine:
+    """This machine's CPU as a plan candidate: its RAM, training precision and measured rates."""
+
+    name: str
+    memory_gb: float
+    precision: str
+    rates: Rates
+
+
+def local_candidate(cfg: RunConfig, local: LocalMachine, optimizer_bits: int = 32) -> Candidate:
+    """This CPU: the largest micro-batch its RAM holds, hours from the component step-time model."""
+    dev = Device(local.name, local.memory_gb, None, None, None, local.rates.bandwidth_bytes_s / 1e9, "none")
+    micro, mem = largest_micro_batch(cfg, dev, 1, False, local.precision, optimizer_bits, device_kind="cpu")
+    hours = None
+    steps = math.ceil(total_tokens(cfg) / (cfg.train.global_batch_size * cfg.train.sequence_length_tokens))
+    if micro is not None:
+        step = step_seconds(cfg, micro, local.rates, local.precision, cfg.train.global_batch_size // micro)
+        hours = step * steps / 3600
+    return Candidate(local.name, 1, False, local.precision, micro, asdict(mem), micro is not None, hours, 0.0,
+                     "this machine")
 
 
 def suggestions(cfg: RunConfig, chosen: list[Device]) -> list[str]:

@@ -1,0 +1,71 @@
+"""Measure this machine's CPU for the step-time model: the primitives ``plan.compute`` sums.
+
+Each primitive is timed at the shape the configuration uses (best of a few runs): the GEMMs, one
+layer's causal attention forward and backward, the loss over the logits, and streaming-copy
+bandwidth. Nothing here runs the model itself. torch is imported on call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from llmkit.plan.compute import Attention, Gemm, Rates
+
+
+def _best_seconds(fn: Callable[[], Any], budget_s: float = 0.5, max_runs: int = 7) -> float:
+    fn()  # warm-up
+    best, spent, runs = float("inf"), 0.0, 0
+    while runs < max_runs and (runs < 2 or spent < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        best, spent, runs = min(best, dt), spent + dt, runs + 1
+    return best
+
+
+def measure_cpu_rates(precision: str) -> Rates:
+    """Rates for this CPU in a precision (``bf16`` means bf16 autocast, as llmkit trains on CPU)."""
+    import torch
+    import torch.nn.functional as F
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "fp16" else torch.float32
+    gemm_cache: dict[tuple[int, int, int, int], float] = {}
+    attention_cache: dict[Attention, float] = {}
+    loss_cache: dict[tuple[int, int], float] = {}
+
+    def gemm(g: Gemm) -> float:
+        key = (g.m, g.k, g.n, g.batch)
+        if key not in gemm_cache:
+            a, b = torch.randn(g.batch, g.m, g.k).to(dtype), torch.randn(g.batch, g.k, g.n).to(dtype)
+            gemm_cache[key] = 2 * g.batch * g.m * g.k * g.n / _best_seconds(lambda: torch.bmm(a, b))
+        return gemm_cache[key]
+
+    def attention_seconds(a: Attention) -> float:
+        if a not in attention_cache:
+            shape = (a.batch, a.heads, a.seq, a.head_dim)
+            q, k, v = (torch.randn(shape).to(dtype).requires_grad_() for _ in range(3))
+            grad = torch.randn(shape).to(dtype)
+
+            def run() -> None:
+                F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(grad)
+
+            attention_cache[a] = _best_seconds(run)
+        return attention_cache[a]
+
+    def cross_entropy_seconds(tokens: int, vocab: int) -> float:
+        if (tokens, vocab) not in loss_cache:
+            logits = torch.randn(tokens, vocab).requires_grad_()
+            labels = torch.randint(0, vocab, (tokens,))
+
+            def run() -> None:
+                F.cross_entropy(logits, labels, reduction="sum").backward()
+
+            loss_cache[(tokens, vocab)] = _best_seconds(run)
+        return loss_cache[(tokens, vocab)]
+
+    n = 16 * 2**20  # 64 MiB of fp32: larger than the caches
+    src, dst = torch.randn(n), torch.empty(n)
+    bandwidth = 2 * 4 * n / _best_seconds(lambda: dst.copy_(src), budget_s=1.0, max_runs=15)
+    return Rates(gemm, attention_seconds, cross_entropy_seconds, bandwidth, device_kind="cpu")
