@@ -5,7 +5,9 @@ top-level sources, repeated) as a JSONL file, trains the tiny preset's tokenizer
 the same process and interleaved:
 
 - bare ``Tokenizer.encode_batch`` over the documents already in memory (the issue's baseline),
-  and ``encode_batch_fast`` (the strictest bare baseline: no offsets);
+  and ``encode_batch_fast`` (the strictest bare `tokenizers` baseline: no offsets);
+- bare tiktoken ``encode_ordinary_batch`` with the same tokenizer's ranks (the engine llmkit's
+  pipeline uses when it gives the same ids, ``llmkit.data.fastbpe``): the pipeline's own overhead;
 - llmkit's pipeline, ``prepare_pretrain``: read the file, tokenize, split, write the shards.
 
 Then peak RSS of ``llmkit prepare`` (a fresh subprocess each) on the 20 MB corpus and on one
@@ -31,6 +33,7 @@ from pathlib import Path
 from llmkit.config.load import validate_config
 from llmkit.config.presets import load_preset
 from llmkit.data.corpus import embedded_topics, iter_documents
+from llmkit.data.fastbpe import bulk_encoder
 from llmkit.data.prepare import ensure_tokenizer, prepare_pretrain
 
 
@@ -103,10 +106,22 @@ def main() -> None:
             # the pipeline also writes an EOS per document; count only text tokens, like bare
             return time.perf_counter() - t0, meta.train_tokens + meta.val_tokens - n_docs
 
-        rates: dict[str, list[float]] = {"encode_batch": [], "encode_batch_fast": [], "llmkit prepare": []}
-        for _ in range(args.repeats):  # interleaved, so machine noise hits all three alike
+        fast = bulk_encoder(backend)
+        assert fast is not None, "the benchmark tokenizer should be tiktoken-compatible"
+
+        def bare_tiktoken() -> tuple[float, int]:
+            t0 = time.perf_counter()
+            n = 0
+            for i in range(0, len(docs), 1000):
+                n += sum(len(ids) for ids in fast(docs[i : i + 1000]))
+            return time.perf_counter() - t0, n
+
+        rates: dict[str, list[float]] = {"encode_batch": [], "encode_batch_fast": [], "tiktoken (bare)": [],
+                                         "llmkit prepare": []}
+        for _ in range(args.repeats):  # interleaved, so machine noise hits all alike
             for name, fn in (("encode_batch", lambda: bare("encode_batch")),
                              ("encode_batch_fast", lambda: bare("encode_batch_fast")),
+                             ("tiktoken (bare)", bare_tiktoken),
                              ("llmkit prepare", pipeline)):
                 seconds, tokens = fn()
                 rates[name].append(tokens / seconds)
@@ -114,8 +129,10 @@ def main() -> None:
         for name, r in rates.items():
             print(f"{name:20} {statistics.median(r) / 1e6:15.2f} {max(r) / 1e6:13.2f}")
         ours = statistics.median(rates["llmkit prepare"])
-        for base in ("encode_batch", "encode_batch_fast"):
+        for base in ("encode_batch", "encode_batch_fast", "tiktoken (bare)"):
             print(f"ratio llmkit / bare {base}: {ours / statistics.median(rates[base]):.2f}x")
+        meta = json.loads((run_dir / "data" / "meta.json").read_text())
+        print(f"engine used by llmkit prepare: {meta['encoder']}")
         print(f"tokens: {tokens:,}; this process's peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB "
               "(holds the corpus in memory for the bare baseline)")
 

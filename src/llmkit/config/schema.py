@@ -148,6 +148,9 @@ class DataConfig(Section):
     """Embedded source: add the Python standard library's .py files to the corpus."""
     val_fraction: float = Field(0.05, gt=0, lt=0.5)
     """Share of documents held out for validation (split by document, deterministic)."""
+    fast_bpe: bool = True
+    """Pretraining shards: encode with tiktoken's engine when it gives exactly the tokenizer's ids
+    (checked on the corpus's first MiB; 3-4x faster); false: always Hugging Face tokenizers."""
     invalid_utf8: Literal["error", "replace"] = "replace"
     """Bytes that are not UTF-8: stop with the file and offset, or replace them with U+FFFD."""
     sft_path: str | None = None

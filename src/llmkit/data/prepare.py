@@ -24,6 +24,7 @@ from llmkit.data import classify as classify_data
 from llmkit.data import sft as sft_data
 from llmkit.data.corpus import CorpusStats, iter_documents
 from llmkit.data.ragged import write_ragged
+from llmkit.data.fastbpe import choose_encoder
 from llmkit.data.shards import ShardMeta, is_validation, publish_shards, token_dtype, write_token_shards
 from llmkit.data.tokenizer import eos_id, load_tokenizer, tokenizer_hash, train_bpe, wrap
 from llmkit.errors import UsageError
@@ -97,15 +98,16 @@ def prepare_pretrain(config: RunConfig, tok: Any, data_dir: Path, log: Log) -> S
     for stale in data_dir.glob(".shards-*"):  # left by a run that was killed
         shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix=".shards-", dir=data_dir) as staging:
-        counts = write_token_shards(iter_documents(config.data, stats), tok.backend_tokenizer,
-                                    eos_id(tok), Path(staging), config.data.val_fraction, vocab)
+        encode, documents, engine = choose_encoder(tok.backend_tokenizer, iter_documents(config.data, stats),
+                                                   config.data.fast_bpe, log)
+        counts = write_token_shards(documents, encode, eos_id(tok), Path(staging), config.data.val_fraction, vocab)
         seq = config.train.sequence_length_tokens
         _check_context(counts["train_tokens"], seq, "train")
         _check_context(counts["val_tokens"], seq, "validation")
         meta = ShardMeta(dtype=token_dtype(vocab).name, vocab_size=vocab, eos_id=eos_id(tok),
                          val_fraction=config.data.val_fraction, source_bytes=stats.bytes,
                          source_sha256=stats.fingerprint, replaced_chars=stats.replaced_chars,
-                         tokenizer_sha256=tokenizer_hash(data_dir.parent / "tokenizer"), **counts)
+                         tokenizer_sha256=tokenizer_hash(data_dir.parent / "tokenizer"), encoder=engine, **counts)
         publish_shards(Path(staging), data_dir, meta)
     if stats.replaced_chars:
         log(f"data: replaced {stats.replaced_chars} invalid UTF-8 sequences with U+FFFD")

@@ -5,7 +5,8 @@ as uint16 when the vocabulary has fewer than 65,536 tokens, else uint32. Documen
 validation file by a deterministic stride over their position in the corpus (every k-th
 document, k = round(1 / val_fraction)), so the split is the same on every run and every machine.
 
-Tokenization runs in the Rust `tokenizers` library over batches of documents (all cores); the
+Tokenization runs in Rust over batches of documents on all cores (tiktoken's engine where it gives
+the tokenizer's exact ids, else `tokenizers`: see ``llmkit.data.fastbpe``); the
 corpus is read in chunks of about ``chunk_bytes``, so memory stays bounded on any corpus size.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +46,8 @@ class ShardMeta(BaseModel):
     source_sha256: str
     replaced_chars: int
     tokenizer_sha256: str
+    encoder: Literal["tokenizers", "tiktoken"] = "tokenizers"
+    """Which engine wrote the ids (the same ids either way; see llmkit.data.fastbpe)."""
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -71,33 +74,46 @@ def _chunks(documents: Iterable[str], chunk_bytes: int) -> Iterator[list[str]]:
         yield batch
 
 
-def _encoded_chunks(tokenizer: Any, documents: Iterable[str], chunk_bytes: int) -> Iterator[tuple[list[str], list[Any]]]:
-    """Encode chunk n+1 in a helper thread while the caller writes chunk n.
+def _encoded_chunks(encode: Callable[[list[str]], list[list[int]]], documents: Iterable[str],
+                    chunk_bytes: int) -> Iterator[tuple[list[str], list[list[int]]]]:
+    """Yield (documents, encodings) chunk by chunk, one chunk always being encoded ahead.
 
-    `encode_batch_fast` releases the GIL, so reading and writing overlap with tokenization.
+    Both engines release the GIL while encoding, so while a helper thread encodes chunk n+1 the caller
+    converts and writes chunk n and the next chunk is read: only the tokenizer's own work is on
+    the critical path.
     """
     chunks = _chunks(documents, chunk_bytes)
-    result: list[Any] = []
+    errors: list[BaseException] = []
 
-    def encode(batch: list[str]) -> None:
-        result.append(tokenizer.encode_batch_fast(batch, add_special_tokens=False))
+    def start(batch: list[str] | None) -> tuple[list[str], list[Any], threading.Thread] | None:
+        if batch is None:
+            return None
+        out: list[Any] = []
 
-    pending = next(chunks, None)
-    while pending is not None:
-        worker = threading.Thread(target=encode, args=(pending,))
+        def run() -> None:
+            try:
+                out.append(encode(batch))
+            except BaseException as exc:  # re-raised in the caller's thread
+                errors.append(exc)
+
+        worker = threading.Thread(target=run, daemon=True)
         worker.start()
-        following = next(chunks, None)  # read the next chunk while this one is encoded
+        return batch, out, worker
+
+    current = start(next(chunks, None))
+    while current is not None:
+        batch, out, worker = current
         worker.join()
-        if not result:
-            raise UsageError("tokenization failed", "the tokenizer raised on a batch of documents",
-                             "rerun with --debug")
-        yield pending, result.pop()
-        pending = following
+        if errors or not out:
+            raise UsageError("tokenization failed", f"the tokenizer raised on a batch of documents: {errors[:1]}",
+                             "rerun with --debug") from (errors[0] if errors else None)
+        current = start(next(chunks, None))  # encode the next chunk while this one is written
+        yield batch, out[0]
 
 
 def write_token_shards(
     documents: Iterable[str],
-    tokenizer: Any,
+    encode: Callable[[list[str]], list[list[int]]],
     eos: int,
     out_dir: Path,
     val_fraction: float,
@@ -106,17 +122,19 @@ def write_token_shards(
 ) -> dict[str, int]:
     """Tokenize ``documents`` into ``out_dir/train.bin`` and ``val.bin``; returns the counts.
 
-    ``tokenizer`` is a ``tokenizers.Tokenizer``; EOS is appended after every document.
+    ``encode`` turns a batch of documents into their ids (``llmkit.data.fastbpe``); EOS is appended
+    after every document.
     """
     dtype = token_dtype(vocab_size)
     counts = {"train_tokens": 0, "val_tokens": 0, "train_documents": 0, "val_documents": 0}
     index = 0
     with open(out_dir / "train.bin", "wb") as train_fh, open(out_dir / "val.bin", "wb") as val_fh:
-        for batch, encodings in _encoded_chunks(tokenizer, documents, chunk_bytes):
+        for batch, encodings in _encoded_chunks(encode, documents, chunk_bytes):
             parts: dict[str, list[np.ndarray]] = {"train": [], "val": []}
-            for _doc, enc in zip(batch, encodings):
+            for _doc, ids in zip(batch, encodings):
                 split = "val" if is_validation(index, val_fraction) else "train"
-                parts[split].append(np.asarray(enc.ids + [eos], dtype=dtype))
+                ids.append(eos)
+                parts[split].append(np.asarray(ids, dtype=dtype))
                 counts[f"{split}_documents"] += 1
                 index += 1
             for split, fh in (("train", train_fh), ("val", val_fh)):
