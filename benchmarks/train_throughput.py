@@ -83,6 +83,24 @@ def bare_loop(cfg, data_dir: Path, steps: int) -> list[float]:  # type: ignore[n
     return times[WARMUP:]
 
 
+COMPONENTS = (("matmul", ("aten::mm", "aten::addmm", "aten::bmm")), ("attention", ("scaled_dot_product",)),
+              ("loss", ("log_softmax", "nll_loss")), ("optimizer", ("_foreach", "addcdiv", "lerp")))
+
+
+def component_ms(cfg, data_dir: Path) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Milliseconds per step by kind of work (torch.profiler self CPU time over 3 bare-loop steps)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    bare_loop(cfg, data_dir, WARMUP + 1)  # warm the allocator and kernels the same way
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        bare_loop(cfg, data_dir, WARMUP + 3)
+    out = {name: 0.0 for name, _ in COMPONENTS} | {"everything else": 0.0}
+    for evt in prof.key_averages():
+        kind = next((name for name, keys in COMPONENTS if any(k in evt.key for k in keys)), "everything else")
+        out[kind] += evt.self_cpu_time_total / 1000 / (WARMUP + 3)
+    return out
+
+
 def llmkit_loop(cfg, root: Path, base: Path, steps: int, i: int) -> list[float]:  # type: ignore[no-untyped-def]
     run = root / f"{cfg.name}-{i}"
     shutil.copytree(base / "tokenizer", run / "tokenizer")
@@ -109,6 +127,7 @@ def main() -> None:
         print(f"model: {n / 1e6:.2f} M parameters, {fpt / 1e6:.1f} MFLOP per token; "
               f"precision auto -> {auto}; torch threads {torch.get_num_threads()}")
         rows = []
+        peaks_by: dict[str, list[float]] = {}
         for precision in dict.fromkeys(["fp32", auto]):
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32
             cfg = reference_config(root, f"run-{precision}", precision, args.steps + WARMUP)
@@ -120,6 +139,7 @@ def main() -> None:
                 bare += bare_loop(cfg, base / "data", args.steps + WARMUP)
                 ours += llmkit_loop(cfg, root, base, args.steps, i)
             peak = max(peaks)
+            peaks_by[precision] = peaks
             for label, secs in (("bare loop", bare), ("llmkit train", ours)):
                 tok_s = 8 * 256 / statistics.median(secs)
                 rows.append((precision, label, tok_s, tok_s * fpt / peak, peak))
@@ -131,6 +151,20 @@ def main() -> None:
             print(f"{precision}: llmkit / bare = {by[(precision, 'llmkit train')] / by[(precision, 'bare loop')]:.3f}")
         if auto != "fp32":
             print(f"{auto} / fp32 tokens/s (llmkit): {by[(auto, 'llmkit train')] / by[('fp32', 'llmkit train')]:.2f}x")
+        if auto != "fp32":
+            # where the bf16 speed-up is lost: the same bare step, by kind of work, in both precisions
+            parts = {prec: component_ms(reference_config(root, f"prof-{prec}", prec, 1), base / "data")
+                     for prec in ("fp32", auto)}
+            print(f"{'work (bare loop, profiled)':28} {'fp32 ms':>8} {auto + ' ms':>8} {'speed-up':>9}")
+            for kind in parts["fp32"]:
+                a, b = parts["fp32"][kind], parts[auto][kind]
+                print(f"{kind:28} {a:8.1f} {b:8.1f} {a / b if b else float('nan'):8.2f}x")
+            fp32_total, auto_total = sum(parts["fp32"].values()), sum(parts[auto].values())
+            print(f"{'total':28} {fp32_total:8.1f} {auto_total:8.1f} {fp32_total / auto_total:8.2f}x")
+            ratio = max(peaks_by[auto]) / max(peaks_by["fp32"])
+            bound = fp32_total / (parts["fp32"]["matmul"] / ratio + fp32_total - parts["fp32"]["matmul"])
+            print(f"{auto}/fp32 matmul peak ratio {ratio:.2f}x; step speed-up if only the matmuls ran that much "
+                  f"faster: {bound:.2f}x")
         print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
         print(json.dumps({"rows": [dict(zip(("precision", "loop", "tokens_per_s", "mfu", "peak_flops"), r)) for r in rows]}))
     finally:

@@ -24,6 +24,10 @@ def plan(
     deadline_hours: float = typer.Option(None, "--deadline-hours", help="Longest the run may take."),
     cloud: str = typer.Option(None, "--cloud", help="any, aws, gcp, azure, lambda or runpod."),
     spot: bool = typer.Option(None, "--spot/--on-demand", help="Spot or on-demand prices."),
+    num_devices: int = typer.Option(None, "--devices", min=1, help="Plan on exactly this many devices "
+                                    "(default: plan.num_devices, or compare 1 to 64)."),
+    sharding: bool = typer.Option(None, "--sharding/--no-sharding", help="Allow FSDP over several devices "
+                                  "(default: plan.sharding, true)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     top: int = typer.Option(12, "--top", help="Candidates shown in the table."),
     this_machine: bool = typer.Option(False, "--this-machine", help="Add this machine's CPU as a candidate, "
@@ -38,14 +42,16 @@ def plan(
 
     sets = list(overrides)
     for key, value in (("plan.budget_usd", budget_usd), ("plan.deadline_hours", deadline_hours),
-                       ("plan.cloud", cloud), ("plan.spot", spot)):
+                       ("plan.cloud", cloud), ("plan.spot", spot), ("plan.num_devices", num_devices),
+                       ("plan.sharding", sharding)):
         if value is not None:
             sets.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
     cfg = load_config(config, sets)
     p = cfg.plan
     local = _this_machine(cfg) if this_machine else None
     result = make_plan(cfg, list(device) or p.devices or None, p.cloud, p.spot, p.budget_usd, p.deadline_hours,
-                       optimizer_bits=8 if adam_8bit else 32, local=local)
+                       optimizer_bits=8 if adam_8bit else 32, local=local, sharding=p.sharding,
+                       **({"counts": (p.num_devices,)} if p.num_devices else {}))
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))
         return
@@ -79,6 +85,10 @@ def plan(
             typer.echo(f"nothing meets the limits; nearest: {near.num_devices} x {near.device}, {near.hours:.2f} h, "
                        f"${near.cost_usd:,.0f}" + (f" (budget ${p.budget_usd:,.0f})" if p.budget_usd else "")
                        + (f" (deadline {p.deadline_hours} h)" if p.deadline_hours else ""))
+    if result.suggestions:
+        where = f"{p.num_devices} device(s)" if p.num_devices else "any device count"
+        typer.echo(f"nothing fits on {where}{'' if p.sharding else ' without sharding'}: every candidate needs more "
+                   "memory than the device has")
     for s in result.suggestions:
         typer.echo(f"to make it fit: {s}")
     kv = result.serving

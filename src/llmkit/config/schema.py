@@ -324,8 +324,11 @@ class PlanConfig(Section):
 
     devices: list[str] = Field(default_factory=list)
     """Candidate device names (e.g. H100-80GB); empty: every known device."""
-    num_devices: int = Field(1, gt=0)
-    """Devices the run is planned on."""
+    num_devices: int | None = Field(None, gt=0)
+    """Plan on exactly this many devices (null: compare 1, 2, 4 ... 64)."""
+    sharding: bool = True
+    """Allow FSDP (weights, gradients and optimizer state split over the devices); false: every
+    device holds the whole model (plain data parallelism)."""
     cloud: Literal["any", "aws", "gcp", "azure", "lambda", "runpod"] = "any"
     """Price offerings from this cloud only."""
     spot: bool = False

@@ -121,7 +121,7 @@ def _price(device: str, n: int, cloud: str, spot: bool) -> tuple[float, str] | N
 def make_plan(cfg: RunConfig, device_names: list[str] | None = None, cloud: str = "any", spot: bool = False,
               budget_usd: float | None = None, deadline_hours: float | None = None,
               counts: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64), optimizer_bits: int = 32,
-              local: LocalMachine | None = None) -> Plan:
+              local: LocalMachine | None = None, sharding: bool = True) -> Plan:
     """Every (device, count) candidate, cheapest first among those that fit and meet the limits.
 
     ``local``: this machine's CPU, measured (``llmkit.plan.measure``), as one more candidate whose
@@ -139,7 +139,7 @@ def make_plan(cfg: RunConfig, device_names: list[str] | None = None, cloud: str 
         peak = dev.peak_flops(precision) or 0.0
         mfu = MFU.get(dev.name.split("-")[0], 0.3)
         for n in counts:
-            sharded = n > 1
+            sharded = sharding and n > 1
             micro, mem = largest_micro_batch(cfg, dev, n, sharded, precision, optimizer_bits)
             hours = flops / (n * peak * mfu * scaling_efficiency(dev, n)) / 3600 if peak else None
             price = _price(dev.name, n, cloud, spot)
@@ -156,7 +156,7 @@ def make_plan(cfg: RunConfig, device_names: list[str] | None = None, cloud: str 
     plan.candidates.sort(key=lambda c: (not ok(c), c.cost_usd if c.cost_usd is not None else math.inf,
                                         c.hours or math.inf))
     if not any(c.fits for c in plan.candidates):
-        plan.suggestions = suggestions(cfg, chosen)
+        plan.suggestions = suggestions(cfg, chosen, sharding)
     return plan
 
 
@@ -192,7 +192,7 @@ def local_candidate(cfg: RunConfig, local: LocalMachine, optimizer_bits: int = 3
                      "this machine")
 
 
-def suggestions(cfg: RunConfig, chosen: list[Device]) -> list[str]:
+def suggestions(cfg: RunConfig, chosen: list[Device], sharding: bool = True) -> list[str]:
     """What to change when nothing fits, with the peak memory each change gives (1 device, micro-batch 1)."""
     biggest = max(chosen, key=lambda d: d.memory_gb)
     prec = biggest.best_precision()
@@ -210,6 +210,7 @@ def suggestions(cfg: RunConfig, chosen: list[Device]) -> list[str]:
     for n in (2, 4, 8, 16, 32, 64):
         peak = training_memory(cfg, 1, prec, n, True, overhead_bytes=CUDA_CONTEXT_BYTES).peak_bytes
         if peak <= biggest.memory_gb * GB * HEADROOM:
-            out.append(f"FSDP over {n} x {biggest.name}: {peak / GB:.1f} GB per device")
+            allow = "" if sharding else " (set plan.sharding: true or drop --no-sharding)"
+            out.append(f"FSDP over {n} x {biggest.name}: {peak / GB:.1f} GB per device{allow}")
             break
     return out

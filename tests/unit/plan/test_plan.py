@@ -158,12 +158,12 @@ def test_cpu_rates_are_measured() -> None:
     from llmkit.plan.measure import measure_cpu_rates
 
     rates = measure_cpu_rates("fp32")
-    small, large = rates.gemm(Gemm(16, 16, 16, 1)), rates.gemm(Gemm(256, 256, 256, 1))
+    small, large = rates.gemm(Gemm(8, 8, 8, 1)), rates.gemm(Gemm(512, 512, 512, 1))
     assert 0 < small < large  # tiny matrices run far below the large ones' rate
-    assert rates.gemm(Gemm(16, 16, 16, 3)) == small  # cached per shape, whatever the count
-    short, long = rates.attention_seconds(Attention(1, 2, 32, 16)), rates.attention_seconds(Attention(1, 2, 256, 16))
+    assert rates.gemm(Gemm(8, 8, 8, 3)) == small  # cached per shape, whatever the count
+    short, long = rates.attention_seconds(Attention(1, 2, 32, 16)), rates.attention_seconds(Attention(2, 4, 512, 32))
     assert 0 < short < long
-    assert 0 < rates.cross_entropy_seconds(64, 128) < rates.cross_entropy_seconds(512, 1024)
+    assert 0 < rates.cross_entropy_seconds(16, 64) < rates.cross_entropy_seconds(1024, 2048)
     assert 1e8 < rates.bandwidth_bytes_s < 1e13 and rates.device_kind == "cpu"
 
 
@@ -181,6 +181,21 @@ def test_interconnect_8bit_adam_and_serving_memory() -> None:
     # Llama 3 8B: 32 layers x 8 KV heads x 128 dims x (K and V) x 2 bytes = 128 KiB per token
     assert serving["kv_bytes_per_token"] == 32 * 8 * 128 * 2 * 2 == 128 * 1024
     assert serving["kv_bytes_per_sequence"] == 128 * 1024 * cfg.model.max_position_embeddings
+
+
+def test_no_sharding_keeps_the_whole_model_on_every_device(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = preset("llama-8b")
+    plan = make_plan(cfg, ["H100-80GB"], counts=(1, 8), sharding=False)
+    assert not any(c.fits for c in plan.candidates) and not any(c.sharded for c in plan.candidates)
+    assert plan.candidates[0].memory == plan.candidates[1].memory  # plain data parallelism: no saving
+    assert any("FSDP over" in s and "plan.sharding: true" in s for s in plan.suggestions)
+    cli("init", "--preset", "llama-8b", "run.yaml", cwd=tmp_path)
+    out = cli("plan", "--config", "run.yaml", "--device", "H100-80GB", "--no-sharding", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "nothing fits on any device count without sharding" in out.stdout
+    assert "to make it fit: LoRA" in out.stdout and "FSDP over" in out.stdout
+    out = cli("plan", "--config", "run.yaml", "--device", "H100-80GB", "--devices", "8", cwd=tmp_path)
+    assert out.returncode == 0 and "H100-80GB        8 yes" in out.stdout and "H100-80GB        1" not in out.stdout
 
 
 def test_cli_plan_this_machine(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
