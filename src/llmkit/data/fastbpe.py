@@ -122,13 +122,10 @@ def choose_encoder(tokenizer: Any, documents: Iterator[str], allow_fast: bool, l
     fast = bulk_encoder(tokenizer) if allow_fast else None
     if fast is None:
         return reference, documents, "tokenizers"
-    sample: list[str] = []
-    size = 0
-    for doc in documents:
-        sample.append(doc)
-        size += len(doc)
-        if size >= sample_bytes:
-            break
+    from llmkit.data.shards import chunks
+
+    documents = iter(documents)
+    sample = next(chunks(documents, sample_bytes), [])
     rest = itertools.chain(sample, documents)
     if not verified(fast, tokenizer, sample):
         log("data: tiktoken's ids differ from the tokenizer's on this corpus; encoding with tokenizers (slower)")

@@ -61,7 +61,8 @@ def is_validation(index: int, val_fraction: float) -> bool:
     return index % k == k // 2
 
 
-def _chunks(documents: Iterable[str], chunk_bytes: int) -> Iterator[list[str]]:
+def chunks(documents: Iterable[str], chunk_bytes: int) -> Iterator[list[str]]:
+    """Consecutive lists of documents of about ``chunk_bytes`` characters each (the last may be shorter)."""
     batch: list[str] = []
     size = 0
     for doc in documents:
@@ -82,7 +83,7 @@ def _encoded_chunks(encode: Callable[[list[str]], list[list[int]]], documents: I
     converts and writes chunk n and the next chunk is read: only the tokenizer's own work is on
     the critical path.
     """
-    chunks = _chunks(documents, chunk_bytes)
+    pieces = chunks(documents, chunk_bytes)
     errors: list[BaseException] = []
 
     def start(batch: list[str] | None) -> tuple[list[str], list[Any], threading.Thread] | None:
@@ -100,14 +101,14 @@ def _encoded_chunks(encode: Callable[[list[str]], list[list[int]]], documents: I
         worker.start()
         return batch, out, worker
 
-    current = start(next(chunks, None))
+    current = start(next(pieces, None))
     while current is not None:
         batch, out, worker = current
         worker.join()
         if errors or not out:
             raise UsageError("tokenization failed", f"the tokenizer raised on a batch of documents: {errors[:1]}",
                              "rerun with --debug") from (errors[0] if errors else None)
-        current = start(next(chunks, None))  # encode the next chunk while this one is written
+        current = start(next(pieces, None))  # encode the next chunk while this one is written
         yield batch, out[0]
 
 

@@ -16,9 +16,10 @@ A step is, per micro-batch:
 - the optimizer: AdamW reads and writes each trainable parameter's weight, gradient and two
   moments, plus clipping (``OPTIMIZER_BYTES_PER_PARAM``), at the same bandwidth.
 
-The rates come from a ``Rates`` object: measured on this machine's CPU (``measure_cpu_rates``,
-a few seconds of micro-benchmarks of exactly these primitives) or assumed for a GPU from its
-data-sheet figures.
+The rates come from a ``Rates`` object, measured on this machine's CPU
+(``llmkit.plan.measure.measure_cpu_rates``: micro-benchmarks of exactly these primitives, seconds).
+`llmkit plan --this-machine` times the run this way; GPU candidates use the MFU assumptions of
+``llmkit.plan.recommend`` instead, as nothing can be measured on a GPU that is not there.
 """
 
 from __future__ import annotations
@@ -161,17 +162,3 @@ def step_breakdown(cfg: RunConfig, micro_batch: int, rates: Rates, precision: st
 def step_seconds(cfg: RunConfig, micro_batch: int, rates: Rates, precision: str = "bf16", accumulation: int = 1) -> float:
     """Seconds per optimizer step (the sum of ``step_breakdown``)."""
     return sum(step_breakdown(cfg, micro_batch, rates, precision, accumulation).values())
-
-
-def gpu_rates(peak_flops: float, bandwidth_bytes_s: float, gemm_efficiency: float = 0.75,
-              attention_efficiency: float = 0.5) -> Rates:
-    """Assumed rates for a GPU from its data sheet: large GEMMs at ``gemm_efficiency`` of peak,
-    fused (flash) attention forward + backward (3.5x the forward FLOPs) at ``attention_efficiency``,
-    the loss as ~7 fp32 passes over the logits at copy bandwidth."""
-    return Rates(
-        gemm=lambda g: peak_flops * gemm_efficiency,
-        attention_seconds=lambda a: 3.5 * a.forward_flops / (peak_flops * attention_efficiency),
-        cross_entropy_seconds=lambda tokens, vocab: 7 * 4 * tokens * vocab / bandwidth_bytes_s,
-        bandwidth_bytes_s=bandwidth_bytes_s,
-        device_kind="gpu",
-    )

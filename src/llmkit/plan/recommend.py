@@ -1,8 +1,10 @@
 """Will it fit, how long, what will it cost: candidates per device and device count (pure).
 
-Time = total training FLOPs / (devices x peak x MFU x scaling). MFU assumptions (model FLOPs
-utilisation actually reached, by device class) are documented below with their sources; they
-are assumptions, and `benchmarks/plan_accuracy.py` measures how the model does on this CPU.
+GPU time = total training FLOPs / (devices x peak x MFU x scaling). MFU assumptions (model FLOPs
+utilisation actually reached, by device class) are documented below with their sources, and the
+scaling efficiency depends on the interconnect. This machine's CPU (``--this-machine``) is timed
+by the component model of ``llmkit.plan.compute`` from measured primitives instead;
+`benchmarks/plan_accuracy.py` measures how right that model and the memory model are.
 """
 
 from __future__ import annotations
