@@ -32,7 +32,8 @@ def prepare(
     for kind, meta in result.outputs.items():
         if kind == "pretrain":
             typer.echo(f"data: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
-                       f"({meta['train_documents']} / {meta['val_documents']} documents, {meta['dtype']}) "
+                       f"({meta['train_documents']} / {meta['val_documents']} documents, {meta['dtype']}, "
+                       f"encoded by {meta.get('encoder', 'tokenizers')}) "
                        f"-> {result.run_dir / 'data'}")
         else:
             typer.echo(f"{kind}: {meta['train_examples']} train / {meta['val_examples']} val examples, "
