@@ -43,20 +43,18 @@ def token_bytes(tokenizer: Any) -> np.ndarray:
 def lm_metrics(model: Any, batches: list[dict[str, np.ndarray]], byte_table: np.ndarray) -> dict[str, float]:
     """Loss, perplexity and bits per byte over batches of (input_ids, labels)."""
     import torch
-    import torch.nn.functional as F
+
+    from llmkit.train.loop import compute_loss  # the training loop's loss: the same masking and mean
 
     nats, count, nbytes = 0.0, 0, 0
     device = next(model.parameters()).device
     with torch.inference_mode():
         for b in batches:
-            ids = torch.from_numpy(b["input_ids"]).to(device)
-            labels = torch.from_numpy(b["labels"]).to(device)
-            mask = torch.from_numpy(b["attention_mask"]).to(device) if "attention_mask" in b else None
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
-            nats += float(F.cross_entropy(logits.view(-1, logits.size(-1)), labels.reshape(-1),
-                                          ignore_index=-100, reduction="sum"))
+            batch = {k: torch.from_numpy(v).to(device) for k, v in b.items() if k in ("input_ids", "labels", "attention_mask")}
+            loss, n = compute_loss(model, batch, classify=False)
+            nats += float(loss) * n
+            count += n
             valid = b["labels"][b["labels"] != -100]
-            count += int(valid.size)
             nbytes += int(byte_table[np.clip(valid, 0, len(byte_table) - 1)].sum())
     loss = nats / max(count, 1)
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)),
