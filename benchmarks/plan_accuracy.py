@@ -10,7 +10,12 @@ measures them (`llmkit.plan.measure`: each GEMM shape, one layer's attention, th
 logits, copy bandwidth; the model itself is not timed for the prediction), printed by component;
 measured = the best of steps 2-3.
 
-Usage: python benchmarks/plan_accuracy.py
+On a GPU (``--device cuda``) memory is measured as torch.cuda.max_memory_allocated above the
+allocation after the model is built (the caching allocator's reserve and the CUDA context are
+not counted: the plan adds those separately as overhead), and the step-time primitives are
+measured on that GPU the same way.
+
+Usage: python benchmarks/plan_accuracy.py [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from llmkit.train import setup
 from llmkit.train.loop import compute_loss
 from llmkit.train.optim import make_optimizer
 from llmkit.plan.compute import step_breakdown
-from llmkit.plan.measure import measure_cpu_rates
+from llmkit.plan.measure import measure_rates
 
 def merge(a, b):
     for k, v in b.items():
@@ -55,41 +60,59 @@ data = merge(load_preset("tiny"), spec["overrides"])
 data["model"]["max_position_embeddings"] = 512
 data["tokenizer"]["vocab_size"] = 8192
 cfg = validate_config(data)
-precision = setup.resolve_precision(cfg.train.precision, torch.device("cpu"))
-dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-rates = measure_cpu_rates(precision)
+device = torch.device(spec["device"])
+cuda = device.type == "cuda"
+precision = setup.resolve_precision(cfg.train.precision, device)
+rates = measure_rates(precision, spec["device"])
 breakdown = step_breakdown(cfg, spec["micro"], rates, precision)
-model = build_model(cfg.model, 8192, 0, None, seed=0)
+model = build_model(cfg.model, 8192, 0, None, seed=0).to(device)
 if cfg.train.gradient_checkpointing:
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 model.config.use_cache = False
 if cfg.model.lora.enabled:
     model = apply_lora(model, cfg.model.lora, cfg.model.architecture, False)
 model.train()
-opt = make_optimizer(model, cfg.train, "cpu")
+opt = make_optimizer(model, cfg.train, device.type)
 mb, seq = spec["micro"], cfg.train.sequence_length_tokens
-x = torch.randint(0, 8192, (mb, seq + 1))
+x = torch.randint(0, 8192, (mb, seq + 1), device=device)
 batch = {"input_ids": x[:, :-1], "labels": x[:, 1:]}
 def rss(field):
     return int([l for l in open("/proc/self/status") if l.startswith(field)][0].split()[1]) * 1024
-open("/proc/self/clear_refs", "w").write("5")
-base = rss("VmRSS")
+def sync():
+    if cuda:
+        torch.cuda.synchronize(device)
+if cuda:
+    sync()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+else:
+    open("/proc/self/clear_refs", "w").write("5")
+    base = rss("VmRSS")
 times = []
 for _ in range(3):
+    sync()
     t0 = time.perf_counter()
-    with setup.autocast(torch.device("cpu"), precision):
+    with setup.autocast(device, precision):
         loss, _ = compute_loss(model, batch, False)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
+    sync()
     times.append(time.perf_counter() - t0)
-print(json.dumps({"measured_bytes": rss("VmHWM") - base, "step_s": min(times[1:]), "breakdown": breakdown, "bandwidth": rates.bandwidth_bytes_s,
+peak = torch.cuda.max_memory_allocated(device) if cuda else rss("VmHWM")
+print(json.dumps({"measured_bytes": peak - base, "step_s": min(times[1:]), "breakdown": breakdown, "bandwidth": rates.bandwidth_bytes_s,
                   "precision": precision}))
 '''
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    args = parser.parse_args()
+    kind = "cpu" if args.device == "cpu" else "gpu"
     from llmkit.config.load import validate_config
     from llmkit.config.presets import load_preset
     from llmkit.plan.memory import training_memory
@@ -97,7 +120,7 @@ def main() -> None:
     print(f"{'configuration':24} {'pred MB':>8} {'meas MB':>8} {'err':>7} {'pred ms':>8} {'meas ms':>8} {'err':>7}   predicted ms by component")
     worst_mem = worst_time = 0.0
     for label, overrides, opts in CONFIGS:
-        out = subprocess.run([sys.executable, "-c", WORKER, json.dumps({"overrides": overrides, **opts})],
+        out = subprocess.run([sys.executable, "-c", WORKER, json.dumps({"overrides": overrides, "device": args.device, **opts})],
                              capture_output=True, text=True, check=True)
         meas = json.loads(out.stdout.strip().splitlines()[-1])
         data = load_preset("tiny")
@@ -106,7 +129,7 @@ def main() -> None:
         data["model"]["max_position_embeddings"] = 512
         data["tokenizer"]["vocab_size"] = 8192
         cfg = validate_config(data)
-        pred = training_memory(cfg, opts["micro"], meas["precision"], device_kind="cpu").above_weights_bytes
+        pred = training_memory(cfg, opts["micro"], meas["precision"], device_kind=kind).above_weights_bytes
         pred_s = sum(meas["breakdown"].values())
         parts = " ".join(f"{k[:4]} {1000 * v:4.0f}" for k, v in meas["breakdown"].items())
         mem_err = pred / meas["measured_bytes"] - 1

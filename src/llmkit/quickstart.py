@@ -77,7 +77,8 @@ def _configs(root: Path, pretrain_steps: int, sft_steps: int, budget_s: float) -
 
 
 def _step_seconds(cfg: RunConfig) -> float:
-    """Measured seconds per optimizer step of ``cfg``'s model on this machine (3 steps, random tokens)."""
+    """Measured seconds per optimizer step of ``cfg``'s model on this machine (best of 4 steps after one
+    warm-up step, random tokens: the minimum is what the machine does when nothing else interferes)."""
     import torch
 
     from llmkit.model.build import build_model
@@ -89,7 +90,7 @@ def _step_seconds(cfg: RunConfig) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, cfg.tokenizer.vocab_size, (cfg.train.micro_batch_size, cfg.train.sequence_length_tokens + 1))
     times = []
-    for _ in range(3):
+    for _ in range(5):
         t0 = time.perf_counter()
         with setup.autocast(device, precision):
             logits = model(input_ids=x[:, :-1]).logits

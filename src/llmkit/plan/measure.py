@@ -1,8 +1,9 @@
-"""Measure this machine's CPU for the step-time model: the primitives ``plan.compute`` sums.
+"""Measure a device for the step-time model: the primitives ``plan.compute`` sums.
 
 Each primitive is timed at the shape the configuration uses (best of a few runs): the GEMMs, one
 layer's causal attention forward and backward, the loss over the logits, and streaming-copy
-bandwidth. Nothing here runs the model itself. torch is imported on call.
+bandwidth. Nothing here runs the model itself. torch is imported on call. On a GPU every timing
+waits for the device (``torch.cuda.synchronize``).
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from typing import Any
 from llmkit.plan.compute import Attention, Gemm, Rates
 
 
-def _best_seconds(fn: Callable[[], Any], budget_s: float = 0.5, max_runs: int = 7) -> float:
+def _best_seconds(fn: Callable[[], Any], budget_s: float = 0.5, max_runs: int = 7,
+                  sync: Callable[[], None] = lambda: None) -> float:
     fn()  # warm-up
+    sync()
     best, spent, runs = float("inf"), 0.0, 0
     while runs < max_runs and (runs < 2 or spent < budget_s):
         t0 = time.perf_counter()
         fn()
+        sync()
         dt = time.perf_counter() - t0
         best, spent, runs = min(best, dt), spent + dt, runs + 1
     return best
@@ -27,8 +31,19 @@ def _best_seconds(fn: Callable[[], Any], budget_s: float = 0.5, max_runs: int = 
 
 def measure_cpu_rates(precision: str) -> Rates:
     """Rates for this CPU in a precision (``bf16`` means bf16 autocast, as llmkit trains on CPU)."""
+    return measure_rates(precision, "cpu")
+
+
+def measure_rates(precision: str, device: str = "cpu") -> Rates:
+    """Rates for a torch device (``cpu``, ``cuda``, ``cuda:1`` ...) in a precision."""
     import torch
     import torch.nn.functional as F
+
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def best(fn: Callable[[], Any], **kw: Any) -> float:
+        return _best_seconds(fn, sync=sync, **kw)
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "fp16" else torch.float32
     gemm_cache: dict[tuple[int, int, int, int], float] = {}
@@ -38,34 +53,36 @@ def measure_cpu_rates(precision: str) -> Rates:
     def gemm(g: Gemm) -> float:
         key = (g.m, g.k, g.n, g.batch)
         if key not in gemm_cache:
-            a, b = torch.randn(g.batch, g.m, g.k).to(dtype), torch.randn(g.batch, g.k, g.n).to(dtype)
-            gemm_cache[key] = 2 * g.batch * g.m * g.k * g.n / _best_seconds(lambda: torch.bmm(a, b))
+            a = torch.randn(g.batch, g.m, g.k, device=dev).to(dtype)
+            b = torch.randn(g.batch, g.k, g.n, device=dev).to(dtype)
+            gemm_cache[key] = 2 * g.batch * g.m * g.k * g.n / best(lambda: torch.bmm(a, b))
         return gemm_cache[key]
 
     def attention_seconds(a: Attention) -> float:
         if a not in attention_cache:
             shape = (a.batch, a.heads, a.seq, a.head_dim)
-            q, k, v = (torch.randn(shape).to(dtype).requires_grad_() for _ in range(3))
-            grad = torch.randn(shape).to(dtype)
+            q, k, v = (torch.randn(shape, device=dev).to(dtype).requires_grad_() for _ in range(3))
+            grad = torch.randn(shape, device=dev).to(dtype)
 
             def run() -> None:
                 F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(grad)
 
-            attention_cache[a] = _best_seconds(run)
+            attention_cache[a] = best(run)
         return attention_cache[a]
 
     def cross_entropy_seconds(tokens: int, vocab: int) -> float:
         if (tokens, vocab) not in loss_cache:
-            logits = torch.randn(tokens, vocab).requires_grad_()
-            labels = torch.randint(0, vocab, (tokens,))
+            logits = torch.randn(tokens, vocab, device=dev).requires_grad_()
+            labels = torch.randint(0, vocab, (tokens,), device=dev)
 
             def run() -> None:
                 F.cross_entropy(logits, labels, reduction="sum").backward()
 
-            loss_cache[(tokens, vocab)] = _best_seconds(run)
+            loss_cache[(tokens, vocab)] = best(run)
         return loss_cache[(tokens, vocab)]
 
-    n = 16 * 2**20  # 64 MiB of fp32: larger than the caches
-    src, dst = torch.randn(n), torch.empty(n)
-    bandwidth = 2 * 4 * n / _best_seconds(lambda: dst.copy_(src), budget_s=1.0, max_runs=15)
-    return Rates(gemm, attention_seconds, cross_entropy_seconds, bandwidth, device_kind="cpu")
+    n = (16 if dev.type == "cpu" else 256) * 2**20  # 64 MiB (CPU) / 1 GiB (GPU) of fp32: past the caches
+    src, dst = torch.randn(n, device=dev), torch.empty(n, device=dev)
+    bandwidth = 2 * 4 * n / best(lambda: dst.copy_(src), budget_s=1.0, max_runs=15)
+    return Rates(gemm, attention_seconds, cross_entropy_seconds, bandwidth,
+                 device_kind="cpu" if dev.type == "cpu" else "gpu")
