@@ -6,8 +6,8 @@ the same work 3-4x faster than `tokenizers` because it builds no per-token strin
 The tokenizer saved in the run directory stays the Hugging Face `tokenizer.json`; only the bulk
 encoding of the corpus changes engine, and only when:
 
-- the tokenizer's shape is exactly that (``bulk_encoder`` checks every field and returns None
-  otherwise), and
+- the tokenizer's shape is exactly that, or Llama 3's (a ``Split`` with its own pattern before a
+  regex-free ``ByteLevel``): ``bulk_encoder`` checks every field and returns None otherwise, and
 - both engines give the same ids on a sample of the corpus (``verified``; checked by `prepare`
   before it commits to tiktoken, which otherwise falls back to `tokenizers`).
 
@@ -58,11 +58,11 @@ def bulk_encoder(tokenizer: Any) -> Encode | None:
     except ImportError:
         return None
     spec = json.loads(tokenizer.to_str())
-    model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
+    model = spec.get("model") or {}
+    pattern = _split_pattern(spec.get("pre_tokenizer") or {})
     if (model.get("type") != "BPE" or spec.get("normalizer") is not None or model.get("dropout")
             or model.get("byte_fallback") or model.get("continuing_subword_prefix")
-            or model.get("end_of_word_suffix") or pre.get("type") != "ByteLevel"
-            or pre.get("add_prefix_space") or not pre.get("use_regex", True)):
+            or model.get("end_of_word_suffix") or pattern is None):
         return None
     special = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
     decode = _byte_decoder()
@@ -84,21 +84,44 @@ def bulk_encoder(tokenizer: Any) -> Encode | None:
         if i and model["vocab"][left + right] <= _merged_id(model["vocab"], merges[i - 1]):
             return None
     try:
-        enc = tiktoken.Encoding("llmkit-bulk", pat_str=GPT2_SPLIT, mergeable_ranks=ranks, special_tokens={})
-    except ValueError:
+        enc = tiktoken.Encoding("llmkit-bulk", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
+    except (ValueError, RuntimeError):  # a pattern tiktoken's regex engine does not accept
         return None
     reference = hf_encoder(tokenizer)
+    prefixes = {s[:2] for s in special}  # a few scans per document, even with hundreds of specials
     threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
     def encode(batch: list[str]) -> list[list[int]]:
         out = enc.encode_ordinary_batch(batch, num_threads=threads)
-        marked = [i for i, doc in enumerate(batch) if any(s in doc for s in special)]
+        marked = [i for i, doc in enumerate(batch)
+                  if any(p in doc for p in prefixes) and any(s in doc for s in special)]
         if marked:
             for i, ids in zip(marked, reference([batch[i] for i in marked])):
                 out[i] = ids
         return out
 
     return encode
+
+
+def _split_pattern(pre: dict[str, Any]) -> str | None:
+    """The split regex of a byte-level pre-tokenizer tiktoken can reproduce, else None.
+
+    Two shapes: GPT-2's ``ByteLevel(use_regex=True)``, and Llama 3's
+    ``Sequence[Split(Regex, Isolated), ByteLevel(use_regex=False)]`` with its own pattern.
+    """
+    def plain_byte_level(p: dict[str, Any]) -> bool:
+        return p.get("type") == "ByteLevel" and not p.get("add_prefix_space")
+
+    if plain_byte_level(pre) and pre.get("use_regex", True):
+        return GPT2_SPLIT
+    steps = pre.get("pretokenizers") or []
+    if pre.get("type") == "Sequence" and len(steps) == 2:
+        split, byte_level = steps
+        regex = (split.get("pattern") or {}).get("Regex")
+        if (split.get("type") == "Split" and regex and split.get("behavior") == "Isolated"
+                and not split.get("invert") and plain_byte_level(byte_level) and not byte_level.get("use_regex", True)):
+            return str(regex)
+    return None
 
 
 def _merged_id(vocab: dict[str, int], merge: Any) -> int:

@@ -99,3 +99,30 @@ def test_prepare_writes_the_same_shards_with_either_engine(tmp_path: Path) -> No
     assert read_meta(fast / "data").encoder == "tiktoken" and read_meta(slow / "data").encoder == "tokenizers"
     for name in ("train.bin", "val.bin"):
         assert (fast / "data" / name).read_bytes() == (slow / "data" / name).read_bytes()
+
+
+def test_llama3_style_split_pretokenizer(tmp_path: Path) -> None:
+    """Llama 3's shape: its own split pattern, then byte-level mapping without a regex."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    pattern = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    docs = [text for _, text in embedded_topics()]
+    tok.train_from_iterator(docs, trainers.BpeTrainer(vocab_size=3000, special_tokens=["<|end_of_text|>"],
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                      show_progress=False))
+    fast = bulk_encoder(tok)
+    assert fast is not None
+    batch = docs + ["Numbers 1234567 split in threes", "MiXeD 'S 'Ll case", "a <|end_of_text|> b", "\r\n\r\n x"]
+    assert fast(batch) == hf_encoder(tok)(batch)
+    # the same split with another behaviour is not this shape
+    other = Tokenizer.from_str(tok.to_str())
+    other.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(pattern), behavior="removed"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    assert bulk_encoder(other) is None
