@@ -52,7 +52,7 @@ def hf_encoder(tokenizer: Any) -> Encode:
 
 def bulk_encoder(tokenizer: Any) -> Encode | None:
     """A tiktoken encoder equivalent to ``tokenizer`` (a ``tokenizers.Tokenizer``), or None when the
-    tokenizer is not a plain byte-level BPE with the GPT-2 split or tiktoken is not installed."""
+    tokenizer has neither supported shape (module docstring) or tiktoken is not installed."""
     try:
         import tiktoken
     except ImportError:
@@ -64,7 +64,7 @@ def bulk_encoder(tokenizer: Any) -> Encode | None:
             or model.get("byte_fallback") or model.get("continuing_subword_prefix")
             or model.get("end_of_word_suffix") or pattern is None):
         return None
-    special = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
+    special = {t["content"] for t in spec.get("added_tokens", [])}
     decode = _byte_decoder()
     ranks: dict[bytes, int] = {}
     for text, index in model["vocab"].items():
@@ -76,13 +76,13 @@ def bulk_encoder(tokenizer: Any) -> Encode | None:
     if len(ranks) < 256 or any(bytes([b]) not in ranks for b in range(256)):
         return None
     # tiktoken merges by the rank of the merged bytes: ranks must follow the merge order
-    merges = model.get("merges") or []
-    for i, merge in enumerate(merges):
+    previous = -1
+    for merge in model.get("merges") or []:
         left, right = merge.split(" ") if isinstance(merge, str) else merge
-        if model["vocab"].get(left + right, -1) < 0:
+        merged = model["vocab"].get(left + right, -1)
+        if merged <= previous:  # missing, or numbered before an earlier merge's result
             return None
-        if i and model["vocab"][left + right] <= _merged_id(model["vocab"], merges[i - 1]):
-            return None
+        previous = merged
     try:
         enc = tiktoken.Encoding("llmkit-bulk", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
     except (ValueError, RuntimeError):  # a pattern tiktoken's regex engine does not accept
@@ -122,11 +122,6 @@ def _split_pattern(pre: dict[str, Any]) -> str | None:
                 and not split.get("invert") and plain_byte_level(byte_level) and not byte_level.get("use_regex", True)):
             return str(regex)
     return None
-
-
-def _merged_id(vocab: dict[str, int], merge: Any) -> int:
-    left, right = merge.split(" ") if isinstance(merge, str) else merge
-    return vocab[left + right]
 
 
 def verified(fast: Encode, tokenizer: Any, sample: list[str]) -> bool:
