@@ -32,12 +32,13 @@ import torch
 from llmkit.config.load import validate_config
 from llmkit.data.prepare import prepare
 from llmkit.data.shards import open_tokens
-from llmkit.model.build import build_model
-from llmkit.train import setup
+from llmkit.device import autocast, resolve_precision, torch_dtype
+from llmkit.model.build import build_model, matmul_weights
+from llmkit.plan.compute import flops_per_token
+from llmkit.plan.measure import matmul_peak_flops
+from llmkit.rundir import RunDir
 from llmkit.train.loop import train
-from llmkit.train.metrics import read_metrics
 from llmkit.train.optim import make_optimizer
-from llmkit.train.perf import flops_per_token, matmul_peak_flops
 
 WARMUP = 2
 
@@ -59,7 +60,7 @@ def reference_config(root: Path, name: str, precision: str, steps: int):  # type
 def bare_loop(cfg, data_dir: Path, steps: int) -> list[float]:  # type: ignore[no-untyped-def]
     """Seconds per step of the plainest loop that does the same work."""
     device = torch.device("cpu")
-    precision = setup.resolve_precision(cfg.train.precision, device)
+    precision = resolve_precision(cfg.train.precision, device)
     tokens = open_tokens(data_dir, "train")
     model = build_model(cfg.model, 8192, 0, None, seed=0)
     model.config.use_cache = False
@@ -72,7 +73,7 @@ def bare_loop(cfg, data_dir: Path, steps: int) -> list[float]:  # type: ignore[n
         t0 = time.perf_counter()
         starts = rng.integers(0, len(tokens) - seq - 1, size=b)
         rows = torch.from_numpy(np.stack([tokens[s : s + seq + 1] for s in starts]).astype(np.int64))
-        with setup.autocast(device, precision):
+        with autocast(device, precision):
             logits = model(input_ids=rows[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.float().view(-1, 8192), rows[:, 1:].reshape(-1))
         loss.backward()
@@ -106,7 +107,7 @@ def llmkit_loop(cfg, root: Path, base: Path, steps: int, i: int) -> list[float]:
     shutil.copytree(base / "tokenizer", run / "tokenizer")
     shutil.copytree(base / "data", run / "data")
     train(cfg, run_dir=run, log=lambda _: None)
-    recs = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"][WARMUP:]
+    recs = [r for r in RunDir(run).read_metrics() if r["kind"] == "train"][WARMUP:]
     shutil.rmtree(run)
     return [8 * 256 / r["tokens_per_s"] for r in recs]
 
@@ -121,15 +122,16 @@ def main() -> None:
         base_cfg = reference_config(root, "base", "fp32", args.steps)
         prepare(base_cfg)
         base = root / "base"
-        auto = setup.resolve_precision("auto", torch.device("cpu"))
-        n = sum(p.numel() for p in build_model(base_cfg.model, 8192, 0, None, 0).parameters())
-        fpt = flops_per_token(n, 6, 384, 256)
+        auto = resolve_precision("auto", torch.device("cpu"))
+        reference = build_model(base_cfg.model, 8192, 0, None, 0)
+        n = sum(p.numel() for p in reference.parameters())
+        fpt = flops_per_token(*matmul_weights(reference), 6, 384, 256)
         print(f"model: {n / 1e6:.2f} M parameters, {fpt / 1e6:.1f} MFLOP per token; "
               f"precision auto -> {auto}; torch threads {torch.get_num_threads()}")
         rows = []
         peaks_by: dict[str, list[float]] = {}
         for precision in dict.fromkeys(["fp32", auto]):
-            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            dtype = torch_dtype(precision)
             cfg = reference_config(root, f"run-{precision}", precision, args.steps + WARMUP)
             bare: list[float] = []
             ours: list[float] = []

@@ -27,6 +27,7 @@ from llmkit.config.presets import load_preset
 from llmkit.config.schema import RunConfig
 from llmkit.data.corpus import embedded_topics
 from llmkit.fsutil import atomic_write_text
+from llmkit.rundir import RunDir
 
 Log = Callable[[str], None]
 QUESTIONS = ("What is {t}?", "Explain {t}.", "Tell me about {t}.")
@@ -81,47 +82,58 @@ def _step_seconds(cfg: RunConfig) -> float:
     warm-up step, random tokens: the minimum is what the machine does when nothing else interferes)."""
     import torch
 
+    from llmkit.device import autocast, resolve_precision
+    from llmkit.eval.loss import compute_loss
     from llmkit.model.build import build_model
-    from llmkit.train import setup
+    from llmkit.plan.memory import micro_batch_for_device
 
     device = torch.device("cpu")
-    precision = setup.resolve_precision(cfg.train.precision, device)
+    precision = resolve_precision(cfg.train.precision, device)
+    micro = micro_batch_for_device(cfg, device, precision)[0]
     model = build_model(cfg.model, cfg.tokenizer.vocab_size, 0, None, seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randint(0, cfg.tokenizer.vocab_size, (cfg.train.micro_batch_size, cfg.train.sequence_length_tokens + 1))
+    x = torch.randint(0, cfg.tokenizer.vocab_size, (micro, cfg.train.sequence_length_tokens + 1))
     times = []
     for _ in range(5):
         t0 = time.perf_counter()
-        with setup.autocast(device, precision):
-            logits = model(input_ids=x[:, :-1]).logits
-        torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten()).backward()
+        with autocast(device, precision):
+            loss = compute_loss(model, {"input_ids": x[:, :-1], "labels": x[:, 1:]}, classify=False)[0]
+        loss.backward()
         opt.step()
         opt.zero_grad()
         times.append(time.perf_counter() - t0)
-    accum = cfg.train.global_batch_size // cfg.train.micro_batch_size
-    return min(times[1:]) * accum
+    return min(times[1:]) * (cfg.train.global_batch_size // micro)
+
+
+def _eval_micro_batch(cfg: RunConfig) -> int:
+    """The micro-batch evaluation uses on this CPU (fp32), as `llmkit eval` resolves it."""
+    import torch
+
+    from llmkit.plan.memory import micro_batch_for_device
+
+    return micro_batch_for_device(cfg, torch.device("cpu"), "fp32")[0]
 
 
 def _untrained_ppl(cfg: RunConfig, run: Path) -> float:
     """Validation perplexity of the freshly initialised model (the "before" of pretraining)."""
-    from llmkit.eval.run import lm_metrics, token_bytes
+    from llmkit.data.batches import task_batches
     from llmkit.data.tokenizer import load_tokenizer
+    from llmkit.eval.run import lm_metrics, token_bytes
     from llmkit.model.build import build_model
-    from llmkit.train.batches import task_batches
 
-    data = task_batches(cfg, run, 16)
+    data = task_batches(cfg, run, _eval_micro_batch(cfg))
     model = build_model(cfg.model, data.vocab_size, data.eos_id, None, cfg.train.seed).eval()
-    return lm_metrics(model, data.eval_batches(), token_bytes(load_tokenizer(run / "tokenizer")))["val_ppl"]
+    return lm_metrics(model, data.eval_batches(), token_bytes(load_tokenizer(RunDir(run).tokenizer)))["val_ppl"]
 
 
 def run_quickstart(root: str | Path = "runs", minutes: float = 4.0, fresh: bool = False, log: Log = print) -> dict[str, Any]:
     """Run the whole chain; returns the summary written to runs/quickstart/quickstart.json."""
+    from llmkit.data.batches import task_batches
     from llmkit.data.prepare import prepare
     from llmkit.doctor.report import run_doctor
     from llmkit.eval.run import evaluate_loaded, lm_metrics, token_bytes
     from llmkit.model.load import load_for_inference
     from llmkit.report.html import build_report
-    from llmkit.train.batches import task_batches
     from llmkit.train.loop import train
 
     start = time.monotonic()
@@ -153,29 +165,29 @@ def run_quickstart(root: str | Path = "runs", minutes: float = 4.0, fresh: bool 
 
     log(f"[3/6] pretrain the tiny preset (untrained validation perplexity {untrained:.0f})")
     pre = train(pre_cfg, run_dir=pre_dir, log=lambda s: log(f"      {s}"))
-    pretrained_ppl = pre.eval["val_ppl"]
+    pretrained_ppl = pre.eval.val_ppl
 
     log("[4/6] fine-tune on question/answer pairs from the same documentation")
     qs.mkdir(parents=True, exist_ok=True)
     atomic_write_text(qs / "sft.jsonl", "".join(json.dumps(p) + "\n" for p in qa_pairs()))
     prepare(sft_cfg, run_dir=qs, log=lambda s: log(f"      {s}"))
     base_model, base_tok, _ = load_for_inference(pre_dir, device="cpu")
-    sft_batches = task_batches(sft_cfg, qs, 16).eval_batches()
+    sft_batches = task_batches(sft_cfg, qs, _eval_micro_batch(sft_cfg)).eval_batches()
     sft_before = lm_metrics(base_model, sft_batches, token_bytes(base_tok))["val_loss"]
     sft = train(sft_cfg, run_dir=qs, log=lambda s: log(f"      {s}"))
 
     log("[5/6] evaluate")
     model, tok, _ = load_for_inference(qs, device="cpu")
-    result = evaluate_loaded(sft_cfg, qs, model, tok)
+    result = evaluate_loaded(sft_cfg, RunDir(qs), model, tok)
     summary = {
         "untrained_val_ppl": untrained, "pretrained_val_ppl": pretrained_ppl,
         "ppl_improvement": untrained / pretrained_ppl, "pretrain_steps": pre.step,
-        "sft_val_loss_before": sft_before, "sft_val_loss_after": sft.eval["val_loss"], "sft_steps": sft.step,
+        "sft_val_loss_before": sft_before, "sft_val_loss_after": sft.eval.val_loss, "sft_steps": sft.step,
         "seconds": time.monotonic() - start,
     }
-    atomic_write_text(qs / "quickstart.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(RunDir(qs).quickstart_summary, json.dumps(summary, indent=2) + "\n")
     log(f"      validation perplexity {untrained:.0f} -> {pretrained_ppl:.1f} ({summary['ppl_improvement']:.0f}x lower); "
-        f"SFT validation loss {sft_before:.3f} -> {sft.eval['val_loss']:.3f}")
+        f"SFT validation loss {sft_before:.3f} -> {sft.eval.val_loss:.3f}")
     for s in result["samples"]:
         log(f"      Q: {s['prompt']}\n      A: {s['completion'].strip()}")
     log("[6/6] report")

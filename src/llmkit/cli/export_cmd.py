@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from llmkit.cli.options import ExportDtype, ExportFormat, GgufQuant
+
 
 def register(app: typer.Typer) -> None:
     """Add `export` and `verify` to the app."""
@@ -15,27 +17,25 @@ def register(app: typer.Typer) -> None:
 
 def export(
     run: Path = typer.Argument(..., help="Run directory (runs/<name>)."),
-    fmt: str = typer.Option("hf", "--format", help="hf (Hugging Face directory) or gguf (llama.cpp file)."),
+    fmt: ExportFormat = typer.Option("hf", "--format", help="hf (Hugging Face directory) or gguf (llama.cpp file)."),
     out: Path = typer.Option(..., "--out", help="Output directory (hf) or file (gguf)."),
-    dtype: str = typer.Option("float32", "--dtype", help="hf: float32, bfloat16 or float16."),
+    dtype: ExportDtype = typer.Option("float32", "--dtype", help="hf: weight dtype."),
     merge_lora: bool = typer.Option(True, "--merge-lora/--no-merge-lora", help="LoRA runs: merged model or adapter."),
-    quant: str = typer.Option("f32", "--quant", help="gguf: f32, f16 or q8_0."),
+    quant: GgufQuant = typer.Option("f32", "--quant", help="gguf: tensor type."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
 ) -> None:
     """Export the trained model; an fp32 HF export is then verified against the run's model."""
-    from llmkit.errors import UsageError
     from llmkit.export.hf import export_hf, source_dir
     from llmkit.export.verify import render
     from llmkit.export.verify import verify as run_verify
 
-    if fmt == "gguf":
+    dtype = dtype.value
+    if fmt.value == "gguf":
         from llmkit.export.gguf import export_gguf
 
-        path = export_gguf(source_dir(run), out, quant, overwrite)
-        typer.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {quant})")
+        path = export_gguf(source_dir(run), out, quant.value, overwrite)
+        typer.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {quant.value})")
         return
-    if fmt != "hf":
-        raise UsageError(f"unknown export format {fmt!r}", "formats: hf, gguf", "pass --format hf or --format gguf")
     from llmkit.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(source_dir(run))

@@ -14,21 +14,26 @@ def register(app: typer.Typer) -> None:
     app.command("chat")(chat)
 
 
-def _params(max_tokens: int, temperature: float, top_k: int | None, top_p: float, repetition_penalty: float,
-            stop: list[str], seed: int | None):  # type: ignore[no-untyped-def]
+def _params(model_path: Path, max_tokens: int | None, temperature: float | None, top_k: int | None,
+            top_p: float | None, repetition_penalty: float | None, stop: list[str] | None,
+            seed: int | None):  # type: ignore[no-untyped-def]
+    """The run's `generate` section (built-in defaults for a bare model directory), flags overriding."""
     from llmkit.generate.sampling import SamplingParams
+    from llmkit.rundir import generate_defaults
 
-    return SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                          repetition_penalty=repetition_penalty, stop=tuple(stop), seed=seed)
+    return SamplingParams.from_config(generate_defaults(model_path), max_new_tokens=max_tokens, temperature=temperature,
+                                      top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                                      stop=stop or None, seed=seed)
 
 
-MaxTokens = typer.Option(128, "--max-tokens", help="Most new tokens.")
-Temperature = typer.Option(0.8, "--temperature", help="0 = greedy.")
-TopK = typer.Option(None, "--top-k", help="Keep the k most likely tokens.")
-TopP = typer.Option(1.0, "--top-p", help="Nucleus sampling mass.")
-RepPenalty = typer.Option(1.0, "--repetition-penalty", help="> 1 discourages repeats.")
-Stop = typer.Option([], "--stop", help="Stop string (repeatable).")
-Seed = typer.Option(None, "--seed", help="Sampling seed.")
+_FROM_RUN = " (default: the run's generate section)"
+MaxTokens = typer.Option(None, "--max-tokens", help="Most new tokens" + _FROM_RUN + ".")
+Temperature = typer.Option(None, "--temperature", help="0 = greedy" + _FROM_RUN + ".")
+TopK = typer.Option(None, "--top-k", help="Keep the k most likely tokens" + _FROM_RUN + ".")
+TopP = typer.Option(None, "--top-p", help="Nucleus sampling mass" + _FROM_RUN + ".")
+RepPenalty = typer.Option(None, "--repetition-penalty", help="> 1 discourages repeats" + _FROM_RUN + ".")
+Stop = typer.Option([], "--stop", help="Stop string, repeatable" + _FROM_RUN + ".")
+Seed = typer.Option(None, "--seed", help="Sampling seed" + _FROM_RUN + ".")
 
 
 def _stream(model, tokenizer, ids, params) -> str:  # type: ignore[no-untyped-def]
@@ -47,8 +52,9 @@ def generate(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="Run directory or HF model directory."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="Text to continue (or the user message with --chat)."),
     chat_mode: bool = typer.Option(False, "--chat", help="Send the prompt as a chat user turn."),
-    max_tokens: int = MaxTokens, temperature: float = Temperature, top_k: int = TopK, top_p: float = TopP,
-    repetition_penalty: float = RepPenalty, stop: list[str] = Stop, seed: int = Seed,
+    max_tokens: int | None = MaxTokens, temperature: float | None = Temperature, top_k: int | None = TopK,
+    top_p: float | None = TopP, repetition_penalty: float | None = RepPenalty, stop: list[str] = Stop,
+    seed: int | None = Seed,
 ) -> None:
     """Continue a prompt, streaming tokens to the terminal."""
     from llmkit.errors import UsageError
@@ -56,7 +62,7 @@ def generate(
 
     if not prompt.strip():
         raise UsageError("the prompt is empty", "", "pass --prompt 'some text'")
-    params = _params(max_tokens, temperature, top_k, top_p, repetition_penalty, stop, seed)
+    params = _params(model_path, max_tokens, temperature, top_k, top_p, repetition_penalty, stop, seed)
     model, tokenizer, _ = load_for_inference(model_path)
     if chat_mode:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
@@ -70,14 +76,14 @@ def generate(
 def chat(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="Run directory or HF model directory."),
     system: str = typer.Option(None, "--system", help="System message."),
-    max_tokens: int = MaxTokens, temperature: float = Temperature, top_k: int = TopK, top_p: float = TopP,
-    repetition_penalty: float = RepPenalty, seed: int = Seed,
+    max_tokens: int | None = MaxTokens, temperature: float | None = Temperature, top_k: int | None = TopK,
+    top_p: float | None = TopP, repetition_penalty: float | None = RepPenalty, seed: int | None = Seed,
 ) -> None:
     """Talk to a model turn by turn (chat template, streaming). Ctrl-D or Ctrl-C ends."""
     from llmkit.errors import UsageError
     from llmkit.model.load import load_for_inference
 
-    params = _params(max_tokens, temperature, top_k, top_p, repetition_penalty, [], seed)
+    params = _params(model_path, max_tokens, temperature, top_k, top_p, repetition_penalty, None, seed)
     model, tokenizer, model_dir = load_for_inference(model_path)
     if not tokenizer.chat_template:
         raise UsageError(f"the tokenizer in {model_dir} has no chat template", "chat needs one to format turns",

@@ -21,7 +21,7 @@ app = typer.Typer(
     help="From a bare machine to a trained, evaluated and served language model, "
     "from one validated config file.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )

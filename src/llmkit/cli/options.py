@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+from enum import Enum
+
 import typer
 
 ConfigArg = typer.Argument(..., help="Run config YAML file.", metavar="FILE")
 SetOpt = typer.Option(
     [], "--set", metavar="KEY=VALUE", help="Override a config key, e.g. train.max_steps=100 (repeatable)."
 )
+
+
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A str Enum whose members are ``values``: Typer lists them in --help and completes them."""
+    return Enum(name, [(v, v) for v in values], type=str)  # type: ignore[return-value]
+
+
+# The allowed values, as the modules that own them spell them (tests/unit/test_cli_choices.py keeps
+# them equal; they are repeated here so `llmkit --help` imports neither pydantic models nor numpy).
+ExportFormat = _choices("ExportFormat", ("hf", "gguf"))
+ExportDtype = _choices("ExportDtype", ("float32", "bfloat16", "float16"))  # llmkit.export.hf.DTYPES
+GgufQuant = _choices("GgufQuant", ("f32", "f16", "q8_0"))  # llmkit.export.gguf.QUANTS
+Cloud = _choices("Cloud", ("any", "aws", "gcp", "azure", "lambda", "runpod"))  # PlanConfig.cloud
+ServeEngine = _choices("ServeEngine", ("llmkit", "vllm"))  # ServeConfig.engine
+RESUME_METAVAR = "auto|never|PATH"

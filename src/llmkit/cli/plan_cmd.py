@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from llmkit.cli.options import SetOpt
+from llmkit.cli.options import Cloud, SetOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -22,7 +22,7 @@ def plan(
     device: list[str] = typer.Option([], "--device", help="Candidate device (repeatable; default: plan.devices or all)."),
     budget_usd: float = typer.Option(None, "--budget-usd", help="Most the run may cost."),
     deadline_hours: float = typer.Option(None, "--deadline-hours", help="Longest the run may take."),
-    cloud: str = typer.Option(None, "--cloud", help="any, aws, gcp, azure, lambda or runpod."),
+    cloud: Cloud = typer.Option(None, "--cloud", help="Price offerings from this cloud only."),
     spot: bool = typer.Option(None, "--spot/--on-demand", help="Spot or on-demand prices."),
     num_devices: int = typer.Option(None, "--devices", min=1, help="Plan on exactly this many devices "
                                     "(default: plan.num_devices, or compare 1 to 64)."),
@@ -42,7 +42,7 @@ def plan(
 
     sets = list(overrides)
     for key, value in (("plan.budget_usd", budget_usd), ("plan.deadline_hours", deadline_hours),
-                       ("plan.cloud", cloud), ("plan.spot", spot), ("plan.num_devices", num_devices),
+                       ("plan.cloud", cloud.value if cloud else None), ("plan.spot", spot), ("plan.num_devices", num_devices),
                        ("plan.sharding", sharding)):
         if value is not None:
             sets.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
@@ -58,7 +58,7 @@ def plan(
     typer.echo(f"{cfg.name}: {result.parameters / 1e6:,.1f} M parameters ({result.trainable_parameters / 1e6:,.1f} M "
                f"trainable), {result.tokens / 1e9:.3g} B tokens, {result.flops:.3g} FLOPs")
     mem = result.memory_at_config_micro_batch
-    typer.echo("memory per device at the config's micro-batch (bf16, 1 device): " + ", ".join(
+    typer.echo(f"memory per device at the config's micro-batch {result.config_micro_batch} (bf16, 1 device): " + ", ".join(
         f"{k.removesuffix('_bytes')} {v / GB:.2f} GB" for k, v in mem.items() if v) + f"; peak {sum(mem.values()) / GB:.2f} GB")
     typer.echo(f"{'device':14} {'n':>3} {'fits':5} {'micro':>5} {'peak GB':>8} {'hours':>9} {'cost $':>10}  offering")
     shown = 0
@@ -85,6 +85,9 @@ def plan(
             typer.echo(f"nothing meets the limits; nearest: {near.num_devices} x {near.device}, {near.hours:.2f} h, "
                        f"${near.cost_usd:,.0f}" + (f" (budget ${p.budget_usd:,.0f})" if p.budget_usd else "")
                        + (f" (deadline {p.deadline_hours} h)" if p.deadline_hours else ""))
+    if any(c.num_devices > 1 for c in result.candidates[:top]):
+        typer.echo("note: rows with n > 1 plan data-parallel / FSDP training, which `llmkit train` cannot run yet "
+                   "(it trains in one process on one device; train.distributed is not implemented)")
     if result.suggestions:
         where = f"{p.num_devices} device(s)" if p.num_devices else "any device count"
         typer.echo(f"nothing fits on {where}{'' if p.sharding else ' without sharding'}: every candidate needs more "
@@ -110,7 +113,7 @@ def _this_machine(cfg: Any) -> Any:
         raise EnvironmentProblem("--this-machine needs torch to measure this CPU", str(exc),
                                  "install torch (llmkit doctor prints the command) or leave out --this-machine") from exc
     from llmkit.plan.measure import measure_cpu_rates
-    from llmkit.train.setup import resolve_precision
+    from llmkit.device import resolve_precision
 
     precision = resolve_precision(cfg.train.precision, torch.device("cpu"))
     ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from llmkit.cli.options import SetOpt
+from llmkit.cli.options import ServeEngine, SetOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -27,11 +27,12 @@ def serve(
     max_batch_size: int = typer.Option(None, "--max-batch-size", help="Sequences decoded together."),
     max_queue: int = typer.Option(None, "--max-queue", help="Requests allowed to wait (beyond: 429)."),
     drain_timeout: float = typer.Option(None, "--drain-timeout", help="Seconds in-flight requests get on SIGTERM."),
-    engine: str = typer.Option(None, "--engine", help="llmkit (in-process) or vllm (GPU hosts)."),
+    engine: ServeEngine = typer.Option(None, "--engine", help="llmkit (in-process) or vllm (GPU hosts)."),
     served_model_name: str = typer.Option(None, "--served-model-name", help="Model id clients send."),
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (binds 127.0.0.1 by default)."""
     from llmkit.config.load import load_config
+    from llmkit.rundir import generate_defaults
     from llmkit.serve.server import ensure_serve_extra
     from llmkit.serve.server import serve as run_server
 
@@ -39,9 +40,11 @@ def serve(
     flags = {"serve.host": host, "serve.port": port, "serve.api_key_env": api_key_env,
              "serve.allow_unauthenticated": allow_unauthenticated, "serve.max_concurrency": max_concurrency,
              "serve.max_batch_size": max_batch_size, "serve.max_queue": max_queue,
-             "serve.drain_timeout_s": drain_timeout, "serve.engine": engine}
+             "serve.drain_timeout_s": drain_timeout, "serve.engine": engine.value if engine else None}
     sets = list(overrides) + [f"{k}={_yaml(v)}" for k, v in flags.items() if v is not None]
-    cfg = load_config(config, sets, base={"name": "serve"} if config is None else None)
+    # without --config, sampling defaults come from the run's generate section (as for generate and chat)
+    base = {"name": "serve", "generate": generate_defaults(model_path).model_dump(mode="json")}
+    cfg = load_config(config, sets, base=base if config is None else None)
     run_server(model_path, cfg.serve, cfg.generate, served_model_name)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from llmkit.cli.options import SetOpt
+from llmkit.cli.options import RESUME_METAVAR, SetOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -18,7 +18,8 @@ def train(
     config: Path = typer.Option(..., "--config", "-c", help="Run config YAML file."),
     overrides: list[str] = SetOpt,
     run_dir: Path = typer.Option(None, "--run-dir", help="Run directory (default: <runs_root>/<name>)."),
-    resume: str = typer.Option("auto", "--resume", help="auto (newest valid checkpoint), never, or a checkpoint path."),
+    resume: str = typer.Option("auto", "--resume", metavar=RESUME_METAVAR,
+                               help="auto (newest valid checkpoint), never, or a checkpoint path."),
     allow_config_change: bool = typer.Option(False, "--allow-config-change",
                                              help="Resume even though the config changed (prints the diff)."),
     stop_at_step: int = typer.Option(None, "--stop-at-step", min=1,
@@ -30,7 +31,7 @@ def train(
 
     cfg = load_config(config, overrides)
     result = run_train(cfg, run_dir, resume, allow_config_change, stop_at_step, log=typer.echo)
-    summary = ", ".join(f"{k} {v:.4g}" for k, v in result.eval.items())
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in (result.eval.metrics() if result.eval else {}).items())
     if result.reason == "completed":
         typer.echo(f"done at step {result.step}: {summary}; model in {result.run_dir / 'final'}")
     elif result.reason == "stop_at_step":

@@ -16,6 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
+LORA_LINEAR_MODULES = {
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "gpt2": ("c_attn", "c_proj", "c_fc"),
+}
+"""The linear projections of each architecture's blocks, by the module names peft matches."""
+
+NOT_YET = "not implemented yet"
+
 
 def _check_env_name(value: str | None) -> str | None:
     """Accept an environment variable *name*; refuse anything that looks like a secret value."""
@@ -52,9 +60,19 @@ class LoraConfig(Section):
     dropout: float = Field(0.0, ge=0, lt=1)
     """Dropout on the adapter input."""
     target_modules: list[str] | None = None
-    """Module names to adapt; null picks the attention and MLP projections of the architecture."""
+    """Module names to adapt (llama: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj;
+    gpt2: c_attn c_proj c_fc); null adapts all of them."""
     base_bits: Literal[4, 8, 16, 32] = 32
-    """Precision of the frozen base weights (4/8 = QLoRA-style quantized base, needs a GPU)."""
+    """Precision of the frozen base weights. Only 32 (fp32, as the loop keeps every weight) is
+    implemented: a 16-bit or quantized (4/8, QLoRA-style) base is refused."""
+
+    @field_validator("base_bits")
+    @classmethod
+    def _base_bits_implemented(cls, value: int) -> int:
+        if value != 32:
+            raise ValueError(f"a {value}-bit frozen base is {NOT_YET}: llmkit's loop keeps the base in fp32; "
+                             "set base_bits: 32 (or leave it out)")
+        return value
 
 
 class ModelConfig(Section):
@@ -106,6 +124,21 @@ class ModelConfig(Section):
             )
         if kv is not None and self.architecture == "gpt2" and kv != self.num_attention_heads:
             raise ValueError("gpt2 has no grouped-query attention: leave num_key_value_heads null")
+        return self
+
+    @model_validator(mode="after")
+    def _lora_has_a_base(self) -> ModelConfig:
+        if self.lora.enabled and self.from_pretrained is None:
+            raise ValueError(
+                "lora.enabled trains adapters on a frozen base model, but from_pretrained is null (the "
+                "base would be random weights); set from_pretrained to a local Hugging Face model "
+                "directory (e.g. a finished run's final/), or set lora.enabled: false to train all weights"
+            )
+        known = LORA_LINEAR_MODULES[self.architecture]
+        unknown = [t for t in self.lora.target_modules or () if t not in known]
+        if unknown:
+            raise ValueError(f"lora.target_modules {unknown} are not {self.architecture} projections; "
+                             f"choose from {', '.join(known)} (or null for all)")
         return self
 
 
@@ -210,12 +243,13 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """auto: bf16 autocast where the CPU or GPU supports it fast, fp16 + loss scaling on older
     GPUs, else fp32."""
-    compile: bool | Literal["auto"] = "auto"
-    """torch.compile: true, false, or auto (decides by device and run length)."""
+    compile: bool | Literal["auto"] = False
+    """torch.compile the model. Only false is implemented today; true and auto are refused."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     distributed: Literal["auto", "ddp", "fsdp"] = "auto"
-    """Under torchrun: ddp replicates the model, fsdp shards it; auto picks ddp."""
+    """Multi-process training under torchrun (ddp replicates the model, fsdp shards it). Not
+    implemented yet: only auto (one process, one device) is accepted."""
     eval_every_steps: int = Field(100, gt=0)
     """Evaluate on the validation set every this many steps."""
     eval_batches: int = Field(20, gt=0)
@@ -245,6 +279,21 @@ class TrainConfig(Section):
         if self.max_steps is None and self.max_tokens is None and self.max_time_s is None:
             raise ValueError("set at least one of max_steps, max_tokens, max_time_s")
         return self
+
+    @field_validator("compile")
+    @classmethod
+    def _compile_implemented(cls, value: bool | str) -> bool | str:
+        if value is not False:
+            raise ValueError(f"torch.compile is {NOT_YET}: set compile: false (or leave it out)")
+        return value
+
+    @field_validator("distributed")
+    @classmethod
+    def _distributed_implemented(cls, value: str) -> str:
+        if value != "auto":
+            raise ValueError(f"multi-process training ({value}) is {NOT_YET}: llmkit trains in one process on "
+                             "one device; set distributed: auto (or leave it out)")
+        return value
 
 
 def _largest_divisor_at_most(n: int, limit: int) -> int:
@@ -340,7 +389,8 @@ class PlanConfig(Section):
 
 
 class LaunchConfig(Section):
-    """The same run rendered for a cluster scheduler or a cloud."""
+    """The same run rendered for a cluster scheduler or a cloud. Not implemented yet: `llmkit
+    launch` does not exist, so every key must keep its default."""
 
     target: Literal["slurm", "kubernetes", "skypilot"] = "slurm"
     """Which engine's spec to render."""
@@ -367,6 +417,15 @@ class LaunchConfig(Section):
         for v in values:
             _check_env_name(v)
         return values
+
+    @model_validator(mode="after")
+    def _launch_implemented(self) -> LaunchConfig:
+        changed = sorted(k for k in self.model_fields_set
+                         if getattr(self, k) != type(self).model_fields[k].get_default(call_default_factory=True))
+        if changed:
+            raise ValueError(f"`llmkit launch` is {NOT_YET}, so launch.{', launch.'.join(changed)} would do "
+                             "nothing; remove the launch section (or keep its defaults)")
+        return self
 
 
 class RunConfig(Section):

@@ -29,6 +29,7 @@ from llmkit.data.shards import ShardMeta, is_validation, publish_shards, token_d
 from llmkit.data.tokenizer import eos_id, load_tokenizer, tokenizer_hash, train_bpe, wrap
 from llmkit.errors import UsageError
 from llmkit.fsutil import atomic_write_text, staged_dir
+from llmkit.rundir import RunDir
 
 Log = Callable[[str], None]
 
@@ -42,11 +43,6 @@ class PrepareResult:
     tokenizer_trained: bool
     outputs: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def run_dir_of(config: RunConfig, run_dir: str | Path | None = None) -> Path:
-    """The run directory: explicit, else ``<runs_root>/<name>``."""
-    return Path(run_dir) if run_dir is not None else Path(config.runs_root) / config.name
 
 
 def ensure_tokenizer(config: RunConfig, tok_dir: Path, retrain: bool, log: Log) -> tuple[Any, bool]:
@@ -107,7 +103,7 @@ def prepare_pretrain(config: RunConfig, tok: Any, data_dir: Path, log: Log) -> S
         meta = ShardMeta(dtype=token_dtype(vocab).name, vocab_size=vocab, eos_id=eos_id(tok),
                          val_fraction=config.data.val_fraction, source_bytes=stats.bytes,
                          source_sha256=stats.fingerprint, replaced_chars=stats.replaced_chars,
-                         tokenizer_sha256=tokenizer_hash(data_dir.parent / "tokenizer"), encoder=engine, **counts)
+                         tokenizer_sha256=tokenizer_hash(RunDir(data_dir.parent).tokenizer), encoder=engine, **counts)
         publish_shards(Path(staging), data_dir, meta)
     if stats.replaced_chars:
         log(f"data: replaced {stats.replaced_chars} invalid UTF-8 sequences with U+FFFD")
@@ -136,7 +132,7 @@ def prepare_sft(config: RunConfig, tok: Any, out: Path, log: Log) -> dict[str, A
     seq = config.train.sequence_length_tokens
     meta: dict[str, Any] = {"format": "llmkit-sft-v1", "dtype": dtype.name, "vocab_size": len(tok),
                             "pad_id": int(tok.pad_token_id if tok.pad_token_id is not None else eos_id(tok)),
-                            "tokenizer_sha256": tokenizer_hash(out.parent.parent / "tokenizer")}
+                            "tokenizer_sha256": tokenizer_hash(RunDir(out.parent.parent).tokenizer)}
     with staged_dir(out) as tmp:
         for split, rows in (("train", train), ("val", val)):
             tokens = write_ragged(tmp, split, [r[0] for r in rows], dtype, [r[1] for r in rows])
@@ -167,7 +163,7 @@ def prepare_classify(config: RunConfig, tok: Any, out: Path, log: Log) -> dict[s
     meta: dict[str, Any] = {"format": "llmkit-classify-v1", "dtype": dtype.name, "vocab_size": len(tok),
                             "num_labels": len(labels),
                             "pad_id": int(tok.pad_token_id if tok.pad_token_id is not None else eos_id(tok)),
-                            "tokenizer_sha256": tokenizer_hash(out.parent.parent / "tokenizer")}
+                            "tokenizer_sha256": tokenizer_hash(RunDir(out.parent.parent).tokenizer)}
     with staged_dir(out) as tmp:
         for split, part in (("train", train), ("val", val)):
             ids = [np.asarray(x, dtype=np.int64) for x in
@@ -187,15 +183,16 @@ def prepare(config: RunConfig, run_dir: str | Path | None = None, retrain_tokeni
             log: Log = lambda _: None) -> PrepareResult:
     """Make the run directory's tokenizer and the data the config's task trains on."""
     start = time.monotonic()
-    root = run_dir_of(config, run_dir)
-    tok, trained = ensure_tokenizer(config, root / "tokenizer", retrain_tokenizer, log)
-    result = PrepareResult(root, len(tok), trained)
+    run = RunDir.of(config, run_dir)
+    tok, trained = ensure_tokenizer(config, run.tokenizer, retrain_tokenizer, log)
+    result = PrepareResult(run.root, len(tok), trained)
     task = config.train.task
+    out = run.task_data(task)
     if task == "pretrain":
-        result.outputs["pretrain"] = prepare_pretrain(config, tok, root / "data", log).model_dump()
+        result.outputs["pretrain"] = prepare_pretrain(config, tok, out, log).model_dump()
     elif task == "sft":
-        result.outputs["sft"] = prepare_sft(config, tok, root / "data" / "sft", log)
+        result.outputs["sft"] = prepare_sft(config, tok, out, log)
     else:
-        result.outputs["classify"] = prepare_classify(config, tok, root / "data" / "classify", log)
+        result.outputs["classify"] = prepare_classify(config, tok, out, log)
     result.seconds = time.monotonic() - start
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib.metadata
 import json
 import os
 from collections.abc import Iterable
@@ -17,11 +18,21 @@ from typing import Any
 
 from llmkit import __version__
 from llmkit.config.schema import RunConfig
-from llmkit.doctor.probes import REQUIRED, Context
+from llmkit.doctor.probes import Context, requirements
 from llmkit.doctor.sources import CommandTimeout, Sources
 from llmkit.fsutil import atomic_write_text
+from llmkit.rundir import RunDir
 
-PACKAGES = ["llmkit", "torch", *REQUIRED, "peft", "fastapi", "uvicorn", "lm-eval", "fsspec", "tensorboard"]
+
+
+def packages() -> list[str]:
+    """The distributions a manifest records: llmkit, torch, and what llmkit requires or offers as extras."""
+    try:
+        required, extras = requirements()
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return ["llmkit", "torch"]
+    optional = (d for name, dists in extras.items() if name not in ("test", "all") for d in dists)
+    return list(dict.fromkeys(["llmkit", "torch", *required, *optional]))
 
 
 def config_hash(config: RunConfig) -> str:
@@ -83,7 +94,7 @@ def build_manifest(
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "python": ".".join(map(str, plat.python)),
         "platform": {"system": plat.system, "machine": plat.machine, "release": plat.release},
-        "packages": {name: src.dist_version(name) for name in PACKAGES},
+        "packages": {name: src.dist_version(name) for name in packages()},
         "torch": None if torch is None else {
             "version": torch.version, "cuda": torch.cuda, "hip": torch.hip,
             "cuda_available": torch.cuda_available, "device_count": torch.device_count,
@@ -111,7 +122,7 @@ def write_manifest(
     sources: Sources | None = None,
 ) -> Path:
     """Write `manifest.json` into ``run_dir`` atomically; returns its path."""
-    path = Path(run_dir) / "manifest.json"
+    path = RunDir(Path(run_dir)).manifest
     path.parent.mkdir(parents=True, exist_ok=True)
     manifest = build_manifest(config, data_files, sources)
     atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")

@@ -15,17 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.config.schema import RunConfig
+from llmkit.device import cpu_flags, cpu_has_fast_bf16
 from llmkit.doctor import gpu as gpulib
 from llmkit.doctor.finding import Finding
 from llmkit.doctor.sources import CommandTimeout, Sources, TorchInfo
 
 GIB = 1024**3
 MIN_TORCH = (2, 6)
-REQUIRED = {  # distribution -> minimum version (torch is judged by its own probe)
-    "transformers": "5", "tokenizers": "0.20", "safetensors": "0.4", "pydantic": "2.7",
-    "PyYAML": "6", "typer": "0.12", "rich": "13", "numpy": "1.24", "psutil": "5.9",
-}
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 CPU_FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
@@ -117,9 +113,8 @@ def probe_python(ctx: Context) -> list[Finding]:
 def cpu_verdict(cpuinfo: str, cores: int, memory_bytes: int | None) -> Finding:
     """CPU model and ISA features -> the precision `train.precision: auto` picks on this CPU."""
     model = re.search(r"^(?:model name|Model Name|Hardware)\s*:\s*(.+)$", cpuinfo, re.M)
-    flag_line = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", cpuinfo, re.M)
-    flags = set(flag_line.group(1).split()) if flag_line else set()
-    bf16 = any(f in flags for f in CPU_BF16_FLAGS) or "bf16" in flags  # x86, or arm64 "bf16"
+    flags = cpu_flags(cpuinfo)
+    bf16 = cpu_has_fast_bf16(flags)  # the same decision `train.precision: auto` makes
     name = model.group(1).strip() if model else "unknown CPU"
     shown = [f for f in CPU_FLAGS_SHOWN if f in flags] or (["bf16"] if "bf16" in flags else [])
     mem = f", {memory_bytes / GIB:.0f} GiB RAM" if memory_bytes else ""
@@ -196,13 +191,11 @@ def probe_multi_gpu(ctx: Context) -> list[Finding]:
 
 
 def checkpoint_bytes(config: RunConfig) -> int:
-    """Approximate bytes of one checkpoint: fp32 weights + AdamW's two moments (LoRA: ~2%)."""
-    from llmkit.plan.params import count_parameters, vocab_size
+    """Bytes of one checkpoint: the trained weights and AdamW's two moments, fp32 (LoRA: the adapters
+    alone; the frozen base is not saved)."""
+    from llmkit.plan.params import trainable_parameters
 
-    n = count_parameters(config.model, vocab_size(config)).total
-    if config.model.lora.enabled:
-        return 12 * max(1, n // 50)  # adapters and their moments; the frozen base is not saved
-    return 12 * n
+    return 12 * trainable_parameters(config)
 
 
 def disk_verdict(run_dir: Path, free: int, needed: int | None) -> Finding:
@@ -260,14 +253,25 @@ def probe_shm(ctx: Context) -> list[Finding]:
                     facts={"shm_bytes": size})]
 
 
-def _extras() -> dict[str, list[str]]:
-    """llmkit's extras -> the distributions each needs, read from the installed metadata."""
+_REQUIREMENT = re.compile(r"^([A-Za-z0-9_.\-]+)\s*(?:\[[^\]]*\])?\s*(?:>=\s*([0-9][^,;\s]*))?")
+_EXTRA = re.compile(r"extra\s*==\s*['\"]([\w-]+)['\"]")
+
+
+def requirements() -> tuple[dict[str, str], dict[str, list[str]]]:
+    """From llmkit's installed metadata (pyproject.toml, the one list): the required distributions
+    with their minimum versions, and each extra's distributions. torch is left to its own probe."""
+    required: dict[str, str] = {}
     extras: dict[str, list[str]] = {}
     for req in importlib.metadata.requires("llmkit") or []:
-        m = re.match(r"^([A-Za-z0-9_.\-]+).*extra\s*==\s*['\"]([\w-]+)['\"]", req)
-        if m and m.group(1) != "llmkit":
-            extras.setdefault(m.group(2), []).append(m.group(1))
-    return extras
+        m = _REQUIREMENT.match(req)
+        if m is None or m.group(1) in ("llmkit", "torch"):
+            continue
+        extra = _EXTRA.search(req)
+        if extra:
+            extras.setdefault(extra.group(1), []).append(m.group(1))
+        else:
+            required[m.group(1)] = m.group(2) or "0"
+    return required, extras
 
 
 def needed_extras(config: RunConfig | None) -> set[str]:
@@ -281,16 +285,19 @@ def needed_extras(config: RunConfig | None) -> set[str]:
         need.add("tensorboard")
     if config.eval.harness_tasks:
         need.add("eval")
-    uri = config.launch.checkpoint_uri or ""
-    if "://" in uri:
-        need.add("launch")
     return need
 
 
 def probe_packages(ctx: Context) -> list[Finding]:
     ver = ctx.sources.dist_version
+    try:
+        required, extras = requirements()
+    except importlib.metadata.PackageNotFoundError:
+        return [Finding(id="packages", status="warn", summary="llmkit's package metadata is missing",
+                        detail="the list of required packages comes from the installed llmkit distribution",
+                        fix="pip install -e . (from a checkout) or pip install llmkit")]
     bad = []
-    for dist, minimum in REQUIRED.items():
+    for dist, minimum in required.items():
         have = ver(dist)
         if have is None or gpulib.version_tuple(have) < gpulib.version_tuple(minimum):
             bad.append((dist, minimum, have))
@@ -302,10 +309,6 @@ def probe_packages(ctx: Context) -> list[Finding]:
                                 fix=cmd))
     else:
         findings.append(Finding(id="packages", status="ok", summary="required packages present"))
-    try:
-        extras = _extras()
-    except importlib.metadata.PackageNotFoundError:
-        extras = {}
     usable = sorted(e for e, dists in extras.items() if e != "all" and all(ver(d) for d in dists))
     missing = sorted(e for e in extras if e != "all" and e not in usable)
     needed = needed_extras(ctx.config) & set(missing)

@@ -11,16 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmkit.errors import EnvironmentProblem, UsageError
+from llmkit.errors import UsageError
+from llmkit.optional import require
 
 
 def _lm_base() -> Any:
-    try:
-        from lm_eval.api.model import LM
-    except ImportError:
-        raise EnvironmentProblem("the lm-evaluation-harness is not installed", "harness tasks need the lm_eval package",
-                                 "pip install 'llmkit[eval]'") from None
-    return LM
+    return require("lm_eval.api.model", "eval", "lm-evaluation-harness tasks").LM
 
 
 def make_lm(model: Any, tokenizer: Any, batch_size: int = 8) -> Any:

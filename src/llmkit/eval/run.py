@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from llmkit.config.load import load_config
 from llmkit.config.schema import RunConfig
-from llmkit.errors import UsageError
+from llmkit.data.batches import task_batches
+from llmkit.eval.loss import evaluate
 from llmkit.fsutil import atomic_write_text
 from llmkit.generate.decode import generate
 from llmkit.generate.sampling import SamplingParams
-from llmkit.train.batches import task_batches
+from llmkit.plan.memory import micro_batch_for_device
+from llmkit.rundir import RunDir
 
 
 def token_bytes(tokenizer: Any) -> np.ndarray:
@@ -41,48 +42,24 @@ def token_bytes(tokenizer: Any) -> np.ndarray:
 
 
 def lm_metrics(model: Any, batches: list[dict[str, np.ndarray]], byte_table: np.ndarray) -> dict[str, float]:
-    """Loss, perplexity and bits per byte over batches of (input_ids, labels)."""
-    import torch
-
-    from llmkit.train.loop import compute_loss  # the training loop's loss: the same masking and mean
-
-    nats, count, nbytes = 0.0, 0, 0
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        for b in batches:
-            batch = {k: torch.from_numpy(v).to(device) for k, v in b.items() if k in ("input_ids", "labels", "attention_mask")}
-            loss, n = compute_loss(model, batch, classify=False)
-            nats += float(loss) * n
-            count += n
-            valid = b["labels"][b["labels"] != -100]
-            nbytes += int(byte_table[np.clip(valid, 0, len(byte_table) - 1)].sum())
-    loss = nats / max(count, 1)
-    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)),
-            "bits_per_byte": nats / math.log(2) / max(nbytes, 1), "val_tokens": count}
+    """Loss, perplexity and bits per byte over batches of (input_ids, labels), fp32."""
+    result = evaluate(model, batches, byte_table=byte_table)
+    return {**result.metrics(), "val_tokens": result.count}
 
 
 def classify_metrics(model: Any, batches: list[dict[str, np.ndarray]], labels: dict[int, str]) -> dict[str, Any]:
     """Accuracy, macro-F1 and the confusion matrix (rows: true label, columns: predicted)."""
-    import torch
-
     k = len(labels)
-    confusion = np.zeros((k, k), dtype=np.int64)
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        for b in batches:
-            logits = model(input_ids=torch.from_numpy(b["input_ids"]).to(device),
-                           attention_mask=torch.from_numpy(b["attention_mask"]).to(device)).logits
-            for t, p in zip(b["labels"], logits.argmax(-1).cpu().numpy()):
-                confusion[int(t), int(p)] += 1
-    total = int(confusion.sum())
+    result = evaluate(model, batches, classify=True, num_labels=k)
+    confusion = np.array(result.confusion, dtype=np.int64)
     f1s = []
     for c in range(k):
         tp = confusion[c, c]
         precision = tp / max(confusion[:, c].sum(), 1)
         recall = tp / max(confusion[c, :].sum(), 1)
         f1s.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
-    return {"val_accuracy": float(np.trace(confusion)) / max(total, 1), "macro_f1": float(np.mean(f1s)),
-            "labels": [labels[i] for i in range(k)], "confusion_matrix": confusion.tolist(), "val_examples": total}
+    return {"val_accuracy": result.val_accuracy, "macro_f1": float(np.mean(f1s)),
+            "labels": [labels[i] for i in range(k)], "confusion_matrix": confusion.tolist(), "val_examples": result.count}
 
 
 def samples(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, chat: bool) -> list[dict[str, str]]:
@@ -104,12 +81,9 @@ def evaluate_run(run: str | Path, write: bool = True, harness_tasks: list[str] |
     config's ``eval.harness_tasks`` plus ``harness_tasks``); writes eval.json."""
     from llmkit.model.load import load_for_inference
 
-    run = Path(run)
-    if not (run / "config.yaml").exists():
-        raise UsageError(f"{run} is not a run directory (no config.yaml)", "",
-                         "pass runs/<name> made by `llmkit train`, or `llmkit quickstart`")
-    cfg = load_config(run / "config.yaml", environ={})
-    model, tokenizer, model_dir = load_for_inference(run, device="cpu")
+    run = RunDir(Path(run))
+    cfg = run.load_config()
+    model, tokenizer, model_dir = load_for_inference(run.root, device="cpu")
     result = evaluate_loaded(cfg, run, model, tokenizer, write=False)
     tasks = list(dict.fromkeys([*cfg.eval.harness_tasks, *(harness_tasks or [])]))
     if tasks:
@@ -117,15 +91,15 @@ def evaluate_run(run: str | Path, write: bool = True, harness_tasks: list[str] |
 
         result["harness"] = run_harness(model_dir, tasks, harness_dir, harness_limit)
     if write:
-        atomic_write_text(run / "eval.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_text(run.eval_results, json.dumps(result, indent=2) + "\n")
     return result
 
 
-def evaluate_loaded(cfg: RunConfig, run: Path, model: Any, tokenizer: Any, write: bool = True) -> dict[str, Any]:
+def evaluate_loaded(cfg: RunConfig, run: RunDir, model: Any, tokenizer: Any, write: bool = True) -> dict[str, Any]:
     """Evaluate an in-memory model on the run's validation data (see module docstring)."""
-    micro = cfg.train.micro_batch_size if isinstance(cfg.train.micro_batch_size, int) else 8
+    micro, _, _ = micro_batch_for_device(cfg, next(model.parameters()).device, "fp32")
     eval_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"eval_batches": cfg.eval.batches})})
-    data = task_batches(eval_cfg, run, micro)
+    data = task_batches(eval_cfg, run.root, micro)
     batches = data.eval_batches()
     if cfg.train.task == "classify":
         metrics = classify_metrics(model, batches, data.id2label or {})
@@ -137,5 +111,5 @@ def evaluate_loaded(cfg: RunConfig, run: Path, model: Any, tokenizer: Any, write
     result["run"] = cfg.name
     result["task"] = cfg.train.task
     if write:
-        atomic_write_text(run / "eval.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_text(run.eval_results, json.dumps(result, indent=2) + "\n")
     return result

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from llmkit.errors import EnvironmentProblem, UsageError
+from llmkit.errors import UsageError
+from llmkit.optional import require
 
 SUPPORTED = ("llama",)
 QUANTS = ("f32", "f16", "q8_0")
@@ -76,10 +77,7 @@ def export_gguf(model_dir: Path, out_file: Path, quant: str = "f32", overwrite: 
         raise UsageError(f"unknown GGUF quantization {quant!r}", f"choose one of {', '.join(QUANTS)}", "pass --quant f32")
     if out_file.exists() and not overwrite:
         raise UsageError(f"{out_file} exists", "export never overwrites by default", "pass --overwrite")
-    try:
-        import gguf
-    except ImportError:
-        raise EnvironmentProblem("GGUF export needs the gguf package", "", "pip install 'llmkit[export]'") from None
+    gguf = require("gguf", "export", "GGUF export")
     from safetensors.numpy import load_file
 
     weights: dict[str, np.ndarray] = {}

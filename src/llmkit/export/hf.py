@@ -16,6 +16,7 @@ from typing import Any
 
 from llmkit.errors import UsageError
 from llmkit.fsutil import staged_dir
+from llmkit.rundir import RunDir
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -30,12 +31,12 @@ class ExportResult:
 
 def source_dir(run: Path) -> Path:
     """The run's final/ directory, or an error naming the command that makes one."""
-    final = run / "final"
-    if (final / "config.json").exists():
-        return final
+    paths = RunDir(run)
+    if (paths.final / "config.json").exists():
+        return paths.final
     if not run.exists():
         raise UsageError(f"{run} does not exist", "", "pass a run directory made by `llmkit train` or `llmkit quickstart`")
-    has_ckpt = any((run / "checkpoints").glob("step-*/COMMITTED")) if (run / "checkpoints").exists() else False
+    has_ckpt = any(paths.checkpoints.glob("step-*/COMMITTED")) if paths.checkpoints.exists() else False
     detail = ("it has checkpoints but training has not finished (final/ is written at the end)" if has_ckpt
               else "it has neither final/ nor checkpoints")
     raise UsageError(f"{run} has no trained model to export", detail,

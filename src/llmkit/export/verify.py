@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UsageError
+from llmkit.rundir import RunDir
 
 NEW_TOKENS = 24
 
@@ -50,10 +51,9 @@ class VerifyReport:
 
 
 def _prompts(run: Path, tokenizer: Any) -> tuple[list[str], bool]:
-    from llmkit.config.load import load_config
-
-    if (run / "config.yaml").exists():
-        cfg = load_config(run / "config.yaml", environ={})
+    paths = RunDir(run)
+    if paths.config.exists():
+        cfg = paths.load_config()
         return list(cfg.eval.sample_prompts), cfg.train.task == "sft"
     return ["The", "A class is"], False
 

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmkit.config.schema import GenerateConfig
 from llmkit.errors import UsageError
 
 
@@ -46,6 +47,18 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @classmethod
+    def from_config(cls, defaults: GenerateConfig, **overrides: Any) -> SamplingParams:
+        """A run's ``generate`` section as sampling parameters; each override that is not None wins."""
+        values: dict[str, Any] = {
+            "max_new_tokens": defaults.max_new_tokens, "temperature": defaults.temperature, "top_k": defaults.top_k,
+            "top_p": defaults.top_p, "repetition_penalty": defaults.repetition_penalty,
+            "stop": tuple(defaults.stop), "seed": defaults.seed,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        values["stop"] = tuple(values["stop"])
+        return cls(**values)
 
 
 def apply_repetition_penalty(logits: Any, seen: Any, penalty: Any) -> Any:

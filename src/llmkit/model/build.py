@@ -14,7 +14,7 @@ from typing import Any
 
 from llmkit.config.schema import ModelConfig
 from llmkit.errors import ConfigError, UsageError
-from llmkit.plan.params import intermediate_size
+from llmkit.config.derived import intermediate_size
 
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
 
@@ -117,6 +117,20 @@ def load_model(path: str | Path, trust_remote_code: bool, num_labels: int | None
     return AutoModelForCausalLM.from_pretrained(str(p), **kwargs)
 
 
-def count_parameters(model: Any, trainable_only: bool = False) -> int:
-    """Unique parameters of a torch module (a tied head counts once)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+def matmul_weights(model: Any) -> tuple[int, int]:
+    """(weights multiplied per token, the trainable share of them) of a torch model: every matrix
+    except the embedding lookups, plus the LM head even when it is tied to the input embedding
+    (the "N" of ``llmkit.plan.compute.flops_per_token``)."""
+    import torch
+
+    lookups = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    total = trainable = 0
+    for p in model.parameters():
+        if p.dim() == 2 and id(p) not in lookups:
+            total += p.numel()
+            trainable += p.numel() if p.requires_grad else 0
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and id(head.weight) in lookups:  # tied: one parameter, two uses
+        total += head.weight.numel()
+        trainable += head.weight.numel() if head.weight.requires_grad else 0
+    return total, trainable

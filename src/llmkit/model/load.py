@@ -6,14 +6,16 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.data.tokenizer import load_tokenizer
+from llmkit.device import resolve_device
 from llmkit.errors import UsageError
 from llmkit.model.build import load_model
+from llmkit.rundir import RunDir
 
 
 def resolve_model_dir(path: str | Path) -> Path:
     """A model directory from a run directory or a model directory; errors list what is nearby."""
     p = Path(path)
-    for candidate in (p / "final", p):
+    for candidate in (RunDir(p).final, p):
         if (candidate / "config.json").exists():
             return candidate
     if p.is_dir():
@@ -28,14 +30,11 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 
 def load_for_inference(path: str | Path, device: str = "auto", trust_remote_code: bool = False) -> tuple[Any, Any, Path]:
-    """(model in eval mode, tokenizer, model directory), fp32, on ``device``."""
-    import torch
-
+    """(model in eval mode, tokenizer, model directory), fp32, on ``device`` (``auto``: as
+    ``llmkit.device.resolve_device`` picks)."""
     model_dir = resolve_model_dir(path)
     tokenizer = load_tokenizer(model_dir, trust_remote_code)
     model = load_model(model_dir, trust_remote_code)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device).eval()
+    model.to(resolve_device(device)).eval()
     model.config.use_cache = True
     return model, tokenizer, model_dir

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from llmkit.config.schema import RunConfig
-from llmkit.plan.params import count_parameters, intermediate_size, vocab_size
+from llmkit.config.derived import intermediate_size, vocab_size
+from llmkit.plan.params import count_parameters, trainable_parameters
 
 OPTIMIZER_BYTES_PER_PARAM = 62  # AdamW foreach + grad clipping: counted bytes per trainable parameter
 # Non-GEMM operations on activation-sized tensors reach only a fraction of streaming-copy bandwidth:
@@ -131,9 +132,24 @@ def elementwise_bytes(cfg: RunConfig, micro_batch: int, precision: str) -> int:
     return tokens * (per_token_layer * m.num_hidden_layers + outside)
 
 
-def trainable_parameters(cfg: RunConfig) -> int:
-    total = count_parameters(cfg.model, vocab_size(cfg)).total
-    return max(1, total // 100) if cfg.model.lora.enabled else total
+def flops_per_token(matmul_params: int, trainable_matmul_params: int, layers: int, hidden: int, seq_len: int) -> float:
+    """Training FLOPs per token (PaLM appendix B): 2·N forward and 2·N for the input gradients over
+    the N multiplied weights (embedding lookups excluded, the LM head included), 2·N_t for the
+    weight gradients of the N_t trainable ones (6·N when all train; LoRA: 4·N + 2·adapters), plus
+    12·L·H·T for the attention scores. The one formula: the loop's MFU and plan's time use it."""
+    return 4 * matmul_params + 2 * trainable_matmul_params + 12 * layers * hidden * seq_len
+
+
+def config_flops_per_token(cfg: RunConfig) -> float:
+    """``flops_per_token`` of the model the config builds."""
+    m = cfg.model
+    matmul = count_parameters(m, vocab_size(cfg)).matmul
+    if m.lora.enabled:
+        adapters = trainable_parameters(cfg)
+        matmul, trainable = matmul + adapters, adapters
+    else:
+        trainable = matmul
+    return flops_per_token(matmul, trainable, m.num_hidden_layers, m.hidden_size, cfg.train.sequence_length_tokens)
 
 
 def step_breakdown(cfg: RunConfig, micro_batch: int, rates: Rates, precision: str = "bf16",

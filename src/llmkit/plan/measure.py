@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from llmkit.device import torch_dtype
 from llmkit.plan.compute import Attention, Gemm, Rates
 
 
@@ -45,7 +46,7 @@ def measure_rates(precision: str, device: str = "cpu") -> Rates:
     def best(fn: Callable[[], Any], **kw: Any) -> float:
         return _best_seconds(fn, sync=sync, **kw)
 
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "fp16" else torch.float32
+    dtype = torch_dtype(precision)
     gemm_cache: dict[tuple[int, int, int, int], float] = {}
     attention_cache: dict[Attention, float] = {}
     loss_cache: dict[tuple[int, int], float] = {}
@@ -86,3 +87,23 @@ def measure_rates(precision: str, device: str = "cpu") -> Rates:
     bandwidth = 2 * 4 * n / best(lambda: dst.copy_(src), budget_s=1.0, max_runs=15)
     return Rates(gemm, attention_seconds, cross_entropy_seconds, bandwidth,
                  device_kind="cpu" if dev.type == "cpu" else "gpu")
+
+
+def matmul_peak_flops(device: Any, dtype: Any, seconds: float = 0.3, size: int = 1024) -> float:
+    """Best FLOP/s of repeated (size x size) matmuls on ``device`` in ``dtype`` (the MFU denominator)."""
+    import torch
+
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    for _ in range(3):
+        a @ b  # warm-up (kernel selection, caches)
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - t0))
+    return best

@@ -10,9 +10,11 @@ vocabularies. Sharding (FSDP) divides weights, gradients and optimizer state ove
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from llmkit.config.schema import RunConfig
-from llmkit.plan.params import count_parameters, intermediate_size, vocab_size
+from llmkit.config.derived import intermediate_size, vocab_size
+from llmkit.plan.params import count_parameters, trainable_parameters
 
 GB = 1e9
 ELEMENT = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -82,14 +84,14 @@ def training_memory(cfg: RunConfig, micro_batch: int, precision: str = "bf16", n
     block-wise scales, ~2 bytes per parameter); llmkit's own loop uses 32-bit AdamW.
     """
     m = cfg.model
-    counts = count_parameters(m, vocab_size(cfg))
-    total = counts.total
+    total = count_parameters(m, vocab_size(cfg)).total
     lora = m.lora.enabled
-    trainable = max(1, total // 100) if lora else total  # adapters: ~1% with the default targets, r <= 16
+    trainable = trainable_parameters(cfg)
     shard = num_devices if sharded else 1
-    base_bytes = (m.lora.base_bits // 8) if lora else 4
-    weights = total * base_bytes // shard + (4 * trainable if lora else 0)
-    casts = 0 if precision == "fp32" or (lora and m.lora.base_bits <= 16) else ELEMENT[precision] * total // shard
+    # fp32 weights; a LoRA base in model.lora.base_bits (the schema accepts only 32 today), fp32 adapters
+    base_bytes = m.lora.base_bits // 8 if lora else 4
+    weights = (base_bytes * total + (4 * trainable if lora else 0)) // shard
+    casts = 0 if precision == "fp32" else ELEMENT[precision] * total // shard
     grads = 4 * trainable // shard
     optimizer = (8 if optimizer_bits == 32 else 2) * trainable // shard
     tokens = micro_batch * cfg.train.sequence_length_tokens
@@ -114,3 +116,41 @@ def kv_cache_bytes(cfg: RunConfig, tokens: int, element_bytes: int = 2) -> int:
     m = cfg.model
     kv_width = m.hidden_size * (m.num_key_value_heads or m.num_attention_heads) // m.num_attention_heads
     return 2 * m.num_hidden_layers * kv_width * tokens * element_bytes
+
+
+def fitting_micro_batch(cfg: RunConfig, budget_bytes: float, precision: str, num_devices: int = 1,
+                        sharded: bool = False, overhead_bytes: int = 0, device_kind: str = "gpu",
+                        optimizer_bits: int = 32) -> tuple[int | None, MemoryBreakdown]:
+    """The largest divisor of the per-device batch whose planned peak fits ``budget_bytes`` (None:
+    not even 1 fits), with its memory (or micro-batch 1's when none fits)."""
+    per_device = max(1, cfg.train.global_batch_size // num_devices)
+
+    def memory(mb: int) -> MemoryBreakdown:
+        return training_memory(cfg, mb, precision, num_devices, sharded, overhead_bytes=overhead_bytes,
+                               device_kind=device_kind, optimizer_bits=optimizer_bits)
+
+    for mb in sorted((d for d in range(1, per_device + 1) if per_device % d == 0), reverse=True):
+        mem = memory(mb)
+        if mem.peak_bytes <= budget_bytes:
+            return mb, mem
+    return None, memory(1)
+
+
+def resolve_micro_batch(cfg: RunConfig, budget_bytes: float, precision: str, device_kind: str) -> tuple[int, MemoryBreakdown]:
+    """``train.micro_batch_size`` as a number: the configured one, or for ``auto`` the largest that
+    ``fitting_micro_batch`` says fits (1 when none does); with the planned memory of that choice.
+    The one rule for ``auto``: training, evaluation, the quickstart and plan all call it."""
+    mb = cfg.train.micro_batch_size
+    if mb == "auto":
+        mb = fitting_micro_batch(cfg, budget_bytes, precision, device_kind=device_kind)[0] or 1
+    return mb, training_memory(cfg, mb, precision, device_kind=device_kind)
+
+
+def micro_batch_for_device(cfg: RunConfig, device: Any, precision: str) -> tuple[int, int, int]:
+    """(micro-batch, planned peak bytes, memory budget bytes) for a torch device: ``resolve_micro_batch``
+    with the device's budget (``llmkit.device.memory_budget_bytes``)."""
+    from llmkit.device import memory_budget_bytes
+
+    budget = memory_budget_bytes(device)
+    mb, mem = resolve_micro_batch(cfg, budget, precision, "cpu" if device.type == "cpu" else "gpu")
+    return mb, mem.peak_bytes, budget

@@ -8,21 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmkit.config.derived import intermediate_size, linear_shapes, lora_parameters, vocab_size
 from llmkit.config.schema import ModelConfig, RunConfig
-
-
-def intermediate_size(model: ModelConfig) -> int:
-    """The MLP width: explicit, or derived (gpt2: 4x hidden; llama: 8/3x hidden, rounded up to 64)."""
-    if model.intermediate_size is not None:
-        return model.intermediate_size
-    if model.architecture == "gpt2":
-        return 4 * model.hidden_size
-    return -(-(8 * model.hidden_size // 3) // 64) * 64
-
-
-def vocab_size(config: RunConfig) -> int:
-    """Embedding rows: the model's own setting, else the tokenizer's vocabulary size."""
-    return config.model.vocab_size or config.tokenizer.vocab_size
 
 
 @dataclass(frozen=True)
@@ -35,6 +22,8 @@ class ParamCount:
     layers: int
     final_norm: int
     head: int
+    per_layer_matrices: int
+    """The weight-matrix share of ``per_layer`` (the projections; no norms or biases)."""
 
     @property
     def total(self) -> int:
@@ -42,8 +31,15 @@ class ParamCount:
 
     @property
     def non_embedding(self) -> int:
-        """Parameters that do matmul work per token (the "N" in 6·N·T)."""
+        """Parameters outside the embeddings and the head."""
         return self.per_layer * self.layers + self.final_norm
+
+    @property
+    def matmul(self) -> int:
+        """Weights multiplied per token (the "N" of 6·N·T FLOPs): the blocks and the LM head, whose
+        (vocab x hidden) matmul runs whether or not it is tied to the input embedding. The embedding
+        lookups do no matmul work."""
+        return self.per_layer_matrices * self.layers + self.embedding
 
 
 def count_parameters(model: ModelConfig, vocab: int) -> ParamCount:
@@ -51,16 +47,27 @@ def count_parameters(model: ModelConfig, vocab: int) -> ParamCount:
     h, n = model.hidden_size, model.num_hidden_layers
     inter = intermediate_size(model)
     head = 0 if model.tie_word_embeddings else vocab * h
+    matrices = sum(i * o for shapes in linear_shapes(model).values() for i, o in shapes)
     if model.architecture == "gpt2":
         # c_attn (h -> 3h) and c_proj with biases; MLP h -> inter -> h with biases; two LayerNorms
         attn = h * 3 * h + 3 * h + h * h + h
         mlp = h * inter + inter + inter * h + h
         per_layer = attn + mlp + 2 * (2 * h)
-        return ParamCount(vocab * h, model.max_position_embeddings * h, per_layer, n, 2 * h, head)
+        return ParamCount(vocab * h, model.max_position_embeddings * h, per_layer, n, 2 * h, head, matrices)
     heads = model.num_attention_heads
     kv = model.num_key_value_heads or heads
     head_dim = h // heads
     attn = h * h + 2 * h * kv * head_dim + h * h  # q, k, v, o; no biases
     mlp = 3 * h * inter  # gate, up, down
     per_layer = attn + mlp + 2 * h  # two RMSNorm weights
-    return ParamCount(vocab * h, 0, per_layer, n, h, head)
+    return ParamCount(vocab * h, 0, per_layer, n, h, head, matrices)
+
+
+def trainable_parameters(config: RunConfig) -> int:
+    """Parameters the loop trains: all of them, or with LoRA the adapters (exact, from ``lora.r`` and
+    the adapted projections) plus, for classification, the new class head peft trains alongside."""
+    m = config.model
+    if not m.lora.enabled:
+        return count_parameters(m, vocab_size(config)).total
+    head = m.hidden_size * (m.num_labels or 2) if config.train.task == "classify" else 0
+    return lora_parameters(m) + head

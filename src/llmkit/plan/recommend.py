@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from llmkit.config.schema import RunConfig
-from llmkit.plan.compute import Rates, step_seconds
+from llmkit.plan.compute import Rates, config_flops_per_token, step_seconds
 from llmkit.plan.hardware import Device, devices, find_device, offerings
-from llmkit.plan.memory import GB, MemoryBreakdown, kv_cache_bytes, training_memory
-from llmkit.plan.params import count_parameters, vocab_size
+from llmkit.plan.memory import GB, MemoryBreakdown, fitting_micro_batch, kv_cache_bytes, training_memory
+from llmkit.config.derived import vocab_size
+from llmkit.plan.params import count_parameters, trainable_parameters
 
 # MFU reached by well-tuned bf16 training, by device class. Sources: Llama 3 paper (38-43% on H100),
 # Megatron-LM / MosaicML reports (45-55% on A100); consumer and PCIe cards are set lower because
@@ -54,6 +55,7 @@ class Plan:
     tokens: int
     flops: float
     memory_at_config_micro_batch: dict[str, int]
+    config_micro_batch: int = 1
     candidates: list[Candidate] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
     serving: dict[str, int] = field(default_factory=dict)
@@ -71,13 +73,8 @@ def total_tokens(cfg: RunConfig) -> int:
 
 
 def training_flops(cfg: RunConfig) -> float:
-    """6·N·T plus attention (12·L·H·T·seq), N the parameters, T the tokens (PaLM appendix B)."""
-    from llmkit.train.perf import flops_per_token
-
-    m = cfg.model
-    n = count_parameters(m, vocab_size(cfg)).total
-    frac = 0.01 if m.lora.enabled else 1.0
-    return flops_per_token(n, m.num_hidden_layers, m.hidden_size, cfg.train.sequence_length_tokens, frac) * total_tokens(cfg)
+    """FLOPs of the whole run: ``config_flops_per_token`` x the tokens it trains on."""
+    return config_flops_per_token(cfg) * total_tokens(cfg)
 
 
 def scaling_efficiency(device: Device, n: int) -> float:
@@ -91,18 +88,10 @@ def scaling_efficiency(device: Device, n: int) -> float:
 
 def largest_micro_batch(cfg: RunConfig, device: Device, n: int, sharded: bool, precision: str,
                         optimizer_bits: int = 32, device_kind: str = "gpu") -> tuple[int | None, MemoryBreakdown]:
-    """The largest divisor of the per-device batch that fits, and its memory."""
-    per_device = max(1, cfg.train.global_batch_size // n)
-    budget = device.memory_gb * GB * HEADROOM
+    """The largest divisor of the per-device batch that fits one of ``device``, and its memory."""
     overhead = CUDA_CONTEXT_BYTES if device_kind == "gpu" else 0
-    best, best_mem = None, training_memory(cfg, 1, precision, n, sharded, overhead_bytes=overhead,
-                                           device_kind=device_kind, optimizer_bits=optimizer_bits)
-    for mb in sorted((d for d in range(1, per_device + 1) if per_device % d == 0), reverse=True):
-        mem = training_memory(cfg, mb, precision, n, sharded, overhead_bytes=overhead, device_kind=device_kind,
-                              optimizer_bits=optimizer_bits)
-        if mem.peak_bytes <= budget:
-            return mb, mem
-    return best, best_mem
+    return fitting_micro_batch(cfg, device.memory_gb * GB * HEADROOM, precision, n, sharded, overhead, device_kind,
+                               optimizer_bits)
 
 
 def _price(device: str, n: int, cloud: str, spot: bool) -> tuple[float, str] | None:
@@ -132,10 +121,8 @@ def make_plan(cfg: RunConfig, device_names: list[str] | None = None, cloud: str 
     m = cfg.model
     pc = count_parameters(m, vocab_size(cfg))
     chosen = [find_device(n) for n in device_names] if device_names else list(devices().values())
-    mb = cfg.train.micro_batch_size if isinstance(cfg.train.micro_batch_size, int) else 1
     flops = training_flops(cfg)
-    plan = Plan(pc.total, max(1, pc.total // 100) if m.lora.enabled else pc.total, total_tokens(cfg), flops,
-                asdict(training_memory(cfg, mb, "bf16", optimizer_bits=optimizer_bits)))
+    plan = Plan(pc.total, trainable_parameters(cfg), total_tokens(cfg), flops, {})
     for dev in chosen:
         precision = dev.best_precision()
         peak = dev.peak_flops(precision) or 0.0
@@ -157,6 +144,13 @@ def make_plan(cfg: RunConfig, device_names: list[str] | None = None, cloud: str 
                 and (deadline_hours is None or (c.hours is not None and c.hours <= deadline_hours)))
     plan.candidates.sort(key=lambda c: (not ok(c), c.cost_usd if c.cost_usd is not None else math.inf,
                                         c.hours or math.inf))
+    # the config's micro-batch; `auto` resolves as train resolves it, on the first-ranked candidate
+    mb = cfg.train.micro_batch_size
+    if mb == "auto":
+        top = plan.candidates[0] if plan.candidates else None
+        mb = top.micro_batch if top is not None and top.micro_batch is not None else 1
+    plan.config_micro_batch = mb
+    plan.memory_at_config_micro_batch = asdict(training_memory(cfg, mb, "bf16", optimizer_bits=optimizer_bits))
     if not any(c.fits for c in plan.candidates):
         plan.suggestions = suggestions(cfg, chosen, sharding)
     return plan
@@ -201,8 +195,8 @@ def suggestions(cfg: RunConfig, chosen: list[Device], sharding: bool = True) -> 
     out = []
     variants = {
         "gradient checkpointing": cfg.model_copy(update={"train": cfg.train.model_copy(update={"gradient_checkpointing": True})}),
-        "LoRA (16-bit frozen base)": cfg.model_copy(update={"model": cfg.model.model_copy(update={
-            "lora": cfg.model.lora.model_copy(update={"enabled": True, "base_bits": 16})})}),
+        "LoRA on a pretrained base": cfg.model_copy(update={"model": cfg.model.model_copy(update={
+            "lora": cfg.model.lora.model_copy(update={"enabled": True})})}),
         "half the context": cfg.model_copy(update={"train": cfg.train.model_copy(update={
             "sequence_length_tokens": max(1, cfg.train.sequence_length_tokens // 2)})}),
     }

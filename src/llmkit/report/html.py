@@ -14,7 +14,7 @@ from typing import Any
 from llmkit.errors import UsageError
 from llmkit.fsutil import atomic_write_text
 from llmkit.report.svg import line_chart
-from llmkit.train.metrics import read_metrics
+from llmkit.rundir import RunDir
 
 CSS = """body{font-family:sans-serif;max-width:1000px;margin:24px auto;color:#222}
 h1{font-size:22px}h2{font-size:17px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
@@ -23,21 +23,14 @@ vertical-align:top}pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:
 .grid{display:flex;flex-wrap:wrap;gap:8px}"""
 
 
-def _stage_series(run: Path) -> list[tuple[str, list[dict[str, Any]]]]:
+def _stage_series(run: RunDir) -> list[tuple[str, list[dict[str, Any]]]]:
     stages = []
-    if (run / "pretrain" / "metrics.jsonl").exists():
-        stages.append(("pretrain", read_metrics(run / "pretrain" / "metrics.jsonl")))
-    stages.append((_task(run), read_metrics(run / "metrics.jsonl")))
+    pretrain = RunDir(run.root / "pretrain")
+    if pretrain.metrics.exists():
+        stages.append(("pretrain", pretrain.read_metrics()))
+    task = run.load_config().train.task if run.config.exists() else "train"
+    stages.append((task, run.read_metrics()))
     return stages
-
-
-def _task(run: Path) -> str:
-    try:
-        import yaml
-
-        return str(yaml.safe_load((run / "config.yaml").read_text())["train"]["task"])
-    except (OSError, KeyError, TypeError, ValueError):
-        return "train"
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:
@@ -67,10 +60,10 @@ def _charts(stages: list[tuple[str, list[dict[str, Any]]]]) -> str:
     return '<div class="grid">' + "".join(charts) + "</div>"
 
 
-def _eval_section(run: Path) -> str:
+def _eval_section(run: RunDir) -> str:
     parts = []
-    for name in ("quickstart.json", "eval.json"):
-        f = run / name
+    for f in (run.quickstart_summary, run.eval_results):
+        name = f.name
         if not f.exists():
             continue
         data = json.loads(f.read_text())
@@ -88,8 +81,8 @@ def _eval_section(run: Path) -> str:
     return "".join(parts) or "<p>No evaluation yet: run <code>llmkit eval</code>.</p>"
 
 
-def _environment(run: Path) -> str:
-    f = run / "manifest.json"
+def _environment(run: RunDir) -> str:
+    f = run.manifest
     if not f.exists():
         return "<p>No manifest.</p>"
     m = json.loads(f.read_text())
@@ -104,21 +97,21 @@ def _environment(run: Path) -> str:
 
 def build_report(run: str | Path) -> Path:
     """Write ``<run>/report.html`` from the run directory's files; returns its path."""
-    run = Path(run)
-    if not (run / "metrics.jsonl").exists():
-        raise UsageError(f"{run} has no metrics.jsonl", "the report plots a training run's metrics",
+    run = RunDir(Path(run))
+    if not run.metrics.exists():
+        raise UsageError(f"{run.root} has no metrics.jsonl", "the report plots a training run's metrics",
                          "train first: llmkit train --config <run.yaml> (or llmkit quickstart)")
     stages = _stage_series(run)
     last = {name: next((r for r in reversed(recs) if r.get("kind") == "train"), {}) for name, recs in stages}
     summary = [(f"{name}: steps", rec.get("step")) for name, rec in last.items()]
     summary += [(f"{name}: final loss", rec.get("loss")) for name, rec in last.items()]
     summary += [(f"{name}: training time (s)", rec.get("elapsed_s")) for name, rec in last.items()]
-    config = (run / "config.yaml").read_text() if (run / "config.yaml").exists() else ""
-    html = (f"<!doctype html><html><head><meta charset='utf-8'><title>llmkit report: {escape(run.name)}</title>"
-            f"<style>{CSS}</style></head><body><h1>llmkit run report: {escape(run.name)}</h1>"
+    config = run.config.read_text() if run.config.exists() else ""
+    html = (f"<!doctype html><html><head><meta charset='utf-8'><title>llmkit report: {escape(run.root.name)}</title>"
+            f"<style>{CSS}</style></head><body><h1>llmkit run report: {escape(run.root.name)}</h1>"
             f"<h2>Summary</h2>{_table(summary)}<h2>Curves</h2>{_charts(stages)}"
             f"<h2>Evaluation and samples</h2>{_eval_section(run)}"
             f"<h2>Environment</h2>{_environment(run)}<h2>Config</h2><pre>{escape(config)}</pre></body></html>")
-    out = run / "report.html"
+    out = run.report
     atomic_write_text(out, html)
     return out

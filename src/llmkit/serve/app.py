@@ -24,10 +24,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, ValidationError
 
 from llmkit.config.schema import GenerateConfig, ServeConfig
-from llmkit.errors import UsageError
 from llmkit.serve.engine import Engine, EngineError, Handle, Overloaded
 from llmkit.serve.metrics import Metrics
-from llmkit.serve.protocol import ChatCompletionRequest, CompletionRequest, error_body
+from llmkit.serve.protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk,
+                                   ChatCompletionRequest, ChatCompletionResponse, CompletionChoice, CompletionRequest,
+                                   CompletionResponse, RequestError, Usage, error_body)
 
 log = logging.getLogger("llmkit.serve")
 ALLOW_UNAUTHENTICATED = frozenset({"/health"})
@@ -201,56 +202,27 @@ def create_app(state: State) -> FastAPI:
         return {"object": "list", "data": [{"id": state.model_name, "object": "model", "created": 0,
                                             "owned_by": "llmkit"}]}
 
-    def prompt_ids(text: str, param: str) -> list[int]:
-        # Reject hopeless prompts before tokenizing them: a token covers at most max_token_bytes bytes.
-        if len(text) // state.max_token_bytes >= engine.window:
-            raise ApiError(400, f"the prompt is far longer than the model's {engine.window}-token context", param=param,
-                           code="context_length_exceeded")
-        return tok.encode(text, add_special_tokens=False)
-
     async def generation(request: Request, chat: bool) -> Response:
-        body = await _read_json(request)
-        req = _parse(ChatCompletionRequest if chat else CompletionRequest, body)
+        req = _parse(ChatCompletionRequest if chat else CompletionRequest, await _read_json(request))
         if req.model != state.model_name:
             raise ApiError(404, "the model does not exist on this server (see GET /v1/models)", param="model",
                            code="model_not_found")
-        param = "messages" if chat else "prompt"
-        if chat:
-            if tok.chat_template is None:
-                raise ApiError(400, "this model has no chat template; use /v1/completions", param="messages")
-            text = tok.apply_chat_template(req.chat(), tokenize=False, add_generation_prompt=True)
-            ids = prompt_ids(text, param)
-        elif isinstance(req.prompt, str):
-            ids = prompt_ids(req.prompt, param)
-        else:
-            ids = list(req.prompt)
-            if any(t < 0 or t >= len(tok) for t in ids):
-                raise ApiError(400, f"token ids must be within [0, {len(tok)})", param="prompt")
-        if not ids:
-            raise ApiError(400, "the prompt is empty", param=param)
-        if len(ids) >= engine.window:
-            raise ApiError(400, f"the prompt is {len(ids)} tokens; the model's context is {engine.window}",
-                           param=param, code="context_length_exceeded")
-        wanted = req.requested_max_tokens()
-        if wanted is not None and wanted <= 0:
-            raise ApiError(400, "max_tokens must be at least 1", param="max_tokens")
         try:
-            params = [req.to_sampling_params(state.defaults, engine.window - len(ids), i) for i in range(req.n)]
-        except UsageError as exc:
-            raise ApiError(400, exc.detail or exc.summary) from None
+            work = req.to_engine_request(tok, state.defaults, engine.window, state.max_token_bytes)
+        except RequestError as exc:
+            raise ApiError(400, exc.message, param=exc.param, code=exc.code) from None
         try:
-            handle = engine.submit(ids, params)
+            handle = engine.submit(work.prompt, work.params)
         except Overloaded:
             raise ApiError(429, "the server is at capacity; retry shortly", "rate_limit_exceeded",
                            headers={"Retry-After": "1"}) from None
-        state.metrics.tokens_in += len(ids)
+        state.metrics.tokens_in += len(work.prompt)
         meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
                 "model": state.model_name}
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_sse(state, handle, meta, chat, include_usage, len(ids)),
+        if work.stream:
+            return StreamingResponse(_sse(state, handle, meta, chat, work.include_usage, len(work.prompt)),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        return await _collect(state, request, handle, meta, chat, len(ids))
+        return await _collect(state, request, handle, meta, chat, len(work.prompt))
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -263,10 +235,6 @@ def create_app(state: State) -> FastAPI:
     return app
 
 
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
 async def _events(state: State, handle: Handle) -> AsyncIterator[Any]:
     """A request's events until every choice has finished; cancels the request if abandoned."""
     deadline = handle.submitted_at + state.config.request_timeout_s
@@ -277,7 +245,7 @@ async def _events(state: State, handle: Handle) -> AsyncIterator[Any]:
         while remaining:
             timeout = deadline - time.monotonic()
             if timeout <= 0:
-                yield EngineError("the request timed out")
+                yield EngineError("the request timed out", kind="timeout")
                 return
             try:
                 item = await asyncio.wait_for(handle.queue.get(), timeout)
@@ -320,7 +288,7 @@ async def _collect(state: State, request: Request, handle: Handle, meta: dict[st
                 break
             if isinstance(ev, EngineError):
                 await events.aclose()
-                return JSONResponse(error_body(ev.message, "server_error"), 504 if "timed out" in ev.message else 500)
+                return JSONResponse(error_body(ev.message, "server_error"), 504 if ev.kind == "timeout" else 500)
             choice = ev.key[1]
             texts[choice] += ev.text
             counts[choice] += ev.token_id is not None
@@ -329,16 +297,16 @@ async def _collect(state: State, request: Request, handle: Handle, meta: dict[st
     finally:
         watcher.cancel()
     state.metrics.tokens_out += sum(counts)
+    usage = Usage.of(prompt_tokens, sum(counts))
+    body: ChatCompletionResponse | CompletionResponse
     if chat:
-        choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": r, "logprobs": None}
-                   for i, (t, r) in enumerate(zip(texts, reasons))]
-        body = {**meta, "object": "chat.completion", "choices": choices}
+        body = ChatCompletionResponse(**meta, usage=usage, choices=[
+            ChatChoice(index=i, message=AssistantMessage(content=t), finish_reason=r)
+            for i, (t, r) in enumerate(zip(texts, reasons))])
     else:
-        choices = [{"index": i, "text": t, "finish_reason": r, "logprobs": None}
-                   for i, (t, r) in enumerate(zip(texts, reasons))]
-        body = {**meta, "object": "text_completion", "choices": choices}
-    body["usage"] = _usage(prompt_tokens, sum(counts))
-    return JSONResponse(body)
+        body = CompletionResponse(**meta, usage=usage, choices=[
+            CompletionChoice(index=i, text=t, finish_reason=r) for i, (t, r) in enumerate(zip(texts, reasons))])
+    return JSONResponse(body.model_dump(mode="json"))
 
 
 async def _wait_disconnect(request: Request) -> None:
@@ -349,14 +317,14 @@ async def _wait_disconnect(request: Request) -> None:
 async def _sse(state: State, handle: Handle, meta: dict[str, Any], chat: bool, include_usage: bool,
                prompt_tokens: int) -> AsyncIterator[bytes]:
     """Server-sent events in OpenAI's chunk format; an engine failure ends with one error event."""
-    obj = "chat.completion.chunk" if chat else "text_completion"
     completion = 0
+    chunk_type = ChatCompletionChunk if chat else CompletionResponse
 
-    def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        return f"data: {json.dumps({**meta, 'object': obj, 'choices': choices, **extra})}\n\n".encode()
+    def chunk(choices: list[Any], usage: Usage | None = None) -> bytes:
+        return chunk_type(**meta, choices=choices, usage=usage).sse()
 
     if chat:
-        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+        yield chunk([ChatChunkChoice(index=i, delta={"role": "assistant", "content": ""}, finish_reason=None)
                      for i in range(len(handle.params))])
     events = _events(state, handle)
     try:
@@ -370,13 +338,13 @@ async def _sse(state: State, handle: Handle, meta: dict[str, Any], chat: bool, i
             choice = ev.key[1]
             finish = ev.finish_reason if ev.finish_reason != "cancelled" else "stop"
             if chat:
-                yield chunk([{"index": choice, "delta": {"content": ev.text} if ev.text else {},
-                              "finish_reason": finish}])
+                yield chunk([ChatChunkChoice(index=choice, delta={"content": ev.text} if ev.text else {},
+                                             finish_reason=finish)])
             else:
-                yield chunk([{"index": choice, "text": ev.text, "finish_reason": finish, "logprobs": None}])
+                yield chunk([CompletionChoice(index=choice, text=ev.text, finish_reason=finish)])
         state.metrics.tokens_out += completion
         if include_usage:
-            yield chunk([], usage=_usage(prompt_tokens, completion))
+            yield chunk([], usage=Usage.of(prompt_tokens, completion))
         yield b"data: [DONE]\n\n"
     finally:
         await events.aclose()

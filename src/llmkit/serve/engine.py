@@ -16,11 +16,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from llmkit.generate.batch import BatchDecoder, Event
 from llmkit.generate.sampling import SamplingParams
-from llmkit.train.faults import fault_point
+from llmkit.faults import fault_point
 
 log = logging.getLogger("llmkit.serve")
 
@@ -31,9 +31,13 @@ class Overloaded(Exception):
 
 @dataclass
 class EngineError:
-    """Delivered instead of an Event when the engine failed while decoding this request."""
+    """Delivered instead of an Event when this request could not be completed.
+
+    ``kind``: ``timeout`` (it ran past serve.request_timeout_s: a 504) or ``internal`` (the engine
+    failed while decoding it: a 500)."""
 
     message: str
+    kind: Literal["timeout", "internal"] = "internal"
 
 
 @dataclass

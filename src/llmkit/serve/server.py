@@ -19,6 +19,7 @@ from typing import Any
 
 from llmkit.config.schema import GenerateConfig, ServeConfig
 from llmkit.errors import ConfigError, EnvironmentProblem
+from llmkit.optional import require
 
 log = logging.getLogger("llmkit.serve")
 
@@ -153,8 +154,5 @@ def serve(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, se
 
 def ensure_serve_extra() -> None:
     """Fail with the install command when FastAPI/uvicorn are missing."""
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError:
-        raise EnvironmentProblem("llmkit serve needs FastAPI and uvicorn", "", "pip install 'llmkit[serve]'") from None
+    require("fastapi", "serve", "llmkit serve")
+    require("uvicorn", "serve", "llmkit serve")

@@ -10,6 +10,7 @@ Retention deletes old checkpoints only after a newer one has committed.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -17,12 +18,13 @@ import os
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llmkit.errors import RunFailure, UsageError
 from llmkit.fsutil import fsync_dir
-from llmkit.train.faults import fault_point
+from llmkit.faults import fault_point
 
 COMMITTED = "COMMITTED"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -31,6 +33,58 @@ FILES = ("model.safetensors", "optimizer.safetensors", "trainer_state.json", "rn
 
 class ChecksumError(UsageError):
     """A committed checkpoint's file does not match its recorded sha256."""
+
+
+@dataclass
+class TrainerState:
+    """Everything besides tensors and RNG that a resumed run needs (trainer_state.json)."""
+
+    step: int
+    """Optimizer steps done."""
+    tokens_seen: int
+    """Training tokens consumed (padding excluded)."""
+    train_time_s: float
+    """Seconds spent in training steps, over every session of the run."""
+    nonfinite_skipped: int
+    """Steps whose update was skipped for a NaN/inf (train.nonfinite: skip)."""
+    config: dict[str, Any]
+    """The resolved config the run trained with (compared on resume)."""
+    data: dict[str, Any]
+    """Fingerprint of the prepared data (compared on resume)."""
+    data_position: dict[str, Any]
+    """The batch provider's position, so no example is skipped or repeated."""
+    param_groups: list[dict[str, Any]]
+    """AdamW's param groups (hyper-parameters and parameter indices)."""
+    scaler: dict[str, Any] | None
+    """fp16 loss-scaler state (None unless train.precision is fp16)."""
+    llmkit_version: str
+    """The llmkit that wrote the checkpoint."""
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: Any, path: Path) -> TrainerState:
+        """The state of ``trainer_state.json``; a missing or unknown key is a clear error, not a default."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        keys = set(obj) if isinstance(obj, dict) else set()
+        if keys != names:
+            raise ChecksumError(f"{path} is not a trainer state this llmkit can resume",
+                                f"missing: {', '.join(sorted(names - keys)) or '-'}; "
+                                f"unknown: {', '.join(sorted(keys - names)) or '-'}",
+                                "resume with the llmkit version that wrote it, or start a new run")
+        return cls(**obj)
+
+
+@dataclass
+class Checkpoint:
+    """One verified checkpoint as read back."""
+
+    path: Path
+    tensors: dict[str, Any]
+    optimizer_tensors: dict[str, Any]
+    state: TrainerState
+    rng: dict[str, Any]
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -91,11 +145,12 @@ def _write_json(path: Path, obj: Any) -> None:
     _write(path, lambda p: p.write_text(json.dumps(obj, indent=2), encoding="utf-8"))
 
 
-def save_checkpoint(root: Path, step: int, tensors: dict[str, Any], optimizer_tensors: dict[str, Any],
-                    trainer_state: dict[str, Any], rng: dict[str, Any]) -> Path:
-    """Write one checkpoint atomically; returns its committed folder."""
+def save_checkpoint(root: Path, tensors: dict[str, Any], optimizer_tensors: dict[str, Any],
+                    trainer_state: TrainerState, rng: dict[str, Any]) -> Path:
+    """Write one checkpoint of ``trainer_state.step`` atomically; returns its committed folder."""
     from safetensors.torch import save_file
 
+    step = trainer_state.step
     root.mkdir(parents=True, exist_ok=True)
     final = step_dir(root, step)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
@@ -105,7 +160,7 @@ def save_checkpoint(root: Path, step: int, tensors: dict[str, Any], optimizer_te
         tmp.mkdir()
         _write(tmp / "model.safetensors", lambda p: save_file(tensors, str(p)))
         _write(tmp / "optimizer.safetensors", lambda p: save_file(optimizer_tensors, str(p)))
-        _write_json(tmp / "trainer_state.json", trainer_state)
+        _write_json(tmp / "trainer_state.json", trainer_state.to_json())
         _write_json(tmp / "rng.json", rng)
         _write_json(tmp / "checksums.json", {name: _sha256(tmp / name) for name in FILES})
         fsync_dir(tmp)
@@ -146,21 +201,23 @@ def verify(path: Path) -> None:
                                 "one will be used")
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Verified (model tensors, optimizer tensors, trainer state, rng) of one checkpoint."""
+def read_checkpoint(path: Path) -> Checkpoint:
+    """One checkpoint, verified against its checksums."""
     from safetensors.torch import load_file
 
     verify(path)
-    state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    state_file = path / "trainer_state.json"
+    state = TrainerState.from_json(json.loads(state_file.read_text(encoding="utf-8")), state_file)
     rng = json.loads((path / "rng.json").read_text(encoding="utf-8"))
-    return load_file(str(path / "model.safetensors")), load_file(str(path / "optimizer.safetensors")), state, rng
+    return Checkpoint(path, load_file(str(path / "model.safetensors")), load_file(str(path / "optimizer.safetensors")),
+                      state, rng)
 
 
-def newest_valid(root: Path, log: Callable[[str], None]) -> tuple[Path, tuple[Any, ...]] | None:
+def newest_valid(root: Path, log: Callable[[str], None]) -> Checkpoint | None:
     """The newest committed checkpoint that verifies, falling back (and saying so) past damaged ones."""
     for step, path in reversed(committed(root)):
         try:
-            return path, read_checkpoint(path)
+            return read_checkpoint(path)
         except ChecksumError as exc:
             log(f"warning: checkpoint step {step} is damaged ({exc.summary}); falling back to an older one")
     return None

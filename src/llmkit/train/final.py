@@ -9,24 +9,24 @@ from typing import Any
 
 from llmkit.config.schema import RunConfig
 from llmkit.fsutil import staged_dir
+from llmkit.rundir import RunDir
 
 
-def write_final(cfg: RunConfig, run: Path, model: Any, log: Any) -> Path:
+def write_final(cfg: RunConfig, run: RunDir, model: Any, log: Any) -> Path:
     """Write run/final atomically: config, safetensors, tokenizer, generation_config."""
     from transformers import GenerationConfig
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
 
-    out = run / "final"
+    out = run.final
     with staged_dir(out) as tmp:
         if cfg.model.lora.enabled:
             model.save_pretrained(str(tmp / "adapter"))  # the standard PEFT adapter directory
             model = model.merge_and_unload()
         model.config.use_cache = True
         model.save_pretrained(str(tmp), safe_serialization=True)
-        tok_dir = run / "tokenizer"
-        for f in tok_dir.iterdir():
+        for f in run.tokenizer.iterdir():
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
         g = cfg.generate

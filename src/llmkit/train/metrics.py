@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from llmkit.errors import EnvironmentProblem
+from llmkit.optional import require
 
 
 class MetricsWriter:
@@ -23,11 +23,9 @@ class MetricsWriter:
         self._fh = open(path, "a", encoding="utf-8")
         self._tb = None
         if tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise EnvironmentProblem("train.tensorboard needs the tensorboard package", "",
-                                         "pip install 'llmkit[tensorboard]', or set train.tensorboard: false") from None
+            require("tensorboard", "tensorboard", "train.tensorboard", "or set train.tensorboard: false")
+            from torch.utils.tensorboard import SummaryWriter
+
             self._tb = SummaryWriter(str(tensorboard_dir))
 
     def write(self, record: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""Everything the loop needs before step 1: device, precision, model, and the state to resume.
+"""Everything the loop needs before step 1: micro-batch, step budget, and the state to resume.
 
 The loop itself (loop.py) stays a readable top-to-bottom story; the decisions live here.
 """
@@ -6,15 +6,14 @@ The loop itself (loop.py) stays a readable top-to-bottom story; the decisions li
 from __future__ import annotations
 
 import base64
-import contextlib
+import math
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from llmkit.config.schema import RunConfig
-from llmkit.errors import ConfigError, EnvironmentProblem, UsageError
+from llmkit.config.schema import RunConfig, TrainConfig
+from llmkit.errors import UsageError
 
 # Keys that may differ between a checkpoint's config and the resuming config: they change how
 # the run is watched or where it runs, not what it computes.
@@ -25,89 +24,30 @@ RESUME_SAFE_PREFIXES = (
 )
 
 
-def resolve_device(name: str) -> Any:
-    """``auto`` picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise EnvironmentProblem("train.device is cuda but torch sees no CUDA GPU",
-                                 "the installed torch is a CPU build, or the driver is missing",
-                                 "run `llmkit doctor` for the exact fix, or set train.device: auto")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise EnvironmentProblem("train.device is mps but MPS is not available", "", "set train.device: auto")
-    return torch.device(name)
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AVX-512 BF16 or AMX: bf16 matmuls run about twice as fast as fp32 on this CPU."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
-
-
-def resolve_precision(requested: str, device: Any) -> str:
-    """``auto``: bf16 where the CPU/GPU runs it fast, fp16 on older GPUs, else fp32."""
-    import torch
-
-    if requested != "auto":
-        if requested == "fp16" and device.type != "cuda":
-            raise ConfigError("train.precision fp16 needs a CUDA GPU", "fp16 loss scaling is a GPU technique",
-                              "use bf16 or fp32 on this device")
-        return requested
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu":
-        return "bf16" if cpu_has_fast_bf16() else "fp32"
-    return "fp32"
-
-
-def autocast(device: Any, precision: str) -> Any:
-    """The autocast context of a precision (fp32: none)."""
-    import torch
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def memory_budget_bytes(device: Any) -> int:
-    """Memory a run may plan to use: 90% of a GPU, 80% of the RAM available now on a CPU."""
-    import torch
-
-    if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).total_memory * 0.9)
-    import psutil
-
-    return int(psutil.virtual_memory().available * 0.8)
-
-
 def micro_batch(cfg: RunConfig, device: Any, precision: str, log: Any = print) -> int:
-    """The configured micro-batch, or with ``auto`` the largest divisor of the global batch that the
-    memory plan says fits; warns before step 1 when the plan says even the chosen one will not fit."""
-    from llmkit.plan.memory import training_memory
+    """The micro-batch to train with (``llmkit.plan.memory.resolve_micro_batch``: the configured one,
+    or for ``auto`` the largest the memory plan says fits); warns before step 1 when the plan says
+    the chosen one will not fit."""
+    from llmkit.plan.memory import micro_batch_for_device
 
-    kind = "cpu" if device.type == "cpu" else "gpu"
-    budget = memory_budget_bytes(device)
-
-    def peak(mb: int) -> int:
-        return training_memory(cfg, mb, precision, device_kind=kind).peak_bytes
-
-    mb = cfg.train.micro_batch_size
-    if mb == "auto":
-        divisors = [d for d in range(1, cfg.train.global_batch_size + 1) if cfg.train.global_batch_size % d == 0]
-        fitting = [d for d in divisors if peak(d) <= budget]
-        mb = max(fitting) if fitting else 1
-        log(f"micro_batch_size auto -> {mb} (planned peak {peak(mb) / 1e9:.2f} GB of {budget / 1e9:.1f} GB)")
-    if peak(mb) > budget:
-        log(f"warning: the memory plan says micro-batch {mb} needs {peak(mb) / 1e9:.1f} GB but about "
+    mb, peak, budget = micro_batch_for_device(cfg, device, precision)
+    if cfg.train.micro_batch_size == "auto":
+        log(f"micro_batch_size auto -> {mb} (planned peak {peak / 1e9:.2f} GB of {budget / 1e9:.1f} GB)")
+    if peak > budget:
+        log(f"warning: the memory plan says micro-batch {mb} needs {peak / 1e9:.1f} GB but about "
             f"{budget / 1e9:.1f} GB is available: expect an out-of-memory error (see `llmkit plan`; try a smaller "
             "train.micro_batch_size, gradient checkpointing or LoRA)")
     return mb
+
+
+def total_steps(tc: TrainConfig) -> int | None:
+    """Optimizer steps the run will take: max_steps, else max_tokens over the tokens per step (None:
+    only a time limit ends the run)."""
+    if tc.max_steps is not None:
+        return tc.max_steps
+    if tc.max_tokens is not None:
+        return math.ceil(tc.max_tokens / (tc.global_batch_size * tc.sequence_length_tokens))
+    return None
 
 
 # --- state (de)serialization -------------------------------------------------------------------

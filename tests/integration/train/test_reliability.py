@@ -15,7 +15,7 @@ import pytest
 from llmkit.config.load import load_config
 from llmkit.errors import RunFailure, UsageError
 from llmkit.train import checkpoint as ckpt
-from llmkit.train import faults
+from llmkit import faults
 from llmkit.train.loop import train
 
 from .helpers import llmkit, losses, make_run, same_tensors, tensors

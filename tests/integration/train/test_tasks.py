@@ -43,7 +43,7 @@ def test_pretrain_lowers_validation_perplexity(tmp_path: Path, architecture: str
     model = {"architecture": architecture, "num_key_value_heads": None if architecture == "gpt2" else 1}
     cfg = make_run(tmp_path, model=model, train={"max_steps": 100, "eval_every_steps": 100})
     result = run(cfg)
-    assert result.eval["val_ppl"] < 512 / 2  # untrained: about the vocabulary size (512)
+    assert result.eval.val_ppl < 512 / 2  # untrained: about the vocabulary size (512)
     curve = losses(result.run_dir)
     assert curve[1] > 6.0 and curve[100] < curve[1] - 0.8  # from ln(512) = 6.24 nats
     final = result.run_dir / "final"
@@ -104,7 +104,7 @@ def test_classification_learns_a_rule(tmp_path: Path) -> None:
                                     "learning_rate": 0.01, "global_batch_size": 8, "micro_batch_size": 8},
                    data={"classify_path": str(f), "val_fraction": 0.1})
     result = run(cfg)
-    assert result.eval["val_accuracy"] >= 0.9
+    assert result.eval.val_accuracy >= 0.9
     clf = AutoModelForSequenceClassification.from_pretrained(str(result.run_dir / "final"))
     assert clf.config.num_labels == 2 and clf.config.id2label[1] == "pos"
 
@@ -190,7 +190,7 @@ def test_cli_train_end_to_end(tmp_path: Path) -> None:
 def test_sft_packing_keeps_masks_and_fills_rows(tmp_path: Path, pretrained: Path) -> None:
     from llmkit.config.load import load_config as load
     from llmkit.data.sft import IGNORE_INDEX
-    from llmkit.train.batches import SftBatches
+    from llmkit.data.batches import SftBatches
 
     cfg_path = make_run(tmp_path, train={"task": "sft"}, model={"from_pretrained": str(pretrained)},
                         tokenizer={"kind": "pretrained", "path": str(pretrained)},

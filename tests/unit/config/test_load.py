@@ -107,7 +107,8 @@ def test_deep_nesting_is_a_config_error(tmp_path: Path) -> None:
 
 def test_overrides_are_typed_and_validated(tmp_path: Path) -> None:
     p = write(tmp_path, "name: x\n")
-    cfg = load_config(p, ["train.max_steps=7", "model.lora.enabled=true", "eval.sample_prompts=[a, b]"], environ={})
+    cfg = load_config(p, ["train.max_steps=7", "model.lora.enabled=true", "model.from_pretrained=base",
+                          "eval.sample_prompts=[a, b]"], environ={})
     assert cfg.train.max_steps == 7 and cfg.model.lora.enabled is True
     assert cfg.eval.sample_prompts == ["a", "b"]
     with pytest.raises(ConfigProblems, match="did you mean: max_steps"):

@@ -98,7 +98,7 @@ def test_missing_required_package_fails_with_command() -> None:
 
 def test_config_needing_a_missing_extra_fails() -> None:
     real = make_sources().dist_version
-    cfg = RunConfig.model_validate({"name": "l", "model": {"lora": {"enabled": True}}})
+    cfg = RunConfig.model_validate({"name": "l", "model": {"from_pretrained": "base", "lora": {"enabled": True}}})
     r = doctor(cfg, torch=torch_build(), dist_version=lambda n: None if n == "peft" else real(n))
     e = r.by_id("extras")
     assert e.status == "fail" and e.fix == "pip install 'llmkit[lora]'"

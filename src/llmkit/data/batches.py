@@ -21,6 +21,7 @@ from llmkit.data.samplers import ExampleSampler, WindowSampler, eval_windows
 from llmkit.data.sft import collate_padded
 from llmkit.data.shards import open_tokens, read_meta
 from llmkit.errors import UsageError
+from llmkit.rundir import RunDir
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -34,7 +35,7 @@ class PretrainBatches:
     """Random windows of the token shards; eval on fixed, evenly spaced validation windows."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, micro: int):
-        data = run_dir / "data"
+        data = RunDir(run_dir).data
         meta = read_meta(data)
         self.vocab_size, self.eos_id, self.pad_id = meta.vocab_size, meta.eos_id, None
         self.num_labels, self.id2label = None, None
@@ -73,7 +74,7 @@ class _ExampleBatches:
     sub = ""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, micro: int):
-        out = run_dir / "data" / self.sub
+        out = RunDir(run_dir).task_data(self.sub)
         self.meta = _read_json(out / "meta.json", f"{self.sub} data")
         self.vocab_size, self.pad_id = int(self.meta["vocab_size"]), int(self.meta["pad_id"])
         self.train = read_ragged(out, "train", self.meta["dtype"], with_mask=self.sub == "sft")
@@ -159,7 +160,7 @@ class ClassifyBatches(_ExampleBatches):
 
     def __init__(self, cfg: RunConfig, run_dir: Path, micro: int):
         super().__init__(cfg, run_dir, micro)
-        out = run_dir / "data" / "classify"
+        out = RunDir(run_dir).task_data("classify")
         self.labels = {s: np.load(out / f"{s}.labels.npy", allow_pickle=False) for s in ("train", "val")}
         label_map = _read_json(out / "labels.json", "label map")
         self.num_labels = len(label_map)

@@ -1,0 +1,47 @@
+"""Values the config implies but does not spell out: the MLP width, the vocabulary, LoRA targets.
+
+Pure functions of the validated config, shared by the model builder, plan and doctor, so each
+rule has one owner.
+"""
+
+from __future__ import annotations
+
+from llmkit.config.schema import LORA_LINEAR_MODULES, LoraConfig, ModelConfig, RunConfig
+
+
+def intermediate_size(model: ModelConfig) -> int:
+    """The MLP width: explicit, or derived (gpt2: 4x hidden; llama: 8/3x hidden, rounded up to 64)."""
+    if model.intermediate_size is not None:
+        return model.intermediate_size
+    if model.architecture == "gpt2":
+        return 4 * model.hidden_size
+    return -(-(8 * model.hidden_size // 3) // 64) * 64
+
+
+def vocab_size(config: RunConfig) -> int:
+    """Embedding rows: the model's own setting, else the tokenizer's vocabulary size."""
+    return config.model.vocab_size or config.tokenizer.vocab_size
+
+
+def lora_targets(lora: LoraConfig, architecture: str) -> list[str]:
+    """The module names LoRA adapts: ``lora.target_modules``, or every linear projection of the
+    architecture's blocks (attention and MLP)."""
+    return list(lora.target_modules or LORA_LINEAR_MODULES[architecture])
+
+
+def linear_shapes(model: ModelConfig) -> dict[str, list[tuple[int, int]]]:
+    """(in, out) features of each linear projection of one block, by module name (a name can
+    stand for several modules: GPT-2's ``c_proj`` is both the attention output and the MLP down)."""
+    h, inter = model.hidden_size, intermediate_size(model)
+    if model.architecture == "gpt2":
+        return {"c_attn": [(h, 3 * h)], "c_proj": [(h, h), (inter, h)], "c_fc": [(h, inter)]}
+    kv = (model.num_key_value_heads or model.num_attention_heads) * (h // model.num_attention_heads)
+    return {"q_proj": [(h, h)], "k_proj": [(h, kv)], "v_proj": [(h, kv)], "o_proj": [(h, h)],
+            "gate_proj": [(h, inter)], "up_proj": [(h, inter)], "down_proj": [(inter, h)]}
+
+
+def lora_parameters(model: ModelConfig) -> int:
+    """Adapter parameters LoRA adds: r x (in + out) for every adapted projection of every block."""
+    shapes = linear_shapes(model)
+    per_layer = sum(model.lora.r * (i + o) for name in lora_targets(model.lora, model.architecture) for i, o in shapes[name])
+    return per_layer * model.num_hidden_layers

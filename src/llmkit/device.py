@@ -1,0 +1,103 @@
+"""The device and precision policy: which device a stage runs on, and whether it uses bf16.
+
+One owner for each rule, used by doctor, plan, train, generate and serve:
+
+- :func:`cpu_has_fast_bf16` decides from the CPU's feature flags whether bf16 autocast pays off
+  (doctor reports that verdict; ``train.precision: auto`` acts on it);
+- :func:`resolve_precision` maps ``auto`` to bf16 / fp16 / fp32 for a device;
+- :func:`torch_dtype` maps a precision to its torch dtype (the only such table).
+
+torch is imported inside the functions that need it: doctor uses this module on machines
+where torch is not installed yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from llmkit.errors import ConfigError, EnvironmentProblem
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+# x86: AVX-512 BF16 (Cooper Lake, Zen 4+) or AMX (Sapphire Rapids+) run bf16 matmuls natively, about
+# 2x (AVX-512) to 8x (AMX) fp32. arm64: the "bf16" feature (Armv8.6 BF16, e.g. Neoverse V1/V2) gives
+# oneDNN / ACL bf16 matmul kernels of about twice the fp32 rate. Anything else emulates bf16 and is
+# slower than fp32.
+CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The feature flags of a /proc/cpuinfo text (x86 ``flags`` or arm64 ``Features``)."""
+    line = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", cpuinfo, re.M)
+    return set(line.group(1).split()) if line else set()
+
+
+def cpu_has_fast_bf16(flags: set[str] | None = None) -> bool:
+    """Whether bf16 autocast is faster than fp32 on this CPU (``flags``: default, read /proc/cpuinfo)."""
+    if flags is None:
+        try:
+            flags = cpu_flags(Path("/proc/cpuinfo").read_text(errors="replace"))
+        except OSError:
+            return False
+    return bool(flags & CPU_BF16_FLAGS)
+
+
+def resolve_device(name: str) -> Any:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EnvironmentProblem("train.device is cuda but torch sees no CUDA GPU",
+                                 "the installed torch is a CPU build, or the driver is missing",
+                                 "run `llmkit doctor` for the exact fix, or set train.device: auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise EnvironmentProblem("train.device is mps but MPS is not available", "", "set train.device: auto")
+    return torch.device(name)
+
+
+def resolve_precision(requested: str, device: Any) -> Precision:
+    """``auto``: bf16 where the CPU/GPU runs it fast, fp16 on older GPUs, else fp32."""
+    import torch
+
+    if requested != "auto":
+        if requested == "fp16" and device.type != "cuda":
+            raise ConfigError("train.precision fp16 needs a CUDA GPU", "fp16 loss scaling is a GPU technique",
+                              "use bf16 or fp32 on this device")
+        return requested  # type: ignore[return-value]
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return "fp32"
+
+
+def torch_dtype(precision: str) -> Any:
+    """The torch dtype of a precision name (``fp32``, ``bf16``, ``fp16``)."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: Any, precision: str) -> Any:
+    """The autocast context of a precision (fp32: none)."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch_dtype(precision))
+
+
+def memory_budget_bytes(device: Any) -> int:
+    """Memory a run may plan to use: 90% of a GPU, 80% of the RAM available now on a CPU."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory * 0.9)
+    import psutil
+
+    return int(psutil.virtual_memory().available * 0.8)

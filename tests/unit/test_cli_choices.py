@@ -1,0 +1,35 @@
+"""The CLI's choice lists equal the values the owning modules accept, and --help shows them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import get_args
+
+from llmkit.cli import options
+from llmkit.config.schema import PlanConfig, ServeConfig
+from llmkit.export.gguf import QUANTS
+from llmkit.export.hf import DTYPES
+
+
+def _values(enum: type) -> tuple[str, ...]:
+    return tuple(m.value for m in enum)
+
+
+def test_choices_equal_their_owners() -> None:
+    assert _values(options.ExportDtype) == DTYPES
+    assert _values(options.GgufQuant) == QUANTS
+    assert _values(options.Cloud) == get_args(PlanConfig.model_fields["cloud"].annotation)
+    assert _values(options.ServeEngine) == get_args(ServeConfig.model_fields["engine"].annotation)
+
+
+def test_help_lists_allowed_values_and_completion() -> None:
+    def help_of(*cmd: str) -> str:
+        return subprocess.run([sys.executable, "-m", "llmkit", *cmd, "--help"], capture_output=True, text=True,
+                              check=True).stdout
+
+    assert "hf|gguf" in help_of("export") and "f32|f16|q8_0" in help_of("export")
+    assert "any|aws|gcp|azure|lambda|runpod" in help_of("plan")
+    assert "llmkit|vllm" in help_of("serve")
+    assert "auto|never|PATH" in help_of("train")
+    assert "--install-completion" in help_of()
