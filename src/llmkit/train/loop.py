@@ -86,14 +86,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: str = "auto
     found = _find_resume(run.checkpoints, resume, log)
     if found is not None:
         _check_resumable(found, state, allow_config_change)
-        setup.load_trainable(model, found.tensors)
-        setup.load_optimizer(optimizer, found.optimizer_tensors, found.state.param_groups)
-        data.load_state_dict(found.state.data_position)
-        setup.set_rng_state(found.rng)
-        if scaler is not None and found.state.scaler is not None:
-            scaler.load_state_dict(found.state.scaler)
-        state.step, state.tokens_seen = found.state.step, found.state.tokens_seen
-        state.train_time_s, state.nonfinite_skipped = found.state.train_time_s, found.state.nonfinite_skipped
+        _restore(found, model, optimizer, data, scaler, state)
         log(f"resumed from {found.path} (step {state.step})")
     else:
         torch.manual_seed(tc.seed)
@@ -137,19 +130,8 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: str = "auto
             lr = lr_at(state.step, tc, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum, step_tokens = 0.0, 0
-            for _ in range(accum):
-                np_batch = data.next_micro_batch()
-                batch = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in np_batch.items()}
-                with autocast(device, precision):
-                    loss = compute_loss(model, batch, classify)[0]
-                if nan_loss_at(state.step + 1):
-                    loss = loss * float("nan")
-                scaled = loss / accum
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                loss_sum += float(loss.detach())
-                mask = np_batch.get("attention_mask")
-                step_tokens += int(mask.sum()) if mask is not None else int(np_batch["input_ids"].size)
+            loss_sum, step_tokens = _accumulate_gradients(model, data, accum, device, precision, classify, scaler,
+                                                          state.step + 1)
             fault_point("step")
             if scaler is not None:
                 scaler.unscale_(optimizer)
@@ -189,6 +171,40 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: str = "auto
     if reason == "signal":
         log(f"stopped by {signals.received.name} after step {state.step}; checkpoint saved; resume with --resume auto")
     return TrainResult(run.root, state.step, reason, exit_code, last_loss, last_eval)
+
+
+def _accumulate_gradients(model: Any, data: Any, accum: int, device: Any, precision: str, classify: bool,
+                          scaler: Any, step: int) -> tuple[float, int]:
+    """Forward and backward over ``accum`` micro-batches, gradients summed as the mean over them;
+    returns (the sum of their losses, the tokens they held, padding excluded)."""
+    import torch
+
+    loss_sum, tokens = 0.0, 0
+    for _ in range(accum):
+        np_batch = data.next_micro_batch()
+        batch = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in np_batch.items()}
+        with autocast(device, precision):
+            loss = compute_loss(model, batch, classify)[0]
+        if nan_loss_at(step):
+            loss = loss * float("nan")
+        scaled = loss / accum
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        loss_sum += float(loss.detach())
+        mask = np_batch.get("attention_mask")
+        tokens += int(mask.sum()) if mask is not None else int(np_batch["input_ids"].size)
+    return loss_sum, tokens
+
+
+def _restore(found: ckpt.Checkpoint, model: Any, optimizer: Any, data: Any, scaler: Any, state: TrainerState) -> None:
+    """Load a checkpoint into the model, optimizer, data position, RNGs, loss scaler and counters."""
+    setup.load_trainable(model, found.tensors)
+    setup.load_optimizer(optimizer, found.optimizer_tensors, found.state.param_groups)
+    data.load_state_dict(found.state.data_position)
+    setup.set_rng_state(found.rng)
+    if scaler is not None and found.state.scaler is not None:
+        scaler.load_state_dict(found.state.scaler)
+    state.step, state.tokens_seen = found.state.step, found.state.tokens_seen
+    state.train_time_s, state.nonfinite_skipped = found.state.train_time_s, found.state.nonfinite_skipped
 
 
 def _budget_spent(tc: TrainConfig, state: TrainerState, total_steps: int | None) -> bool:
