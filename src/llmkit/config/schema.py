@@ -64,7 +64,7 @@ class LoraConfig(Section):
     gpt2: c_attn c_proj c_fc); null adapts all of them."""
     base_bits: Literal[4, 8, 16, 32] = 32
     """Precision of the frozen base weights. Only 32 (fp32, as the loop keeps every weight) is
-    implemented: a 16-bit or quantized (4/8, QLoRA-style) base is refused."""
+    built; a 16-bit or quantized (4/8, QLoRA-style) base is refused."""
 
     @field_validator("base_bits")
     @classmethod
@@ -248,8 +248,8 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     distributed: Literal["auto", "ddp", "fsdp"] = "auto"
-    """Multi-process training under torchrun (ddp replicates the model, fsdp shards it). Not
-    implemented yet: only auto (one process, one device) is accepted."""
+    """Multi-process training under torchrun (ddp replicates the model, fsdp shards it). Only auto
+    (one process, one device) is accepted: ddp and fsdp are not built yet."""
     eval_every_steps: int = Field(100, gt=0)
     """Evaluate on the validation set every this many steps."""
     eval_batches: int = Field(20, gt=0)
