@@ -10,6 +10,9 @@ injects one fault so the tests can prove what a real crash would do:
 - ``step:sleep=S``  sleep S seconds inside every optimizer step (to signal from outside mid-step);
 - ``engine:raise@N`` raise RuntimeError at the server engine's N-th decode step;
 - ``engine:sleep=S`` sleep S seconds at every engine decode step (to keep requests in flight).
+
+Under torchrun a fault fires only in the workers' first attempt (a restarted group runs clean),
+and, with ``LLMKIT_FAULT_RANK=R``, only on global rank R.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import signal
 import time
 
 _spec = os.environ.get("LLMKIT_FAULT", "")
+if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" or \
+        os.environ.get("LLMKIT_FAULT_RANK", os.environ.get("RANK", "0")) != os.environ.get("RANK", "0"):
+    _spec = ""
 _site, _, _rule = _spec.partition(":")
 _hits: dict[str, int] = {}
 

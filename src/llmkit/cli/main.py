@@ -6,6 +6,7 @@ Commands import their heavy dependencies (torch, transformers) inside their bodi
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 
@@ -50,6 +51,20 @@ def _root(
     _state["debug"] = debug
 
 
+def _lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because a peer process went away."""
+    text = str(exc)
+    return type(exc).__name__.startswith("Dist") or any(
+        marker in text for marker in ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                                      "NCCL communicator was aborted"))
+
+
+def _worker_prints(rendered: str) -> bool:
+    from llmkit.train.elastic import report_worker_error
+
+    return report_worker_error(rendered)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; an LlmkitError becomes its message on stderr and its exit code."""
     try:
@@ -57,8 +72,18 @@ def main(argv: list[str] | None = None) -> None:
     except LlmkitError as exc:
         if _state["debug"] or "--debug" in (argv or sys.argv):
             traceback.print_exc()
-        sys.stderr.write(exc.render() + "\n")
+        if "TORCHELASTIC_ERROR_FILE" not in os.environ or _worker_prints(exc.render()):
+            sys.stderr.write(exc.render() + "\n")
         sys.exit(exc.exit_code)
+    except RuntimeError as exc:
+        if "TORCHELASTIC_ERROR_FILE" not in os.environ or _state["debug"] or not _lost_peer(exc):
+            raise
+        # another rank died (torchrun's agent reports which, and stops the group): one line, not a traceback
+        from llmkit.train.elastic import LOST_PEER, report_worker_error
+
+        report_worker_error(LOST_PEER)
+        sys.stderr.write(f"[rank {os.environ.get('RANK')}] stopped: {LOST_PEER}\n")
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)

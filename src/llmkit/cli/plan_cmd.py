@@ -85,9 +85,14 @@ def plan(
             typer.echo(f"nothing meets the limits; nearest: {near.num_devices} x {near.device}, {near.hours:.2f} h, "
                        f"${near.cost_usd:,.0f}" + (f" (budget ${p.budget_usd:,.0f})" if p.budget_usd else "")
                        + (f" (deadline {p.deadline_hours} h)" if p.deadline_hours else ""))
-    if any(c.num_devices > 1 for c in result.candidates[:top]):
-        typer.echo("note: rows with n > 1 plan data-parallel / FSDP training, which `llmkit train` cannot run yet "
-                   "(it trains in one process on one device; train.distributed is not implemented)")
+    multi = [c for c in result.candidates[:top] if c.num_devices > 1]
+    if multi:
+        c = multi[0]
+        nodes, per_node = (c.num_devices + 7) // 8, min(c.num_devices, 8)
+        how = (f"llmkit train --config {config} --nproc-per-node {per_node}"
+               + (f" --nnodes {nodes} --node-rank <0..{nodes - 1}> --rdzv-endpoint <first node>:29400" if nodes > 1 else ""))
+        typer.echo(f"rows with n > 1 train with torchrun ({'FSDP' if c.sharded else 'DDP'} for {c.num_devices} x "
+                   f"{c.device}, as train.distributed: {cfg.train.distributed} decides): {how}")
     if result.suggestions:
         where = f"{p.num_devices} device(s)" if p.num_devices else "any device count"
         typer.echo(f"nothing fits on {where}{'' if p.sharding else ' without sharding'}: every candidate needs more "

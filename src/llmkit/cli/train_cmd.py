@@ -1,7 +1,8 @@
-"""`llmkit train`: the one loop, resumable."""
+"""`llmkit train`: the one loop, resumable; many processes through torchrun's elastic agent."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -24,13 +25,58 @@ def train(
                                              help="Resume even though the config changed (prints the diff)."),
     stop_at_step: int = typer.Option(None, "--stop-at-step", min=1,
                                      help="Checkpoint and stop after this step (resume later to continue)."),
+    nproc_per_node: int = typer.Option(None, "--nproc-per-node", min=1,
+                                       help="Train with this many processes on this node, under torchrun's "
+                                            "elastic agent (one per GPU; on a CPU each gets cores / N threads)."),
+    nnodes: int = typer.Option(1, "--nnodes", min=1, help="Nodes in the job (with --nproc-per-node)."),
+    node_rank: int = typer.Option(None, "--node-rank", min=0, help="This node's rank (multi-node jobs)."),
+    rdzv_endpoint: str = typer.Option(None, "--rdzv-endpoint", metavar="HOST:PORT",
+                                      help="Where the nodes meet (c10d rendezvous; the same on every node)."),
+    max_restarts: int = typer.Option(0, "--max-restarts", min=0,
+                                     help="Restart the workers this often after a failure; each restart "
+                                          "resumes from the newest checkpoint."),
 ) -> None:
     """Train (pretrain, SFT, LoRA or classification) as the config says; resumes by default."""
     from llmkit.config.load import load_config
-    from llmkit.train.loop import train as run_train
+    from llmkit.errors import UsageError
+    from llmkit.train import distributed
 
     cfg = load_config(config, overrides)
+    launcher = nproc_per_node is not None
+    if not launcher and (nnodes != 1 or node_rank is not None or rdzv_endpoint or max_restarts):
+        raise UsageError("--nnodes, --node-rank, --rdzv-endpoint and --max-restarts need --nproc-per-node",
+                         "they configure torchrun's agent, which --nproc-per-node starts",
+                         "add --nproc-per-node N (processes on this node)")
+    if launcher and distributed.under_torchrun():
+        raise UsageError("--nproc-per-node was given to a process that torchrun started",
+                         "the processes would each start N more", "drop --nproc-per-node when you use torchrun")
+    if launcher:
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # c10d's store chatter when a peer leaves
+        from llmkit.device import resolve_device
+        from llmkit.train.elastic import run_agent, torchrun_args
+
+        worker = ["train", "--config", str(config), "--resume", resume, *[a for o in overrides for a in ("--set", o)]]
+        if run_dir is not None:
+            worker += ["--run-dir", str(run_dir)]
+        if allow_config_change:
+            worker.append("--allow-config-change")
+        if stop_at_step is not None:
+            worker += ["--stop-at-step", str(stop_at_step)]
+        from llmkit.train.setup import check_split
+
+        if isinstance(cfg.train.micro_batch_size, int):  # fail here, before starting any worker
+            check_split(cfg.train.global_batch_size, cfg.train.micro_batch_size, nproc_per_node * nnodes)
+        args = torchrun_args(nproc_per_node, nnodes, node_rank, rdzv_endpoint, max_restarts, cfg.name, worker)
+        code = run_agent(args, resolve_device(cfg.train.device).type == "cpu", nproc_per_node, typer.echo)
+        if code == 0:
+            typer.echo(f"torchrun: all {nproc_per_node * nnodes} processes finished")
+        raise typer.Exit(code)
+
+    from llmkit.train.loop import train as run_train
+
     result = run_train(cfg, run_dir, resume, allow_config_change, stop_at_step, log=typer.echo)
+    if distributed.under_torchrun() and os.environ.get("RANK", "0") != "0":
+        raise typer.Exit(result.exit_code)  # rank 0 reports
     summary = ", ".join(f"{k} {v:.4g}" for k, v in (result.eval.metrics() if result.eval else {}).items())
     if result.reason == "completed":
         typer.echo(f"done at step {result.step}: {summary}; model in {result.run_dir / 'final'}")

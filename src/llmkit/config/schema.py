@@ -248,8 +248,10 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     distributed: Literal["auto", "ddp", "fsdp"] = "auto"
-    """Multi-process training under torchrun (ddp replicates the model, fsdp shards it). Only auto
-    (one process, one device) is accepted: ddp and fsdp are not built yet."""
+    """How many processes share the model (`llmkit train --nproc-per-node N`, or torchrun). ddp:
+    each holds all of it; fsdp: FSDP2 shards it per transformer block (bf16 compute, fp32
+    gradient reduction under bf16). auto: one plain process without torchrun; under torchrun, ddp
+    when weights, gradients and AdamW state fit one device by the memory plan, else fsdp."""
     eval_every_steps: int = Field(100, gt=0)
     """Evaluate on the validation set every this many steps."""
     eval_batches: int = Field(20, gt=0)
@@ -287,13 +289,6 @@ class TrainConfig(Section):
             raise ValueError(f"torch.compile is {NOT_YET}: set compile: false (or leave it out)")
         return value
 
-    @field_validator("distributed")
-    @classmethod
-    def _distributed_implemented(cls, value: str) -> str:
-        if value != "auto":
-            raise ValueError(f"multi-process training ({value}) is {NOT_YET}: llmkit trains in one process on "
-                             "one device; set distributed: auto (or leave it out)")
-        return value
 
 
 def _largest_divisor_at_most(n: int, limit: int) -> int:

@@ -4,6 +4,11 @@ Every task gives the loop the same thing: ``next_micro_batch()`` returning numpy
 (``input_ids`` and ``labels``, already aligned: ``labels[:, t]`` is the target of position t,
 ``-100`` where no loss is taken; classification labels are (B,)), plus ``eval_batches()``,
 ``state_dict()`` / ``load_state_dict()`` and a ``fingerprint`` of the data for resume checks.
+
+Many ranks: a global batch is cut into chunks of one micro-batch; micro-batch k of rank r is chunk
+``k * world + r``. Every rank walks the same stream of examples (skipping the others' chunks), so
+the examples of a step, and the saved position, are the same for any world size; with one rank
+the order is the stream's own.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 class PretrainBatches:
     """Random windows of the token shards; eval on fixed, evenly spaced validation windows."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, micro: int):
+    def __init__(self, cfg: RunConfig, run_dir: Path, micro: int, rank: int = 0, world: int = 1):
         data = RunDir(run_dir).data
         meta = read_meta(data)
         self.vocab_size, self.eos_id, self.pad_id = meta.vocab_size, meta.eos_id, None
@@ -46,13 +51,14 @@ class PretrainBatches:
         if len(train) < micro * (seq + 1):
             raise UsageError(f"the training data ({len(train):,} tokens) is smaller than one micro-batch "
                              f"({micro} x {seq + 1} tokens)", "", "add data, or lower the batch or sequence length")
-        self.sampler = WindowSampler(train, seq, micro, cfg.train.seed)
+        self.sampler = WindowSampler(train, seq, cfg.train.global_batch_size, cfg.train.seed)
         self._val = open_tokens(data, "val")
         self._eval_count = cfg.train.eval_batches * micro
-        self.micro, self.seq = micro, seq
+        self.micro, self.seq, self.rank, self.world = micro, seq, rank, world
 
     def next_micro_batch(self) -> dict[str, np.ndarray]:
-        x, y = self.sampler.next_batch()
+        m = self.micro
+        x, y = self.sampler.next_batch(m, skip_before=self.rank * m, skip_after=(self.world - 1 - self.rank) * m)
         return {"input_ids": x, "labels": y}
 
     def eval_batches(self) -> list[dict[str, np.ndarray]]:
@@ -65,6 +71,8 @@ class PretrainBatches:
         return self.sampler.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("kind") == "windows" and "rank" in state:  # llmkit <= 0.x: counted micro-batches
+            state = {"kind": "windows", "seed": state["seed"], "position": int(state["position"]) * self.micro}
         self.sampler.load_state_dict(state)
 
 
@@ -73,7 +81,7 @@ class _ExampleBatches:
 
     sub = ""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, micro: int):
+    def __init__(self, cfg: RunConfig, run_dir: Path, micro: int, rank: int = 0, world: int = 1):
         out = RunDir(run_dir).task_data(self.sub)
         self.meta = _read_json(out / "meta.json", f"{self.sub} data")
         self.vocab_size, self.pad_id = int(self.meta["vocab_size"]), int(self.meta["pad_id"])
@@ -83,11 +91,18 @@ class _ExampleBatches:
             raise UsageError(f"the training split has {len(self.train)} examples, fewer than one micro-batch "
                              f"({micro})", "", "add examples or lower train.micro_batch_size")
         self.sampler = ExampleSampler(len(self.train), cfg.train.seed)
-        self.micro, self.seq = micro, cfg.train.sequence_length_tokens
+        self.micro, self.seq, self.rank, self.world = micro, cfg.train.sequence_length_tokens, rank, world
         self.eval_limit = cfg.train.eval_batches * micro
         self.fingerprint = {"meta": self.meta}
         self.num_labels: int | None = None
         self.id2label: dict[int, str] | None = None
+
+    def _my_indices(self) -> list[int]:
+        """This rank's next micro-batch of example indices (the other ranks' chunks skipped)."""
+        self.sampler.skip(self.rank * self.micro)
+        mine = self.sampler.take(self.micro)
+        self.sampler.skip((self.world - 1 - self.rank) * self.micro)
+        return mine
 
     def state_dict(self) -> dict[str, Any]:
         return self.sampler.state_dict()
@@ -101,8 +116,8 @@ class SftBatches(_ExampleBatches):
 
     sub = "sft"
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, micro: int):
-        super().__init__(cfg, run_dir, micro)
+    def __init__(self, cfg: RunConfig, run_dir: Path, micro: int, rank: int = 0, world: int = 1):
+        super().__init__(cfg, run_dir, micro, rank, world)
         self.packing = cfg.data.sft_packing
         self.eos_id = self.pad_id
         self._carry: int | None = None
@@ -112,21 +127,27 @@ class SftBatches(_ExampleBatches):
         return {"input_ids": batch["input_ids"], "labels": batch["labels"],
                 "attention_mask": batch["attention_mask"]}
 
-    def _packed(self) -> dict[str, np.ndarray]:
-        rows: list[list[int]] = [[]]
+    def _next_row(self) -> list[int]:
+        """Example indices for one packed row: whole examples while they fit in a window; the one
+        that does not fit starts the next row."""
+        row: list[int] = []
         used = 0
         while True:
             index = self._carry if self._carry is not None else self.sampler.next_index()
             self._carry = None
             length = min(len(self.train.example(index)[0]), self.seq + 1)
-            if rows[-1] and used + length > self.seq + 1:
-                if len(rows) == self.micro:
-                    self._carry = index
-                    break
-                rows.append([])
-                used = 0
-            rows[-1].append(index)
+            if row and used + length > self.seq + 1:
+                self._carry = index
+                return row
+            row.append(index)
             used += length
+
+    def _packed(self) -> dict[str, np.ndarray]:
+        rows: list[list[int]] = []
+        for chunk in range(self.world):  # every rank packs every chunk (lengths only), keeps its own
+            chunk_rows = [self._next_row() for _ in range(self.micro)]
+            if chunk == self.rank:
+                rows = chunk_rows
         parts = []
         for row in rows:
             ids = np.concatenate([self.train.example(i)[0][: self.seq + 1] for i in row])
@@ -138,7 +159,7 @@ class SftBatches(_ExampleBatches):
     def next_micro_batch(self) -> dict[str, np.ndarray]:
         if self.packing:
             return self._packed()
-        return self._collate(self.train, self.sampler.take(self.micro))
+        return self._collate(self.train, self._my_indices())
 
     def eval_batches(self) -> list[dict[str, np.ndarray]]:
         n = min(len(self.val), self.eval_limit)
@@ -158,8 +179,8 @@ class ClassifyBatches(_ExampleBatches):
 
     sub = "classify"
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, micro: int):
-        super().__init__(cfg, run_dir, micro)
+    def __init__(self, cfg: RunConfig, run_dir: Path, micro: int, rank: int = 0, world: int = 1):
+        super().__init__(cfg, run_dir, micro, rank, world)
         out = RunDir(run_dir).task_data("classify")
         self.labels = {s: np.load(out / f"{s}.labels.npy", allow_pickle=False) for s in ("train", "val")}
         label_map = _read_json(out / "labels.json", "label map")
@@ -173,14 +194,15 @@ class ClassifyBatches(_ExampleBatches):
                                 [int(self.labels[split][i]) for i in indices], self.seq, self.pad_id)
 
     def next_micro_batch(self) -> dict[str, np.ndarray]:
-        return self._collate("train", self.sampler.take(self.micro))
+        return self._collate("train", self._my_indices())
 
     def eval_batches(self) -> list[dict[str, np.ndarray]]:
         n = min(len(self.val), self.eval_limit)
         return [self._collate("val", list(range(i, min(i + self.micro, n)))) for i in range(0, n, self.micro)]
 
 
-def task_batches(cfg: RunConfig, run_dir: Path, micro: int) -> PretrainBatches | SftBatches | ClassifyBatches:
-    """The batch provider for the config's task."""
+def task_batches(cfg: RunConfig, run_dir: Path, micro: int, rank: int = 0,
+                 world: int = 1) -> PretrainBatches | SftBatches | ClassifyBatches:
+    """The batch provider for the config's task (rank ``rank`` of ``world``'s share of each global batch)."""
     kinds = {"pretrain": PretrainBatches, "sft": SftBatches, "classify": ClassifyBatches}
-    return kinds[cfg.train.task](cfg, run_dir, micro)
+    return kinds[cfg.train.task](cfg, run_dir, micro, rank, world)

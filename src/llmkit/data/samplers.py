@@ -1,7 +1,7 @@
 """Seeded batch samplers whose position is saved in checkpoints, so resumes continue exactly.
 
-- :class:`WindowSampler` (pretraining): random contiguous windows of a token memmap. Batch i is
-  a pure function of (seed, i): the whole state is the count of batches drawn.
+- :class:`WindowSampler` (pretraining): random contiguous windows of a token memmap. Example j is
+  a pure function of (seed, global batch, j): the whole state is the count of examples drawn.
 - :class:`ExampleSampler` (SFT, classification): examples in a fresh seeded permutation every
   epoch; the state is (epoch, cursor).
 - :func:`eval_windows`: fixed, evenly spaced validation windows (the same every evaluation).
@@ -21,35 +21,46 @@ def _rng(*key: int) -> np.random.Generator:
 
 
 class WindowSampler:
-    """Random (B, T) windows of ``tokens``; ``y`` is ``x`` shifted by one token."""
+    """Random windows of ``tokens``; ``y`` is ``x`` shifted by one token.
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, rank: int = 0):
+    Example j of the run (counted over every rank) starts where the ``j % global_batch``-th draw of
+    ``rng(seed, j // global_batch)`` says: a pure function of (seed, global batch, j), so the
+    examples of each optimizer step are the same whatever the micro-batch or the number of ranks.
+    The state is the count of examples drawn or skipped so far.
+    """
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, seed: int):
         if len(tokens) < seq_len + 1:
             raise UsageError(
                 f"the data has {len(tokens):,} tokens, fewer than one sequence of {seq_len + 1}",
                 "a training window needs sequence_length_tokens + 1 tokens",
                 "add data or lower train.sequence_length_tokens",
             )
-        self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
-        self.seed, self.rank = seed, rank
+        self.tokens, self.seq_len, self.global_batch, self.seed = tokens, seq_len, global_batch, seed
         self.position = 0
+        self._cached: tuple[int, np.ndarray] = (-1, np.zeros(0, dtype=np.int64))
 
-    def batch_at(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``index``-th batch: (x, y) int64 arrays of shape (B, T)."""
-        high = len(self.tokens) - self.seq_len - 1
-        starts = _rng(self.seed, self.rank, index).integers(0, high + 1, size=self.batch_size)
-        rows = np.stack([np.asarray(self.tokens[s : s + self.seq_len + 1]) for s in starts])
-        rows = rows.astype(np.int64)
+    def _starts(self, step: int) -> np.ndarray:
+        if self._cached[0] != step:
+            high = len(self.tokens) - self.seq_len - 1
+            self._cached = (step, _rng(self.seed, step).integers(0, high + 1, size=self.global_batch))
+        return self._cached[1]
+
+    def windows(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Examples ``first`` .. ``first + count - 1``: (x, y) int64 arrays of shape (count, T)."""
+        starts = [int(self._starts(j // self.global_batch)[j % self.global_batch]) for j in range(first, first + count)]
+        rows = np.stack([np.asarray(self.tokens[s : s + self.seq_len + 1]) for s in starts]).astype(np.int64)
         return rows[:, :-1], rows[:, 1:]
 
-    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        """The next batch; advances the position."""
-        batch = self.batch_at(self.position)
-        self.position += 1
+    def next_batch(self, count: int, skip_before: int = 0, skip_after: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Skip ``skip_before`` examples (other ranks'), take ``count``, skip ``skip_after``."""
+        self.position += skip_before
+        batch = self.windows(self.position, count)
+        self.position += count + skip_after
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": "windows", "seed": self.seed, "rank": self.rank, "position": self.position}
+        return {"kind": "windows", "seed": self.seed, "position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("kind") != "windows" or state.get("seed") != self.seed:
@@ -94,6 +105,11 @@ class ExampleSampler:
     def take(self, count: int) -> list[int]:
         """The next ``count`` indices."""
         return [self.next_index() for _ in range(count)]
+
+    def skip(self, count: int) -> None:
+        """Pass over ``count`` indices (another rank's share)."""
+        for _ in range(count):
+            self.next_index()
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": "examples", "seed": self.seed, "n": self.n, "epoch": self.epoch, "cursor": self.cursor}

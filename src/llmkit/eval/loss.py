@@ -36,6 +36,13 @@ def compute_loss(model: Any, batch: dict[str, Any], classify: bool) -> tuple[Any
     return total / max(count, 1), count, logits
 
 
+def loss_weight(batch: dict[str, Any], classify: bool) -> int:
+    """How many terms ``compute_loss`` averages over for ``batch`` (labelled positions, or examples),
+    known before the forward pass: the loop weighs micro-batches by it."""
+    labels = batch["labels"]
+    return int(labels.shape[0]) if classify else int((labels != IGNORE).sum())
+
+
 @dataclass(frozen=True)
 class EvalResult:
     """Validation metrics over a fixed set of batches.

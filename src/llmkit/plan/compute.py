@@ -178,3 +178,14 @@ def step_breakdown(cfg: RunConfig, micro_batch: int, rates: Rates, precision: st
 def step_seconds(cfg: RunConfig, micro_batch: int, rates: Rates, precision: str = "bf16", accumulation: int = 1) -> float:
     """Seconds per optimizer step (the sum of ``step_breakdown``)."""
     return sum(step_breakdown(cfg, micro_batch, rates, precision, accumulation).values())
+
+
+def data_parallel_step_seconds(step_one_s: float, ranks: int, comm_s: float, shares_cores: bool = False) -> float:
+    """Seconds per optimizer step when ``ranks`` data-parallel processes do what one did in
+    ``step_one_s``: the compute splits over the ranks (unless they share one CPU's cores, as
+    processes on one CPU do: then it does not shrink), plus ``comm_s`` of collectives per step,
+    not overlapped with compute (gloo; NCCL overlaps part of it, so GPUs do at least this well).
+    ``benchmarks/ddp_scaling.py`` measures both terms and compares."""
+    compute = step_one_s if shares_cores else step_one_s / ranks
+    return compute + comm_s
+

@@ -111,6 +111,23 @@ def training_memory(cfg: RunConfig, micro_batch: int, precision: str = "bf16", n
     return MemoryBreakdown(weights, casts, grads, optimizer, acts, logits, overhead_bytes)
 
 
+def state_fits(cfg: RunConfig, budget_bytes: float, precision: str, device_kind: str = "gpu") -> bool:
+    """Whether one device holds the whole training state: weights (and their autocast copies),
+    gradients and AdamW moments, unsharded."""
+    mem = training_memory(cfg, 1, precision, device_kind=device_kind)
+    return mem.weights_bytes + mem.autocast_copies_bytes + mem.gradients_bytes + mem.optimizer_bytes <= budget_bytes
+
+
+def shards(cfg: RunConfig, num_devices: int, budget_bytes: float, precision: str, device_kind: str = "gpu") -> bool:
+    """Whether ``llmkit train`` shards (FSDP) on ``num_devices`` devices: ``train.distributed: fsdp``,
+    or ``auto`` on more than one device when the state does not fit one (``state_fits``); ``ddp``
+    and a single ``auto`` device never shard. The one rule: train and plan both call it."""
+    mode = cfg.train.distributed
+    if mode != "auto":
+        return mode == "fsdp"
+    return num_devices > 1 and not state_fits(cfg, budget_bytes, precision, device_kind)
+
+
 def kv_cache_bytes(cfg: RunConfig, tokens: int, element_bytes: int = 2) -> int:
     """KV cache for ``tokens`` positions of one sequence (serving)."""
     m = cfg.model
@@ -136,21 +153,24 @@ def fitting_micro_batch(cfg: RunConfig, budget_bytes: float, precision: str, num
     return None, memory(1)
 
 
-def resolve_micro_batch(cfg: RunConfig, budget_bytes: float, precision: str, device_kind: str) -> tuple[int, MemoryBreakdown]:
+def resolve_micro_batch(cfg: RunConfig, budget_bytes: float, precision: str, device_kind: str,
+                        num_devices: int = 1, sharded: bool = False) -> tuple[int, MemoryBreakdown]:
     """``train.micro_batch_size`` as a number: the configured one, or for ``auto`` the largest that
     ``fitting_micro_batch`` says fits (1 when none does); with the planned memory of that choice.
-    The one rule for ``auto``: training, evaluation, the quickstart and plan all call it."""
+    The one rule for ``auto``: training, evaluation, the quickstart and plan all call it. With
+    ``num_devices`` ranks the micro-batch divides the global batch's share of one rank."""
     mb = cfg.train.micro_batch_size
     if mb == "auto":
-        mb = fitting_micro_batch(cfg, budget_bytes, precision, device_kind=device_kind)[0] or 1
-    return mb, training_memory(cfg, mb, precision, device_kind=device_kind)
+        mb = fitting_micro_batch(cfg, budget_bytes, precision, num_devices, sharded, device_kind=device_kind)[0] or 1
+    return mb, training_memory(cfg, mb, precision, num_devices, sharded, device_kind=device_kind)
 
 
-def micro_batch_for_device(cfg: RunConfig, device: Any, precision: str) -> tuple[int, int, int]:
+def micro_batch_for_device(cfg: RunConfig, device: Any, precision: str, num_devices: int = 1,
+                           sharded: bool = False) -> tuple[int, int, int]:
     """(micro-batch, planned peak bytes, memory budget bytes) for a torch device: ``resolve_micro_batch``
     with the device's budget (``llmkit.device.memory_budget_bytes``)."""
     from llmkit.device import memory_budget_bytes
 
     budget = memory_budget_bytes(device)
-    mb, mem = resolve_micro_batch(cfg, budget, precision, "cpu" if device.type == "cpu" else "gpu")
+    mb, mem = resolve_micro_batch(cfg, budget, precision, "cpu" if device.type == "cpu" else "gpu", num_devices, sharded)
     return mb, mem.peak_bytes, budget

@@ -16,7 +16,7 @@ from typing import Any
 from llmkit.config.schema import RunConfig
 from llmkit.plan.compute import Rates, config_flops_per_token, step_seconds
 from llmkit.plan.hardware import Device, devices, find_device, offerings
-from llmkit.plan.memory import GB, MemoryBreakdown, fitting_micro_batch, kv_cache_bytes, training_memory
+from llmkit.plan.memory import GB, MemoryBreakdown, fitting_micro_batch, kv_cache_bytes, shards, training_memory
 from llmkit.config.derived import vocab_size
 from llmkit.plan.params import count_parameters, trainable_parameters
 
@@ -128,7 +128,8 @@ def make_plan(cfg: RunConfig, device_names: list[str] | None = None, cloud: str 
         peak = dev.peak_flops(precision) or 0.0
         mfu = MFU.get(dev.name.split("-")[0], 0.3)
         for n in counts:
-            sharded = sharding and n > 1
+            budget = dev.memory_gb * GB * HEADROOM - CUDA_CONTEXT_BYTES
+            sharded = sharding and shards(cfg, n, budget, precision)  # what `llmkit train` would run
             micro, mem = largest_micro_batch(cfg, dev, n, sharded, precision, optimizer_bits)
             hours = flops / (n * peak * mfu * scaling_efficiency(dev, n)) / 3600 if peak else None
             price = _price(dev.name, n, cloud, spot)

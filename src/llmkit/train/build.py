@@ -41,5 +41,8 @@ def build_for_training(cfg: RunConfig, data: Any, device: Any, log: Any) -> Any:
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if m.lora.enabled:
+        import torch
+
+        torch.manual_seed(cfg.train.seed)  # the adapters' init: the same in every process and every run
         model = apply_lora(model, m.lora, m.architecture, cfg.train.task == "classify")
     return model.to(device)

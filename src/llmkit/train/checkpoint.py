@@ -1,11 +1,19 @@
 """Checkpoints that survive kills, full disks and bit rot.
 
-Layout: ``checkpoints/step-000200/`` holds ``model.safetensors`` (trainable parameters),
-``optimizer.safetensors`` (AdamW moments), ``trainer_state.json``, ``rng.json`` and
-``checksums.json`` (sha256 of each). A save writes into ``checkpoints/.tmp-step-...``, fsyncs
-every file, renames the folder into place, and only then writes the ``COMMITTED`` marker (also
-fsynced). Anything without ``COMMITTED`` is partial: never loaded, removed at the next start.
-Retention deletes old checkpoints only after a newer one has committed.
+Two layouts of ``checkpoints/step-000200/``, one set of commit rules:
+
+- one process: ``model.safetensors`` (trainable parameters), ``optimizer.safetensors`` (AdamW
+  moments), ``trainer_state.json``, ``rng.json`` and ``checksums.json`` (sha256 of each);
+- many processes (torchrun): ``dcp/``, the model and optimizer state as
+  ``torch.distributed.checkpoint`` writes it (every rank writes its own shards; a load with another
+  world size reshards), with ``trainer_state.json``, ``rng.json`` (one state per rank) and
+  ``checksums.json`` (every file, ``dcp/`` included).
+
+A save writes into ``checkpoints/.tmp-step-...``, fsyncs every file, renames the folder into
+place, and only then writes the ``COMMITTED`` marker (also fsynced); with many ranks, every rank
+writes, then rank 0 checks that every shard is there, and commits. Anything without
+``COMMITTED`` is partial: never loaded, removed at the next start. Retention deletes old
+checkpoints only after a newer one has committed. Either layout resumes in one process or many.
 """
 
 from __future__ import annotations
@@ -81,10 +89,16 @@ class Checkpoint:
     """One verified checkpoint as read back."""
 
     path: Path
-    tensors: dict[str, Any]
-    optimizer_tensors: dict[str, Any]
+    tensors: dict[str, Any] | None
+    """The trainable parameters (one-process layout; None for a sharded one: see load_sharded)."""
+    optimizer_tensors: dict[str, Any] | None
     state: TrainerState
-    rng: dict[str, Any]
+    rng: dict[str, Any] | list[dict[str, Any]]
+    """The RNG state, or one per rank (sharded layout)."""
+
+    @property
+    def sharded(self) -> bool:
+        return self.tensors is None
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -193,7 +207,11 @@ def verify(path: Path) -> None:
     except (OSError, ValueError) as exc:
         raise ChecksumError(f"{path / 'checksums.json'} is unreadable", str(exc)[:200],
                             "this checkpoint is damaged; an older one will be used") from None
-    for name in FILES:
+    names = list(sums) if (path / "dcp").is_dir() else list(FILES)
+    if (path / "dcp").is_dir() and not {"dcp/.metadata", "trainer_state.json", "rng.json"} <= set(names):
+        raise ChecksumError(f"{path / 'checksums.json'} does not list the checkpoint's files",
+                            "it was written incompletely", "this checkpoint is damaged; an older one will be used")
+    for name in names:
         f = path / name
         if not f.exists() or _sha256(f) != sums.get(name):
             raise ChecksumError(f"checksum mismatch in {f}", "the file changed after it was committed "
@@ -201,14 +219,17 @@ def verify(path: Path) -> None:
                                 "one will be used")
 
 
-def read_checkpoint(path: Path) -> Checkpoint:
-    """One checkpoint, verified against its checksums."""
+def read_checkpoint(path: Path, check: bool = True) -> Checkpoint:
+    """One checkpoint, verified against its checksums (``check=False``: another rank verified it)."""
     from safetensors.torch import load_file
 
-    verify(path)
+    if check:
+        verify(path)
     state_file = path / "trainer_state.json"
     state = TrainerState.from_json(json.loads(state_file.read_text(encoding="utf-8")), state_file)
     rng = json.loads((path / "rng.json").read_text(encoding="utf-8"))
+    if (path / "dcp").is_dir():
+        return Checkpoint(path, None, None, state, rng)
     return Checkpoint(path, load_file(str(path / "model.safetensors")), load_file(str(path / "optimizer.safetensors")),
                       state, rng)
 
@@ -221,3 +242,142 @@ def newest_valid(root: Path, log: Callable[[str], None]) -> Checkpoint | None:
         except ChecksumError as exc:
             log(f"warning: checkpoint step {step} is damaged ({exc.summary}); falling back to an older one")
     return None
+
+
+# --- the sharded layout (torch.distributed.checkpoint) -------------------------------------------
+
+
+def _state_dicts(model: Any, optimizer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Model and optimizer state keyed by parameter name, whatever wraps the model (frozen
+    parameters left out: a LoRA checkpoint holds the adapters)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    return get_state_dict(model, optimizer, options=StateDictOptions(ignore_frozen_params=True))
+
+
+def _agree(error: BaseException | None) -> None:
+    """Rank 0 tells every rank whether its part of a save failed; all raise together (none waits
+    forever on a rank that gave up)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if error is not None:
+            raise error
+        return
+    box = [None if error is None else str(error)]
+    dist.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
+    if box[0] is not None:
+        raise RunFailure("rank 0 could not commit the checkpoint", box[0].splitlines()[0],
+                         "see rank 0's message")
+
+
+def _shard_files(dcp_dir: Path) -> list[str]:
+    """The shard files the checkpoint's metadata refers to."""
+    import torch.distributed.checkpoint as dcp
+
+    meta = dcp.FileSystemReader(str(dcp_dir)).read_metadata()
+    return sorted({getattr(v, "relative_path", "") for v in (meta.storage_data or {}).values()} - {""})
+
+
+def save_sharded(root: Path, model: Any, optimizer: Any, trainer_state: TrainerState, rng: dict[str, Any],
+                 rank: int) -> Path:
+    """Every rank writes its shards into the temp folder; rank 0 checks that every shard file the
+    metadata names is there, then writes the state, checksums and COMMITTED as ``save_checkpoint``
+    does. Call on every rank at once."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    step = trainer_state.step
+    final = step_dir(root, step)
+    tmp = root / f".tmp-{final.name}"
+    distributed = dist.is_initialized()
+    error: BaseException | None = None
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    if distributed:
+        dist.barrier()
+    model_sd, optim_sd = _state_dicts(model, optimizer)
+    rngs: list[Any] = [None] * (dist.get_world_size() if distributed else 1)
+    if distributed:
+        dist.all_gather_object(rngs, rng)
+    else:
+        rngs = [rng]
+    try:
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
+    except Exception as exc:  # noqa: BLE001 - DCP gathers every rank's failure into one exception
+        raise RunFailure(f"cannot save the step-{step} checkpoint in {root}", str(exc).splitlines()[0][:300],
+                         "earlier checkpoints are untouched; fix the problem (disk space?), then resume") from None
+    fault_point("save")
+    if rank == 0:
+        try:
+            missing = [f for f in _shard_files(tmp / "dcp") if not (tmp / "dcp" / f).exists()]
+            if missing:
+                raise RunFailure(f"the step-{step} checkpoint is missing shards: {', '.join(missing[:4])}",
+                                 "the ranks do not share this checkpoint folder (node-local disks?)",
+                                 "put runs_root on storage every node sees (a shared file system)")
+            _write_json(tmp / "trainer_state.json", trainer_state.to_json())
+            _write_json(tmp / "rng.json", rngs)
+            files = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
+            _write_json(tmp / "checksums.json", {name: _sha256(tmp / name) for name in files})
+            for sub in (tmp / "dcp", tmp):
+                fsync_dir(sub)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            fsync_dir(root)
+            fault_point("save")
+            _write(final / COMMITTED, lambda p: p.write_text(f"{step}\n"))
+            fsync_dir(final)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            error = RunFailure(f"cannot commit the step-{step} checkpoint in {root}: {exc.strerror or exc}",
+                               "earlier checkpoints are untouched", "fix the problem (disk space?), then resume")
+        except RunFailure as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            error = exc
+    _agree(error)
+    return final
+
+
+def load_sharded(path: Path, model: Any, optimizer: Any) -> None:
+    """Load a sharded checkpoint into the model and optimizer as they are wrapped now (any world
+    size, or one process without a process group: DCP reshards)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    model_sd, optim_sd = _state_dicts(model, optimizer)
+    try:
+        dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path / "dcp"))
+    except Exception as exc:  # noqa: BLE001 - a shape or key mismatch surfaces as a CheckpointException
+        raise UsageError(f"{path.name} does not fit this model", str(exc).splitlines()[0][:300],
+                         "resume with the model config the checkpoint was made with, or start a new run") from None
+    set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
+                   options=StateDictOptions(ignore_frozen_params=True))
+
+
+def load_flat_into_wrapped(found: Checkpoint, model: Any, inner: Any, optimizer: Any) -> None:
+    """A one-process checkpoint into a DDP- or FSDP-wrapped model (its first multi-process resume):
+    the full tensors, keyed by name, are handed to DCP's state-dict API, which shards them."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    assert found.tensors is not None and found.optimizer_tensors is not None
+    full = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(model, found.tensors, options=full)
+    names = {id(p): n for n, p in inner.named_parameters()}
+    index_to_name: dict[int, str] = {}
+    groups = []
+    for saved, now in zip(found.state.param_groups, optimizer.param_groups):
+        for idx, param in zip(saved["params"], now["params"]):
+            index_to_name[int(idx)] = names[id(param)]
+        groups.append({**saved, "params": [index_to_name[int(i)] for i in saved["params"]]})
+    state: dict[str, dict[str, Any]] = {}
+    for key, value in found.optimizer_tensors.items():
+        idx, name = key.split("/", 1)
+        state.setdefault(index_to_name[int(idx)], {})[name] = value
+    set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups},
+                             options=StateDictOptions(full_state_dict=True))

@@ -22,7 +22,7 @@ from llmkit.config.schema import RunConfig, TrainConfig
 from llmkit.data.batches import task_batches
 from llmkit.device import autocast, resolve_device, resolve_precision, torch_dtype
 from llmkit.errors import RunFailure, UsageError
-from llmkit.eval.loss import EvalResult, compute_loss, evaluate
+from llmkit.eval.loss import EvalResult, compute_loss, evaluate, loss_weight
 from llmkit.faults import fault_point, nan_loss_at
 from llmkit.fsutil import atomic_write_text
 from llmkit.rundir import RunDir
@@ -53,74 +53,94 @@ class TrainResult:
 
 def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: str = "auto",
           allow_config_change: bool = False, stop_at_step: int | None = None, log: Log = print) -> TrainResult:
-    """Train ``cfg`` in its run directory; resumes from the newest committed checkpoint by default."""
+    """Train ``cfg`` in its run directory; resumes from the newest committed checkpoint by default.
+
+    Under torchrun every rank calls this; rank 0 logs, writes metrics and the final model.
+    """
+    from llmkit.train import distributed as dist_
+
+    device = resolve_device(cfg.train.device)
+    d = dist_.init(cfg, device)
+    try:
+        return _train(cfg, d, dist_.rank_device(device, d), run_dir, resume, allow_config_change, stop_at_step,
+                      log if d.is_main else _quiet)
+    finally:
+        dist_.close(d)
+
+
+def _quiet(_line: str) -> None:
+    """The log of ranks other than 0."""
+
+
+def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resume: str, allow_config_change: bool,
+           stop_at_step: int | None, log: Log) -> TrainResult:
     import torch
 
+    from llmkit.device import memory_budget_bytes
     from llmkit.doctor.manifest import write_manifest
     from llmkit.model.build import matmul_weights
     from llmkit.plan.compute import flops_per_token
     from llmkit.plan.measure import matmul_peak_flops
+    from llmkit.train import distributed as dist_
     from llmkit.train.build import build_for_training
     from llmkit.train.final import write_final
 
-    # --- set-up: device, data, model, optimizer ---------------------------------------------
+    # --- set-up: device, data, model, wrapper, optimizer ---------------------------------------
     run = RunDir.of(cfg, run_dir)
     tc = cfg.train
-    device = resolve_device(tc.device)
     precision = resolve_precision(tc.precision, device)
-    micro = setup.micro_batch(cfg, device, precision, log)
-    accum = tc.global_batch_size // micro
+    device_kind = "cpu" if device.type == "cpu" else "gpu"
+    wrapper = dist_.choose_wrapper(cfg, d, memory_budget_bytes(device), precision, device_kind)
+    micro = setup.micro_batch(cfg, device, precision, log, d.world_size, sharded=wrapper == "fsdp")
+    accum = tc.global_batch_size // (micro * d.world_size)
     classify = tc.task == "classify"
-    data = task_batches(cfg, run.root, micro)
-    model = build_for_training(cfg, data, device, log)
+    data = task_batches(cfg, run.root, micro, d.rank, d.world_size)
+    inner = build_for_training(cfg, data, device, log)
+    model = dist_.wrap(inner, wrapper, d, precision, device)
+    dist_.check_setup(cfg, d, model, wrapper)
     optimizer = make_optimizer(model, tc, device.type)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     total_steps = setup.total_steps(tc)
 
     # --- resume: newest committed checkpoint that verifies, or a fresh start -------------------
-    for partial in ckpt.remove_partial(run.checkpoints):
-        log(f"removed partial checkpoint {partial.name} (left by an interrupted save)")
+    if d.is_main:
+        for partial in ckpt.remove_partial(run.checkpoints):
+            log(f"removed partial checkpoint {partial.name} (left by an interrupted save)")
     state = TrainerState(step=0, tokens_seen=0, train_time_s=0.0, nonfinite_skipped=0,
                          config=cfg.model_dump(mode="json"), data=data.fingerprint, data_position={},
                          param_groups=[], scaler=None, llmkit_version=__version__)
-    found = _find_resume(run.checkpoints, resume, log)
+    if d.restart and resume == "never":
+        resume = "auto"  # torchrun restarted the workers: continue, never start over
+    found = _find_resume(run.checkpoints, resume, log, d)
     if found is not None:
         _check_resumable(found, state, allow_config_change)
-        _restore(found, model, optimizer, data, scaler, state)
+        _restore(found, model, inner, optimizer, data, scaler, state, d)
         log(f"resumed from {found.path} (step {state.step})")
     else:
-        torch.manual_seed(tc.seed)
+        torch.manual_seed(tc.seed + d.rank)  # dropout: its own stream per rank
 
-    run.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run.config, dump_config(cfg))
-    write_manifest(run.root, cfg, [p for p in run.data.rglob("meta.json")])
-    metrics = MetricsWriter(run.metrics, state.step, run.tensorboard if tc.tensorboard else None)
+    if d.is_main:
+        run.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run.config, dump_config(cfg))
+        write_manifest(run.root, cfg, [p for p in run.data.rglob("meta.json")])
+    metrics = MetricsWriter(run.metrics, state.step, run.tensorboard if tc.tensorboard else None) if d.is_main else None
+    if metrics is not None and found is not None:
+        metrics.write({"kind": "resume", "step": state.step, "world_size": d.world_size, "restart": d.restart})
 
-    n_params = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    flops_tok = flops_per_token(*matmul_weights(model), cfg.model.num_hidden_layers, cfg.model.hidden_size,
+    n_params = sum(p.numel() for p in inner.parameters())
+    trainable = sum(p.numel() for p in inner.parameters() if p.requires_grad)
+    flops_tok = flops_per_token(*matmul_weights(inner), cfg.model.num_hidden_layers, cfg.model.hidden_size,
                                 tc.sequence_length_tokens)
-    peak = matmul_peak_flops(device, torch_dtype(precision))
-    log(f"training {n_params:,} parameters ({trainable:,} trainable) on {device.type}, {precision}, "
-        f"micro-batch {micro} x {accum} accumulation steps")
-
-    def save() -> None:
-        tensors = setup.trainable_tensors(model)
-        opt_tensors, state.param_groups = setup.optimizer_tensors(optimizer)
-        if not all(bool(torch.isfinite(t).all()) for t in [*tensors.values(), *opt_tensors.values()]):
-            raise RunFailure(f"refusing to save step {state.step}: the model holds non-finite values",
-                             "a checkpoint with NaN/inf would poison every resume", "resume from the previous checkpoint")
-        state.data_position = data.state_dict()
-        state.scaler = scaler.state_dict() if scaler is not None else None
-        path = ckpt.save_checkpoint(run.checkpoints, tensors, opt_tensors, state, setup.rng_state())
-        ckpt.apply_retention(run.checkpoints, tc.keep_last)
-        log(f"checkpoint {path.name} committed")
+    peak = matmul_peak_flops(device, torch_dtype(precision)) * d.world_size
+    where = f"{d.world_size} process(es) ({d.backend}, {wrapper})" if d.enabled else device.type
+    log(f"training {n_params:,} parameters ({trainable:,} trainable) on {where}, {precision}, "
+        f"micro-batch {micro} x {accum} accumulation steps" + (f" x {d.world_size} ranks" if d.enabled else ""))
 
     # --- the loop -----------------------------------------------------------------------------
     model.train()
     last_saved, last_loss, last_eval, eval_step = state.step, None, None, -1
     reason: EndReason = "completed"
-    progress = Progress(total_steps, state.step, log, every=tc.log_every_steps)
+    progress = Progress(total_steps, state.step, log, every=tc.log_every_steps, interactive=None if d.is_main else False)
     with StopSignals() as signals, progress:
         while not _budget_spent(tc, state, total_steps):
             if stop_at_step is not None and state.step >= stop_at_step:
@@ -130,18 +150,18 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: str = "auto
             lr = lr_at(state.step, tc, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum, step_tokens = _accumulate_gradients(model, data, accum, device, precision, classify, scaler,
-                                                          state.step + 1)
+            step_loss, step_tokens = _accumulate_gradients(model, data, accum, device, precision, classify, scaler,
+                                                           state.step + 1)
             fault_point("step")
             if scaler is not None:
                 scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], tc.grad_clip_norm or float("inf")))
-            step_loss = loss_sum / accum
+            grad_norm = float(dist_.local_value(torch.nn.utils.clip_grad_norm_(
+                [p for p in model.parameters() if p.requires_grad], tc.grad_clip_norm or float("inf"))))
             _apply_update(optimizer, scaler, step_loss, grad_norm, tc, state, last_saved, log)
             state.step += 1
             state.tokens_seen += step_tokens
-            dt = time.perf_counter() - t0
+            # every rank stops after the same step and counts the same time (the slowest rank's)
+            dt, stop = dist_.all_reduce([time.perf_counter() - t0, float(signals.received is not None)], "max")
             state.train_time_s += dt
             last_loss = step_loss
             tok_s = step_tokens / dt
@@ -149,58 +169,130 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: str = "auto
                       "tokens": state.tokens_seen, "tokens_per_s": tok_s, "mfu": tok_s * flops_tok / peak,
                       "elapsed_s": state.train_time_s}
             progress.update(state.step, record)
-            if state.step % tc.log_every_steps == 0:
+            if metrics is not None and state.step % tc.log_every_steps == 0:
                 metrics.write(record)
             if state.step % tc.eval_every_steps == 0:
                 last_eval, eval_step = _evaluate(model, data, precision, classify, state.step, metrics), state.step
                 progress.note(f"step {state.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in last_eval.metrics().items()))
             if state.step % tc.checkpoint_every_steps == 0:
-                save()
+                _save(run, tc.keep_last, model, optimizer, scaler, data, state, d, log)
                 last_saved = state.step
-            if signals.received is not None:
+            if stop:
                 reason = "signal"
                 break
         if state.step != last_saved:
-            save()
+            _save(run, tc.keep_last, model, optimizer, scaler, data, state, d, log)
     if reason == "completed":
         if eval_step != state.step:
             last_eval = _evaluate(model, data, precision, classify, state.step, metrics)
-        write_final(cfg, run, model, log)
-    metrics.close()
-    exit_code = signals.exit_code if reason == "signal" else 0
+        final_model = _gather_final(cfg, model, inner, wrapper, data, d)
+        if d.is_main:
+            write_final(cfg, run, final_model, log)
+    if metrics is not None:
+        metrics.close()
+    exit_code = (signals.exit_code or 143) if reason == "signal" else 0
     if reason == "signal":
-        log(f"stopped by {signals.received.name} after step {state.step}; checkpoint saved; resume with --resume auto")
+        log(f"stopped by {signals.received.name if signals.received else 'a signal to another rank'} after step "
+            f"{state.step}; checkpoint saved; resume with --resume auto")
     return TrainResult(run.root, state.step, reason, exit_code, last_loss, last_eval)
+
+
+def _save(run: RunDir, keep_last: int, model: Any, optimizer: Any, scaler: Any, data: Any, state: TrainerState, d: Any,
+          log: Log) -> None:
+    """Commit a checkpoint of the current step: one process writes the flat layout, many the sharded
+    one (every rank at once); refuses to save NaN/inf."""
+    import torch
+
+    from llmkit.train import distributed as dist_
+
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters() if p.requires_grad]
+    finite = all(bool(torch.isfinite(t).all()) for t in local)
+    if dist_.all_reduce([0.0 if finite else 1.0], "max")[0]:
+        raise RunFailure(f"refusing to save step {state.step}: the model holds non-finite values",
+                         "a checkpoint with NaN/inf would poison every resume", "resume from the previous checkpoint")
+    state.data_position = data.state_dict()
+    state.scaler = scaler.state_dict() if scaler is not None else None
+    if d.enabled:
+        state.param_groups = []  # the sharded layout keeps them with the optimizer state
+        path = ckpt.save_sharded(run.checkpoints, model, optimizer, state, setup.rng_state(), d.rank)
+    else:
+        tensors = setup.trainable_tensors(model)
+        opt_tensors, state.param_groups = setup.optimizer_tensors(optimizer)
+        path = ckpt.save_checkpoint(run.checkpoints, tensors, opt_tensors, state, setup.rng_state())
+    if d.is_main:
+        ckpt.apply_retention(run.checkpoints, keep_last)
+    dist_.barrier(d)
+    log(f"checkpoint {path.name} committed")
+
+
+def _gather_final(cfg: RunConfig, model: Any, inner: Any, wrapper: str, data: Any, d: Any) -> Any:
+    """The trained model as one plain module on rank 0 (FSDP: the shards gathered into a fresh copy)."""
+    if wrapper != "fsdp":
+        return inner
+    import torch
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from llmkit.train.build import build_for_training
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not d.is_main:
+        return None
+    plain = build_for_training(cfg, data, torch.device("cpu"), _quiet)
+    result = plain.load_state_dict(full, strict=False)
+    trainable = {n for n, p in plain.named_parameters() if p.requires_grad}
+    if result.unexpected_keys or trainable & set(result.missing_keys):
+        raise RunFailure("the gathered FSDP weights do not fit the model",
+                         f"missing {sorted(trainable & set(result.missing_keys))[:3]}, unexpected "
+                         f"{result.unexpected_keys[:3]}", "report this as a bug; the checkpoints are intact")
+    return plain
 
 
 def _accumulate_gradients(model: Any, data: Any, accum: int, device: Any, precision: str, classify: bool,
                           scaler: Any, step: int) -> tuple[float, int]:
-    """Forward and backward over ``accum`` micro-batches, gradients summed as the mean over them;
-    returns (the sum of their losses, the tokens they held, padding excluded)."""
+    """Forward and backward over this rank's ``accum`` micro-batches. The gradient is that of the
+    mean loss over every labelled position of the global batch (all ranks), so it does not depend
+    on how the batch is split. Returns (that mean loss, the tokens of the step over all ranks,
+    padding excluded)."""
     import torch
 
-    loss_sum, tokens = 0.0, 0
-    for _ in range(accum):
-        np_batch = data.next_micro_batch()
+    from llmkit.train import distributed as dist_
+
+    batches = [data.next_micro_batch() for _ in range(accum)]
+    counts = [loss_weight(b, classify) for b in batches]
+    tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else int(b["input_ids"].size) for b in batches)
+    total, all_tokens = dist_.all_reduce([float(sum(counts)), float(tokens)])
+    world = dist_.world_size()
+    loss_sum = 0.0
+    for i, np_batch in enumerate(batches):
         batch = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in np_batch.items()}
-        with autocast(device, precision):
-            loss = compute_loss(model, batch, classify)[0]
-        if nan_loss_at(step):
-            loss = loss * float("nan")
-        scaled = loss / accum
-        (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        loss_sum += float(loss.detach())
-        mask = np_batch.get("attention_mask")
-        tokens += int(mask.sum()) if mask is not None else int(np_batch["input_ids"].size)
-    return loss_sum, tokens
+        with dist_.no_grad_sync(model, sync=i == accum - 1):
+            with autocast(device, precision):
+                loss = compute_loss(model, batch, classify)[0]
+            if nan_loss_at(step):
+                loss = loss * float("nan")
+            # DDP and FSDP average the ranks' gradients: the world size turns that mean into the sum
+            scaled = loss * (counts[i] * world / max(total, 1.0))
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        loss_sum += float(loss.detach()) * counts[i]
+    return dist_.all_reduce([loss_sum])[0] / max(total, 1.0), int(all_tokens)
 
 
-def _restore(found: ckpt.Checkpoint, model: Any, optimizer: Any, data: Any, scaler: Any, state: TrainerState) -> None:
-    """Load a checkpoint into the model, optimizer, data position, RNGs, loss scaler and counters."""
-    setup.load_trainable(model, found.tensors)
-    setup.load_optimizer(optimizer, found.optimizer_tensors, found.state.param_groups)
+def _restore(found: ckpt.Checkpoint, model: Any, inner: Any, optimizer: Any, data: Any, scaler: Any,
+             state: TrainerState, d: Any) -> None:
+    """Load a checkpoint (either layout, written by any number of ranks) into the model, optimizer,
+    data position, RNGs, loss scaler and counters."""
+    if found.sharded:
+        ckpt.load_sharded(found.path, model, optimizer)
+    elif d.enabled:
+        ckpt.load_flat_into_wrapped(found, model, inner, optimizer)
+    else:
+        setup.load_trainable(model, found.tensors)
+        setup.load_optimizer(optimizer, found.optimizer_tensors, found.state.param_groups)
     data.load_state_dict(found.state.data_position)
-    setup.set_rng_state(found.rng)
+    rng = found.rng
+    if isinstance(rng, list):  # one per rank; another world size takes rank 0's
+        rng = rng[d.rank] if len(rng) == d.world_size else rng[0]
+    setup.set_rng_state(rng)
     if scaler is not None and found.state.scaler is not None:
         scaler.load_state_dict(found.state.scaler)
     state.step, state.tokens_seen = found.state.step, found.state.tokens_seen
@@ -237,10 +329,13 @@ def _apply_update(optimizer: Any, scaler: Any, loss: float, grad_norm: float, tc
     optimizer.zero_grad(set_to_none=True)
 
 
-def _evaluate(model: Any, data: Any, precision: str, classify: bool, step: int, metrics: MetricsWriter) -> EvalResult:
-    """Evaluate on the fixed validation batches and log the result at ``step``."""
+def _evaluate(model: Any, data: Any, precision: str, classify: bool, step: int,
+              metrics: MetricsWriter | None) -> EvalResult:
+    """Evaluate on the fixed validation batches (every rank evaluates them all: FSDP needs every
+    rank in each forward) and log the result at ``step``."""
     result = evaluate(model, data.eval_batches(), precision, classify)
-    metrics.write({"kind": "eval", "step": step, **result.metrics()})
+    if metrics is not None:
+        metrics.write({"kind": "eval", "step": step, **result.metrics()})
     return result
 
 
@@ -255,7 +350,29 @@ def _check_resumable(found: ckpt.Checkpoint, fresh: TrainerState, allow_config_c
                          "restore the old values, start a new run (new name), or pass --allow-config-change")
 
 
-def _find_resume(root: Path, resume: str, log: Log) -> ckpt.Checkpoint | None:
+def _find_resume(root: Path, resume: str, log: Log, d: Any) -> ckpt.Checkpoint | None:
+    """The checkpoint to resume: rank 0 chooses and verifies it; the other ranks read the same one."""
+    from llmkit.train import distributed as dist_
+
+    if d.world_size == 1:
+        return _choose_resume(root, resume, log)
+    found, message = None, ("ok", None)
+    if d.is_main:
+        try:
+            found = _choose_resume(root, resume, log)
+            message = ("ok", str(found.path) if found is not None else None)
+        except Exception as exc:
+            dist_.broadcast_object(("error", str(exc)))
+            raise
+    message = dist_.broadcast_object(message)
+    if message[0] == "error":
+        raise UsageError("rank 0 could not choose a checkpoint to resume", message[1].splitlines()[0])
+    if d.is_main or message[1] is None:
+        return found
+    return ckpt.read_checkpoint(Path(message[1]), check=False)
+
+
+def _choose_resume(root: Path, resume: str, log: Log) -> ckpt.Checkpoint | None:
     if resume == "never":
         if ckpt.committed(root):
             raise UsageError(f"{root} already holds checkpoints",

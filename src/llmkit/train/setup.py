@@ -21,16 +21,21 @@ RESUME_SAFE_PREFIXES = (
     "runs_root", "hub_token_env", "eval.", "generate.", "serve.", "plan.", "launch.",
     "train.max_time_s", "train.eval_every_steps", "train.eval_batches", "train.log_every_steps",
     "train.checkpoint_every_steps", "train.keep_last", "train.tensorboard", "train.device", "train.compile",
+    # the examples of a step do not depend on how they are split (llmkit.data.batches): only the
+    # order of the floating-point sums changes
+    "train.micro_batch_size", "train.distributed",
 )
 
 
-def micro_batch(cfg: RunConfig, device: Any, precision: str, log: Any = print) -> int:
+def micro_batch(cfg: RunConfig, device: Any, precision: str, log: Any = print, world: int = 1,
+                sharded: bool = False) -> int:
     """The micro-batch to train with (``llmkit.plan.memory.resolve_micro_batch``: the configured one,
     or for ``auto`` the largest the memory plan says fits); warns before step 1 when the plan says
-    the chosen one will not fit."""
+    the chosen one will not fit. With ``world`` ranks, micro-batch x ranks must divide the global batch."""
     from llmkit.plan.memory import micro_batch_for_device
 
-    mb, peak, budget = micro_batch_for_device(cfg, device, precision)
+    mb, peak, budget = micro_batch_for_device(cfg, device, precision, world, sharded)
+    check_split(cfg.train.global_batch_size, mb, world)
     if cfg.train.micro_batch_size == "auto":
         log(f"micro_batch_size auto -> {mb} (planned peak {peak / 1e9:.2f} GB of {budget / 1e9:.1f} GB)")
     if peak > budget:
@@ -38,6 +43,15 @@ def micro_batch(cfg: RunConfig, device: Any, precision: str, log: Any = print) -
             f"{budget / 1e9:.1f} GB is available: expect an out-of-memory error (see `llmkit plan`; try a smaller "
             "train.micro_batch_size, gradient checkpointing or LoRA)")
     return mb
+
+
+def check_split(global_batch: int, micro: int, ranks: int) -> None:
+    """Refuse a micro-batch and process count whose product does not divide the global batch."""
+    if global_batch % (micro * ranks):
+        raise UsageError(f"global_batch_size {global_batch} is not a multiple of micro-batch {micro} x {ranks} "
+                         "processes", "every rank takes whole micro-batches of every global batch",
+                         f"use a process count and train.micro_batch_size whose product divides {global_batch}, "
+                         "or micro_batch_size: auto")
 
 
 def total_steps(tc: TrainConfig) -> int | None:

@@ -60,7 +60,7 @@ def test_t6_resume_twice(tmp_path: Path, reference: Path) -> None:
     run_train(cfg, stop_at_step=10)
     mid, _ = run_train(cfg, stop_at_step=25)
     state = json.loads((ckpt.step_dir(mid.run_dir / "checkpoints", 25) / "trainer_state.json").read_text())
-    assert state["data_position"]["position"] == 25 * 2  # two micro-batches per step, never rewound
+    assert state["data_position"]["position"] == 25 * 4  # four examples per step, never rewound
     run_train(cfg)
     assert_same_as_reference(mid.run_dir, reference, 11)
 

@@ -45,7 +45,8 @@ def test_pretrain_lowers_validation_perplexity(tmp_path: Path, architecture: str
     result = run(cfg)
     assert result.eval.val_ppl < 512 / 2  # untrained: about the vocabulary size (512)
     curve = losses(result.run_dir)
-    assert curve[1] > 6.0 and curve[100] < curve[1] - 0.8  # from ln(512) = 6.24 nats
+    last_ten = sum(curve[s] for s in range(91, 101)) / 10  # one step's loss of 4 windows is noisy
+    assert curve[1] > 6.0 and last_ten < curve[1] - 0.8  # from ln(512) = 6.24 nats
     final = result.run_dir / "final"
     hf = AutoModelForCausalLM.from_pretrained(str(final))
     tok = AutoTokenizer.from_pretrained(str(final))

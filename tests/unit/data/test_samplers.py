@@ -11,27 +11,43 @@ from llmkit.errors import UsageError
 
 def test_windows_are_shifted_and_resumable() -> None:
     tokens = np.arange(1000, dtype=np.uint16)
-    a = WindowSampler(tokens, seq_len=16, batch_size=4, seed=7)
-    x, y = a.next_batch()
+    a = WindowSampler(tokens, seq_len=16, global_batch=8, seed=7)
+    x, y = a.next_batch(4)
     assert x.shape == (4, 16) and (y == x + 1).all()
-    run = [a.next_batch() for _ in range(5)]
-    b = WindowSampler(tokens, seq_len=16, batch_size=4, seed=7)
-    b.load_state_dict({"kind": "windows", "seed": 7, "rank": 0, "position": 1})
-    for (xa, _), (xb, _) in zip(run, (b.next_batch() for _ in range(5))):
+    run = [a.next_batch(4) for _ in range(5)]
+    b = WindowSampler(tokens, seq_len=16, global_batch=8, seed=7)
+    b.load_state_dict({"kind": "windows", "seed": 7, "position": 4})
+    for (xa, _), (xb, _) in zip(run, (b.next_batch(4) for _ in range(5))):
         assert (xa == xb).all()
-    assert not (WindowSampler(tokens, 16, 4, seed=8).next_batch()[0] == a.batch_at(0)[0]).all()
+    assert not (WindowSampler(tokens, 16, 8, seed=8).next_batch(4)[0] == a.windows(0, 4)[0]).all()
+
+
+def test_windows_of_a_step_do_not_depend_on_the_split() -> None:
+    """One rank with micro-batch 8, or two ranks with micro-batch 2 (two accumulation steps each):
+    the same 8 examples per global batch, step after step."""
+    tokens = np.arange(5000, dtype=np.uint16)
+    whole = WindowSampler(tokens, 16, global_batch=8, seed=3)
+    ranks = [WindowSampler(tokens, 16, global_batch=8, seed=3) for _ in range(2)]
+    for _ in range(3):
+        expected = {tuple(row) for row in whole.next_batch(8)[0]}
+        got = set()
+        for _k in range(2):
+            for r, sampler in enumerate(ranks):
+                got |= {tuple(row) for row in sampler.next_batch(2, skip_before=r * 2, skip_after=(1 - r) * 2)[0]}
+        assert got == expected
+        assert all(s.position == whole.position for s in ranks)
 
 
 def test_windows_cover_the_last_token() -> None:
     tokens = np.arange(18, dtype=np.uint16)  # exactly one window of 17 + 1 spare start
-    s = WindowSampler(tokens, seq_len=16, batch_size=64, seed=0)
-    starts = {int(x[0]) for x in s.next_batch()[0]}
+    s = WindowSampler(tokens, seq_len=16, global_batch=64, seed=0)
+    starts = {int(x[0]) for x in s.next_batch(64)[0]}
     assert starts == {0, 1}
 
 
 def test_too_little_data() -> None:
     with pytest.raises(UsageError, match="fewer than one sequence"):
-        WindowSampler(np.arange(10), seq_len=16, batch_size=1, seed=0)
+        WindowSampler(np.arange(10), seq_len=16, global_batch=1, seed=0)
     with pytest.raises(UsageError, match="validation split"):
         eval_windows(np.arange(10), 16, 4)
 
