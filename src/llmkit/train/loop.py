@@ -32,6 +32,7 @@ from llmkit.train.checkpoint import TrainerState
 from llmkit.train.metrics import MetricsWriter
 from llmkit.train.optim import lr_at, make_optimizer
 from llmkit.train.progress import Progress
+from llmkit.train.remote import RemoteCheckpoints, remote_for, sync_for_resume
 from llmkit.train.signals import StopSignals
 
 Log = Callable[[str], None]
@@ -109,6 +110,9 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
     state = TrainerState(step=0, tokens_seen=0, train_time_s=0.0, nonfinite_skipped=0,
                          config=cfg.model_dump(mode="json"), data=data.fingerprint, data_position={},
                          param_groups=[], scaler=None, llmkit_version=__version__)
+    remote = remote_for(tc.checkpoint_uri)
+    if remote is not None and d.is_main and resume == "auto":
+        sync_for_resume(remote, run.checkpoints, log)
     if d.restart and resume == "never":
         resume = "auto"  # torchrun restarted the workers: continue, never start over
     found = _find_resume(run.checkpoints, resume, log, d)
@@ -175,13 +179,13 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
                 last_eval, eval_step = _evaluate(model, data, precision, classify, state.step, metrics), state.step
                 progress.note(f"step {state.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in last_eval.metrics().items()))
             if state.step % tc.checkpoint_every_steps == 0:
-                _save(run, tc.keep_last, model, optimizer, scaler, data, state, d, log)
+                _save(run, tc.keep_last, remote, model, optimizer, scaler, data, state, d, log)
                 last_saved = state.step
             if stop:
                 reason = "signal"
                 break
         if state.step != last_saved:
-            _save(run, tc.keep_last, model, optimizer, scaler, data, state, d, log)
+            _save(run, tc.keep_last, remote, model, optimizer, scaler, data, state, d, log)
     if reason == "completed":
         if eval_step != state.step:
             last_eval = _evaluate(model, data, precision, classify, state.step, metrics)
@@ -197,10 +201,11 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
     return TrainResult(run.root, state.step, reason, exit_code, last_loss, last_eval)
 
 
-def _save(run: RunDir, keep_last: int, model: Any, optimizer: Any, scaler: Any, data: Any, state: TrainerState, d: Any,
-          log: Log) -> None:
+def _save(run: RunDir, keep_last: int, remote: RemoteCheckpoints | None, model: Any, optimizer: Any, scaler: Any,
+          data: Any, state: TrainerState, d: Any, log: Log) -> None:
     """Commit a checkpoint of the current step: one process writes the flat layout, many the sharded
-    one (every rank at once); refuses to save NaN/inf."""
+    one (every rank at once); then rank 0 applies retention and uploads it to ``train.checkpoint_uri``.
+    Refuses to save NaN/inf."""
     import torch
 
     from llmkit.train import distributed as dist_
@@ -221,8 +226,11 @@ def _save(run: RunDir, keep_last: int, model: Any, optimizer: Any, scaler: Any, 
         path = ckpt.save_checkpoint(run.checkpoints, tensors, opt_tensors, state, setup.rng_state())
     if d.is_main:
         ckpt.apply_retention(run.checkpoints, keep_last)
+        if remote is not None:
+            remote.upload(path)
+            remote.apply_retention(keep_last)
     dist_.barrier(d)
-    log(f"checkpoint {path.name} committed")
+    log(f"checkpoint {path.name} committed" + (f" (and uploaded to {remote.uri})" if remote is not None else ""))
 
 
 def _gather_final(cfg: RunConfig, model: Any, inner: Any, wrapper: str, data: Any, d: Any) -> Any:

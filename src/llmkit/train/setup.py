@@ -23,7 +23,7 @@ RESUME_SAFE_PREFIXES = (
     "train.checkpoint_every_steps", "train.keep_last", "train.tensorboard", "train.device", "train.compile",
     # the examples of a step do not depend on how they are split (llmkit.data.batches): only the
     # order of the floating-point sums changes
-    "train.micro_batch_size", "train.distributed",
+    "train.micro_batch_size", "train.distributed", "train.checkpoint_uri",
 )
 
 

@@ -244,3 +244,14 @@ def test_fsdp_refuses_what_it_cannot_shard() -> None:
         wrap(NoBlocks(), "fsdp", Dist(backend="gloo"), "fp32", torch.device("cpu"))
     with pytest.raises(ConfigError, match="fsdp with fp16"):
         wrap(NoBlocks(), "fsdp", Dist(backend="gloo"), "fp16", torch.device("cpu"))
+
+
+def test_torchrun_itself_starts_llmkit(tmp_path: Path, reference: Path) -> None:
+    cfg = make_run(tmp_path, train={**TRAIN, "distributed": "ddp"})
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "llmkit", "train", "--config", str(cfg)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "on 2 process(es) (gloo, ddp)" in out.stdout and f"done at step {STEPS}" in out.stdout
+    loss, weights = max_diff(tmp_path / "runs" / "t", reference)
+    assert loss < TOL and weights < TOL

@@ -213,3 +213,32 @@ def test_cli_plan_this_machine(cli, tmp_path) -> None:  # type: ignore[no-untype
     assert len(local) == 1 and local[0]["fits"] and local[0]["hours"] > 0 and local[0]["offering"] == "this machine"
     out = cli("plan", "--config", "run.yaml", "--adam-8bit", cwd=tmp_path)
     assert out.returncode == 0 and "KV cache 1.0 KiB per token" in out.stdout
+
+
+def test_plan_rows_shard_exactly_when_train_would() -> None:
+    """One rule (plan.memory.shards) for plan's n > 1 rows and train's wrapper choice."""
+    from llmkit.plan.memory import shards
+    from llmkit.train.distributed import Dist, choose_wrapper
+
+    big = preset("llama-8b")  # 8B: weights + grads + AdamW ~ 128 GB, more than one 80 GB GPU
+    small = preset("gpt2-124m")
+    h100 = find_device("H100-80GB")
+    budget = h100.memory_gb * GB * 0.9
+    assert shards(big, 8, budget, "bf16") and not shards(small, 8, budget, "bf16")
+    assert not shards(big, 1, budget, "bf16")  # one device: nothing to shard over
+    assert shards(preset("gpt2-124m", train={"distributed": "fsdp"}), 8, budget, "bf16")
+    assert not shards(preset("llama-8b", train={"distributed": "ddp"}), 8, budget, "bf16")
+    rows = {(c.device, c.num_devices): c for c in make_plan(big, ["H100-80GB"]).candidates}
+    assert rows[("H100-80GB", 8)].sharded and not rows[("H100-80GB", 1)].sharded
+    assert not any(c.sharded for c in make_plan(small, ["H100-80GB"]).candidates)
+    two = Dist(world_size=2, backend="gloo")
+    assert choose_wrapper(big, two, int(budget), "bf16", "gpu") == "fsdp"
+    assert choose_wrapper(small, two, int(budget), "bf16", "gpu") == "ddp"
+    assert choose_wrapper(small, Dist(), int(budget), "bf16", "gpu") == "none"
+
+
+def test_data_parallel_step_model() -> None:
+    from llmkit.plan.compute import data_parallel_step_seconds
+
+    assert data_parallel_step_seconds(1.0, 4, 0.1) == pytest.approx(0.35)
+    assert data_parallel_step_seconds(1.0, 2, 0.1, shares_cores=True) == pytest.approx(1.1)
