@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,29 +34,27 @@ import yaml
 WARMUP = 3
 
 COMM_WORKER = r'''
-import json, os, sys, time
+import json, sys, time
 import torch, torch.distributed as dist
 dist.init_process_group("gloo")
-sizes = json.loads(sys.argv[1]); mode = sys.argv[2]; repeats = int(sys.argv[3])
-n = dist.get_world_size()
-grads = [torch.randn(s) for s in sizes["params"]]
+groups = json.loads(sys.argv[1]); mode = sys.argv[2]; repeats = int(sys.argv[3])
+n, rank = dist.get_world_size(), dist.get_rank()
 def once():
-    if mode == "ddp":
-        flat = torch.cat([g.flatten() for g in grads])  # DDP buckets the gradients: a few large all-reduces
+    if mode == "ddp":  # one all-reduce of every gradient (DDP buckets them; the bytes are the same)
         dist.all_reduce(flat)
-    else:
-        for g in grads:  # one group per block: all-gather in forward and in backward, reduce-scatter of grads
-            shard = g.flatten()[: (g.numel() // n) * n].view(n, -1)
-            out = torch.empty_like(shard)
+    else:  # per FSDP group: all-gather the parameters in forward and again in backward, reduce-scatter the grads
+        for full, shard in buffers:
             for _ in range(2):
-                dist.all_gather_into_tensor(out, shard[dist.get_rank()].contiguous())
-            dist.reduce_scatter_tensor(shard[0].clone(), out)
+                dist.all_gather_into_tensor(full, shard)
+            dist.reduce_scatter_tensor(shard, full)
+flat = torch.randn(sum(groups))
+buffers = [(torch.randn(-(-g // n) * n), torch.randn(-(-g // n))) for g in groups]
 once()
 dist.barrier()
 t = []
 for _ in range(repeats):
     t0 = time.perf_counter(); once(); dist.barrier(); t.append(time.perf_counter() - t0)
-if dist.get_rank() == 0:
+if rank == 0:
     print(json.dumps({"seconds": sorted(t)[len(t) // 2]}))
 dist.destroy_process_group()
 '''
@@ -67,6 +66,7 @@ def reference(root: Path, name: str, steps: int, mode: str) -> Path:
         "model": {"architecture": "llama", "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 6,
                   "max_position_embeddings": 256},
         "tokenizer": {"vocab_size": 8192},
+        "data": {"source": "embedded", "include_stdlib_source": True},
         "train": {"sequence_length_tokens": 256, "global_batch_size": 16, "micro_batch_size": 8, "max_steps": steps,
                   "precision": "fp32", "log_every_steps": 1, "eval_every_steps": 10_000, "eval_batches": 1,
                   "checkpoint_every_steps": 10_000, "device": "cpu", "distributed": mode},
@@ -88,11 +88,11 @@ def run_llmkit(*args: str) -> None:
         sys.exit(f"llmkit {' '.join(args)} failed:\n{out.stderr[-3000:]}")
 
 
-def comm_seconds(param_shapes: list[list[int]], mode: str, nproc: int) -> float:
+def comm_seconds(groups: list[int], mode: str, nproc: int) -> float:
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
         fh.write(COMM_WORKER)
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                          fh.name, json.dumps({"params": param_shapes}), mode, "10"],
+                          fh.name, json.dumps(groups), mode, "10"],
                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     os.unlink(fh.name)
     if out.returncode:
@@ -127,15 +127,19 @@ def main() -> None:
         results = {}
         for mode in ("ddp", "fsdp"):
             cfg = reference(root, mode, args.steps, mode)
-            run_llmkit("prepare", "--config", str(cfg))
+            for part in ("data", "tokenizer"):  # the same prepared data, tokenized once
+                shutil.copytree(root / "runs" / "one" / part, root / "runs" / mode / part)
             run_llmkit("train", "--config", str(cfg), "--nproc-per-node", str(n),
                        "--set", f"train.micro_batch_size={16 // n}")
             results[mode] = tokens_per_s(root / "runs" / mode)
         c = load_config(cfg_one)
         from llmkit.model.build import build_model
+        from llmkit.train.distributed import transformer_blocks
 
-        shapes = [list(p.shape) for p in build_model(c.model, 8192, 0, None, 0).parameters()]
-        params = sum(int(__import__("math").prod(s)) for s in shapes)
+        model = build_model(c.model, 8192, 0, None, 0)
+        blocks = [sum(p.numel() for p in b.parameters()) for b in transformer_blocks(model)]
+        params = sum(p.numel() for p in model.parameters())
+        groups = [*blocks, params - sum(blocks)]  # FSDP2: one group per block, then the root's own
     print(f"reference: llama 6x384, context 256, vocabulary 8192, {params / 1e6:.1f} M parameters, global batch 16, "
           f"fp32; tokens/s = median of steps {WARMUP + 1}-{args.steps}")
     print(f"1 process ({cores} threads): {one:,.0f} tokens/s, {step_one:.3f} s/step")
@@ -143,7 +147,7 @@ def main() -> None:
     print(f"{'mode':6} {'tok/s':>8} {'s/step':>7} {'comm s':>7} {'compute s':>9} {'efficiency':>10} {'predicted':>9}")
     for mode, tok_s in results.items():
         step = tokens_step / tok_s
-        comm = comm_seconds(shapes, mode, n)
+        comm = comm_seconds(groups, mode, n)
         predicted_step = data_parallel_step_seconds(step_one, n, comm, shares_cores)
         # efficiency: against one process (the ranks share this CPU's cores, so perfect is 1.0x, not n x)
         print(f"{mode:6} {tok_s:8,.0f} {step:7.3f} {comm:7.3f} {step - comm:9.3f} {tok_s / one:10.2f} "
