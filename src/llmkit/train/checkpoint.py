@@ -159,6 +159,17 @@ def _write_json(path: Path, obj: Any) -> None:
     _write(path, lambda p: p.write_text(json.dumps(obj, indent=2), encoding="utf-8"))
 
 
+def _commit(tmp: Path, final: Path, step: int) -> None:
+    """Rename the fully written (and fsynced) ``tmp`` into place, then write COMMITTED."""
+    if final.exists():  # an uncommitted leftover of the same step
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    fault_point("save")
+    _write(final / COMMITTED, lambda p: p.write_text(f"{step}\n"))
+    fsync_dir(final)
+
+
 def save_checkpoint(root: Path, tensors: dict[str, Any], optimizer_tensors: dict[str, Any],
                     trainer_state: TrainerState, rng: dict[str, Any]) -> Path:
     """Write one checkpoint of ``trainer_state.step`` atomically; returns its committed folder."""
@@ -178,13 +189,7 @@ def save_checkpoint(root: Path, tensors: dict[str, Any], optimizer_tensors: dict
         _write_json(tmp / "rng.json", rng)
         _write_json(tmp / "checksums.json", {name: _sha256(tmp / name) for name in FILES})
         fsync_dir(tmp)
-        if final.exists():  # an uncommitted leftover of the same step
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(root)
-        fault_point("save")
-        _write(final / COMMITTED, lambda p: p.write_text(f"{step}\n"))
-        fsync_dir(final)
+        _commit(tmp, final, step)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if final.exists() and not (final / COMMITTED).exists():
@@ -325,13 +330,7 @@ def save_sharded(root: Path, model: Any, optimizer: Any, trainer_state: TrainerS
             _write_json(tmp / "checksums.json", {name: _sha256(tmp / name) for name in files})
             for sub in (tmp / "dcp", tmp):
                 fsync_dir(sub)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            fsync_dir(root)
-            fault_point("save")
-            _write(final / COMMITTED, lambda p: p.write_text(f"{step}\n"))
-            fsync_dir(final)
+            _commit(tmp, final, step)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             error = RunFailure(f"cannot commit the step-{step} checkpoint in {root}: {exc.strerror or exc}",
