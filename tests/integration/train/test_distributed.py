@@ -255,3 +255,19 @@ def test_torchrun_itself_starts_llmkit(tmp_path: Path, reference: Path) -> None:
     assert "on 2 process(es) (gloo, ddp)" in out.stdout and f"done at step {STEPS}" in out.stdout
     loss, weights = max_diff(tmp_path / "runs" / "t", reference)
     assert loss < TOL and weights < TOL
+
+
+def test_fsdp_mixed_precision_trains_and_exports(tmp_path: Path) -> None:
+    """FSDP2 with bf16 parameters and compute, fp32 gradient reduction: it learns, and final/ is a
+    plain fp32 HF directory that transformers loads."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cfg = make_run(tmp_path, train={**TRAIN, "max_steps": 30, "distributed": "fsdp", "precision": "bf16"})
+    out = torchrun(cfg, 2)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "(gloo, fsdp), bf16" in out.stdout
+    curve = losses(tmp_path / "runs" / "t")
+    assert sum(curve[s] for s in range(26, 31)) / 5 < curve[1] - 0.3
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "runs" / "t" / "final"))
+    assert next(model.parameters()).dtype == torch.float32
