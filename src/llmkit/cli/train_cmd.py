@@ -35,6 +35,9 @@ def train(
     max_restarts: int = typer.Option(0, "--max-restarts", min=0,
                                      help="Restart the workers this often after a failure; each restart "
                                           "resumes from the newest checkpoint."),
+    stop_timeout: int = typer.Option(300, "--stop-timeout", min=1, metavar="SECONDS",
+                                     help="After SIGTERM, how long the agent lets the workers finish their step "
+                                          "and checkpoint before it kills them."),
 ) -> None:
     """Train (pretrain, SFT, LoRA or classification) as the config says; resumes by default."""
     from llmkit.config.load import load_config
@@ -43,8 +46,10 @@ def train(
 
     cfg = load_config(config, overrides)
     launcher = nproc_per_node is not None
-    if not launcher and (nnodes != 1 or node_rank is not None or rdzv_endpoint or max_restarts):
-        raise UsageError("--nnodes, --node-rank, --rdzv-endpoint and --max-restarts need --nproc-per-node",
+    agent_options = nnodes != 1 or node_rank is not None or rdzv_endpoint or max_restarts or stop_timeout != 300
+    if not launcher and agent_options:
+        raise UsageError("--nnodes, --node-rank, --rdzv-endpoint, --max-restarts and --stop-timeout need "
+                         "--nproc-per-node",
                          "they configure torchrun's agent, which --nproc-per-node starts",
                          "add --nproc-per-node N (processes on this node)")
     if launcher and distributed.under_torchrun():
@@ -66,7 +71,8 @@ def train(
 
         if isinstance(cfg.train.micro_batch_size, int):  # fail here, before starting any worker
             check_split(cfg.train.global_batch_size, cfg.train.micro_batch_size, nproc_per_node * nnodes)
-        args = torchrun_args(nproc_per_node, nnodes, node_rank, rdzv_endpoint, max_restarts, cfg.name, worker)
+        args = torchrun_args(nproc_per_node, nnodes, node_rank, rdzv_endpoint, max_restarts, stop_timeout, cfg.name,
+                             worker)
         code = run_agent(args, resolve_device(cfg.train.device).type == "cpu", nproc_per_node, typer.echo)
         if code == 0:
             typer.echo(f"torchrun: all {nproc_per_node * nnodes} processes finished")

@@ -20,7 +20,7 @@ from llmkit.errors import RunFailure, UsageError
 
 
 def torchrun_args(nproc_per_node: int, nnodes: int, node_rank: int | None, rdzv_endpoint: str | None,
-                  max_restarts: int, run_id: str, worker_args: list[str]) -> list[str]:
+                  max_restarts: int, stop_timeout_s: int, run_id: str, worker_args: list[str]) -> list[str]:
     """The torchrun command line (without ``torchrun``) for these options."""
     if nnodes > 1 and not rdzv_endpoint:
         raise UsageError(f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT",
@@ -28,7 +28,8 @@ def torchrun_args(nproc_per_node: int, nnodes: int, node_rank: int | None, rdzv_
                          "--rdzv-endpoint node0:29400, on every node")
     if node_rank is not None and not 0 <= node_rank < nnodes:
         raise UsageError(f"--node-rank {node_rank} is outside 0..{nnodes - 1}", "", "number the nodes from 0")
-    args = [f"--nproc-per-node={nproc_per_node}", f"--nnodes={nnodes}", f"--max-restarts={max_restarts}"]
+    args = [f"--nproc-per-node={nproc_per_node}", f"--nnodes={nnodes}", f"--max-restarts={max_restarts}",
+            f"--shutdown-timeout={stop_timeout_s}"]
     if rdzv_endpoint:
         args += ["--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}", f"--rdzv-id={run_id}"]
         if node_rank is not None:
