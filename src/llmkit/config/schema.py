@@ -461,6 +461,15 @@ class RunConfig(Section):
     def _token_is_env_name(cls, value: str | None) -> str | None:
         return _check_env_name(value)
 
+    @field_validator("runs_root")
+    @classmethod
+    def _local_runs_root(cls, value: str) -> str:
+        if "://" in value:
+            raise ValueError("must be a local or shared-file-system folder (data, metrics and the final model are "
+                             "written there); for checkpoints in object storage set train.checkpoint_uri "
+                             f"to {value.rstrip('/')}/<name>")
+        return value
+
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:

@@ -119,3 +119,10 @@ def test_unknown_scheme_is_a_clear_error(tmp_path: Path) -> None:
     cfg = make_run(tmp_path, train={**TRAIN, "checkpoint_uri": "nosuchscheme://x/y"})
     out = llmkit("train", "--config", str(cfg))
     assert out.returncode == 3 and "cannot open train.checkpoint_uri" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_runs_root_as_a_url_is_refused_with_the_key_that_does_it(tmp_path: Path) -> None:
+    from llmkit.config.load import ConfigProblems, validate_config
+
+    with pytest.raises(ConfigProblems, match="train.checkpoint_uri"):
+        validate_config({"name": "t", "runs_root": "s3://bucket/runs"})
