@@ -265,8 +265,8 @@ class TrainConfig(Section):
     checkpoint_uri: str | None = None
     """Also commit every checkpoint to this fsspec URL (s3://bucket/prefix, gs://, az://; needs
     s3fs, gcsfs or adlfs): uploaded after the local commit, the COMMITTED object last; a resume
-    on a machine without the local copy downloads the newest one. Checkpoints are staged in the
-    run directory first, so several nodes still need runs_root on storage they share."""
+    on a machine without the local copy downloads the newest one. Nodes that do not share
+    runs_root each upload their own shards; rank 0 commits."""
     nonfinite: Literal["stop", "skip"] = "stop"
     """A NaN/inf loss or gradient: stop with an error, or skip that batch. Never stepped."""
     tensorboard: bool = False

@@ -287,10 +287,14 @@ def _shard_files(dcp_dir: Path) -> list[str]:
 
 
 def save_sharded(root: Path, model: Any, optimizer: Any, trainer_state: TrainerState, rng: dict[str, Any],
-                 rank: int) -> Path:
-    """Every rank writes its shards into the temp folder; rank 0 checks that every shard file the
-    metadata names is there, then writes the state, checksums and COMMITTED as ``save_checkpoint``
-    does. Call on every rank at once."""
+                 rank: int, local_rank: int = 0, remote: Any = None) -> tuple[Path, bool]:
+    """Every rank writes its shards into the temp folder (on each node: ``local_rank`` 0 prepares it).
+    Then, when rank 0 sees every shard file the metadata names (one node, or a shared file system),
+    it writes the state, checksums and COMMITTED as ``save_checkpoint`` does. When it does not
+    (node-local disks), the checkpoint can only be committed in object storage: each rank uploads its
+    own shards to ``remote`` (``llmkit.train.remote``), and rank 0 the rest and COMMITTED last, after
+    checking that every file is there. Returns (the step folder, whether it was committed remotely
+    instead of locally). Call on every rank at once."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
@@ -299,31 +303,37 @@ def save_sharded(root: Path, model: Any, optimizer: Any, trainer_state: TrainerS
     tmp = root / f".tmp-{final.name}"
     distributed = dist.is_initialized()
     error: BaseException | None = None
-    if rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
+    if local_rank == 0:  # on a shared file system several nodes do this at once: no step may fail on that
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp.mkdir(parents=True, exist_ok=True)
     if distributed:
         dist.barrier()
     model_sd, optim_sd = _state_dicts(model, optimizer)
-    rngs: list[Any] = [None] * (dist.get_world_size() if distributed else 1)
-    if distributed:
-        dist.all_gather_object(rngs, rng)
-    else:
-        rngs = [rng]
     try:
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
     except Exception as exc:  # noqa: BLE001 - DCP gathers every rank's failure into one exception
         raise RunFailure(f"cannot save the step-{step} checkpoint in {root}", str(exc).splitlines()[0][:300],
                          "earlier checkpoints are untouched; fix the problem (disk space?), then resume") from None
     fault_point("save")
+    mine = sorted(f for f in (tmp / "dcp").iterdir()
+                  if f.name.startswith(f"__{rank}_") or (rank == 0 and f.name == ".metadata"))
+    sums = {f"dcp/{f.name}": _sha256(f) for f in mine}
+    gathered = _everyone((sums, rng))
+    all_sums = {k: v for ranks_sums, _ in gathered for k, v in ranks_sums.items()}
+    rngs = [r for _, r in gathered]
+    shared = _everyone(all((tmp / "dcp" / f).exists() for f in _shard_files(tmp / "dcp")) if rank == 0 else None)[0]
+    if not shared:
+        if remote is None:
+            if rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            _agree(RunFailure(f"the step-{step} checkpoint is missing shards on rank 0's disk",
+                              "the ranks do not share this checkpoint folder (node-local disks)",
+                              "put runs_root on storage every node sees, or set train.checkpoint_uri to a "
+                              "bucket: each rank then uploads its own shards") if rank == 0 else None)
+        _commit_remotely(remote, tmp, final.name, mine, trainer_state, rngs, all_sums, rank, local_rank)
+        return final, True
     if rank == 0:
         try:
-            missing = [f for f in _shard_files(tmp / "dcp") if not (tmp / "dcp" / f).exists()]
-            if missing:
-                raise RunFailure(f"the step-{step} checkpoint is missing shards: {', '.join(missing[:4])}",
-                                 "the ranks do not share this checkpoint folder (node-local disks?)",
-                                 "put runs_root on storage every node sees (a shared file system)")
             _write_json(tmp / "trainer_state.json", trainer_state.to_json())
             _write_json(tmp / "rng.json", rngs)
             files = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
@@ -335,11 +345,50 @@ def save_sharded(root: Path, model: Any, optimizer: Any, trainer_state: TrainerS
             shutil.rmtree(tmp, ignore_errors=True)
             error = RunFailure(f"cannot commit the step-{step} checkpoint in {root}: {exc.strerror or exc}",
                                "earlier checkpoints are untouched", "fix the problem (disk space?), then resume")
-        except RunFailure as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            error = exc
     _agree(error)
-    return final
+    return final, False
+
+
+def _everyone(obj: Any) -> list[Any]:
+    """``obj`` of every rank, in rank order (``[obj]`` without a process group)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _commit_remotely(remote: Any, tmp: Path, name: str, mine: list[Path], trainer_state: TrainerState,
+                     rngs: list[Any], all_sums: dict[str, str], rank: int, local_rank: int) -> None:
+    """Node-local disks: every rank uploads its shards; rank 0 the state and checksums, checks that
+    every file is in the bucket, and writes COMMITTED last. Nothing is committed locally."""
+    failed: str | None = None
+    try:
+        for f in mine:
+            remote.put(f, f"{name}/dcp/{f.name}")
+    except (OSError, RunFailure) as exc:
+        failed = f"rank {rank}: {exc}"
+    failures = [f for f in _everyone(failed) if f]
+    error: BaseException | None = None
+    if rank == 0:
+        try:
+            if failures:
+                raise RunFailure(f"cannot upload {name}", failures[0].splitlines()[0], "check the bucket and the "
+                                 "credentials on every node, then resume")
+            _write_json(tmp / "trainer_state.json", trainer_state.to_json())
+            _write_json(tmp / "rng.json", rngs)
+            sums = {**all_sums, **{n: _sha256(tmp / n) for n in ("trainer_state.json", "rng.json")}}
+            _write_json(tmp / "checksums.json", sums)
+            for n in ("trainer_state.json", "rng.json", "checksums.json"):
+                remote.put(tmp / n, f"{name}/{n}")
+            remote.commit(name, sorted(sums))
+        except (OSError, RunFailure) as exc:
+            error = exc if isinstance(exc, RunFailure) else RunFailure(f"cannot commit {name} remotely: {exc}")
+    if local_rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _agree(error)
 
 
 def load_sharded(path: Path, model: Any, optimizer: Any) -> None:

@@ -183,7 +183,11 @@ def wrapper_of(model: Any) -> Wrapper:
 
 
 def config_hash(cfg: RunConfig) -> str:
-    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+    """What every rank must agree on: the whole config but ``runs_root`` (each node may keep its run
+    directory on its own disk when checkpoints go to a bucket)."""
+    dump = cfg.model_dump(mode="json")
+    dump.pop("runs_root")
+    return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def check_setup(cfg: RunConfig, d: Dist, model: Any, wanted: Wrapper) -> None:

@@ -104,15 +104,23 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
     total_steps = setup.total_steps(tc)
 
     # --- resume: newest committed checkpoint that verifies, or a fresh start -------------------
-    if d.is_main:
+    if d.local_rank == 0:
         for partial in ckpt.remove_partial(run.checkpoints):
             log(f"removed partial checkpoint {partial.name} (left by an interrupted save)")
+    dist_.barrier(d)
     state = TrainerState(step=0, tokens_seen=0, train_time_s=0.0, nonfinite_skipped=0,
                          config=cfg.model_dump(mode="json"), data=data.fingerprint, data_position={},
                          param_groups=[], scaler=None, llmkit_version=__version__)
     remote = remote_for(tc.checkpoint_uri)
-    if remote is not None and d.is_main and resume == "auto":
-        sync_for_resume(remote, run.checkpoints, log)
+    if remote is not None and resume == "auto":
+        # rank 0 first (it also drops partial uploads), then the first rank of every other node: on
+        # node-local disks each node needs its own copy; on shared storage they find it already there
+        if d.is_main:
+            sync_for_resume(remote, run.checkpoints, log, remove_partial=True)
+        dist_.barrier(d)
+        if d.local_rank == 0 and not d.is_main:
+            sync_for_resume(remote, run.checkpoints, _quiet, remove_partial=False)
+        dist_.barrier(d)
     if d.restart and resume == "never":
         resume = "auto"  # torchrun restarted the workers: continue, never start over
     found = _find_resume(run.checkpoints, resume, log, d)
@@ -217,18 +225,21 @@ def _save(run: RunDir, keep_last: int, remote: RemoteCheckpoints | None, model: 
                          "a checkpoint with NaN/inf would poison every resume", "resume from the previous checkpoint")
     state.data_position = data.state_dict()
     state.scaler = scaler.state_dict() if scaler is not None else None
+    uploaded = False
     if d.enabled:
         state.param_groups = []  # the sharded layout keeps them with the optimizer state
-        path = ckpt.save_sharded(run.checkpoints, model, optimizer, state, setup.rng_state(), d.rank)
+        path, uploaded = ckpt.save_sharded(run.checkpoints, model, optimizer, state, setup.rng_state(), d.rank,
+                                           d.local_rank, remote)
     else:
         tensors = setup.trainable_tensors(model)
         opt_tensors, state.param_groups = setup.optimizer_tensors(optimizer)
         path = ckpt.save_checkpoint(run.checkpoints, tensors, opt_tensors, state, setup.rng_state())
-    if d.is_main:
+    if d.local_rank == 0:
         ckpt.apply_retention(run.checkpoints, keep_last)
-        if remote is not None:
+    if d.is_main and remote is not None:
+        if not uploaded:
             remote.upload(path)
-            remote.apply_retention(keep_last)
+        remote.apply_retention(keep_last)
     dist_.barrier(d)
     log(f"checkpoint {path.name} committed" + (f" (and uploaded to {remote.uri})" if remote is not None else ""))
 

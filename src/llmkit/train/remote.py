@@ -70,17 +70,31 @@ class RemoteCheckpoints:
         target = f"{self.root}/{local.name}"
         if self.fs.exists(target):
             self.fs.rm(target, recursive=True)  # an earlier, uncommitted upload of the same step
-        files = sorted(p for p in local.rglob("*") if p.is_file() and p.name != ckpt.COMMITTED)
+        files = sorted(f.relative_to(local).as_posix() for f in local.rglob("*")
+                       if f.is_file() and f.name != ckpt.COMMITTED)
         try:
-            for f in files:
-                self.fs.put_file(str(f), f"{target}/{f.relative_to(local).as_posix()}")
-                fault_point("save")
-            self.fs.pipe_file(f"{target}/{ckpt.COMMITTED}", (local / ckpt.COMMITTED).read_bytes())
+            for rel in files:
+                self.put(local / rel, f"{local.name}/{rel}")
+            self.commit(local.name, files)
         except OSError as exc:
             raise RunFailure(f"cannot upload {local.name} to {self.uri}: {exc}", "the local copy is committed; the "
                              "remote one is not (it will be removed at the next start)",
                              "check the credentials and the bucket, then resume: the next checkpoint uploads "
                              "again") from None
+
+    def put(self, local: Path, rel: str) -> None:
+        """Upload one file to ``<uri>/<rel>``."""
+        self.fs.put_file(str(local), f"{self.root}/{rel}")
+        fault_point("save")
+
+    def commit(self, name: str, files: list[str]) -> None:
+        """Write ``<name>/COMMITTED`` once every one of ``files`` is in the store."""
+        missing = [f for f in files if not self.fs.exists(f"{self.root}/{name}/{f}")]
+        if missing:
+            raise RunFailure(f"{name} is missing {', '.join(missing[:4])} in {self.uri}", "an upload did not land",
+                             "resume: the previous committed checkpoint is used")
+        step = int(name.rsplit("-", 1)[1])
+        self.fs.pipe_file(f"{self.root}/{name}/{ckpt.COMMITTED}", f"{step}\n".encode())
 
     def download(self, step: int, local_root: Path) -> Path:
         """Fetch a committed remote checkpoint into ``local_root`` and commit it there (verified)."""
@@ -110,10 +124,10 @@ class RemoteCheckpoints:
             self.fs.rm(path, recursive=True)
 
 
-def sync_for_resume(remote: RemoteCheckpoints, local_root: Path, log: Log) -> None:
-    """Before choosing a checkpoint: drop remote partial uploads, and make sure the newest remote
-    checkpoint is committed locally (downloading it if needed)."""
-    for step in remote.remove_partial():
+def sync_for_resume(remote: RemoteCheckpoints, local_root: Path, log: Log, remove_partial: bool = True) -> None:
+    """Before choosing a checkpoint: drop remote partial uploads (one rank only), and make sure the
+    newest remote checkpoint is committed locally (downloading it if needed)."""
+    for step in remote.remove_partial() if remove_partial else []:
         log(f"removed the partial upload of step {step} from {remote.uri}")
     steps = remote.committed()
     local = [step for step, _ in ckpt.committed(local_root)]

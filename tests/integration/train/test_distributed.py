@@ -161,7 +161,7 @@ def two_nodes(cfg: Path, *extra_per_node: list[str]) -> list[subprocess.Complete
 def test_two_agents_form_a_two_node_job(tmp_path: Path, reference: Path) -> None:
     cfg = make_run(tmp_path, train={**TRAIN, "distributed": "ddp"})
     a, b = two_nodes(cfg, [], [])
-    assert a.returncode == 0 and b.returncode == 0, (a.stderr[-2000:], b.stderr[-2000:])
+    assert a.returncode == 0 and b.returncode == 0, (a.stderr[-2000:], b.stderr[-6000:])
     assert "on 2 process(es) (gloo, ddp)" in a.stdout + b.stdout
     loss, weights = max_diff(tmp_path / "runs" / "t", reference)
     print(f"\n2 nodes x 1 process vs 1 process: largest loss difference {loss:.2e}, weights {weights:.2e}")

@@ -126,3 +126,44 @@ def test_runs_root_as_a_url_is_refused_with_the_key_that_does_it(tmp_path: Path)
 
     with pytest.raises(ConfigProblems, match="train.checkpoint_uri"):
         validate_config({"name": "t", "runs_root": "s3://bucket/runs"})
+
+
+def test_two_nodes_with_node_local_disks_commit_to_the_bucket_and_resume(tmp_path: Path, s3: dict[str, str],
+                                                                        reference: Path) -> None:
+    """Each node has its own runs_root (nothing shared but the bucket): every rank uploads its own
+    shards, rank 0 commits; a restarted job downloads the checkpoint on every node."""
+    train_cfg = {**TRAIN, "checkpoint_uri": "s3://ckpt/nodes", "distributed": "fsdp"}
+    for i in range(2):
+        (tmp_path / f"node{i}").mkdir()
+    node_cfgs = [make_run(tmp_path / f"node{i}", train=train_cfg) for i in range(2)]
+    for i in range(2):
+        assert (tmp_path / f"node{i}" / "runs" / "t" / "data").is_dir()
+    a, b = two_nodes_per_config(node_cfgs, ["--stop-at-step", "10"])
+    assert a.returncode == 0 and b.returncode == 0, (a.stderr[-2000:], b.stderr[-2000:])
+    assert remote_steps("ckpt/nodes") == {"step-000005": True, "step-000010": True}
+    for i in range(2):  # never committed on a node's own disk: half of the shards are elsewhere
+        assert not list((tmp_path / f"node{i}" / "runs" / "t" / "checkpoints").glob("step-*/COMMITTED"))
+    a, b = two_nodes_per_config(node_cfgs, [])
+    assert a.returncode == 0 and b.returncode == 0, (a.stderr[-2000:], b.stderr[-2000:])
+    assert "downloading step-000010" in a.stdout and "(step 10)" in a.stdout
+    run = tmp_path / "node0" / "runs" / "t"
+    worst = max(abs(losses(run)[s] - losses(reference)[s]) for s in range(11, 21))
+    print(f"\n2 nodes, node-local disks, s3: largest loss difference after the resume {worst:.2e}")
+    assert worst < 1e-4 and (run / "final" / "model.safetensors").exists()
+
+
+def two_nodes_per_config(cfgs: list[Path], extra: list[str]) -> list[subprocess.CompletedProcess[str]]:
+    """Two torchrun agents, one process each, node i with its own config (its own runs_root)."""
+    from .test_distributed import free_port
+
+    endpoint = f"127.0.0.1:{free_port()}"
+    procs = [subprocess.Popen([sys.executable, "-m", "llmkit", "train", "--config", str(cfg), "--nproc-per-node", "1",
+                               "--nnodes", "2", "--node-rank", str(i), "--rdzv-endpoint", endpoint, *extra],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+             for i, cfg in enumerate(cfgs)]
+    results = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    return results
