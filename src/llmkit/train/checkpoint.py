@@ -334,10 +334,10 @@ def save_sharded(root: Path, model: Any, optimizer: Any, trainer_state: TrainerS
         return final, True
     if rank == 0:
         try:
-            _write_json(tmp / "trainer_state.json", trainer_state.to_json())
-            _write_json(tmp / "rng.json", rngs)
-            files = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
-            _write_json(tmp / "checksums.json", {name: _sha256(tmp / name) for name in files})
+            # every rank hashed its own shards (in parallel); rank 0 hashes anything else DCP wrote
+            unhashed = {f"dcp/{f.name}": _sha256(f) for f in (tmp / "dcp").iterdir()
+                        if f"dcp/{f.name}" not in all_sums}
+            _write_state_files(tmp, trainer_state, rngs, {**all_sums, **unhashed})
             for sub in (tmp / "dcp", tmp):
                 fsync_dir(sub)
             _commit(tmp, final, step)
@@ -347,6 +347,16 @@ def save_sharded(root: Path, model: Any, optimizer: Any, trainer_state: TrainerS
                                "earlier checkpoints are untouched", "fix the problem (disk space?), then resume")
     _agree(error)
     return final, False
+
+
+def _write_state_files(tmp: Path, trainer_state: TrainerState, rngs: list[Any],
+                       shard_sums: dict[str, str]) -> dict[str, str]:
+    """trainer_state.json, rng.json and checksums.json (the shards' sums and theirs); returns the sums."""
+    _write_json(tmp / "trainer_state.json", trainer_state.to_json())
+    _write_json(tmp / "rng.json", rngs)
+    sums = {**shard_sums, **{n: _sha256(tmp / n) for n in ("trainer_state.json", "rng.json")}}
+    _write_json(tmp / "checksums.json", sums)
+    return sums
 
 
 def _everyone(obj: Any) -> list[Any]:
@@ -377,10 +387,7 @@ def _commit_remotely(remote: Any, tmp: Path, name: str, mine: list[Path], traine
             if failures:
                 raise RunFailure(f"cannot upload {name}", failures[0].splitlines()[0], "check the bucket and the "
                                  "credentials on every node, then resume")
-            _write_json(tmp / "trainer_state.json", trainer_state.to_json())
-            _write_json(tmp / "rng.json", rngs)
-            sums = {**all_sums, **{n: _sha256(tmp / n) for n in ("trainer_state.json", "rng.json")}}
-            _write_json(tmp / "checksums.json", sums)
+            sums = _write_state_files(tmp, trainer_state, rngs, all_sums)
             for n in ("trainer_state.json", "rng.json", "checksums.json"):
                 remote.put(tmp / n, f"{name}/{n}")
             remote.commit(name, sorted(sums))
