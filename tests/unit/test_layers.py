@@ -15,7 +15,7 @@ LAYERS: list[tuple[str, set[str]]] = [  # top to bottom; a layer imports only la
     ("python -m llmkit", {"__main__"}),
     ("the CLI: one thin module per command", {"cli"}),
     ("the whole chain on the embedded corpus", {"quickstart"}),
-    ("stages that use a trained run", {"serve", "export", "report"}),
+    ("stages that use a trained run, and launch", {"serve", "export", "report", "launch"}),
     ("the training loop", {"train"}),
     ("loss, evaluator, lm-eval adapter", {"eval"}),
     ("decoding", {"generate"}),

@@ -74,7 +74,7 @@ def train(
         args = torchrun_args(nproc_per_node, nnodes, node_rank, rdzv_endpoint, max_restarts, stop_timeout, cfg.name,
                              worker)
         code = run_agent(args, resolve_device(cfg.train.device).type == "cpu", nproc_per_node, typer.echo)
-        if code == 0:
+        if code == 0 and not node_rank:  # one line per job, from the first node
             typer.echo(f"torchrun: all {nproc_per_node * nnodes} processes finished")
         raise typer.Exit(code)
 

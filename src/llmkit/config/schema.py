@@ -9,11 +9,13 @@ variable that holds the secret.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Token formats that are values, not names: Hugging Face, GitHub, Slack, AWS access keys.
+_SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|xox[abprs]_[A-Za-z0-9_]+|AKIA[A-Z0-9]{16})$")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 LORA_LINEAR_MODULES = {
@@ -389,25 +391,35 @@ class PlanConfig(Section):
 
 
 class LaunchConfig(Section):
-    """The same run rendered for a cluster scheduler or a cloud. Not implemented yet: `llmkit
-    launch` does not exist, so every key must keep its default."""
+    """The same run rendered for a cluster scheduler, a container or a cloud (`llmkit launch`)."""
 
-    target: Literal["slurm", "kubernetes", "skypilot"] = "slurm"
-    """Which engine's spec to render."""
+    target: Literal["slurm", "kubernetes", "skypilot", "docker"] = "slurm"
+    """Which engine's spec `llmkit launch` renders when --target is not given."""
     nodes: int = Field(1, gt=0)
-    """Machines."""
+    """Machines; more than one runs torchrun's multi-node rendezvous on the first."""
     devices_per_node: int = Field(1, gt=0)
-    """GPUs (or processes) per machine."""
+    """GPUs per machine (CPU runs: training processes per machine)."""
     accelerator: str | None = None
-    """Accelerator name as the engine spells it (e.g. H100:8 for SkyPilot); null: CPU."""
+    """GPU as `llmkit plan` names it (H100, A100-80GB, L4 ...), optionally with the count per node
+    (H100:8 sets devices_per_node); null: CPU only."""
+    cloud: Literal["any", "aws", "gcp", "azure", "kubernetes"] = "any"
+    """SkyPilot: where to provision (any: the cheapest that has the GPU); also the prices shown."""
+    region: str | None = None
+    """SkyPilot: the cloud region (null: any)."""
+    spot: bool = False
+    """SkyPilot: spot / preemptible instances as a managed job that resumes after preemption; also
+    the prices shown."""
     image: str | None = None
-    """Container image (Kubernetes, SkyPilot)."""
+    """Container image with llmkit installed (Kubernetes: required; SkyPilot: optional; Docker: the
+    tag to build). `llmkit launch --target docker` renders a Dockerfile for it."""
     checkpoint_uri: str | None = None
-    """Persistent location for checkpoints (a shared path or s3://, gs://, az://)."""
+    """Where checkpoints outlive a node: a bucket (s3://, gs://, az://), a Kubernetes volume claim
+    (pvc://NAME, mounted as runs_root) or a shared file-system folder (Slurm; used as runs_root).
+    null: runs_root as it is (Slurm: must be shared by the nodes)."""
     max_restarts: int = Field(3, ge=0)
     """torchrun restarts after a worker failure; each resumes from the latest checkpoint."""
     time_limit_s: int | None = Field(None, gt=0)
-    """Wall-clock limit the scheduler enforces."""
+    """Wall-clock limit the scheduler enforces; llmkit checkpoints before it (null: none)."""
     secret_envs: list[str] = Field(default_factory=lambda: ["HF_TOKEN"])
     """Names of environment variables passed through to the job (never their values)."""
 
@@ -416,16 +428,30 @@ class LaunchConfig(Section):
     def _env_names(cls, values: list[str]) -> list[str]:
         for v in values:
             _check_env_name(v)
+            if _SECRET_VALUE.match(v):
+                raise ValueError(f"{v[:4]}... looks like a secret value, not the name of an environment variable; "
+                                 "export it (e.g. export HF_TOKEN=...) and list the variable's name here")
         return values
 
-    @model_validator(mode="after")
-    def _launch_implemented(self) -> LaunchConfig:
-        changed = sorted(k for k in self.model_fields_set
-                         if getattr(self, k) != type(self).model_fields[k].get_default(call_default_factory=True))
-        if changed:
-            raise ValueError(f"`llmkit launch` is {NOT_YET}, so launch.{', launch.'.join(changed)} would do "
-                             "nothing; remove the launch section (or keep its defaults)")
-        return self
+    @field_validator("accelerator")
+    @classmethod
+    def _accelerator(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*(:[1-9][0-9]*)?", value):
+            raise ValueError("must be a GPU name, optionally with a count per node (H100, H100:8, A100-80GB:4)")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _count_in_accelerator(cls, data: Any) -> Any:
+        acc = data.get("accelerator") if isinstance(data, dict) else None
+        if isinstance(acc, str) and re.fullmatch(r".+:[1-9][0-9]*", acc):
+            count = int(acc.rsplit(":", 1)[1])
+            given = data.get("devices_per_node")
+            if given is not None and given != count:
+                raise ValueError(f"accelerator {acc} says {count} per node but devices_per_node is {given}; "
+                                 "give the count once")
+            data = {**data, "devices_per_node": count}
+        return data
 
 
 class RunConfig(Section):

@@ -23,6 +23,7 @@ class Device:
     fp32_tflops: float | None
     bandwidth_gbs: float
     interconnect: str
+    skypilot: str | None = None  # the accelerator's name in SkyPilot's catalog
 
     def peak_flops(self, precision: str) -> float | None:
         """Dense peak FLOP/s in a precision (None: not supported)."""
@@ -60,6 +61,9 @@ def find_device(name: str) -> Device:
     table = devices()
     for known, dev in table.items():
         if known.lower() == name.lower() or known.split("-")[0].lower() == name.lower():
+            return dev
+    for dev in table.values():  # SkyPilot's spelling (A100 is the 40 GB card there)
+        if dev.skypilot and dev.skypilot.lower() == name.lower():
             return dev
     close = difflib.get_close_matches(name.upper(), list(table), n=3, cutoff=0.3)
     raise UsageError(f"unknown device {name!r}", f"closest known: {', '.join(close) or 'none'}; all: {', '.join(table)}",

@@ -31,8 +31,9 @@ from llmkit.serve.protocol import (AssistantMessage, ChatChoice, ChatChunkChoice
                                    CompletionResponse, RequestError, Usage, error_body)
 
 log = logging.getLogger("llmkit.serve")
-ALLOW_UNAUTHENTICATED = frozenset({"/health"})
-"""Routes reachable without the API key. Every other route requires it (deny by default)."""
+ALLOW_UNAUTHENTICATED = frozenset({"/health", "/ready"})
+"""Routes reachable without the API key (the probes of Kubernetes and SkyServe; they reveal only a
+status). Every other route requires it (deny by default)."""
 ROUTES = ("/health", "/ready", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions")
 
 

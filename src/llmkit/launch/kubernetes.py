@@ -1,0 +1,121 @@
+"""Kubernetes manifests (pure functions of the spec).
+
+train: a ConfigMap with the run config, a headless Service and an Indexed Job with one pod per
+node (the completion index is the node rank; pod 0 is the rendezvous host, reachable by its
+stable name through the Service). serve: the ConfigMap, a Deployment and a Service, with the
+/ready and /health probes. Secrets come from one Secret by `secretKeyRef`, never from the files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import yaml
+
+from llmkit.launch.spec import RDZV_PORT, VOLUME_ROOT, LaunchSpec
+
+CONFIG_DIR = "/etc/llmkit"
+WORKDIR = "/work"
+
+
+def secret_name(spec: LaunchSpec) -> str:
+    return f"{spec.job_name}-secrets"
+
+
+def _env(spec: LaunchSpec, names: tuple[str, ...]) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": "PYTHONUNBUFFERED", "value": "1"}]
+    for name in names:
+        env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret_name(spec), "key": name,
+                                                                 "optional": name != spec.api_key_env}}})
+    return env
+
+
+def _volumes(spec: LaunchSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": f"{spec.job_name}-config"}},
+                                     {"name": "shm", "emptyDir": {"medium": "Memory"}}]
+    mounts: list[dict[str, Any]] = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                                    {"name": "shm", "mountPath": "/dev/shm"}]
+    if spec.checkpoints.claim:
+        volumes.append({"name": "runs", "persistentVolumeClaim": {"claimName": spec.checkpoints.claim}})
+        mounts.append({"name": "runs", "mountPath": VOLUME_ROOT})
+    return volumes, mounts
+
+
+def _resources(spec: LaunchSpec) -> dict[str, Any]:
+    if not spec.gpu:
+        return {}
+    return {"resources": {"limits": {"nvidia.com/gpu": spec.per_node}}}
+
+
+def _config_map(spec: LaunchSpec) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": f"{spec.job_name}-config", "labels": {"app.kubernetes.io/name": spec.job_name}},
+            "data": {"run.yaml": spec.config_yaml}}
+
+
+def _train(spec: LaunchSpec) -> list[dict[str, Any]]:
+    labels = {"app.kubernetes.io/name": spec.job_name, "app.kubernetes.io/managed-by": "llmkit"}
+    head = f"{spec.job_name}-0.{spec.job_name}:{RDZV_PORT}"
+    args = spec.train_args("$(JOB_COMPLETION_INDEX)", head)
+    volumes, mounts = _volumes(spec)
+    container = {"name": "train", "image": spec.image, "workingDir": WORKDIR, "command": args[:1], "args": args[1:],
+                 "env": _env(spec, spec.secret_envs), "ports": [{"containerPort": RDZV_PORT, "name": "rdzv"}],
+                 "volumeMounts": mounts, **_resources(spec)}
+    job = {"apiVersion": "batch/v1", "kind": "Job",
+           "metadata": {"name": spec.job_name, "labels": labels},
+           "spec": {"completionMode": "Indexed", "completions": spec.nodes, "parallelism": spec.nodes,
+                    "backoffLimit": spec.max_restarts * spec.nodes,
+                    **({"activeDeadlineSeconds": spec.time_limit_s} if spec.time_limit_s else {}),
+                    "template": {"metadata": {"labels": labels},
+                                 "spec": {"subdomain": spec.job_name, "restartPolicy": "OnFailure",
+                                          "terminationGracePeriodSeconds": spec.grace_s,
+                                          "containers": [container], "volumes": volumes}}}}
+    service = {"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": spec.job_name, "labels": labels},
+               "spec": {"clusterIP": "None", "publishNotReadyAddresses": True, "selector": labels,
+                        "ports": [{"name": "rdzv", "port": RDZV_PORT, "targetPort": RDZV_PORT}]}}
+    return [_config_map(spec), service, job]
+
+
+def _serve(spec: LaunchSpec) -> list[dict[str, Any]]:
+    labels = {"app.kubernetes.io/name": spec.job_name, "app.kubernetes.io/managed-by": "llmkit"}
+    args = spec.serve_args()
+    volumes, mounts = _volumes(spec)
+    names = tuple(dict.fromkeys((*spec.secret_envs, *([spec.api_key_env] if spec.api_key_env else []))))
+
+    def probe(path: str, period: int) -> dict[str, Any]:
+        return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "failureThreshold": 3}
+
+    container = {"name": "serve", "image": spec.image, "workingDir": WORKDIR, "command": args[:1], "args": args[1:],
+                 "env": _env(spec, names), "ports": [{"containerPort": spec.serve_port, "name": "http"}],
+                 "readinessProbe": probe("/ready", 5), "livenessProbe": probe("/health", 10),
+                 "startupProbe": {**probe("/health", 5), "failureThreshold": 60},
+                 "volumeMounts": mounts, **_resources(spec)}
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment",
+                  "metadata": {"name": spec.job_name, "labels": labels},
+                  "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                           "template": {"metadata": {"labels": labels},
+                                        "spec": {"terminationGracePeriodSeconds": int(spec.drain_timeout_s) + 10,
+                                                 "containers": [container], "volumes": volumes}}}}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": spec.job_name, "labels": labels},
+               "spec": {"selector": labels, "ports": [{"name": "http", "port": spec.serve_port, "targetPort": "http"}]}}
+    return [_config_map(spec), deployment, service]
+
+
+def secret_command(spec: LaunchSpec) -> str:
+    """The kubectl line that makes the Secret from the submitting shell's variables (values stay there)."""
+    names = list(dict.fromkeys((*spec.secret_envs, *([spec.api_key_env] if spec.what == "serve" and spec.api_key_env
+                                                     else []))))
+    literals = " ".join(f'--from-literal={n}="${n}"' for n in names)
+    return f"kubectl create secret generic {secret_name(spec)} {literals}".rstrip()
+
+
+def render(spec: LaunchSpec) -> dict[str, str]:
+    pod = replace(spec, config_path=f"{CONFIG_DIR}/run.yaml")  # the ConfigMap's mount in the pod
+    docs = _train(pod) if spec.what == "train" else _serve(pod)
+    text = yaml.safe_dump_all(docs, sort_keys=False, width=120)
+    header = (f"# llmkit launch {spec.llmkit_version}: run '{spec.name}' ({spec.what}) on Kubernetes.\n"
+              f"# Secrets first (values come from your shell, never from this file):\n#   {secret_command(spec)}\n"
+              f"# then: kubectl apply -f {spec.out}/{spec.what}.yaml\n")
+    return {f"{spec.what}.yaml": header + text}
