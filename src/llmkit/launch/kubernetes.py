@@ -11,16 +11,15 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import yaml
-
-from llmkit.launch.spec import RDZV_PORT, VOLUME_ROOT, LaunchSpec
+from llmkit.launch.spec import RDZV_PORT, VOLUME_ROOT, LaunchSpec, dump_yaml
 
 CONFIG_DIR = "/etc/llmkit"
 WORKDIR = "/work"
 
 
 def secret_name(spec: LaunchSpec) -> str:
-    return f"{spec.job_name}-secrets"
+    """One Secret for the run's train and serve."""
+    return f"{spec.job_name.removesuffix('-serve')}-secrets"
 
 
 def _env(spec: LaunchSpec, names: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -69,7 +68,8 @@ def _train(spec: LaunchSpec) -> list[dict[str, Any]]:
                     **({"activeDeadlineSeconds": spec.time_limit_s} if spec.time_limit_s else {}),
                     "template": {"metadata": {"labels": labels},
                                  "spec": {"subdomain": spec.job_name, "restartPolicy": "OnFailure",
-                                          "terminationGracePeriodSeconds": spec.grace_s,
+                                          # the agent's --stop-timeout, then 30 s to exit
+                                          "terminationGracePeriodSeconds": spec.grace_s + 30,
                                           "containers": [container], "volumes": volumes}}}}
     service = {"apiVersion": "v1", "kind": "Service",
                "metadata": {"name": spec.job_name, "labels": labels},
@@ -114,8 +114,12 @@ def secret_command(spec: LaunchSpec) -> str:
 def render(spec: LaunchSpec) -> dict[str, str]:
     pod = replace(spec, config_path=f"{CONFIG_DIR}/run.yaml")  # the ConfigMap's mount in the pod
     docs = _train(pod) if spec.what == "train" else _serve(pod)
-    text = yaml.safe_dump_all(docs, sort_keys=False, width=120)
+    text = dump_yaml(docs)
     header = (f"# llmkit launch {spec.llmkit_version}: run '{spec.name}' ({spec.what}) on Kubernetes.\n"
               f"# Secrets first (values come from your shell, never from this file):\n#   {secret_command(spec)}\n"
               f"# then: kubectl apply -f {spec.out}/{spec.what}.yaml\n")
+    if spec.what == "serve":
+        where = (f"the volume claim {spec.checkpoints.claim}" if spec.checkpoints.claim
+                 else f"the image (build it after training, from the folder that holds {spec.runs_root}/)")
+        header += f"# The model: {spec.run_dir}/final, from {where}.\n"
     return {f"{spec.what}.yaml": header + text}

@@ -9,11 +9,10 @@ passed with `--secret NAME` from the launching shell.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-import yaml
-
-from llmkit.launch.spec import MOUNT, RDZV_PORT, LaunchSpec, shell_words
+from llmkit.launch.spec import MOUNT, RDZV_PORT, LaunchSpec, dump_yaml, shell_words
 
 CONFIG = "$HOME/.llmkit/run.yaml"
 MARK = "LLMKIT_RUN_YAML"
@@ -99,25 +98,9 @@ def launch_command(spec: LaunchSpec, path: str) -> str:
     return f"{verb} {path} {secrets}".rstrip()
 
 
-class _Literal(str):
-    """A multi-line string written as a YAML block."""
-
-
-def _literal(dumper: yaml.SafeDumper, data: _Literal) -> yaml.Node:
-    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|")
-
-
-class _Dumper(yaml.SafeDumper):
-    pass
-
-
-_Dumper.add_representer(_Literal, _literal)
-
-
 def render(spec: LaunchSpec) -> dict[str, str]:
-    doc = task(spec)
-    doc["setup"], doc["run"] = _Literal(doc["setup"]), _Literal(doc["run"])
+    doc = task(replace(spec, config_path=CONFIG))  # the job reads the config its setup wrote
     name = f"{spec.what}.sky.yaml"
     header = (f"# llmkit launch {spec.llmkit_version}: run '{spec.name}' ({spec.what}) with SkyPilot.\n"
               f"# From the folder you ran `llmkit launch` in: {launch_command(spec, f'{spec.out}/{name}')}\n")
-    return {name: header + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=120, allow_unicode=True)}
+    return {name: header + dump_yaml([doc])}

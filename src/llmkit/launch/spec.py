@@ -12,6 +12,8 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
+import yaml
+
 from llmkit.config.schema import RunConfig
 from llmkit.errors import ConfigError, UsageError
 from llmkit.plan.hardware import Device, find_device, offerings
@@ -138,6 +140,26 @@ def _quote(word: str) -> str:
 def shell_words(words: list[str]) -> str:
     """Words joined for a shell; words holding "$" are double-quoted so the shell expands them."""
     return " ".join(f'"{w}"' if "$" in w else _quote(w) for w in words)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style for multi-line strings (scripts, the embedded config); no anchors or aliases."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
+
+
+def _block(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _block)
+
+
+def dump_yaml(docs: list[dict[str, object]]) -> str:
+    """Documents as YAML for people to read: keys in the order given, scripts as blocks."""
+    return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, width=120, allow_unicode=True)
 
 
 def parse_accelerator(text: str | None) -> Device | None:
@@ -287,6 +309,9 @@ def build_spec(cfg: RunConfig, target: str, what: str, pins: tuple[str, ...], pi
                           "the server binds 0.0.0.0 there, and llmkit refuses that without a key",
                           "set serve.api_key_env to the name of the variable that will hold the key "
                           "(or serve.allow_unauthenticated: true behind your own gateway)")
+    if target == "skypilot" and lc.region and lc.cloud in ("any", "kubernetes"):
+        raise ConfigError(f"launch.region {lc.region} needs a cloud", f"launch.cloud is {lc.cloud}",
+                          "set launch.cloud to aws, gcp or azure (a region belongs to one), or remove launch.region")
     if target == "kubernetes" and not lc.image:
         raise ConfigError("Kubernetes runs containers: launch.image is not set",
                           "the pods need an image with llmkit and the run's data in it",
@@ -306,7 +331,7 @@ def build_spec(cfg: RunConfig, target: str, what: str, pins: tuple[str, ...], pi
     job = job_config(cfg, target, ck)
     return LaunchSpec(
         name=cfg.name, what=what, target=target, nodes=lc.nodes if what == "train" else 1,
-        per_node=lc.devices_per_node, device=device, cloud=lc.cloud, region=lc.region, spot=lc.spot,
+        per_node=lc.devices_per_node if what == "train" else 1, device=device, cloud=lc.cloud, region=lc.region, spot=lc.spot,
         image=lc.image, checkpoints=ck, max_restarts=lc.max_restarts, time_limit_s=lc.time_limit_s,
         grace_s=grace_seconds(cfg, est.step_s if est else None, ck), secret_envs=tuple(lc.secret_envs),
         config_yaml=dump_config(job), config_path=config_path, runs_root=job.runs_root, python=python,
