@@ -9,7 +9,9 @@ injects one fault so the tests can prove what a real crash would do:
 - ``loss:nan@K``    make the loss of optimizer step K (1-based) NaN;
 - ``step:sleep=S``  sleep S seconds inside every optimizer step (to signal from outside mid-step);
 - ``engine:raise@N`` raise RuntimeError at the server engine's N-th decode step;
-- ``engine:sleep=S`` sleep S seconds at every engine decode step (to keep requests in flight).
+- ``engine:sleep=S`` sleep S seconds at every engine decode step (to keep requests in flight);
+- ``sample:raise_seed=S`` raise RuntimeError while choosing the third token of a sequence sampled
+  with seed S (one request failing inside a shared batch, mid-stream).
 
 Under torchrun a fault fires only in the workers' first attempt (a restarted group runs clean),
 and, with ``LLMKIT_FAULT_RANK=R``, only on global rank R.
@@ -47,6 +49,13 @@ def fault_point(site: str) -> None:
         raise OSError(errno.ENOSPC, "No space left on device (injected)")
     if action == "raise":
         raise RuntimeError(f"injected failure at {site} #{_hits[site]}")
+
+
+def sample_fault(seed: int | None, produced: int) -> None:
+    """Raise for the sequence whose sampling seed the spec names (``sample:raise_seed=S``) once it
+    has ``produced`` two tokens."""
+    if _site == "sample" and _rule.startswith("raise_seed=") and seed == int(_rule[11:]) and produced >= 2:
+        raise RuntimeError(f"injected failure while sampling seed {seed}")
 
 
 def nan_loss_at(step: int) -> bool:

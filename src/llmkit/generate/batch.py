@@ -23,7 +23,8 @@ class Event:
     key: Hashable
     token_id: int | None
     text: str
-    finish_reason: str | None = None  # "stop" | "length" | "cancelled"
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
+    error: str | None = None  # why this sequence failed (finish_reason "error"); the others go on
 
 
 @dataclass
@@ -182,27 +183,19 @@ class BatchDecoder:
         if any(s.seen is not None for s in seqs):
             blank = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
             seen = torch.stack([s.seen if s.seen is not None else blank for s in seqs])
-        chosen = next_tokens(logits, [s.params for s in seqs], seen, [s.generator for s in seqs])
+        chosen, failed = self._choose(logits, seqs, seen)
         events, keep = [], []
         for i, (seq, token) in enumerate(zip(seqs, chosen.tolist())):
-            finish = None
-            is_stop = token in self.stops and not seq.params.ignore_eos
-            if is_stop:
-                finish = "stop"
-            else:
-                seq.ids.append(token)
-                if seq.seen is not None:
-                    seq.seen[min(token, self.vocab - 1)] = True
-                if len(seq.ids) >= seq.limit:
-                    finish = "length"
-            seq.detokenize(self.tokenizer, flush=finish is not None)
-            hit = first_stop(seq.text, seq.params.stop, seq.emitted)
-            if hit >= 0:
-                seq.text, finish = seq.text[:hit], "stop"
-            safe = len(seq.text) if finish else len(seq.text) - holdback(seq.text, seq.params.stop)
-            events.append(Event(seq.key, None if is_stop else token, seq.text[seq.emitted:safe], finish))
-            seq.emitted = max(seq.emitted, safe)
-            if finish is None:
+            if i in failed:
+                events.append(Event(seq.key, None, "", "error", failed[i]))
+                continue
+            try:
+                finish = self._advance(seq, token)
+            except Exception as exc:  # this sequence alone: its request ends with an error
+                events.append(Event(seq.key, None, "", "error", f"{type(exc).__name__}: {exc}"[:300]))
+                continue
+            events.append(finish[0])
+            if finish[1] is None:
                 keep.append(i)
         if keep:
             cache, mask, positions = state
@@ -212,6 +205,50 @@ class BatchDecoder:
                 mask, positions, chosen = mask[idx], positions[idx], chosen[idx]
             self._merge([seqs[i] for i in keep], cache, mask, positions, chosen)
         return events
+
+    def _choose(self, logits: Any, seqs: list[_Seq], seen: Any) -> tuple[Any, dict[int, str]]:
+        """Each row's next token, and the rows whose choice raised (with why). The batch is tried
+        at once; when that raises, row by row, so one sequence's bad parameters end only it."""
+        import torch
+
+        from llmkit.faults import sample_fault
+
+        try:
+            for s in seqs:
+                sample_fault(s.params.seed, len(s.ids))
+            return next_tokens(logits, [s.params for s in seqs], seen, [s.generator for s in seqs]), {}
+        except Exception:
+            pass
+        chosen, failed = torch.zeros(len(seqs), dtype=torch.long, device=logits.device), {}
+        for i, s in enumerate(seqs):
+            try:
+                sample_fault(s.params.seed, len(s.ids))
+                row_seen = seen[i:i + 1] if seen is not None else None
+                chosen[i] = next_tokens(logits[i:i + 1], [s.params], row_seen, [s.generator])[0]
+            except Exception as exc:
+                failed[i] = f"{type(exc).__name__}: {exc}"[:300]
+        return chosen, failed
+
+    def _advance(self, seq: _Seq, token: int) -> tuple[Event, str | None]:
+        """Append ``token`` to one sequence: its event and finish reason (None: it goes on)."""
+        finish = None
+        is_stop = token in self.stops and not seq.params.ignore_eos
+        if is_stop:
+            finish = "stop"
+        else:
+            seq.ids.append(token)
+            if seq.seen is not None:
+                seq.seen[min(token, self.vocab - 1)] = True
+            if len(seq.ids) >= seq.limit:
+                finish = "length"
+        seq.detokenize(self.tokenizer, flush=finish is not None)
+        hit = first_stop(seq.text, seq.params.stop, seq.emitted)
+        if hit >= 0:
+            seq.text, finish = seq.text[:hit], "stop"
+        safe = len(seq.text) if finish else len(seq.text) - holdback(seq.text, seq.params.stop)
+        event = Event(seq.key, None if is_stop else token, seq.text[seq.emitted:safe], finish)
+        seq.emitted = max(seq.emitted, safe)
+        return event, finish
 
     def _keep(self, rows: list[int]) -> None:
         import torch

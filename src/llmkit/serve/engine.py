@@ -3,8 +3,9 @@
 The HTTP layer submits a request (one or more choices) and reads its events from an asyncio
 queue. The engine admits waiting requests while the batch has room (``max_batch_size``), decodes
 one step for everyone, and delivers each event to its request's queue. A request cancelled by
-its client (disconnect, timeout) leaves the batch at the next step. An exception inside a step
-ends every request in that batch with an error event; the engine then goes on with new ones.
+its client (disconnect, timeout) leaves the batch at the next step. A failure that belongs to one
+request (its prefill, its sampling or stopping) ends that request alone with an error event; only
+a failure of the shared forward pass ends every request in the batch. The engine then goes on.
 """
 
 from __future__ import annotations
@@ -135,11 +136,24 @@ class Engine:
                 room -= need
         return admitted
 
+    def _fail_one(self, handle: Handle, message: str) -> None:
+        """End one request with an error: its other choices leave the batch at the next step."""
+        with self._wake:
+            self._active.pop(handle.id, None)
+        handle.cancelled = True
+        for key in handle.keys():
+            self.decoder.cancel(key)
+        log.error("request %d failed inside the engine: %s", handle.id, message)
+        self._deliver(handle, EngineError("generation failed for this request (the server log has the cause)"))
+
     def _dispatch(self, events: list[Event]) -> None:
         for ev in events:
             rid, _choice = ev.key  # type: ignore[misc]
             handle = self._active.get(rid)
             if handle is None:
+                continue
+            if ev.error is not None:
+                self._fail_one(handle, ev.error)
                 continue
             self._deliver(handle, ev)
             if ev.finish_reason:
@@ -168,8 +182,13 @@ class Engine:
                     if handle.cancelled:
                         self._dispatch([Event(k, None, "", "cancelled") for k in handle.keys()])
                         continue
-                    self._dispatch(self.decoder.add([handle.prompt] * len(handle.params), handle.params,
-                                                    handle.keys()))
+                    try:
+                        events = self.decoder.add([handle.prompt] * len(handle.params), handle.params,
+                                                  handle.keys())
+                    except Exception as exc:  # this request's prefill: the running batch is untouched
+                        self._fail_one(handle, f"{type(exc).__name__}: {exc}"[:300])
+                        continue
+                    self._dispatch(events)
                 for seq in self.decoder.seqs:
                     owner = self._active.get(seq.key[0])  # type: ignore[index]
                     if owner is None or owner.cancelled:

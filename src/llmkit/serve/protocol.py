@@ -110,6 +110,8 @@ class _Sampling(BaseModel):
         wanted = self.requested_max_tokens()
         if wanted is not None and wanted <= 0:
             raise RequestError("max_tokens must be at least 1", "max_tokens")
+        if self.top_k is not None and self.top_k > len(tokenizer):
+            raise RequestError(f"top_k must be at most the vocabulary size, {len(tokenizer)} (or -1: off)", "top_k")
         try:
             params = [self.to_sampling_params(defaults, window - len(ids), i) for i in range(self.n)]
         except UsageError as exc:
