@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmkit.errors import UsageError
-from llmkit.generate.sampling import SamplingParams, next_tokens
+from llmkit.generate.sampling import SamplingParams, log_probs, next_tokens
 
 
 @dataclass
@@ -25,6 +25,11 @@ class Event:
     text: str
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
     error: str | None = None  # why this sequence failed (finish_reason "error"); the others go on
+    logprob: float | None = None  # of token_id, when the sequence asked for logprobs
+    top: list[tuple[int, float]] | None = None  # the most likely alternatives at that position
+    prompt: list[tuple[int, float | None, list[tuple[int, float]] | None]] | None = None
+    """With prompt_logprobs (echo), on the sequence's first event: each prompt token, its
+    log-probability given the tokens before it (None for the first) and the alternatives."""
 
 
 @dataclass
@@ -34,6 +39,8 @@ class _Seq:
     limit: int
     generator: Any
     seen: Any  # (V,) bool tensor, or None when no repetition penalty applies
+    counts: Any = None  # (V,) generated-token counts, when a presence or frequency penalty applies
+    prompt: Any = None  # prompt log-probabilities to deliver with the first event (echo)
     ids: list[int] = field(default_factory=list)
     text: str = ""  # decoded so far (complete characters only)
     emitted: int = 0  # characters of ``text`` already streamed
@@ -66,6 +73,28 @@ def first_stop(text: str, stops: Sequence[str], emitted: int) -> int:
     """Where the earliest stop string starts in ``text`` (-1: none); only new text is searched."""
     found = [i for s in stops if (i := text.find(s, max(0, emitted - len(s) + 1))) >= 0]
     return min(found, default=-1)
+
+
+def top_log_probs(row: Any, k: int) -> list[tuple[int, float]]:
+    """The k most likely tokens of one (V,) log-probability row, best first."""
+    if k <= 0:
+        return []
+    values, ids = row.topk(min(k, row.numel()))
+    return list(zip(ids.tolist(), values.tolist()))
+
+
+def prompt_log_probs(logits: Any, prompt: list[int], k: int) -> list[tuple[int, float | None, list[tuple[int, float]] | None]]:
+    """Each prompt token with its log-probability given the tokens before it, and the k best
+    alternatives at its position; the first token has neither. ``logits``: (len(prompt), V)."""
+    import torch
+
+    lp = log_probs(logits[:-1])
+    targets = torch.tensor(prompt[1:], device=lp.device)
+    chosen = lp.gather(1, targets[:, None])[:, 0].tolist() if len(prompt) > 1 else []
+    out: list[tuple[int, float | None, list[tuple[int, float]] | None]] = [(prompt[0], None, None)]
+    for j, token in enumerate(prompt[1:]):
+        out.append((token, chosen[j], top_log_probs(lp[j], k)))
+    return out
 
 
 def stop_token_ids(tokenizer: Any) -> set[int]:
@@ -147,11 +176,18 @@ class BatchDecoder:
             if sp.repetition_penalty != 1:
                 seen = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
                 seen[torch.tensor(list(p), device=self.device).clamp(max=self.vocab - 1)] = True
-            new.append(_Seq(key, sp, min(sp.max_new_tokens, self.window - len(p)), g, seen))
+            counts = torch.zeros(self.vocab, device=self.device) if sp.counts_tokens else None
+            new.append(_Seq(key, sp, min(sp.max_new_tokens, self.window - len(p)), g, seen, counts))
+        echo = any(sp.prompt_logprobs is not None for sp in params)
         cache = DynamicCache()
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                             logits_to_keep=1, **{self.cache_kw: cache})
+                             logits_to_keep=0 if echo else 1, **{self.cache_kw: cache})
+            if echo:
+                for i, (p, seq) in enumerate(zip(prompts, new)):
+                    if seq.params.prompt_logprobs is not None:
+                        seq.prompt = prompt_log_probs(out.logits[i, longest - len(p):], list(p),
+                                                      seq.params.prompt_logprobs)
         state = (cache, torch.cat([mask, mask.new_ones((n, 1))], 1), positions[:, -1:] + 1)
         return self._sample(out.logits[:, -1, :], new, state)
 
@@ -184,18 +220,26 @@ class BatchDecoder:
             blank = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
             seen = torch.stack([s.seen if s.seen is not None else blank for s in seqs])
         chosen, failed = self._choose(logits, seqs, seen)
+        lp = log_probs(logits) if any(s.params.logprobs is not None for s in seqs) else None
         events, keep = [], []
         for i, (seq, token) in enumerate(zip(seqs, chosen.tolist())):
             if i in failed:
                 events.append(Event(seq.key, None, "", "error", failed[i]))
                 continue
+            if seq.limit == 0:  # echo with max_tokens 0: the prompt's log-probabilities only
+                events.append(Event(seq.key, None, "", "length", prompt=seq.prompt))
+                continue
             try:
-                finish = self._advance(seq, token)
+                event, finish = self._advance(seq, token)
+                if lp is not None and seq.params.logprobs is not None and event.token_id is not None:
+                    event.logprob = float(lp[i, token])
+                    event.top = top_log_probs(lp[i], seq.params.logprobs)
             except Exception as exc:  # this sequence alone: its request ends with an error
                 events.append(Event(seq.key, None, "", "error", f"{type(exc).__name__}: {exc}"[:300]))
                 continue
-            events.append(finish[0])
-            if finish[1] is None:
+            event.prompt, seq.prompt = seq.prompt, None
+            events.append(event)
+            if finish is None:
                 keep.append(i)
         if keep:
             cache, mask, positions = state
@@ -213,10 +257,14 @@ class BatchDecoder:
 
         from llmkit.faults import sample_fault
 
+        counts = None
+        if any(s.counts is not None for s in seqs):
+            blank = torch.zeros(self.vocab, device=self.device)
+            counts = torch.stack([s.counts if s.counts is not None else blank for s in seqs])
         try:
             for s in seqs:
                 sample_fault(s.params.seed, len(s.ids))
-            return next_tokens(logits, [s.params for s in seqs], seen, [s.generator for s in seqs]), {}
+            return next_tokens(logits, [s.params for s in seqs], seen, [s.generator for s in seqs], counts), {}
         except Exception:
             pass
         chosen, failed = torch.zeros(len(seqs), dtype=torch.long, device=logits.device), {}
@@ -224,7 +272,8 @@ class BatchDecoder:
             try:
                 sample_fault(s.params.seed, len(s.ids))
                 row_seen = seen[i:i + 1] if seen is not None else None
-                chosen[i] = next_tokens(logits[i:i + 1], [s.params], row_seen, [s.generator])[0]
+                row_counts = counts[i:i + 1] if counts is not None else None
+                chosen[i] = next_tokens(logits[i:i + 1], [s.params], row_seen, [s.generator], row_counts)[0]
             except Exception as exc:
                 failed[i] = f"{type(exc).__name__}: {exc}"[:300]
         return chosen, failed
@@ -239,6 +288,8 @@ class BatchDecoder:
             seq.ids.append(token)
             if seq.seen is not None:
                 seq.seen[min(token, self.vocab - 1)] = True
+            if seq.counts is not None:
+                seq.counts[token] += 1
             if len(seq.ids) >= seq.limit:
                 finish = "length"
         seq.detokenize(self.tokenizer, flush=finish is not None)

@@ -26,11 +26,22 @@ class SamplingParams:
     stop: tuple[str, ...] = field(default_factory=tuple)
     seed: int | None = None
     ignore_eos: bool = False  # keep going past end-of-text tokens (benchmarks, forced lengths)
+    presence_penalty: float = 0.0  # OpenAI's: minus this from every token already generated
+    frequency_penalty: float = 0.0  # OpenAI's: minus this times how often the token was generated
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    logprobs: int | None = None  # report each new token's log-probability and this many alternatives
+    prompt_logprobs: int | None = None  # also the prompt tokens' (echo); then max_new_tokens may be 0
 
     def __post_init__(self) -> None:
         problems = []
-        if self.max_new_tokens <= 0:
+        if self.max_new_tokens < (0 if self.prompt_logprobs is not None else 1):
             problems.append(f"max_new_tokens must be > 0 (got {self.max_new_tokens})")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not (-2 <= value <= 2):
+                problems.append(f"{name} must be within [-2, 2] (got {value})")
+        if any(not (-100 <= b <= 100) for _, b in self.logit_bias):
+            problems.append("logit_bias values must be within [-100, 100]")
         if not (0 <= self.temperature <= 2) or math.isnan(self.temperature):
             problems.append(f"temperature must be within [0, 2] (got {self.temperature})")
         if self.top_k is not None and self.top_k <= 0:
@@ -48,6 +59,16 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether sampling needs the counts of generated tokens (presence / frequency penalty)."""
+        return self.presence_penalty != 0 or self.frequency_penalty != 0
+
+    @property
+    def plain(self) -> bool:
+        """No logit processing: the raw argmax is the greedy choice."""
+        return self.repetition_penalty == 1 and not self.counts_tokens and not self.logit_bias
+
     @classmethod
     def from_config(cls, defaults: GenerateConfig, **overrides: Any) -> SamplingParams:
         """A run's ``generate`` section as sampling parameters; each override that is not None wins."""
@@ -59,6 +80,31 @@ class SamplingParams:
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["stop"] = tuple(values["stop"])
         return cls(**values)
+
+
+def log_probs(logits: Any) -> Any:
+    """Log-probabilities over the vocabulary: fp32 log-softmax of the logits. Every log-probability
+    llmkit reports (the server's logprobs and echo, `llmkit eval --task` loglikelihoods) is this."""
+    return logits.float().log_softmax(-1)
+
+
+def apply_logit_bias(logits: Any, params: list[SamplingParams]) -> Any:
+    """Add each row's logit_bias (OpenAI's: -100 bans a token, +100 all but forces it)."""
+    import torch
+
+    bias = torch.zeros_like(logits)
+    for row, sp in enumerate(params):
+        if sp.logit_bias:
+            ids = torch.tensor([i for i, _ in sp.logit_bias], device=logits.device)
+            bias[row, ids] = torch.tensor([b for _, b in sp.logit_bias], device=logits.device, dtype=logits.dtype)
+    return logits + bias
+
+
+def apply_presence_frequency(logits: Any, counts: Any, presence: Any, frequency: Any) -> Any:
+    """OpenAI's penalties: logit - count * frequency - (count > 0) * presence, per row; ``counts`` (B, V)
+    holds how often each token was generated so far (the prompt does not count)."""
+    counts = counts.to(logits.dtype)
+    return logits - counts * frequency.to(logits.dtype).unsqueeze(1) - (counts > 0) * presence.to(logits.dtype).unsqueeze(1)
 
 
 def apply_repetition_penalty(logits: Any, seen: Any, penalty: Any) -> Any:
@@ -102,14 +148,25 @@ def apply_top_p(logits: Any, p: Any) -> Any:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def next_tokens(logits: Any, params: list[SamplingParams], seen: Any, generators: list[Any]) -> Any:
-    """Choose each row's next token from (B, V) logits under its own parameters."""
+def next_tokens(logits: Any, params: list[SamplingParams], seen: Any, generators: list[Any],
+                counts: Any = None) -> Any:
+    """Choose each row's next token from (B, V) logits under its own parameters.
+
+    Order: logit_bias, presence/frequency penalties, repetition penalty, then (sampled rows)
+    temperature, top-k, top-p. ``counts``: (B, V) generated-token counts, needed when a row has a
+    presence or frequency penalty.
+    """
     import torch
 
     device = logits.device
-    if all(sp.greedy for sp in params) and all(sp.repetition_penalty == 1 for sp in params):
+    if all(sp.greedy and sp.plain for sp in params):
         return logits.argmax(-1)  # the common fast path: no copies, no sorting
     logits = logits.float()
+    if any(sp.logit_bias for sp in params):
+        logits = apply_logit_bias(logits, params)
+    if any(sp.counts_tokens for sp in params):
+        logits = apply_presence_frequency(logits, counts, torch.tensor([sp.presence_penalty for sp in params], device=device),
+                                          torch.tensor([sp.frequency_penalty for sp in params], device=device))
     if any(sp.repetition_penalty != 1 for sp in params):
         penalty = torch.tensor([sp.repetition_penalty for sp in params], device=device)
         logits = apply_repetition_penalty(logits, seen, penalty)

@@ -28,6 +28,7 @@ from llmkit.serve.engine import Engine, EngineError, Handle, Overloaded
 from llmkit.serve.metrics import Metrics
 from llmkit.serve.protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk,
                                    ChatCompletionRequest, ChatCompletionResponse, CompletionChoice, CompletionRequest,
+                                   EngineRequest, Entry, TokenText, chat_logprobs, completion_logprobs,
                                    CompletionResponse, RequestError, Usage, error_body)
 
 log = logging.getLogger("llmkit.serve")
@@ -65,6 +66,7 @@ class State:
     draining: bool = False
     in_flight: int = 0
     max_token_bytes: int = 64
+    token_text: Any = None  # TokenText over the tokenizer (set in create_app)
 
 
 def canonical_path(raw: str) -> str:
@@ -156,15 +158,22 @@ def _parse(model: type[BaseModel], body: dict[str, Any]) -> Any:
         raise ApiError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
     except RecursionError:
         raise ApiError(400, "the JSON is nested too deeply") from None
-    if req.model_extra:
-        log.info("ignored request fields: %s", ", ".join(sorted(req.model_extra))[:200])
+    unknown = [k for k in req.unknown_fields() if k not in _WARNED]
+    if unknown and len(_WARNED) < 1000:
+        _WARNED.update(unknown)
+        log.warning("ignored unknown request fields (logged once each): %s", ", ".join(unknown)[:300])
     return req
+
+
+_WARNED: set[str] = set()
 
 
 def create_app(state: State) -> FastAPI:
     """The FastAPI app (docs routes off: every route is classified for auth)."""
     app = FastAPI(title="llmkit", docs_url=None, redoc_url=None, openapi_url=None)
     tok, engine = state.tokenizer, state.engine
+    if state.token_text is None and tok is not None:
+        state.token_text = TokenText(tok)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -213,17 +222,17 @@ def create_app(state: State) -> FastAPI:
         except RequestError as exc:
             raise ApiError(400, exc.message, param=exc.param, code=exc.code) from None
         try:
-            handle = engine.submit(work.prompt, work.params)
+            handle = engine.submit(work.prompts, work.params)
         except Overloaded:
             raise ApiError(429, "the server is at capacity; retry shortly", "rate_limit_exceeded",
                            headers={"Retry-After": "1"}) from None
-        state.metrics.tokens_in += len(work.prompt)
+        state.metrics.tokens_in += work.prompt_tokens
         meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
                 "model": state.model_name}
         if work.stream:
-            return StreamingResponse(_sse(state, handle, meta, chat, work.include_usage, len(work.prompt)),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        return await _collect(state, request, handle, meta, chat, len(work.prompt))
+            return StreamingResponse(_sse(state, handle, meta, chat, work), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        return await _collect(state, request, handle, meta, chat, work)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -269,10 +278,36 @@ async def _events(state: State, handle: Handle) -> AsyncIterator[Any]:
             state.engine.cancel(handle)
 
 
+@dataclass
+class _Choice:
+    """One choice as it is assembled: text, tokens with their logprobs, why it ended."""
+
+    text: str = ""
+    finish: str = "stop"
+    count: int = 0
+    tokens: list[Entry] = field(default_factory=list)
+    prompt: list[Entry] | None = None
+
+    def add(self, ev: Any) -> None:
+        self.text += ev.text
+        self.count += ev.token_id is not None
+        if ev.token_id is not None and ev.logprob is not None:
+            self.tokens.append((ev.token_id, ev.logprob, ev.top))
+        if ev.prompt is not None:
+            self.prompt = ev.prompt
+        if ev.finish_reason:
+            self.finish = ev.finish_reason if ev.finish_reason != "cancelled" else "stop"
+
+
+def _logprobs(state: State, work: EngineRequest, chat: bool, entries: list[Entry], offset: int = 0) -> Any:
+    if chat:
+        return chat_logprobs(state.token_text, entries)
+    return completion_logprobs(state.token_text, entries, offset)
+
+
 async def _collect(state: State, request: Request, handle: Handle, meta: dict[str, Any], chat: bool,
-                   prompt_tokens: int) -> JSONResponse:
-    n = len(handle.params)
-    texts, reasons, counts = [""] * n, ["stop"] * n, [0] * n
+                   work: EngineRequest) -> JSONResponse:
+    choices = [_Choice() for _ in handle.params]
     events = _events(state, handle)
     watcher = asyncio.ensure_future(_wait_disconnect(request))
     try:
@@ -290,23 +325,31 @@ async def _collect(state: State, request: Request, handle: Handle, meta: dict[st
             if isinstance(ev, EngineError):
                 await events.aclose()
                 return JSONResponse(error_body(ev.message, "server_error"), 504 if ev.kind == "timeout" else 500)
-            choice = ev.key[1]
-            texts[choice] += ev.text
-            counts[choice] += ev.token_id is not None
-            if ev.finish_reason:
-                reasons[choice] = ev.finish_reason
+            choices[ev.key[1]].add(ev)
     finally:
         watcher.cancel()
-    state.metrics.tokens_out += sum(counts)
-    usage = Usage.of(prompt_tokens, sum(counts))
+    completion = sum(c.count for c in choices)
+    state.metrics.tokens_out += completion
+    usage = Usage.of(work.prompt_tokens, completion)
     body: ChatCompletionResponse | CompletionResponse
     if chat:
         body = ChatCompletionResponse(**meta, usage=usage, choices=[
-            ChatChoice(index=i, message=AssistantMessage(content=t), finish_reason=r)
-            for i, (t, r) in enumerate(zip(texts, reasons))])
+            ChatChoice(index=i, message=AssistantMessage(content=c.text), finish_reason=c.finish,
+                       logprobs=_logprobs(state, work, True, c.tokens) if work.logprobs else None)
+            for i, c in enumerate(choices)])
     else:
-        body = CompletionResponse(**meta, usage=usage, choices=[
-            CompletionChoice(index=i, text=t, finish_reason=r) for i, (t, r) in enumerate(zip(texts, reasons))])
+        out = []
+        for i, c in enumerate(choices):
+            prefix = work.echo[i // work.n] if work.echo is not None else ""
+            logprobs = None
+            if work.logprobs:
+                logprobs = _logprobs(state, work, False, (c.prompt or []) + c.tokens)
+                if c.prompt is not None:  # generated tokens' offsets start after the echoed prompt
+                    n = len(c.prompt)
+                    gen = _logprobs(state, work, False, c.tokens, len(prefix))
+                    logprobs["text_offset"] = logprobs["text_offset"][:n] + gen["text_offset"]
+            out.append(CompletionChoice(index=i, text=prefix + c.text, finish_reason=c.finish, logprobs=logprobs))
+        body = CompletionResponse(**meta, usage=usage, choices=out)
     return JSONResponse(body.model_dump(mode="json"))
 
 
@@ -315,11 +358,17 @@ async def _wait_disconnect(request: Request) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _sse(state: State, handle: Handle, meta: dict[str, Any], chat: bool, include_usage: bool,
-               prompt_tokens: int) -> AsyncIterator[bytes]:
-    """Server-sent events in OpenAI's chunk format; an engine failure ends with one error event."""
+async def _sse(state: State, handle: Handle, meta: dict[str, Any], chat: bool,
+               work: EngineRequest) -> AsyncIterator[bytes]:
+    """Server-sent events in OpenAI's chunk format; an engine failure ends with one error event.
+
+    Logprobs travel with the text they belong to: tokens whose text is held back (a possible stop
+    string, part of a character) are reported in the chunk that carries that text."""
     completion = 0
     chunk_type = ChatCompletionChunk if chat else CompletionResponse
+    pending: list[list[Entry]] = [[] for _ in handle.params]
+    offsets = [0] * len(handle.params)
+    started = [False] * len(handle.params)
 
     def chunk(choices: list[Any], usage: Usage | None = None) -> bytes:
         return chunk_type(**meta, choices=choices, usage=usage).sse()
@@ -333,19 +382,32 @@ async def _sse(state: State, handle: Handle, meta: dict[str, Any], chat: bool, i
             if isinstance(ev, EngineError):
                 yield f"data: {json.dumps(error_body(ev.message, 'server_error'))}\n\n".encode()
                 return
+            choice = ev.key[1]
+            if not chat and work.echo is not None and not started[choice]:  # the prompt comes first
+                started[choice] = True
+                text = work.echo[choice // work.n]
+                lp = _logprobs(state, work, False, ev.prompt or []) if work.logprobs else None
+                yield chunk([CompletionChoice(index=choice, text=text, finish_reason=None, logprobs=lp)])
+                offsets[choice] = len(text)
             completion += ev.token_id is not None
+            if ev.token_id is not None and ev.logprob is not None:
+                pending[choice].append((ev.token_id, ev.logprob, ev.top))
             if not ev.text and not ev.finish_reason:
                 continue
-            choice = ev.key[1]
             finish = ev.finish_reason if ev.finish_reason != "cancelled" else "stop"
+            lp = None
+            if work.logprobs:
+                lp = _logprobs(state, work, chat, pending[choice], offsets[choice])
+                pending[choice] = []
+            offsets[choice] += len(ev.text)
             if chat:
                 yield chunk([ChatChunkChoice(index=choice, delta={"content": ev.text} if ev.text else {},
-                                             finish_reason=finish)])
+                                             finish_reason=finish, logprobs=lp)])
             else:
-                yield chunk([CompletionChoice(index=choice, text=ev.text, finish_reason=finish)])
+                yield chunk([CompletionChoice(index=choice, text=ev.text, finish_reason=finish, logprobs=lp)])
         state.metrics.tokens_out += completion
-        if include_usage:
-            yield chunk([], usage=Usage.of(prompt_tokens, completion))
+        if work.include_usage:
+            yield chunk([], usage=Usage.of(work.prompt_tokens, completion))
         yield b"data: [DONE]\n\n"
     finally:
         await events.aclose()

@@ -43,10 +43,11 @@ class EngineError:
 
 @dataclass
 class Handle:
-    """One submitted request: its choices, and where its events go."""
+    """One submitted request: its choices (a prompt and sampling parameters each), and where its
+    events go."""
 
     id: int
-    prompt: list[int]
+    prompts: list[list[int]]
     params: list[SamplingParams]
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
@@ -79,12 +80,12 @@ class Engine:
 
     # --- called from the event loop -----------------------------------------------------------
 
-    def submit(self, prompt: list[int], params: list[SamplingParams]) -> Handle:
-        """Queue a request (raises Overloaded when the server is full)."""
+    def submit(self, prompts: list[list[int]], params: list[SamplingParams]) -> Handle:
+        """Queue a request, one prompt per choice (raises Overloaded when the server is full)."""
         with self._wake:
             if len(self._active) + len(self._waiting) >= self.max_concurrency + self.max_queue:
                 raise Overloaded
-            handle = Handle(next(self._ids), prompt, params, asyncio.get_running_loop())
+            handle = Handle(next(self._ids), prompts, params, asyncio.get_running_loop())
             handle.open_choices = len(params)
             self._waiting.append(handle)
             self._wake.notify()
@@ -183,8 +184,7 @@ class Engine:
                         self._dispatch([Event(k, None, "", "cancelled") for k in handle.keys()])
                         continue
                     try:
-                        events = self.decoder.add([handle.prompt] * len(handle.params), handle.params,
-                                                  handle.keys())
+                        events = self.decoder.add(handle.prompts, handle.params, handle.keys())
                     except Exception as exc:  # this request's prefill: the running batch is untouched
                         self._fail_one(handle, f"{type(exc).__name__}: {exc}"[:300])
                         continue

@@ -45,6 +45,16 @@ def api_key_from_env(cfg: ServeConfig, environ: dict[str, str] | os._Environ[str
     return key
 
 
+def configure_logging() -> None:
+    """The server's own log lines (ignored request fields, failed requests) on stderr, once."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def check_bind(cfg: ServeConfig, api_key: str | None) -> str | None:
     """Refuse a public bind without a key unless explicitly allowed; returns a warning to print."""
     if is_loopback(cfg.host):
@@ -100,6 +110,7 @@ def serve(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, se
         return
     if warning:
         print(warning, file=sys.stderr)
+    configure_logging()
     model, tokenizer, _ = load_for_inference(model_dir)
     engine = Engine(model, tokenizer, cfg.max_batch_size, cfg.max_concurrency, cfg.max_queue)
     longest = max((len(t) for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))) if t), default=16)
@@ -113,8 +124,10 @@ def serve(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, se
     from llmkit.serve.app import Guard
 
     guarded = Guard(app, state)
+    # h11 explicitly: its header-size limit is what the tests prove; with uvicorn[standard] installed
+    # uvicorn would pick httptools, which takes a 200 KB header
     config = uvicorn.Config(guarded, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=1, h11_max_incomplete_event_size=65536)
+                            http="h11", timeout_graceful_shutdown=1, h11_max_incomplete_event_size=65536)
     class DrainingServer(uvicorn.Server):
         """uvicorn without its own signal handling: ours drains first, then sets should_exit."""
 
