@@ -73,3 +73,58 @@ def test_unknown_task_is_a_clear_error(model_dir: Path) -> None:
 
     with pytest.raises(UsageError, match="unknown harness task"):
         run_harness(model_dir, ["no_such_task_llmkit"], TASKS)
+
+
+def test_harness_against_llmkit_serve_equals_llmkit_eval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """lm-evaluation-harness's own `local-completions` and `local-chat-completions` clients against a
+    real `llmkit serve`: loglikelihoods equal `llmkit eval --task`'s (its in-process adapter) within
+    1e-4, and the generate_until tasks run through both endpoints."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from llmkit.config.load import load_config
+    from llmkit.train.loop import train
+
+    from .serve.conftest import start_server, stop_server
+
+    cfg = make_run(tmp_path, model={"max_position_embeddings": 128},  # room for chat-templated prompts
+                   train={"max_steps": 20, "eval_every_steps": 20})
+    model_dir = train(load_config(cfg, environ={}), log=lambda _: None).run_dir
+
+    work = tmp_path / "tasks"
+    shutil.copytree(TASKS, work)
+    monkeypatch.chdir(work)
+    for key, value in {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+                       "HF_DATASETS_CACHE": str(tmp_path / "cache")}.items():
+        monkeypatch.setenv(key, value)
+    manager = TaskManager(include_path=str(work))
+    tasks = ["llmkit_pydocs_mc", "llmkit_pydocs_gen"]
+    model, tok, _ = load_for_inference(model_dir, device="cpu")
+    ours = simple_evaluate(model=make_lm(model, tok, batch_size=2), tasks=tasks, task_manager=manager,
+                           log_samples=True)
+    server = start_server(model_dir)
+    try:
+        common = f"model=t,tokenizer={model_dir / 'final'},tokenizer_backend=huggingface,max_retries=1"
+        remote = simple_evaluate(model="local-completions", tasks=tasks, task_manager=manager, log_samples=True,
+                                 model_args=f"base_url={server.url}/v1/completions,{common}")
+        chat = simple_evaluate(model="local-chat-completions", tasks=["llmkit_pydocs_gen"], task_manager=manager,
+                               apply_chat_template=True, log_samples=True,
+                               model_args=f"base_url={server.url}/v1/chat/completions,{common}")
+    finally:
+        stop_server(server)
+
+    def scores(out: dict, task: str) -> list[tuple[float, bool]]:  # type: ignore[type-arg]
+        return [tuple(r[0]) for s in sorted(out["samples"][task], key=lambda s: s["doc_id"]) for r in s["resps"]]
+
+    mine, theirs = scores(ours, "llmkit_pydocs_mc"), scores(remote, "llmkit_pydocs_mc")
+    assert len(mine) == len(theirs) == 32  # 8 questions x 4 choices
+    worst = max(abs(a[0] - b[0]) for a, b in zip(mine, theirs))
+    print(f"\nlm-eval local-completions vs llmkit eval: {len(mine)} loglikelihoods, largest difference {worst:.2e}")
+    assert worst < 1e-4 and [a[1] for a in mine] == [b[1] for b in theirs]
+    assert remote["results"]["llmkit_pydocs_mc"]["acc,none"] == ours["results"]["llmkit_pydocs_mc"]["acc,none"]
+
+    def generations(out: dict) -> list[str]:  # type: ignore[type-arg]
+        return [s["resps"][0][0] for s in sorted(out["samples"]["llmkit_pydocs_gen"], key=lambda s: s["doc_id"])]
+
+    assert generations(remote) == generations(ours)  # greedy until "\n", 8 tokens
+    assert len(generations(chat)) == 8 and "exact_match,none" in chat["results"]["llmkit_pydocs_gen"]

@@ -22,10 +22,9 @@ def _lm_base() -> Any:
 def make_lm(model: Any, tokenizer: Any, batch_size: int = 8) -> Any:
     """Wrap a loaded model and tokenizer as an lm_eval LM."""
     import torch
-    import torch.nn.functional as F
 
     from llmkit.generate.decode import context_length, generate
-    from llmkit.generate.sampling import SamplingParams
+    from llmkit.generate.sampling import SamplingParams, log_probs
 
     base = _lm_base()
     window = context_length(model)
@@ -44,7 +43,7 @@ def make_lm(model: Any, tokenizer: Any, batch_size: int = 8) -> Any:
                 for r, s in enumerate(seqs):
                     ids[r, : len(s) - 1] = torch.tensor(s[:-1])
                 with torch.inference_mode():
-                    logp = F.log_softmax(model(input_ids=ids.to(device)).logits.float(), dim=-1)
+                    logp = log_probs(model(input_ids=ids.to(device)).logits)  # the server's numerics too
                 for r, ((ctx, cont), s) in enumerate(zip(chunk, seqs)):
                     n = len(cont)
                     positions = torch.arange(len(s) - 1 - n, len(s) - 1)

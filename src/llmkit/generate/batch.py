@@ -25,7 +25,8 @@ class Event:
     text: str
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
     error: str | None = None  # why this sequence failed (finish_reason "error"); the others go on
-    logprob: float | None = None  # of token_id, when the sequence asked for logprobs
+    logprob: float | None = None  # of ``scored``, when the sequence asked for logprobs
+    scored: int | None = None  # the token ``logprob`` is of: token_id, or the end token that stopped it
     top: list[tuple[int, float]] | None = None  # the most likely alternatives at that position
     prompt: list[tuple[int, float | None, list[tuple[int, float]] | None]] | None = None
     """With prompt_logprobs (echo), on the sequence's first event: each prompt token, its
@@ -231,8 +232,8 @@ class BatchDecoder:
                 continue
             try:
                 event, finish = self._advance(seq, token)
-                if lp is not None and seq.params.logprobs is not None and event.token_id is not None:
-                    event.logprob = float(lp[i, token])
+                if lp is not None and seq.params.logprobs is not None:  # the end token too (OpenAI, vLLM)
+                    event.scored, event.logprob = token, float(lp[i, token])
                     event.top = top_log_probs(lp[i], seq.params.logprobs)
             except Exception as exc:  # this sequence alone: its request ends with an error
                 events.append(Event(seq.key, None, "", "error", f"{type(exc).__name__}: {exc}"[:300]))

@@ -291,8 +291,8 @@ class _Choice:
     def add(self, ev: Any) -> None:
         self.text += ev.text
         self.count += ev.token_id is not None
-        if ev.token_id is not None and ev.logprob is not None:
-            self.tokens.append((ev.token_id, ev.logprob, ev.top))
+        if ev.scored is not None and ev.logprob is not None:
+            self.tokens.append((ev.scored, ev.logprob, ev.top))
         if ev.prompt is not None:
             self.prompt = ev.prompt
         if ev.finish_reason:
@@ -390,8 +390,8 @@ async def _sse(state: State, handle: Handle, meta: dict[str, Any], chat: bool,
                 yield chunk([CompletionChoice(index=choice, text=text, finish_reason=None, logprobs=lp)])
                 offsets[choice] = len(text)
             completion += ev.token_id is not None
-            if ev.token_id is not None and ev.logprob is not None:
-                pending[choice].append((ev.token_id, ev.logprob, ev.top))
+            if ev.scored is not None and ev.logprob is not None:
+                pending[choice].append((ev.scored, ev.logprob, ev.top))
             if not ev.text and not ev.finish_reason:
                 continue
             finish = ev.finish_reason if ev.finish_reason != "cancelled" else "stop"
