@@ -100,7 +100,8 @@ def test_verify_fails_on_a_broken_tokenizer(runs: dict[str, Path], tmp_path: Pat
     tok["added_tokens"] = [t for t in tok["added_tokens"] if t["content"] != "<|im_end|>"]
     (out / "tokenizer.json").write_text(json.dumps(tok))  # the end-of-turn token is gone
     tcfg = json.loads((out / "tokenizer_config.json").read_text())
-    tcfg["extra_special_tokens"] = [t for t in tcfg.get("extra_special_tokens", []) if t != "<|im_end|>"]
+    for key in ("extra_special_tokens", "additional_special_tokens"):
+        tcfg[key] = [t for t in tcfg.get(key, []) if t != "<|im_end|>"]
     (out / "tokenizer_config.json").write_text(json.dumps(tcfg))
     result = cli("verify", str(runs["lora"]), "--exported", str(out))
     assert result.returncode == 1, result.stdout + result.stderr

@@ -60,14 +60,17 @@ def verify(
     endpoint_model: str = typer.Option(None, "--endpoint-model", help="Model id at the endpoint (default: run name)."),
     api_key_env: str = typer.Option(None, "--api-key-env", help="Environment variable with the endpoint's key."),
     tolerance: float = typer.Option(1e-4, "--tolerance", help="Largest allowed logit difference."),
+    gguf: Path = typer.Option(None, "--gguf", help="Also run this GGUF file in llama.cpp (llama-cpp-python): "
+                              "tokenization and greedy tokens must match."),
 ) -> None:
-    """Parity check: the run's model vs its export (plain transformers) vs an endpoint. Exit 1 on a mismatch."""
+    """Parity check: the run's model vs its export (plain transformers), an endpoint, a GGUF in llama.cpp.
+    Exit 1 on a mismatch."""
     import os
 
     from llmkit.export.verify import render
     from llmkit.export.verify import verify as run_verify
 
     key = os.environ.get(api_key_env, "") if api_key_env else None
-    report = run_verify(run, exported or run / "final", endpoint, endpoint_model, tolerance, key or None)
+    report = run_verify(run, exported or run / "final", endpoint, endpoint_model, tolerance, key or None, gguf)
     typer.echo(render(report))
     raise typer.Exit(0 if report.ok else 1)

@@ -328,7 +328,7 @@ class GenerateConfig(Section):
     """Keep only the k most likely tokens (null: off)."""
     top_p: float = Field(1.0, gt=0, le=1)
     """Nucleus sampling: keep the smallest set with this total probability."""
-    repetition_penalty: float = Field(1.0, gt=0)
+    repetition_penalty: float = Field(1.0, ge=0.01, le=10)
     """Divide the logits of tokens already present (1.0: off)."""
     stop: list[str] = Field(default_factory=list)
     """Stop when any of these strings appears (it is not included in the output)."""

@@ -26,7 +26,7 @@ from llmkit.data.corpus import CorpusStats, iter_documents
 from llmkit.data.ragged import write_ragged
 from llmkit.data.fastbpe import choose_encoder
 from llmkit.data.shards import ShardMeta, is_validation, publish_shards, token_dtype, write_token_shards
-from llmkit.data.tokenizer import eos_id, load_tokenizer, tokenizer_hash, train_bpe, wrap
+from llmkit.data.tokenizer import eos_id, load_tokenizer, portable_tokenizer_config, tokenizer_hash, train_bpe, wrap
 from llmkit.errors import UsageError
 from llmkit.fsutil import atomic_write_text, staged_dir
 from llmkit.rundir import RunDir
@@ -73,6 +73,7 @@ def ensure_tokenizer(config: RunConfig, tok_dir: Path, retrain: bool, log: Log) 
                          f"set model.vocab_size to at least {len(tok)}, or null to follow the tokenizer")
     with staged_dir(tok_dir) as tmp:
         tok.save_pretrained(str(tmp))
+        portable_tokenizer_config(tmp)
     return load_tokenizer(tok_dir, config.model.trust_remote_code), trained
 
 

@@ -74,6 +74,56 @@ def wrap(tok: Any, cfg: TokenizerConfig, max_length: int) -> Any:
     )
 
 
+LOAD_TIME_KEYS = ("is_local", "local_files_only", "backend", "name_or_path", "_commit_hash")
+"""Arguments of one load that transformers 5 writes back into tokenizer_config.json."""
+
+
+def portable_tokenizer_config(directory: str | Path) -> None:
+    """Make ``directory``'s tokenizer_config.json load in transformers 4.x as in 5.x (idempotent).
+
+    transformers 5 writes ``tokenizer_class: TokenizersBackend`` (a class 4.x lacks), the extra
+    special tokens as a list under ``extra_special_tokens`` (4.x wants a dict there) and the
+    arguments of the load that produced it. The portable form: ``PreTrainedTokenizerFast``,
+    ``additional_special_tokens``, no load-time keys, and the chat template inline as well (4.x
+    releases before chat_template.jinja read it from here). Both versions load it to the same ids.
+    """
+    from llmkit.fsutil import atomic_write_text
+
+    d = Path(directory)
+    path = d / "tokenizer_config.json"
+    if not path.exists():
+        return
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if "auto_map" in data:  # a tokenizer with its own code keeps its own class
+        return
+    if data.get("tokenizer_class") in ("TokenizersBackend", None):
+        data["tokenizer_class"] = "PreTrainedTokenizerFast"
+    for key in LOAD_TIME_KEYS:
+        data.pop(key, None)
+    extra = data.get("extra_special_tokens")
+    if isinstance(extra, list):
+        data.pop("extra_special_tokens")
+        data["additional_special_tokens"] = list(dict.fromkeys([*data.get("additional_special_tokens", []), *extra]))
+    template = d / "chat_template.jinja"
+    if template.exists() and "chat_template" not in data:
+        data["chat_template"] = template.read_text(encoding="utf-8")
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def end_token_ids(directory: str | Path, eos: int | None) -> list[int]:
+    """The end-of-text token and, when the chat template uses it, the end-of-turn token."""
+    d = Path(directory)
+    ends = [eos] if eos is not None else []
+    data = json.loads((d / "tokenizer.json").read_text(encoding="utf-8")) if (d / "tokenizer.json").exists() else {}
+    added = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
+    template = (d / "chat_template.jinja").read_text(encoding="utf-8") if (d / "chat_template.jinja").exists() else ""
+    if not template and (d / "tokenizer_config.json").exists():
+        template = str(json.loads((d / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template") or "")
+    if IM_END in added and IM_END in template and added[IM_END] not in ends:
+        ends.append(added[IM_END])
+    return ends
+
+
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
     """Load a fast tokenizer from a local directory (never from a hub)."""
     p = Path(path)

@@ -3,8 +3,9 @@
 Supported: the llama architecture (f32, f16, q8_0). Tensors take llama.cpp's names; the query
 and key projections are permuted from Hugging Face's rotary layout (halves) to llama.cpp's
 (interleaved pairs), as llama.cpp's own converter does. The byte-level BPE tokenizer goes in as
-``tokenizer.ggml.model = gpt2`` (vocabulary, merges, token types, special ids) with the chat
-template.
+``tokenizer.ggml.model = gpt2`` (vocabulary, merges, token types, special ids) with the
+pre-tokenizer it really uses (``pre_tokenizer``), the chat template and the end-of-turn token;
+an Ollama Modelfile is written beside the file.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from llmkit.data.tokenizer import CHAT_TEMPLATE, end_token_ids
 from llmkit.errors import UsageError
+from llmkit.fsutil import atomic_write_text
 from llmkit.optional import require
 
 SUPPORTED = ("llama",)
@@ -48,6 +51,28 @@ def tensor_names(layers: int, tied: bool) -> dict[str, str]:
     return names
 
 
+# Llama 3's pre-tokenizer split (tokenizer.json of Llama-3-style tokenizers), llama.cpp's "llama-bpe".
+LLAMA3_SPLIT = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+                "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+
+
+def pre_tokenizer(data: dict[str, Any]) -> str:
+    """llama.cpp's name for the pre-tokenizer ``tokenizer.json`` really uses: ``gpt-2`` for byte-level
+    BPE with GPT-2's split (llmkit's own tokenizers), ``llama-bpe`` for Llama 3's split. Anything
+    else has no llama.cpp name llmkit can vouch for: refused, since llama.cpp would split text
+    differently from the tokenizer the model was trained with."""
+    pre = data.get("pre_tokenizer") or {}
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space", False):
+        return "gpt-2"
+    parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
+    if (len(parts) == 2 and parts[0].get("type") == "Split" and parts[0].get("pattern", {}).get("Regex") == LLAMA3_SPLIT
+            and parts[1].get("type") == "ByteLevel" and not parts[1].get("use_regex", True)):
+        return "llama-bpe"
+    raise UsageError("GGUF export: llama.cpp has no pre-tokenizer known to match this tokenizer's",
+                     f"its pre_tokenizer is {json.dumps(pre)[:300]}",
+                     "export --format hf (transformers and vLLM use tokenizer.json as it is)")
+
+
 def _tokenizer_fields(model_dir: Path) -> dict[str, Any]:
     data = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
     model = data["model"]
@@ -63,7 +88,7 @@ def _tokenizer_fields(model_dir: Path) -> dict[str, Any]:
         tokens[i] = tok
     types = [4 if tokens[i] in special else 1 for i in range(size)]  # 4: control, 1: normal
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    return {"tokens": tokens, "types": types, "merges": merges, "special": special}
+    return {"tokens": tokens, "types": types, "merges": merges, "special": special, "pre": pre_tokenizer(data)}
 
 
 def export_gguf(model_dir: Path, out_file: Path, quant: str = "f32", overwrite: bool = False) -> Path:
@@ -104,7 +129,7 @@ def export_gguf(model_dir: Path, out_file: Path, quant: str = "f32", overwrite: 
                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant]
     writer.add_file_type(file_type)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(tok["pre"])
     writer.add_token_list(tok["tokens"])
     writer.add_token_types(tok["types"])
     writer.add_token_merges(tok["merges"])
@@ -116,9 +141,12 @@ def export_gguf(model_dir: Path, out_file: Path, quant: str = "f32", overwrite: 
     if pad is not None:
         writer.add_pad_token_id(int(pad))
     writer.add_add_bos_token(False)
-    template = (model_dir / "chat_template.jinja")
-    if template.exists():
-        writer.add_chat_template(template.read_text())
+    template = chat_template(model_dir)
+    if template:
+        writer.add_chat_template(template)
+    ends = end_token_ids(model_dir, int(eos))
+    if len(ends) > 1:  # the end-of-turn token: llama.cpp stops a chat reply there
+        writer.add_eot_token_id(ends[1])
     for hf_name, gg_name in tensor_names(cfg["num_hidden_layers"], tied).items():
         w = weights[hf_name]
         if hf_name.endswith("q_proj.weight"):
@@ -137,4 +165,44 @@ def export_gguf(model_dir: Path, out_file: Path, quant: str = "f32", overwrite: 
     writer.write_tensors_to_file()
     writer.close()
     tmp.replace(out_file)
+    atomic_write_text(modelfile_path(out_file), modelfile(out_file, template, [tok["tokens"][i] for i in ends],
+                                                          cfg["max_position_embeddings"], _temperature(model_dir)))
     return out_file
+
+
+def chat_template(model_dir: Path) -> str | None:
+    """The chat template: chat_template.jinja, else tokenizer_config.json's."""
+    if (model_dir / "chat_template.jinja").exists():
+        return (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    if (model_dir / "tokenizer_config.json").exists():
+        return json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template")
+    return None
+
+
+def _temperature(model_dir: Path) -> float | None:
+    path = model_dir / "generation_config.json"
+    return json.loads(path.read_text()).get("temperature") if path.exists() else None
+
+
+def modelfile_path(gguf_file: Path) -> Path:
+    return gguf_file.with_name(gguf_file.stem + ".Modelfile")
+
+
+# llmkit's chat template (ChatML) in Ollama's Go template language.
+OLLAMA_CHATML = ('{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}'
+                 '<|im_start|>assistant\n')
+
+
+def modelfile(gguf_file: Path, template: str | None, stops: list[str], context: int,
+              temperature: float | None) -> str:
+    """An Ollama Modelfile for the GGUF beside it: `ollama create NAME -f <this file>`."""
+    lines = [f"# Ollama: ollama create {gguf_file.stem} -f {modelfile_path(gguf_file).name}", f"FROM ./{gguf_file.name}"]
+    if template is not None and template.strip() == CHAT_TEMPLATE:
+        lines.append(f'TEMPLATE """{OLLAMA_CHATML}"""')
+    elif template:
+        lines.append("# a custom chat template: Ollama reads it from the GGUF (tokenizer.chat_template)")
+    lines += [f'PARAMETER stop "{s}"' for s in stops]
+    lines.append(f"PARAMETER num_ctx {context}")
+    if temperature is not None:
+        lines.append(f"PARAMETER temperature {temperature}")
+    return "\n".join(lines) + "\n"

@@ -94,10 +94,30 @@ def export_hf(run: Path, out: Path, dtype: str = "float32", merge_lora: bool = T
         _copy_tokenizer(src, tmp)
         if (src / "generation_config.json").exists():
             shutil.copy2(src / "generation_config.json", tmp / "generation_config.json")
+            _stop_at_end_of_turn(tmp)
     return ExportResult(out, sorted(p.name for p in out.iterdir()), dtype, diff)
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:
+    from llmkit.data.tokenizer import portable_tokenizer_config
+
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
         if (src / name).exists():
             shutil.copy2(src / name, dst / name)
+    portable_tokenizer_config(dst)  # also for a final/ written before the portable form
+
+
+def _stop_at_end_of_turn(directory: Path) -> None:
+    """generation_config.json's eos_token_id lists every end token (for a final/ written before it did)."""
+    import json
+
+    from llmkit.data.tokenizer import end_token_ids
+    from llmkit.fsutil import atomic_write_text
+
+    path = directory / "generation_config.json"
+    data = json.loads(path.read_text())
+    eos = data.get("eos_token_id")
+    ends = end_token_ids(directory, eos if isinstance(eos, int) else None)
+    if isinstance(eos, int) and len(ends) > 1:
+        data["eos_token_id"] = ends
+        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

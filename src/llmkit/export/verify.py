@@ -6,7 +6,13 @@ For each of the run's fixed eval prompts (chat-rendered for SFT runs), compares:
 - (b) the exported directory loaded with plain ``transformers`` (AutoTokenizer, AutoModel,
   ``generate``): same token ids for the prompt, same greedy tokens, and the largest absolute
   difference of the prompt's logits;
-- (c) optionally a running OpenAI-compatible endpoint: same greedy text.
+- (c) optionally a running OpenAI-compatible endpoint: same greedy text;
+- (d) optionally a GGUF file run by llama.cpp (``llama-cpp-python``): the same token ids as the HF
+  tokenizer on sample texts (punctuation, digits, code, CJK, emoji, special tokens) and the same
+  greedy tokens, stopping at the end tokens the GGUF declares.
+
+The export's ``generate()`` runs with its own generation_config (as a user's would): it must stop
+at the end of an assistant turn by itself.
 
 Tolerance (documented): logits may differ by at most ``tolerance`` (default 1e-4, for fp32
 exports; a bf16/fp16 export needs a larger one, e.g. 0.1, and may legitimately change greedy
@@ -24,6 +30,9 @@ from llmkit.errors import UsageError
 from llmkit.rundir import RunDir
 
 NEW_TOKENS = 24
+SAMPLE_TEXTS = ("x = (1, 2)  # a tuple", "def f(a, b):\n    return a**2 + b // 3\n", "Pi is 3.14159; 1,000,000 and 2024-11-29!",
+                "数字と漢字、中文标点。", "emoji 🙂👍🏽, accents: über café e\u0301", "  spaces\tand\ttabs\n\n\nnewlines  ",
+                "<|im_start|>user\nhi<|im_end|>\n")
 
 
 @dataclass
@@ -37,17 +46,27 @@ class PromptCheck:
 
 
 @dataclass
+class GgufCheck:
+    """llama.cpp on the GGUF file: tokenization of SAMPLE_TEXTS and greedy tokens per prompt."""
+
+    tokenize_equal: bool
+    greedy_equal: bool
+    detail: str = ""
+
+
+@dataclass
 class VerifyReport:
     checks: list[PromptCheck] = field(default_factory=list)
     special_tokens_equal: bool = True
     special_detail: str = ""
     tolerance: float = 1e-4
+    gguf: GgufCheck | None = None
 
     @property
     def ok(self) -> bool:
         return self.special_tokens_equal and all(
             c.tokens_equal and c.greedy_equal and c.max_logit_diff <= self.tolerance and c.endpoint_equal is not False
-            for c in self.checks)
+            for c in self.checks) and (self.gguf is None or (self.gguf.tokenize_equal and self.gguf.greedy_equal))
 
 
 def _prompts(run: Path, tokenizer: Any) -> tuple[list[str], bool]:
@@ -81,8 +100,37 @@ def _endpoint_text(url: str, model: str, prompt_text: str, chat: bool, api_key: 
     return r.json()["choices"][0]["text"]
 
 
+def check_gguf(path: Path, tokenizer: Any, prompts: list[list[int]], expected: list[list[int]], new: int) -> GgufCheck:
+    """Run ``path`` in llama.cpp: sample texts must tokenize to the HF ids, each prompt's greedy
+    tokens (until an end token the GGUF declares) must equal ``expected``."""
+    from llmkit.optional import require
+
+    llama_cpp = require("llama_cpp", "llamacpp", "verify --gguf (running the file in llama.cpp)")
+    vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    wrong = []
+    for text in SAMPLE_TEXTS:
+        theirs = vocab.tokenize(text.encode(), add_bos=False, special=True)
+        ours = tokenizer.encode(text, add_special_tokens=False)
+        if theirs != ours:
+            wrong.append(f"{text[:30]!r}: llama.cpp {theirs[:12]} vs {ours[:12]}")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=int(vocab.metadata.get("llama.context_length", 2048)),
+                          verbose=False)
+    ends = {llm.token_eos(), *[int(v) for k, v in llm.metadata.items() if k == "tokenizer.ggml.eot_token_id"]}
+    greedy_wrong = []
+    for ids, want in zip(prompts, expected):
+        got: list[int] = []
+        llm.reset()
+        for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+            if token in ends or len(got) >= new:
+                break
+            got.append(token)
+        if got != want[:new]:
+            greedy_wrong.append(f"llama.cpp {tokenizer.decode(got)!r} vs llmkit {tokenizer.decode(want)!r}")
+    return GgufCheck(not wrong, not greedy_wrong, "; ".join(wrong + greedy_wrong)[:600])
+
+
 def verify(run: Path, exported: Path, endpoint: str | None = None, endpoint_model: str | None = None,
-           tolerance: float = 1e-4, api_key: str | None = None) -> VerifyReport:
+           tolerance: float = 1e-4, api_key: str | None = None, gguf: Path | None = None) -> VerifyReport:
     """Compare the run's model with its export (and an endpoint); see the module docstring."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -106,6 +154,7 @@ def verify(run: Path, exported: Path, endpoint: str | None = None, endpoint_mode
     report.special_tokens_equal, report.special_detail = not mismatched, "; ".join(mismatched)[:500]
     prompts, chat = _prompts(run, our_tok)
     name = endpoint_model or run.name
+    ran: list[tuple[list[int], list[int], int]] = []
     for text in prompts:
         a_ids = _render(our_tok, text, chat)
         try:
@@ -120,11 +169,15 @@ def verify(run: Path, exported: Path, endpoint: str | None = None, endpoint_mode
             lb = theirs(input_ids=torch.tensor([a_ids])).logits.float()
             check.max_logit_diff = float((la - lb).abs().max()) if la.shape == lb.shape else float("inf")
             mine = generate(ours, our_tok, [a_ids], [SamplingParams(max_new_tokens=new, temperature=0)])[0]
-            eos = [t for t in (their_tok.eos_token_id, their_tok.convert_tokens_to_ids("<|im_end|>")) if isinstance(t, int)]
+            # the export's own generation_config decides where generate() stops, as for any user
             out = theirs.generate(torch.tensor([b_ids]), attention_mask=torch.ones(1, len(b_ids), dtype=torch.long),
-                                  max_new_tokens=new, do_sample=False, eos_token_id=eos or None,
-                                  pad_token_id=their_tok.pad_token_id)
-        hf_tokens = [t for t in out[0, len(b_ids):].tolist() if t not in eos]
+                                  max_new_tokens=new, do_sample=False, pad_token_id=their_tok.pad_token_id)
+        ends = theirs.generation_config.eos_token_id
+        ends = set(ends if isinstance(ends, list) else [ends])
+        hf_tokens = out[0, len(b_ids):].tolist()
+        if hf_tokens and hf_tokens[-1] in ends:
+            hf_tokens = hf_tokens[:-1]
+        ran.append((a_ids, mine.token_ids, new))
         check.greedy_equal = hf_tokens == mine.token_ids
         if not check.greedy_equal:
             check.detail = f"llmkit {our_tok.decode(mine.token_ids)!r} vs transformers {their_tok.decode(hf_tokens)!r}"[:400]
@@ -134,6 +187,8 @@ def verify(run: Path, exported: Path, endpoint: str | None = None, endpoint_mode
             if not check.endpoint_equal:
                 check.detail += f" endpoint {remote!r} vs {mine.text!r}"[:400]
         report.checks.append(check)
+    if gguf is not None and ran:
+        report.gguf = check_gguf(gguf, our_tok, [r[0] for r in ran], [r[1] for r in ran], min(r[2] for r in ran))
     return report
 
 
@@ -145,5 +200,10 @@ def render(report: VerifyReport) -> str:
         lines.append(f"{json.dumps(c.prompt)[:40]:42} prompt tokens {'same' if c.tokens_equal else 'DIFFERENT'} | greedy "
                      f"{'same' if c.greedy_equal else 'DIFFERENT'} | max logit diff {c.max_logit_diff:.2e}{endpoint}"
                      + (f"\n    {c.detail}" if c.detail else ""))
+    if report.gguf is not None:
+        g = report.gguf
+        lines.append(f"GGUF in llama.cpp: tokenization {'same' if g.tokenize_equal else 'DIFFERENT'} on "
+                     f"{len(SAMPLE_TEXTS)} sample texts | greedy {'same' if g.greedy_equal else 'DIFFERENT'}"
+                     + (f"\n    {g.detail}" if g.detail else ""))
     lines.append(f"verdict: {'PASS' if report.ok else 'FAIL'} (tolerance {report.tolerance:g} on logits)")
     return "\n".join(lines)

@@ -48,8 +48,8 @@ class SamplingParams:
             problems.append(f"top_k must be > 0 or unset (got {self.top_k})")
         if not (0 < self.top_p <= 1):
             problems.append(f"top_p must be within (0, 1] (got {self.top_p})")
-        if not (self.repetition_penalty > 0) or math.isinf(self.repetition_penalty):
-            problems.append(f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
+        if not (0.01 <= self.repetition_penalty <= 10):  # smaller divides logits into overflow
+            problems.append(f"repetition_penalty must be within [0.01, 10] (got {self.repetition_penalty})")
         if any(not s for s in self.stop):
             problems.append("stop strings must not be empty")
         if problems:

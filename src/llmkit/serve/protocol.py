@@ -82,7 +82,7 @@ class _Sampling(BaseModel):
     temperature: Annotated[Finite, Field(ge=0, le=2)] | None = None
     top_p: Annotated[Finite, Field(gt=0, le=1)] | None = None
     top_k: Annotated[StrictInt, Field(ge=-1)] | None = None
-    repetition_penalty: Annotated[Finite, Field(gt=0, le=10)] | None = None
+    repetition_penalty: Annotated[Finite, Field(ge=0.01, le=10)] | None = None  # below 0.01: logits overflow
     presence_penalty: Annotated[Finite, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[Finite, Field(ge=-2, le=2)] | None = None
     logit_bias: Annotated[dict[StrictStr, Annotated[Finite, Field(ge=-100, le=100)]],

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.config.schema import RunConfig
+from llmkit.data.tokenizer import end_token_ids, portable_tokenizer_config
 from llmkit.fsutil import staged_dir
 from llmkit.rundir import RunDir
 
@@ -29,9 +30,12 @@ def write_final(cfg: RunConfig, run: RunDir, model: Any, log: Any) -> Path:
         for f in run.tokenizer.iterdir():
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
+        portable_tokenizer_config(tmp)  # runs prepared before the portable form get it here
         g = cfg.generate
         eos = model.config.eos_token_id
-        gen = GenerationConfig(eos_token_id=eos, pad_token_id=model.config.pad_token_id, bos_token_id=eos,
+        ends = end_token_ids(tmp, eos)  # every token that ends a turn: transformers and vLLM stop at each
+        gen = GenerationConfig(eos_token_id=ends if len(ends) > 1 else eos, pad_token_id=model.config.pad_token_id,
+                               bos_token_id=eos,
                                max_new_tokens=g.max_new_tokens, do_sample=g.temperature > 0,
                                temperature=g.temperature if g.temperature > 0 else None,
                                top_p=g.top_p if g.temperature > 0 else None,
