@@ -29,6 +29,7 @@ def serve(
     drain_timeout: float = typer.Option(None, "--drain-timeout", help="Seconds in-flight requests get on SIGTERM."),
     engine: ServeEngine = typer.Option(None, "--engine", help="llmkit (in-process) or vllm (GPU hosts)."),
     served_model_name: str = typer.Option(None, "--served-model-name", help="Model id clients send."),
+    ui: bool = typer.Option(None, "--ui/--no-ui", help="Serve the chat page at / (default: serve.ui, on)."),
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (binds 127.0.0.1 by default)."""
     from llmkit.config.load import load_config
@@ -40,7 +41,8 @@ def serve(
     flags = {"serve.host": host, "serve.port": port, "serve.api_key_env": api_key_env,
              "serve.allow_unauthenticated": allow_unauthenticated, "serve.max_concurrency": max_concurrency,
              "serve.max_batch_size": max_batch_size, "serve.max_queue": max_queue,
-             "serve.drain_timeout_s": drain_timeout, "serve.engine": engine.value if engine else None}
+             "serve.drain_timeout_s": drain_timeout, "serve.engine": engine.value if engine else None,
+             "serve.ui": ui}
     sets = list(overrides) + [f"{k}={_yaml(v)}" for k, v in flags.items() if v is not None]
     # without --config, sampling defaults come from the run's generate section (as for generate and chat)
     base = {"name": "serve", "generate": generate_defaults(model_path).model_dump(mode="json")}

@@ -363,6 +363,8 @@ class ServeConfig(Section):
     """On SIGTERM, how long in-flight requests may take to finish."""
     cors_origins: list[str] = Field(default_factory=list)
     """Origins allowed by CORS; empty: no CORS headers."""
+    ui: bool = True
+    """Serve the chat page at / (one self-contained file, strict Content-Security-Policy)."""
 
     @field_validator("api_key_env")
     @classmethod

@@ -32,10 +32,11 @@ from llmkit.serve.protocol import (AssistantMessage, ChatChoice, ChatChunkChoice
                                    CompletionResponse, RequestError, Usage, error_body)
 
 log = logging.getLogger("llmkit.serve")
-ALLOW_UNAUTHENTICATED = frozenset({"/health", "/ready"})
-"""Routes reachable without the API key (the probes of Kubernetes and SkyServe; they reveal only a
-status). Every other route requires it (deny by default)."""
-ROUTES = ("/health", "/ready", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions")
+ALLOW_UNAUTHENTICATED = frozenset({"/health", "/ready", "/"})
+"""Routes reachable without the API key: the probes of Kubernetes and SkyServe (they reveal only a
+status) and the chat page (it holds no data; it asks for the key and sends it with each request).
+Every other route requires it (deny by default)."""
+ROUTES = ("/", "/health", "/ready", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions")
 
 
 class ApiError(Exception):
@@ -168,6 +169,25 @@ def _parse(model: type[BaseModel], body: dict[str, Any]) -> Any:
 _WARNED: set[str] = set()
 
 
+def chat_page() -> tuple[bytes, str]:
+    """The chat page and its Content-Security-Policy: only its own inline script and style (by
+    hash), requests to this server only, no frames, forms, plugins or other origins."""
+    import base64
+    import hashlib
+    import re
+    from importlib.resources import files
+
+    page = files("llmkit.serve").joinpath("ui/chat.html").read_text(encoding="utf-8")
+
+    def hashes(tag: str) -> str:
+        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", page, re.S)
+        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks)
+
+    policy = (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; connect-src 'self'; "
+              "img-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return page.encode(), policy
+
+
 def create_app(state: State) -> FastAPI:
     """The FastAPI app (docs routes off: every route is classified for auth)."""
     app = FastAPI(title="llmkit", docs_url=None, redoc_url=None, openapi_url=None)
@@ -191,6 +211,15 @@ def create_app(state: State) -> FastAPI:
     @app.exception_handler(405)
     async def _bad_method(_: Request, __: Exception) -> JSONResponse:
         return JSONResponse(error_body("method not allowed on this route", "invalid_request_error"), 405)
+
+    if state.config.ui:
+        page, policy = chat_page()
+
+        @app.get("/")
+        async def ui() -> Response:
+            return Response(page, media_type="text/html; charset=utf-8", headers={
+                "Content-Security-Policy": policy, "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY", "Cache-Control": "no-cache"})
 
     @app.get("/health")
     async def health() -> dict[str, str]:

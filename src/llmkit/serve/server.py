@@ -106,6 +106,9 @@ def serve(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, se
     model_dir = resolve_model_dir(model_path)
     name = served_name or (model_dir.parent.name if model_dir.name == "final" else model_dir.name)
     if cfg.engine == "vllm":
+        if cfg.ui:
+            print("note: --engine vllm serves no chat page at / (vLLM's server has none); --engine llmkit does",
+                  file=sys.stderr)
         run_vllm(model_dir, cfg, name)
         return
     if warning:
