@@ -170,3 +170,51 @@ def test_llmkit_verify_runs_the_gguf_in_llama_cpp(sft: Path, gguf_file: Path, tm
     out = subprocess.run([sys.executable, "-m", "llmkit", "verify", str(sft), "--gguf", str(gguf_file)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "GGUF in llama.cpp: tokenization same" in out.stdout, out.stdout + out.stderr
+
+
+def _llama_dir(directory: Path, pre_tokenizer: object) -> Path:
+    """A tiny random llama with a BPE tokenizer trained here around ``pre_tokenizer``."""
+    from pydoc_data.topics import topics
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([*list(topics.values())[:150], *SAMPLE_TEXTS], trainer)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    hf.save_pretrained(str(directory))
+    cfg = LlamaConfig(vocab_size=len(hf), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, intermediate_size=64, max_position_embeddings=64, eos_token_id=0,
+                      bos_token_id=0, tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(str(directory))
+    return directory
+
+
+def test_llama3_style_tokenizer_goes_to_gguf_as_llama_bpe(tmp_path: Path) -> None:
+    from tokenizers import Regex, pre_tokenizers
+    from transformers import AutoTokenizer
+
+    from llmkit.errors import UsageError
+    from llmkit.export.gguf import LLAMA3_SPLIT
+
+    split = pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated")
+    model_dir = _llama_dir(tmp_path / "l3", pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(
+        add_prefix_space=False, use_regex=False)]))
+    out = export_gguf(model_dir, tmp_path / "l3.gguf", "f32")
+    from gguf import GGUFReader
+
+    pre = GGUFReader(str(out)).fields["tokenizer.ggml.pre"]
+    assert bytes(pre.parts[pre.data[0]]).decode() == "llama-bpe"
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it builds from source)")
+    tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    vocab = llama_cpp.Llama(model_path=str(out), vocab_only=True, verbose=False)
+    for text in SAMPLE_TEXTS:
+        assert vocab.tokenize(text.encode(), add_bos=False, special=True) == tok.encode(text, add_special_tokens=False), text
+    # a pre-tokenizer llama.cpp has no name for is refused, not guessed
+    odd = _llama_dir(tmp_path / "odd", pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                                  pre_tokenizers.ByteLevel(add_prefix_space=False)]))
+    with pytest.raises(UsageError, match="llama.cpp has no pre-tokenizer known to match"):
+        export_gguf(odd, tmp_path / "odd.gguf", "f32")
