@@ -456,6 +456,26 @@ class LaunchConfig(Section):
         return data
 
 
+class PrivacyConfig(Section):
+    """Protecting the training data."""
+
+    pii: Literal["off", "report", "redact", "drop_document"] = "off"
+    """PII in the corpus and the SFT / classification files, found by `prepare` (e-mail, phone,
+    payment card, IBAN, IP address, US SSN, credentials, URLs with user info): report (counts and
+    locations in pii_report.jsonl, text unchanged), redact (typed placeholders such as <EMAIL>),
+    or drop_document. Names and postal addresses are not detected."""
+    phone_regions: list[str] = Field(default_factory=lambda: ["US"])
+    """Regions whose national phone formats count (ISO 3166 codes); numbers written with +country
+    are found whatever the region."""
+
+    @field_validator("phone_regions")
+    @classmethod
+    def _regions(cls, values: list[str]) -> list[str]:
+        if not values or any(not re.fullmatch(r"[A-Z]{2}", v) for v in values):
+            raise ValueError("must be a non-empty list of two-letter region codes such as US, GB, DE")
+        return values
+
+
 class RunConfig(Section):
     """One run: every stage from prepare to serve reads this file."""
 
@@ -477,6 +497,8 @@ class RunConfig(Section):
     """Evaluation."""
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     """Sampling defaults."""
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    """Protecting the training data."""
     serve: ServeConfig = Field(default_factory=ServeConfig)
     """The HTTP server."""
     plan: PlanConfig = Field(default_factory=PlanConfig)

@@ -28,6 +28,7 @@ from llmkit.data.fastbpe import choose_encoder
 from llmkit.data.shards import ShardMeta, is_validation, publish_shards, token_dtype, write_token_shards
 from llmkit.data.tokenizer import eos_id, load_tokenizer, portable_tokenizer_config, tokenizer_hash, train_bpe, wrap
 from llmkit.errors import UsageError
+from llmkit.privacy.pii import PII_REPORT, PiiFilter, Scrubber
 from llmkit.fsutil import atomic_write_text, staged_dir
 from llmkit.rundir import RunDir
 
@@ -64,7 +65,9 @@ def ensure_tokenizer(config: RunConfig, tok_dir: Path, retrain: bool, log: Log) 
         trained = False
     else:
         log(f"tokenizer: training a {tcfg.vocab_size}-token byte-level BPE")
-        backend = train_bpe(iter_documents(config.data), tcfg)
+        documents = iter_documents(config.data)
+        scrub = pii_filter(config)  # the tokenizer learns from the text that will be trained on
+        backend = train_bpe(scrub(documents) if scrub else documents, tcfg)
         tok = wrap(backend, tcfg, config.model.max_position_embeddings)
         trained = True
     if config.model.vocab_size is not None and len(tok) > config.model.vocab_size:
@@ -94,8 +97,10 @@ def prepare_pretrain(config: RunConfig, tok: Any, data_dir: Path, log: Log) -> S
     data_dir.mkdir(parents=True, exist_ok=True)
     for stale in data_dir.glob(".shards-*"):  # left by a run that was killed
         shutil.rmtree(stale, ignore_errors=True)
+    scrub = pii_filter(config)
     with tempfile.TemporaryDirectory(prefix=".shards-", dir=data_dir) as staging:
-        encode, documents, engine = choose_encoder(tok.backend_tokenizer, iter_documents(config.data, stats),
+        corpus = iter_documents(config.data, stats)
+        encode, documents, engine = choose_encoder(tok.backend_tokenizer, scrub(corpus) if scrub else corpus,
                                                    config.data.fast_bpe, log)
         counts = write_token_shards(documents, encode, eos_id(tok), Path(staging), config.data.val_fraction, vocab)
         seq = config.train.sequence_length_tokens
@@ -104,11 +109,31 @@ def prepare_pretrain(config: RunConfig, tok: Any, data_dir: Path, log: Log) -> S
         meta = ShardMeta(dtype=token_dtype(vocab).name, vocab_size=vocab, eos_id=eos_id(tok),
                          val_fraction=config.data.val_fraction, source_bytes=stats.bytes,
                          source_sha256=stats.fingerprint, replaced_chars=stats.replaced_chars,
-                         tokenizer_sha256=tokenizer_hash(RunDir(data_dir.parent).tokenizer), encoder=engine, **counts)
+                         tokenizer_sha256=tokenizer_hash(RunDir(data_dir.parent).tokenizer), encoder=engine,
+                         pii=finish_pii(scrub, RunDir(data_dir.parent), config.data.path or "embedded", log), **counts)
         publish_shards(Path(staging), data_dir, meta)
     if stats.replaced_chars:
         log(f"data: replaced {stats.replaced_chars} invalid UTF-8 sequences with U+FFFD")
     return meta
+
+
+def pii_filter(config: RunConfig) -> PiiFilter | None:
+    """privacy.pii as a filter over documents (None: off)."""
+    p = config.privacy
+    return None if p.pii == "off" else PiiFilter(p.pii, Scrubber(tuple(p.phone_regions)))
+
+
+def finish_pii(scrub: PiiFilter | None, run: RunDir, source: str | None, log: Log) -> dict[str, Any] | None:
+    """Counts for meta.json, one line of output, and (report mode) the locations file of the run:
+    where PII was (source, document, line, type), never the text."""
+    if scrub is None:
+        return None
+    log(scrub.describe())
+    if scrub.mode == "report":
+        lines = "".join(json.dumps({"source": source, **loc}) + "\n" for loc in scrub.locations)
+        atomic_write_text(run.root / PII_REPORT, lines)
+        log(f"privacy: {len(scrub.locations)} location(s) in {run.root / PII_REPORT} (no matched text)")
+    return scrub.summary()
 
 
 def _split_examples(items: list[Any], val_fraction: float, what: str) -> tuple[list[Any], list[Any]]:
@@ -127,13 +152,23 @@ def prepare_sft(config: RunConfig, tok: Any, out: Path, log: Log) -> dict[str, A
     if not config.data.sft_path:
         raise UsageError("train.task is sft but data.sft_path is not set", "",
                          "set data.sft_path to a JSONL file of examples")
-    encoded = [sft_data.encode_example(tok, msgs) for _, msgs in sft_data.read_sft_file(config.data.sft_path)]
+    scrub = pii_filter(config)
+    examples = [msgs for _, msgs in sft_data.read_sft_file(config.data.sft_path)]
+    if scrub:
+        kept = []
+        for i, msgs in enumerate(examples):
+            texts = scrub.example(i, [m["content"] for m in msgs])
+            if texts is not None:
+                kept.append([{**m, "content": t} for m, t in zip(msgs, texts)])
+        examples = kept
+    encoded = [sft_data.encode_example(tok, msgs) for msgs in examples]
     train, val = _split_examples(encoded, config.data.val_fraction, "SFT examples")
     dtype = token_dtype(len(tok))
     seq = config.train.sequence_length_tokens
     meta: dict[str, Any] = {"format": "llmkit-sft-v1", "dtype": dtype.name, "vocab_size": len(tok),
                             "pad_id": int(tok.pad_token_id if tok.pad_token_id is not None else eos_id(tok)),
-                            "tokenizer_sha256": tokenizer_hash(RunDir(out.parent.parent).tokenizer)}
+                            "tokenizer_sha256": tokenizer_hash(RunDir(out.parent.parent).tokenizer),
+                            "pii": finish_pii(scrub, RunDir(out.parent.parent), config.data.sft_path, log)}
     with staged_dir(out) as tmp:
         for split, rows in (("train", train), ("val", val)):
             tokens = write_ragged(tmp, split, [r[0] for r in rows], dtype, [r[1] for r in rows])
@@ -154,6 +189,14 @@ def prepare_classify(config: RunConfig, tok: Any, out: Path, log: Log) -> dict[s
         raise UsageError("train.task is classify but data.classify_path is not set", "",
                          "set data.classify_path to a JSONL or CSV file with text and label")
     rows = list(classify_data.read_classify_file(config.data.classify_path))
+    scrub = pii_filter(config)
+    if scrub:
+        kept = []
+        for i, (where, text, label) in enumerate(rows):
+            texts = scrub.example(i, [text])
+            if texts is not None:
+                kept.append((where, texts[0], label))
+        rows = kept
     train, val = _split_examples(rows, config.data.val_fraction, "labelled rows")
     labels = classify_data.label_map([r[2] for r in train])
     classify_data.check_val_labels([(r[0], r[2]) for r in val], labels)
@@ -164,7 +207,8 @@ def prepare_classify(config: RunConfig, tok: Any, out: Path, log: Log) -> dict[s
     meta: dict[str, Any] = {"format": "llmkit-classify-v1", "dtype": dtype.name, "vocab_size": len(tok),
                             "num_labels": len(labels),
                             "pad_id": int(tok.pad_token_id if tok.pad_token_id is not None else eos_id(tok)),
-                            "tokenizer_sha256": tokenizer_hash(RunDir(out.parent.parent).tokenizer)}
+                            "tokenizer_sha256": tokenizer_hash(RunDir(out.parent.parent).tokenizer),
+                            "pii": finish_pii(scrub, RunDir(out.parent.parent), config.data.classify_path, log)}
     with staged_dir(out) as tmp:
         for split, part in (("train", train), ("val", val)):
             ids = [np.asarray(x, dtype=np.int64) for x in

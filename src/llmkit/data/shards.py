@@ -45,6 +45,7 @@ class ShardMeta(BaseModel):
     source_bytes: int
     source_sha256: str
     replaced_chars: int
+    pii: dict[str, Any] | None = None  # privacy.pii's counts (None: off)
     tokenizer_sha256: str
     encoder: Literal["tokenizers", "tiktoken"] = "tokenizers"
     """Which engine wrote the ids (the same ids either way; see llmkit.data.fastbpe)."""

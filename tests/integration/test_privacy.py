@@ -1,0 +1,84 @@
+"""`privacy.pii` in the real `llmkit prepare`: redacted shards and tokenizer, the report file holds
+no matched text, dropped documents, and SFT conversations scrubbed too."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmkit.config.load import load_config
+from llmkit.data.tokenizer import load_tokenizer
+
+from .train.helpers import make_run
+
+pytest.importorskip("phonenumbers")
+
+SECRETS = ["jane.doe@example.com", "(415) 555-0132", "4111 1111 1111 1111", "AKIAIOSFODNN7EXAMPLE"]
+
+
+def corpus(tmp_path: Path) -> Path:
+    from llmkit.data.corpus import embedded_topics
+
+    paragraphs = [text.replace("\n\n", "\n") for _, text in embedded_topics()[:40]]
+    for i, secret in enumerate(SECRETS):
+        paragraphs[i * 3] += f"\nFor help write to the maintainer: {secret} today."
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(paragraphs))
+    return path
+
+
+def prepared_text(run: Path) -> str:
+    tok = load_tokenizer(run / "tokenizer")
+    ids = np.fromfile(run / "data" / "train.bin", dtype=np.uint16 if len(tok) < 65536 else np.uint32)
+    val = np.fromfile(run / "data" / "val.bin", dtype=ids.dtype)
+    return tok.decode(np.concatenate([ids, val]).tolist())
+
+
+@pytest.mark.parametrize("mode", ["redact", "report", "drop_document"])
+def test_prepare_applies_privacy_pii(tmp_path: Path, mode: str, cli) -> None:
+    cfg = make_run(tmp_path, name=mode, prepared=False, data={"source": "text", "path": str(corpus(tmp_path))},
+                   privacy={"pii": mode})
+    out = cli("prepare", "--config", str(cfg))
+    assert out.returncode == 0, out.stderr[-2000:]
+    run = tmp_path / "runs" / mode
+    meta = json.loads((run / "data" / "meta.json").read_text())
+    assert meta["pii"]["counts"]["EMAIL"] == 1 and meta["pii"]["counts"]["CARD"] == 1
+    assert meta["pii"]["counts"]["PHONE"] == 1 and meta["pii"]["counts"]["CREDENTIAL"] == 1
+    assert "privacy: PII" in out.stdout and "names and postal addresses are not detected" in out.stdout
+    text = prepared_text(run)
+    vocab = json.dumps(json.loads((run / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"])
+    if mode == "report":
+        assert all(s in text for s in SECRETS)  # unchanged data; only the report
+        lines = [json.loads(x) for x in (run / "pii_report.jsonl").read_text().splitlines()]
+        assert {x["type"] for x in lines} == {"EMAIL", "PHONE", "CARD", "CREDENTIAL"}
+        assert set(lines[0]) == {"source", "document", "line", "type"}
+        report = (run / "pii_report.jsonl").read_text()
+        assert not any(s in report or s.replace(" ", "") in report for s in SECRETS)
+    else:
+        assert not any(s in text for s in SECRETS) and "jane.doe" not in vocab and "AKIAIOS" not in vocab
+        if mode == "redact":
+            assert all(f"<{t}>" in text for t in ("EMAIL", "PHONE", "CARD", "CREDENTIAL"))
+        else:
+            assert meta["pii"]["documents_dropped"] == 4 and "maintainer:" not in text
+
+
+def test_sft_conversations_are_scrubbed(tmp_path: Path) -> None:
+    from llmkit.data.prepare import prepare
+
+    data = tmp_path / "sft.jsonl"
+    rows = [{"prompt": f"question {i}", "completion": f"answer {i}"} for i in range(20)]
+    rows[3]["completion"] = "mail me at bob.smith@example.org"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = make_run(tmp_path, name="sft", prepared=False, train={"task": "sft"},
+                   data={"sft_path": str(data), "val_fraction": 0.1}, privacy={"pii": "redact"})
+    result = prepare(load_config(cfg, environ={}))
+    assert result.outputs["sft"]["pii"]["counts"]["EMAIL"] == 1
+    run = tmp_path / "runs" / "sft"
+    tok = load_tokenizer(run / "tokenizer")
+    blob = b"".join(p.read_bytes() for p in (run / "data" / "sft").glob("*.tokens.bin"))
+    ids = np.frombuffer(blob, dtype=np.uint16 if len(tok) < 65536 else np.uint32)
+    text = tok.decode(ids.tolist())
+    assert "bob.smith" not in text and "<EMAIL>" in text
