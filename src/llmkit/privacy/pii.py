@@ -34,8 +34,9 @@ TYPES = ("EMAIL", "PHONE", "CARD", "IBAN", "IP_ADDRESS", "SSN", "CREDENTIAL", "U
 MODES = ("off", "report", "redact", "drop_document")
 
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,24}(?![\w-])")
-_URL_PASSWORD = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]{1,15}://[^\s/@:]{1,128}:[^\s/@]{1,256}@[^\s/@]{1,255}")
-_URL_USER = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]{1,15}://[^\s/@:]{1,128}@[^\s/@]{1,255}")
+_HOST = r"(?:[A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}(?::\d{1,5})?"  # a sentence's "." or ")" is not the host's
+_URL_PASSWORD = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]{1,15}://[^\s/@:]{1,128}:[^\s/@]{1,256}@" + _HOST)
+_URL_USER = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]{1,15}://[^\s/@:]{1,128}@" + _HOST)
 _CREDENTIALS = [
     re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"),  # AWS access key id
     re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b"),  # GitHub tokens
@@ -46,7 +47,7 @@ _CREDENTIALS = [
 ]
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
-_IPV4 = re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.]|\.\d)")
+_IPV4 = re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?!\d|\.\d)")
 _IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{0,4}|(?:\d{1,3}\.){3}\d{1,3})(?![\w:])")
 _SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])")
 # ISO 13616 lengths of the countries whose IBANs are most common (a wrong length is not an IBAN).
@@ -148,7 +149,7 @@ class Scrubber:
         return _resolve(out)
 
     def scan(self, text: str) -> list[Finding]:
-        """Every finding in ``text`` (overlaps resolved: the earliest, then the longest, wins)."""
+        """Every finding in ``text``, in order, overlaps resolved (see ``_resolve``)."""
         found = self._find(text)
         self.counts.update(f.type for f in found)
         return found
@@ -163,14 +164,19 @@ class Scrubber:
         return "".join(parts + [text[last:]])
 
 
+_PRIORITY = {t: i for i, t in enumerate(("CREDENTIAL", "URL_USERINFO", "EMAIL", "IBAN", "CARD", "SSN", "IP_ADDRESS",
+                                          "PHONE"))}
+
+
 def _resolve(found: list[Finding]) -> list[Finding]:
-    found.sort(key=lambda f: (f.start, -(f.end - f.start)))
-    out: list[Finding] = []
+    """Overlapping findings: the more specific type wins (a phone parse is the loosest), then the
+    earlier, then the longer."""
+    found.sort(key=lambda f: (_PRIORITY[f.type], f.start, -(f.end - f.start)))
+    kept: list[Finding] = []
     for f in found:
-        if out and f.start < out[-1].end:
-            continue
-        out.append(f)
-    return out
+        if not any(f.start < k.end and k.start < f.end for k in kept):
+            kept.append(f)
+    return sorted(kept, key=lambda f: f.start)
 
 
 def line_of(text: str, offset: int) -> int:
