@@ -49,6 +49,9 @@ _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
 _IPV4 = re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?!\d|\.\d)")
 _IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{0,4}|(?:\d{1,3}\.){3}\d{1,3})(?![\w:])")
+# Written phone formats, each candidate confirmed by phonenumbers (its matcher alone skips a number
+# followed by ") 5" and the like).
+_PHONE_FORMS = re.compile(r"(?<![\w+])(?:\+\d{1,3}(?:[ .-]\(?\d{1,4}\)?){2,5}|(?:\(\d{3}\) ?|\d{3}[.-])\d{3}[.-]\d{4})(?![\w])")
 _SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])")
 # ISO 13616 lengths of the countries whose IBANs are most common (a wrong length is not an IBAN).
 _IBAN_LENGTH = {"AD": 24, "AT": 20, "BE": 16, "BG": 22, "CH": 21, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "EE": 20,
@@ -141,11 +144,24 @@ class Scrubber:
                 if _ipv6_ok(m.group()):
                     add(Finding(m.start(), m.end(), "IP_ADDRESS"))
         pn = self._phonenumbers
+        phones: list[Finding] = []
         for region in self.regions:
             for match in pn.PhoneNumberMatcher(text, region, leniency=pn.Leniency.VALID):
                 if match.raw_string.isdigit():  # a bare run of digits is an id or a count as often as a phone
                     continue
-                add(Finding(match.start, match.end, "PHONE"))
+                phones.append(Finding(match.start, match.end, "PHONE"))
+        for m in _PHONE_FORMS.finditer(text):  # what the matcher passed over
+            if any(m.start() < p.end and p.start < m.end() for p in phones):
+                continue
+            for region in self.regions:
+                try:
+                    number = pn.parse(m.group(), region)
+                except pn.NumberParseException:
+                    continue
+                if pn.is_valid_number(number):
+                    phones.append(Finding(m.start(), m.end(), "PHONE"))
+                    break
+        out += phones
         return _resolve(out)
 
     def scan(self, text: str) -> list[Finding]:
