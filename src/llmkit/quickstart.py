@@ -56,8 +56,9 @@ def qa_pairs(max_answer_chars: int = 320) -> list[dict[str, str]]:
     return pairs
 
 
-def _configs(root: Path, pretrain_steps: int, sft_steps: int, budget_s: float) -> tuple[RunConfig, RunConfig]:
-    base = load_preset("tiny")
+def _configs(root: Path, pretrain_steps: int, sft_steps: int, budget_s: float,
+             offline: bool = False) -> tuple[RunConfig, RunConfig]:
+    base = {**load_preset("tiny"), "privacy": {"offline": offline}}
     pre = {**base, "name": "pretrain", "runs_root": str(root)}
     pre["data"] = {"source": "embedded", "val_fraction": 0.1}
     pre["train"] = {**base["train"], "max_steps": pretrain_steps, "max_time_s": 0.7 * budget_s,
@@ -126,8 +127,13 @@ def _untrained_ppl(cfg: RunConfig, run: Path) -> float:
     return lm_metrics(model, data.eval_batches(), token_bytes(load_tokenizer(RunDir(run).tokenizer)))["val_ppl"]
 
 
-def run_quickstart(root: str | Path = "runs", minutes: float = 4.0, fresh: bool = False, log: Log = print) -> dict[str, Any]:
-    """Run the whole chain; returns the summary written to runs/quickstart/quickstart.json."""
+def run_quickstart(root: str | Path = "runs", minutes: float = 4.0, fresh: bool = False, log: Log = print,
+                   offline: bool = False) -> dict[str, Any]:
+    """Run the whole chain; returns the summary written to runs/quickstart/quickstart.json.
+    ``offline``: privacy.offline for both runs (and this process)."""
+    from llmkit.privacy.offline import apply
+
+    apply(offline)
     from llmkit.data.batches import task_batches
     from llmkit.data.prepare import prepare
     from llmkit.doctor.report import run_doctor
@@ -148,15 +154,20 @@ def run_quickstart(root: str | Path = "runs", minutes: float = 4.0, fresh: bool 
     problems = [f for f in report.findings if f.status in ("fail", "warn")]
     cpu = next((f for f in report.findings if f.id == "cpu"), None)
     log(f"[1/6] doctor: {'ready' if not report.failed else 'NOT ready'}; {cpu.summary if cpu else ''}")
+    if offline:
+        from llmkit.privacy.offline import missing
+
+        log(f"      privacy: offline: on ({'every switch set' if not missing() else 'MISSING ' + ', '.join(missing())}: "
+            "Hugging Face offline, telemetry off, loopback serving only)")
     for f in problems:
         log(f"      {f.status}: {f.id}: {f.summary}" + (f" (fix: {f.fix})" if f.fix else ""))
 
-    probe_pre, _ = _configs(root, 100, 100, budget)
+    probe_pre, _ = _configs(root, 100, 100, budget, offline)
     per_step = _step_seconds(probe_pre)
     pretrain_steps = max(40, int(0.55 * budget / per_step))
     # SFT batches are short Q/A pairs (padded to the longest in the batch): ~1/4 of a pretraining step
     sft_steps = max(30, min(300, int(0.25 * budget / (per_step / 4))))
-    pre_cfg, sft_cfg = _configs(root, pretrain_steps, sft_steps, budget)
+    pre_cfg, sft_cfg = _configs(root, pretrain_steps, sft_steps, budget, offline)
     pre_dir = qs / "pretrain"
     log(f"[2/6] prepare: tokenizer + token shards of Python's documentation ({per_step:.2f} s/step measured, "
         f"planning {pretrain_steps} pretraining steps)")

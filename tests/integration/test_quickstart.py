@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -14,14 +15,66 @@ from pathlib import Path
 import pytest
 
 
+GUARD = """
+import ipaddress, os, socket
+_log = os.environ["LLMKIT_GUARD_LOG"]
+def _local(host):
+    host = str(host).split("%")[0]
+    if host in ("localhost", "", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+def _refuse(what):
+    with open(_log, "a") as f:
+        f.write(what + "\\n")
+    raise OSError("offline guard: " + what)
+_connect, _connect_ex, _getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+def connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _local(address[0]):
+        _refuse("connect %r" % (address,))
+    return _connect(self, address)
+def connect_ex(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _local(address[0]):
+        _refuse("connect_ex %r" % (address,))
+    return _connect_ex(self, address)
+def getaddrinfo(host, *args, **kw):
+    if host is not None and not _local(host if isinstance(host, str) else host.decode()):
+        _refuse("resolve %r" % (host,))
+    return _getaddrinfo(host, *args, **kw)
+socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
+"""
+
+
 @pytest.fixture(scope="module")
 def quickstart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quickstart with privacy.offline, in a process (and children) whose every socket beyond
+    127.0.0.1 and every name lookup fails and is logged: the log must stay empty."""
     cwd = tmp_path_factory.mktemp("qs")
-    out = subprocess.run([sys.executable, "-m", "llmkit", "quickstart", "--minutes", "1"], cwd=cwd,
-                         capture_output=True, text=True, timeout=600)
+    guard = tmp_path_factory.mktemp("guard")
+    (guard / "sitecustomize.py").write_text(GUARD)
+    log = guard / "attempts.log"
+    log.touch()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(guard), os.environ.get("PYTHONPATH")])),
+           "LLMKIT_GUARD_LOG": str(log)}
+    probe = subprocess.run([sys.executable, "-c", "import socket; socket.getaddrinfo('huggingface.co', 443)"],
+                           capture_output=True, text=True, env=env, timeout=60)
+    assert probe.returncode != 0 and "resolve 'huggingface.co'" in log.read_text()  # the guard works (nothing sent)
+    log.write_text("")
+    out = subprocess.run([sys.executable, "-m", "llmkit", "quickstart", "--minutes", "1", "--offline"], cwd=cwd,
+                         capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "llmkit chat runs/quickstart" in out.stdout
+    assert log.read_text() == "", f"the offline quickstart tried to reach the network: {log.read_text()[:2000]}"
+    assert "offline: on" in out.stdout  # doctor's privacy line
     return cwd / "runs" / "quickstart"
+
+
+def test_quickstart_ran_offline(quickstart_dir: Path) -> None:
+    import yaml
+
+    assert yaml.safe_load((quickstart_dir / "config.yaml").read_text())["privacy"]["offline"] is True
 
 
 def test_quickstart_leaves_a_complete_run(quickstart_dir: Path) -> None:

@@ -26,6 +26,7 @@ MAX_CONFIG_BYTES = 1_048_576
 """A run config is a few KB; anything over 1 MiB is a mistake (or an attack), not a config."""
 
 ENV_OVERRIDES: dict[str, str] = {
+    "LLMKIT_OFFLINE": "privacy.offline",
     "LLMKIT_RUNS_ROOT": "runs_root",
     "LLMKIT_DEVICE": "train.device",
     "LLMKIT_PRECISION": "train.precision",
@@ -283,7 +284,9 @@ def load_config(
     """Load and validate a run config.
 
     ``path`` (or ``base``, an already-read mapping) is the starting point; then the environment
-    variables of ``ENV_OVERRIDES``; then each ``--set`` override in order.
+    variables of ``ENV_OVERRIDES``; then each ``--set`` override in order. A config with
+    ``privacy.offline`` sets the offline switches of this process (``llmkit.privacy.offline``)
+    before any stage imports a Hugging Face library.
     """
     if path is not None:
         data = read_config_file(path)
@@ -297,7 +300,11 @@ def load_config(
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(data, keys, value, f"--set {text[:100]}")
-    return validate_config(data, source)
+    config = validate_config(data, source)
+    from llmkit.privacy.offline import apply
+
+    apply(config.privacy.offline, os.environ if environ is os.environ else {})  # a test's environ stays its own
+    return config
 
 
 def dump_config(config: RunConfig) -> str:

@@ -467,6 +467,10 @@ class PrivacyConfig(Section):
     phone_regions: list[str] = Field(default_factory=lambda: ["US"])
     """Regions whose national phone formats count (ISO 3166 codes); numbers written with +country
     are found whatever the region."""
+    offline: bool = False
+    """Send nothing anywhere: sets HF_HUB_OFFLINE, HF_DATASETS_OFFLINE, TRANSFORMERS_OFFLINE and the
+    telemetry opt-outs for every stage, and refuses a non-loopback serve.host and a remote
+    train.checkpoint_uri."""
 
     @field_validator("phone_regions")
     @classmethod
@@ -529,6 +533,20 @@ class RunConfig(Section):
                 "letter or digit (it becomes a directory name)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _offline(self) -> RunConfig:
+        if not self.privacy.offline:
+            return self
+        host = self.serve.host
+        if host not in ("localhost", "::1") and not host.startswith("127."):
+            raise ValueError(f"privacy.offline is true but serve.host is {host}: the server would be reachable from "
+                             "other machines; keep 127.0.0.1 (or turn privacy.offline off)")
+        if self.train.checkpoint_uri and "://" in self.train.checkpoint_uri and \
+                not self.train.checkpoint_uri.startswith("file://"):
+            raise ValueError(f"privacy.offline is true but train.checkpoint_uri is {self.train.checkpoint_uri}: "
+                             "checkpoints would leave this machine; use a local path (or turn privacy.offline off)")
+        return self
 
     @model_validator(mode="after")
     def _fits_positions(self) -> RunConfig:

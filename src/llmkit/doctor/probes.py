@@ -347,6 +347,26 @@ def probe_hub(ctx: Context) -> list[Finding]:
                     summary=f"Hugging Face hub reachable; {token}")]
 
 
+def probe_privacy(ctx: Context) -> list[Finding]:
+    """privacy.offline and privacy.pii of the config (skip without one)."""
+    from llmkit.privacy.offline import OFFLINE_ENV, missing
+
+    if ctx.config is None:
+        return [Finding(id="privacy", status="skip", summary="no config given (pass --config to see its privacy settings)")]
+    p = ctx.config.privacy
+    pii = f"PII in prepare: {p.pii}" + (f" (phone regions {', '.join(p.phone_regions)})" if p.pii != "off" else "")
+    if not p.offline:
+        return [Finding(id="privacy", status="ok", summary=f"offline: off; {pii}", facts={"offline": False, "pii": p.pii})]
+    lacking = missing(ctx.sources.environ)
+    facts = {"offline": True, "pii": p.pii, "switches": ", ".join(sorted(OFFLINE_ENV)), "missing": ", ".join(lacking)}
+    if lacking:
+        return [Finding(id="privacy", status="warn", facts=facts, summary=f"offline: on, but {', '.join(lacking)} unset "
+                        f"here; {pii}", fix="llmkit sets them itself for every stage it runs; export them for "
+                        "other tools you run on this data")]
+    return [Finding(id="privacy", status="ok", facts=facts,
+                    summary=f"offline: on (Hugging Face offline, telemetry off, loopback serving only); {pii}")]
+
+
 PROBES: dict[str, Callable[[Context], list[Finding]]] = {
     "platform": probe_platform,
     "python": probe_python,
@@ -359,5 +379,6 @@ PROBES: dict[str, Callable[[Context], list[Finding]]] = {
     "shm": probe_shm,
     "packages": probe_packages,
     "hub": probe_hub,
+    "privacy": probe_privacy,
 }
 """Every probe, in report order."""
