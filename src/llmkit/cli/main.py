@@ -65,6 +65,18 @@ def _worker_prints(rendered: str) -> bool:
     return report_worker_error(rendered)
 
 
+def _exit(code: int) -> None:
+    """Exit with ``code``. A torchrun worker leaves without running C++ destructors: a gloo thread
+    torn down while a failed peer is also leaving can abort the process (SIGABRT, "terminate called
+    without an active exception"), which its agent would report instead of the real error. Every
+    file it wrote is already committed (atomic renames)."""
+    if "TORCHELASTIC_ERROR_FILE" in os.environ:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; an LlmkitError becomes its message on stderr and its exit code."""
     try:
@@ -74,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         if "TORCHELASTIC_ERROR_FILE" not in os.environ or _worker_prints(exc.render()):
             sys.stderr.write(exc.render() + "\n")
-        sys.exit(exc.exit_code)
+        _exit(exc.exit_code)
     except RuntimeError as exc:
         if "TORCHELASTIC_ERROR_FILE" not in os.environ or _state["debug"] or not _lost_peer(exc):
             raise
@@ -83,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
 
         report_worker_error(LOST_PEER)
         sys.stderr.write(f"[rank {os.environ.get('RANK')}] stopped: {LOST_PEER}\n")
-        sys.exit(1)
+        _exit(1)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)

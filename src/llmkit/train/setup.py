@@ -24,6 +24,7 @@ RESUME_SAFE_PREFIXES = (
     # the examples of a step do not depend on how they are split (llmkit.data.batches): only the
     # order of the floating-point sums changes
     "train.micro_batch_size", "train.distributed", "train.checkpoint_uri",
+    "privacy.offline",  # where the run may connect, not what it trains on (privacy.pii changes the data)
 )
 
 
