@@ -50,6 +50,11 @@ def test_prepare_applies_privacy_pii(tmp_path: Path, mode: str, cli) -> None:
     assert "privacy: PII" in out.stdout and "names and postal addresses are not detected" in out.stdout
     text = prepared_text(run)
     vocab = json.dumps(json.loads((run / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"])
+    from llmkit.report.html import _privacy
+    from llmkit.rundir import RunDir
+
+    shown = _privacy(RunDir(run))  # the run report's privacy table
+    assert f"<td>{mode}</td>" in shown and "<th>pretrain: EMAIL</th><td>1</td>" in shown
     if mode == "report":
         assert all(s in text for s in SECRETS)  # unchanged data; only the report
         lines = [json.loads(x) for x in (run / "pii_report.jsonl").read_text().splitlines()]

@@ -111,6 +111,7 @@ def build_manifest(
         },
         "git": _git(src, cwd or Path.cwd()),
         "config_sha256": config_hash(config),
+        "privacy": {"pii": config.privacy.pii, "offline": config.privacy.offline},
         "data": data_fingerprints(data_files),
     }
 

@@ -95,6 +95,25 @@ def _environment(run: RunDir) -> str:
     return _table(rows)
 
 
+def _privacy(run: RunDir) -> str:
+    """privacy.offline and privacy.pii of the run, with the PII counts `prepare` recorded."""
+    import yaml
+
+    cfg = yaml.safe_load(run.config.read_text()) if run.config.exists() else {}
+    p = (cfg or {}).get("privacy") or {}
+    rows: list[tuple[str, Any]] = [("offline", "on" if p.get("offline") else "off"), ("PII in prepare", p.get("pii", "off"))]
+    for task in ("pretrain", "sft", "classify"):
+        meta = run.task_data(task) / "meta.json"
+        pii = json.loads(meta.read_text()).get("pii") if meta.exists() else None
+        if pii:
+            rows[1] = ("PII in prepare", pii["mode"])  # what prepare did (a prepared run may have no config.yaml yet)
+            rows += [(f"{task}: {kind}", n) for kind, n in pii["counts"].items() if n]
+            rows += [(f"{task}: documents with PII", pii["documents_with_pii"]),
+                     (f"{task}: documents dropped", pii["documents_dropped"]),
+                     ("names and postal addresses", "not detected")]
+    return _table(rows)
+
+
 def build_report(run: str | Path) -> Path:
     """Write ``<run>/report.html`` from the run directory's files; returns its path."""
     run = RunDir(Path(run))
@@ -111,7 +130,7 @@ def build_report(run: str | Path) -> Path:
             f"<style>{CSS}</style></head><body><h1>llmkit run report: {escape(run.root.name)}</h1>"
             f"<h2>Summary</h2>{_table(summary)}<h2>Curves</h2>{_charts(stages)}"
             f"<h2>Evaluation and samples</h2>{_eval_section(run)}"
-            f"<h2>Environment</h2>{_environment(run)}<h2>Config</h2><pre>{escape(config)}</pre></body></html>")
+            f"<h2>Privacy</h2>{_privacy(run)}<h2>Environment</h2>{_environment(run)}<h2>Config</h2><pre>{escape(config)}</pre></body></html>")
     out = run.report
     atomic_write_text(out, html)
     return out
