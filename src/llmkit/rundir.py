@@ -76,6 +76,11 @@ class RunDir:
         return self.root / "eval.json"
 
     @property
+    def eval_samples(self) -> Path:
+        """The eval samples of an encrypted run (sealed; eval.json then holds only metrics)."""
+        return self.root / "eval_samples.json"
+
+    @property
     def report(self) -> Path:
         return self.root / "report.html"
 
@@ -90,7 +95,15 @@ class RunDir:
             raise UsageError(f"{self.root} is not a run directory (no config.yaml)",
                              "config.yaml is written by `llmkit train`",
                              "pass runs/<name> made by `llmkit train`, or run `llmkit quickstart`")
-        return load_config(self.config, environ={})
+        config = load_config(self.config, environ={})
+        from llmkit.privacy import crypto
+
+        crypto.activate(config.privacy.encryption_key_env)  # the run's files open with its key
+        if config.privacy.encryption_key_env:
+            from llmkit.privacy.rotate import recover
+
+            recover(self.root)  # a key rotation killed after its commit is finished before any read
+        return config
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """Every record of metrics.jsonl (none when the run has not logged yet)."""

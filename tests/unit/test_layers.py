@@ -25,8 +25,9 @@ LAYERS: list[tuple[str, set[str]]] = [  # top to bottom; a layer imports only la
     ("sizing: parameters, FLOPs, memory, time, cost", {"plan"}),
     ("the run directory", {"rundir"}),
     ("the config", {"config"}),
-    ("device and precision policy, fault points, files, optional dependencies, privacy",
-     {"device", "faults", "fsutil", "optional", "privacy"}),
+    ("privacy: PII detection, offline switches, sealed files and key rotation", {"privacy"}),
+    ("device and precision policy, fault points, files, optional dependencies",
+     {"device", "faults", "fsutil", "optional"}),
     ("errors, version", {"errors", "__init__"}),
 ]
 RANK = {part: rank for rank, (_, parts) in enumerate(LAYERS) for part in parts}

@@ -23,24 +23,29 @@ def export(
     merge_lora: bool = typer.Option(True, "--merge-lora/--no-merge-lora", help="LoRA runs: merged model or adapter."),
     quant: GgufQuant = typer.Option("f32", "--quant", help="gguf: tensor type."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    decrypt: bool = typer.Option(False, "--decrypt", help="Encrypted runs: write the export as plain files "
+                                 "(other tools read nothing else); refused without it."),
 ) -> None:
     """Export the trained model; an fp32 HF export is then verified against the run's model."""
-    from llmkit.export.hf import export_hf, source_dir
+    from llmkit.export.hf import export_hf, open_source
     from llmkit.export.verify import render
     from llmkit.export.verify import verify as run_verify
 
     dtype = dtype.value
-    if fmt.value == "gguf":
-        from llmkit.export.gguf import export_gguf
+    with open_source(run, decrypt) as src:
+        if src != run / "final":
+            typer.echo(f"decrypting: {run} is encrypted at rest; this export is written as PLAIN files (--decrypt)")
+        if fmt.value == "gguf":
+            from llmkit.export.gguf import export_gguf
 
-        path = export_gguf(source_dir(run), out, quant.value, overwrite)
-        typer.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {quant.value})")
-        return
-    from llmkit.data.tokenizer import load_tokenizer
+            path = export_gguf(src, out, quant.value, overwrite)
+            typer.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {quant.value})")
+            return
+        from llmkit.data.tokenizer import load_tokenizer
 
-    tok = load_tokenizer(source_dir(run))
-    prompts = [tok.encode(p, add_special_tokens=False) or [tok.eos_token_id] for p in ("The", "A class is", "x = 1")]
-    result = export_hf(run, out, dtype, merge_lora, overwrite, prompts=prompts)
+        tok = load_tokenizer(src)
+        prompts = [tok.encode(p, add_special_tokens=False) or [tok.eos_token_id] for p in ("The", "A class is", "x = 1")]
+        result = export_hf(run, out, dtype, merge_lora, overwrite, prompts=prompts, src=src)
     typer.echo(f"wrote {out}: {', '.join(result.files)}")
     if result.dtype == "adapter":
         return
@@ -70,7 +75,13 @@ def verify(
     from llmkit.export.verify import render
     from llmkit.export.verify import verify as run_verify
 
+    from llmkit.privacy import crypto
+    from llmkit.rundir import RunDir
+
     key = os.environ.get(api_key_env, "") if api_key_env else None
-    report = run_verify(run, exported or run / "final", endpoint, endpoint_model, tolerance, key or None, gguf)
+    if RunDir(run).config.exists():
+        RunDir(run).load_config()  # an encrypted run opens with its key variable
+    with crypto.readable_dir(exported or run / "final") as plain:  # final/ of an encrypted run: in memory
+        report = run_verify(run, plain, endpoint, endpoint_model, tolerance, key or None, gguf)
     typer.echo(render(report))
     raise typer.Exit(0 if report.ok else 1)

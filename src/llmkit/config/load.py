@@ -286,7 +286,8 @@ def load_config(
     ``path`` (or ``base``, an already-read mapping) is the starting point; then the environment
     variables of ``ENV_OVERRIDES``; then each ``--set`` override in order. A config with
     ``privacy.offline`` sets the offline switches of this process (``llmkit.privacy.offline``)
-    before any stage imports a Hugging Face library.
+    before any stage imports a Hugging Face library; ``privacy.encryption_key_env`` selects the
+    key this process seals and opens the run's files with (``llmkit.privacy.crypto``).
     """
     if path is not None:
         data = read_config_file(path)
@@ -304,6 +305,10 @@ def load_config(
     from llmkit.privacy.offline import apply
 
     apply(config.privacy.offline, os.environ if environ is os.environ else {})  # a test's environ stays its own
+    if environ is os.environ:
+        from llmkit.privacy import crypto
+
+        crypto.activate(config.privacy.encryption_key_env)
     return config
 
 

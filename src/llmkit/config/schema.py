@@ -472,6 +472,21 @@ class PrivacyConfig(Section):
     telemetry opt-outs for every stage, and refuses a non-loopback serve.host and a remote
     train.checkpoint_uri."""
 
+    encryption_key_env: str | None = None
+    """Name of the environment variable that holds a 256-bit key (base64; `llmkit privacy keygen`
+    makes one). When set, what llmkit writes from the data is encrypted at rest with AES-256-GCM:
+    token shards, SFT / classification sets, the tokenizer, checkpoints, final/ and eval samples
+    (config, metrics and the manifest stay readable). Every stage reads the run with the key
+    present; `llmkit export --decrypt` writes plain files. One process per run (sharded
+    checkpoints of distributed runs are not sealed)."""
+
+    @field_validator("encryption_key_env")
+    @classmethod
+    def _key_env(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError("must be the NAME of an environment variable (such as LLMKIT_KEY), never the key itself")
+        return value
+
     @field_validator("phone_regions")
     @classmethod
     def _regions(cls, values: list[str]) -> list[str]:
@@ -546,6 +561,15 @@ class RunConfig(Section):
                 not self.train.checkpoint_uri.startswith("file://"):
             raise ValueError(f"privacy.offline is true but train.checkpoint_uri is {self.train.checkpoint_uri}: "
                              "checkpoints would leave this machine; use a local path (or turn privacy.offline off)")
+        return self
+
+    @model_validator(mode="after")
+    def _sealed_runs_are_one_process(self) -> RunConfig:
+        procs = self.launch.nodes * self.launch.devices_per_node
+        if self.privacy.encryption_key_env and procs > 1:
+            raise ValueError(f"privacy.encryption_key_env is set and launch runs {procs} processes: sharded "
+                             "checkpoints of distributed runs are not encrypted yet; train on one device "
+                             "(launch.nodes: 1, launch.devices_per_node: 1) or turn encryption off")
         return self
 
     @model_validator(mode="after")

@@ -33,7 +33,9 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.exists():
         raise UsageError(f"no prepared {what} in {path.parent} ({path.name} is missing)",
                          f"the {what} is written by `llmkit prepare`", "run: llmkit prepare --config <run.yaml>")
-    return json.loads(path.read_text(encoding="utf-8"))
+    from llmkit.privacy import crypto
+
+    return json.loads(crypto.read_text(path))
 
 
 class PretrainBatches:
@@ -182,7 +184,9 @@ class ClassifyBatches(_ExampleBatches):
     def __init__(self, cfg: RunConfig, run_dir: Path, micro: int, rank: int = 0, world: int = 1):
         super().__init__(cfg, run_dir, micro, rank, world)
         out = RunDir(run_dir).task_data("classify")
-        self.labels = {s: np.load(out / f"{s}.labels.npy", allow_pickle=False) for s in ("train", "val")}
+        from llmkit.privacy import crypto
+
+        self.labels = {s: crypto.load_npy(out / f"{s}.labels.npy") for s in ("train", "val")}
         label_map = _read_json(out / "labels.json", "label map")
         self.num_labels = len(label_map)
         self.id2label = {int(v): str(k) for k, v in label_map.items()}

@@ -30,6 +30,7 @@ from llmkit.data.tokenizer import eos_id, load_tokenizer, portable_tokenizer_con
 from llmkit.errors import UsageError
 from llmkit.privacy.pii import PII_REPORT, PiiFilter, Scrubber
 from llmkit.fsutil import atomic_write_text, staged_dir
+from llmkit.privacy import crypto
 from llmkit.rundir import RunDir
 
 Log = Callable[[str], None]
@@ -59,6 +60,11 @@ def ensure_tokenizer(config: RunConfig, tok_dir: Path, retrain: bool, log: Log) 
                 "become unusable)",
             )
         log(f"tokenizer: using {tok_dir} ({len(tok)} tokens)")
+        if crypto.active() is not None and not crypto.has_sealed(tok_dir):
+            with crypto.scratch() as plain, staged_dir(tok_dir) as staged:  # encryption turned on since: seal it
+                crypto.decrypt_tree(tok_dir, plain)
+                crypto.seal_tree(plain, staged, crypto.active())
+            log(f"tokenizer: {tok_dir} encrypted (it was written before privacy.encryption_key_env was set)")
         return tok, False
     if tcfg.kind == "pretrained":
         tok = load_tokenizer(tcfg.path or "", config.model.trust_remote_code)
@@ -74,7 +80,7 @@ def ensure_tokenizer(config: RunConfig, tok_dir: Path, retrain: bool, log: Log) 
         raise UsageError(f"the tokenizer has {len(tok)} tokens but model.vocab_size is {config.model.vocab_size}",
                          "token ids would fall outside the embedding table",
                          f"set model.vocab_size to at least {len(tok)}, or null to follow the tokenizer")
-    with staged_dir(tok_dir) as tmp:
+    with staged_dir(tok_dir) as staged, crypto.writable_dir(staged) as tmp:  # sealed file by file with a key
         tok.save_pretrained(str(tmp))
         portable_tokenizer_config(tmp)
     return load_tokenizer(tok_dir, config.model.trust_remote_code), trained
@@ -216,9 +222,8 @@ def prepare_classify(config: RunConfig, tok: Any, out: Path, log: Log) -> dict[s
                                                                          add_special_tokens=False))]
             meta[f"{split}_examples"] = len(part)
             meta[f"{split}_tokens"] = write_ragged(tmp, split, ids, dtype)
-            np.save(tmp / f"{split}.labels.npy", np.asarray([labels[r[2]] for r in part], np.int64),
-                    allow_pickle=False)
-        atomic_write_text(tmp / "labels.json", json.dumps(labels, indent=2) + "\n")
+            crypto.save_npy(tmp / f"{split}.labels.npy", np.asarray([labels[r[2]] for r in part], np.int64))
+        crypto.write_text(tmp / "labels.json", json.dumps(labels, indent=2) + "\n")  # label names: sealed too
         atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
     log(f"classify: {len(labels)} labels: {', '.join(list(labels)[:10])}")
     return meta
@@ -229,6 +234,12 @@ def prepare(config: RunConfig, run_dir: str | Path | None = None, retrain_tokeni
     """Make the run directory's tokenizer and the data the config's task trains on."""
     start = time.monotonic()
     run = RunDir.of(config, run_dir)
+    key = crypto.activate(config.privacy.encryption_key_env, strict=True)  # a missing key stops here
+    if key is not None:
+        from llmkit.privacy.rotate import recover
+
+        recover(run.root, log)
+        log(f"encryption: on (AES-256-GCM, key id {key.id_hex} from ${key.env}): data, tokenizer sealed")
     tok, trained = ensure_tokenizer(config, run.tokenizer, retrain_tokenizer, log)
     result = PrepareResult(run.root, len(tok), trained)
     task = config.train.task

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from llmkit.errors import UsageError
+from llmkit.privacy import crypto
 
 
 @dataclass
@@ -39,24 +40,20 @@ def write_ragged(out_dir: Path, split: str, examples: Sequence[np.ndarray], dtyp
     lengths = np.fromiter((len(e) for e in examples), dtype=np.int64, count=len(examples))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     flat = np.concatenate(examples).astype(dtype) if examples else np.zeros(0, dtype)
-    flat.tofile(out_dir / f"{split}.tokens.bin")
-    np.save(out_dir / f"{split}.offsets.npy", offsets, allow_pickle=False)
+    crypto.write_bytes(out_dir / f"{split}.tokens.bin", flat.tobytes())  # sealed with a key
+    crypto.save_npy(out_dir / f"{split}.offsets.npy", offsets)
     if masks is not None:
         m = np.concatenate(masks).astype(np.uint8) if masks else np.zeros(0, np.uint8)
-        m.tofile(out_dir / f"{split}.mask.bin")
+        crypto.write_bytes(out_dir / f"{split}.mask.bin", m.tobytes())
     return int(flat.size)
 
 
 def read_ragged(data_dir: Path, split: str, dtype: str, with_mask: bool) -> Ragged:
     """Memory-map one split written by :func:`write_ragged`, checking that its parts agree."""
     try:
-        offsets = np.load(data_dir / f"{split}.offsets.npy", allow_pickle=False)
-        tokens = np.memmap(data_dir / f"{split}.tokens.bin", dtype=dtype, mode="r") \
-            if (data_dir / f"{split}.tokens.bin").stat().st_size else np.zeros(0, dtype)
-        mask = None
-        if with_mask:
-            path = data_dir / f"{split}.mask.bin"
-            mask = np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else np.zeros(0, np.uint8)
+        offsets = crypto.load_npy(data_dir / f"{split}.offsets.npy")
+        tokens = crypto.open_array(data_dir / f"{split}.tokens.bin", dtype)
+        mask = crypto.open_array(data_dir / f"{split}.mask.bin", np.uint8) if with_mask else None
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read the {split} split in {data_dir}", str(exc)[:300],
                          "rerun `llmkit prepare`") from None

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from llmkit.errors import UsageError
 from llmkit.fsutil import atomic_write_text, fsync_dir
+from llmkit.privacy import crypto
 
 CHUNK_BYTES = 4 << 20
 
@@ -130,7 +131,7 @@ def write_token_shards(
     dtype = token_dtype(vocab_size)
     counts = {"train_tokens": 0, "val_tokens": 0, "train_documents": 0, "val_documents": 0}
     index = 0
-    with open(out_dir / "train.bin", "wb") as train_fh, open(out_dir / "val.bin", "wb") as val_fh:
+    with crypto.open_writer(out_dir / "train.bin") as train_fh, crypto.open_writer(out_dir / "val.bin") as val_fh:
         for batch, encodings in _encoded_chunks(encode, documents, chunk_bytes):
             parts: dict[str, list[np.ndarray]] = {"train": [], "val": []}
             for _doc, ids in zip(batch, encodings):
@@ -142,7 +143,7 @@ def write_token_shards(
             for split, fh in (("train", train_fh), ("val", val_fh)):
                 if parts[split]:
                     arr = np.concatenate(parts[split])
-                    arr.tofile(fh)
+                    fh.write(arr.tobytes())  # sealed in chunks when privacy.encryption_key_env is set
                     counts[f"{split}_tokens"] += int(arr.size)
     return counts
 
@@ -162,7 +163,7 @@ def read_meta(data_dir: Path) -> ShardMeta:
     itemsize = np.dtype(meta.dtype).itemsize
     for split, tokens in (("train", meta.train_tokens), ("val", meta.val_tokens)):
         f = data_dir / f"{split}.bin"
-        size = f.stat().st_size if f.exists() else -1
+        size = crypto.plain_size(f) if f.exists() else -1
         if size != tokens * itemsize:
             raise UsageError(f"{f} does not match meta.json",
                              f"expected {tokens * itemsize} bytes, found {max(size, 0)}",
@@ -170,10 +171,11 @@ def read_meta(data_dir: Path) -> ShardMeta:
     return meta
 
 
-def open_tokens(data_dir: Path, split: Literal["train", "val"]) -> np.memmap:
-    """The split's tokens as a read-only memory map (checked against meta.json)."""
+def open_tokens(data_dir: Path, split: Literal["train", "val"]) -> Any:
+    """The split's tokens as a read-only memory map (checked against meta.json); an encrypted run's
+    as a ``crypto.SealedArray``, every chunk authenticated before it is returned."""
     meta = read_meta(data_dir)
-    return np.memmap(data_dir / f"{split}.bin", dtype=meta.dtype, mode="r")
+    return crypto.open_array(data_dir / f"{split}.bin", meta.dtype)
 
 
 def publish_shards(staging: Path, data_dir: Path, meta: ShardMeta) -> None:

@@ -125,15 +125,24 @@ def end_token_ids(directory: str | Path, eos: int | None) -> list[int]:
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
-    """Load a fast tokenizer from a local directory (never from a hub)."""
-    p = Path(path)
+    """Load a fast tokenizer from a local directory (never from a hub); an encrypted one is
+    decrypted into memory first (``llmkit.privacy.crypto.readable_dir``)."""
+    from llmkit.privacy import crypto
+
+    if Path(path).is_dir() and crypto.has_sealed(path):
+        with crypto.readable_dir(path) as plain:
+            return _load_tokenizer(plain, trust_remote_code, shown=Path(path))
+    return _load_tokenizer(Path(path), trust_remote_code, shown=Path(path))
+
+
+def _load_tokenizer(p: Path, trust_remote_code: bool, shown: Path) -> Any:
     if not p.is_dir():
-        raise UsageError(f"tokenizer directory {p} does not exist", "",
+        raise UsageError(f"tokenizer directory {shown} does not exist", "",
                          "give a local directory that holds tokenizer.json "
                          "(`llmkit prepare` writes one under runs/<name>/tokenizer)")
     found = sorted(x.name for x in p.iterdir())
     if not {"tokenizer.json", "tokenizer_config.json"} & set(found):
-        raise UsageError(f"{p} is not a tokenizer directory",
+        raise UsageError(f"{shown} is not a tokenizer directory",
                          f"it has no tokenizer.json or tokenizer_config.json; found: "
                          f"{', '.join(found[:12]) or 'nothing'}",
                          "point tokenizer.path at a Hugging Face model or tokenizer directory")
@@ -142,9 +151,9 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
         try:
             has_code = "auto_map" in json.loads(cfg_file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise UsageError(f"{cfg_file} is not valid JSON", "", "restore the file") from None
+            raise UsageError(f"{shown / cfg_file.name} is not valid JSON", "", "restore the file") from None
         if has_code:
-            raise ConfigError(f"the tokenizer in {p} needs its own Python code (auto_map)",
+            raise ConfigError(f"the tokenizer in {shown} needs its own Python code (auto_map)",
                               "running code from a model directory is off by default",
                               "set model.trust_remote_code: true if you trust its author")
     try:
@@ -153,12 +162,13 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
         tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True,
                                             trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot load a tokenizer from {p}", str(exc).splitlines()[0][:300],
+        raise UsageError(f"cannot load a tokenizer from {shown}", str(exc).splitlines()[0][:300],
                          "check that the directory holds a complete Hugging Face tokenizer") from None
     if not getattr(tok, "is_fast", False):
-        raise EnvironmentProblem(f"the tokenizer in {p} has no fast (Rust) version",
+        raise EnvironmentProblem(f"the tokenizer in {shown} has no fast (Rust) version",
                                  "llmkit tokenizes with the `tokenizers` library",
                                  "save it with tokenizer.json (a fast tokenizer)")
+    tok.name_or_path = str(shown)  # not the scratch copy of an encrypted directory
     return tok
 
 
@@ -176,6 +186,8 @@ def tokenizer_hash(directory: str | Path) -> str:
     digest = hashlib.sha256()
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         f = Path(directory) / name
-        if f.exists():
-            digest.update(name.encode() + b"\0" + f.read_bytes())
+        if f.exists():  # the plaintext: the same tokenizer hashes the same sealed, plain or re-keyed
+            from llmkit.privacy import crypto
+
+            digest.update(name.encode() + b"\0" + crypto.read_bytes(f))
     return digest.hexdigest()

@@ -111,7 +111,8 @@ def build_manifest(
         },
         "git": _git(src, cwd or Path.cwd()),
         "config_sha256": config_hash(config),
-        "privacy": {"pii": config.privacy.pii, "offline": config.privacy.offline},
+        "privacy": {"pii": config.privacy.pii, "offline": config.privacy.offline,
+                    "encryption": _encryption(config.privacy.encryption_key_env)},
         "data": data_fingerprints(data_files),
     }
 
@@ -128,3 +129,18 @@ def write_manifest(
     manifest = build_manifest(config, data_files, sources)
     atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
     return path
+
+
+def _encryption(key_env: str | None) -> dict[str, Any] | None:
+    """What the manifest says of encryption at rest: the algorithm, the variable's name and the key
+    id (a hash that names the key and reveals nothing of it)."""
+    if not key_env:
+        return None
+    from llmkit.errors import LlmkitError
+    from llmkit.privacy.crypto import key_from_env
+
+    try:
+        key_id: str | None = key_from_env(key_env).id_hex
+    except LlmkitError:
+        key_id = None
+    return {"algorithm": "AES-256-GCM", "key_env": key_env, "key_id": key_id}

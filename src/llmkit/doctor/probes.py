@@ -353,12 +353,27 @@ def probe_privacy(ctx: Context) -> list[Finding]:
 
     if ctx.config is None:
         return [Finding(id="privacy", status="skip", summary="no config given (pass --config to see its privacy settings)")]
+    from llmkit.errors import LlmkitError
+    from llmkit.privacy.crypto import key_from_env
+
     p = ctx.config.privacy
     pii = f"PII in prepare: {p.pii}" + (f" (phone regions {', '.join(p.phone_regions)})" if p.pii != "off" else "")
+    enc, enc_problem = "encryption at rest: off", None
+    if p.encryption_key_env:
+        try:
+            key = key_from_env(p.encryption_key_env, ctx.sources.environ)
+            enc = f"encryption at rest: on (AES-256-GCM, key id {key.id_hex} in ${p.encryption_key_env})"
+        except LlmkitError as exc:
+            enc, enc_problem = f"encryption at rest: on, but {exc.summary}", exc.fix
+    pii = f"{pii}; {enc}"
+    facts: dict[str, object] = {"offline": p.offline, "pii": p.pii, "encryption_key_env": p.encryption_key_env}
+    if enc_problem:
+        return [Finding(id="privacy", status="fail", summary=f"offline: {'on' if p.offline else 'off'}; {pii}",
+                        facts=facts, fix=enc_problem)]
     if not p.offline:
-        return [Finding(id="privacy", status="ok", summary=f"offline: off; {pii}", facts={"offline": False, "pii": p.pii})]
+        return [Finding(id="privacy", status="ok", summary=f"offline: off; {pii}", facts=facts)]
     lacking = missing(ctx.sources.environ)
-    facts = {"offline": True, "pii": p.pii, "switches": ", ".join(sorted(OFFLINE_ENV)), "missing": ", ".join(lacking)}
+    facts |= {"switches": ", ".join(sorted(OFFLINE_ENV)), "missing": ", ".join(lacking)}
     if lacking:
         return [Finding(id="privacy", status="warn", facts=facts, summary=f"offline: on, but {', '.join(lacking)} unset "
                         f"here; {pii}", fix="llmkit sets them itself for every stage it runs; export them for "

@@ -91,7 +91,7 @@ def evaluate_run(run: str | Path, write: bool = True, harness_tasks: list[str] |
 
         result["harness"] = run_harness(model_dir, tasks, harness_dir, harness_limit)
     if write:
-        atomic_write_text(run.eval_results, json.dumps(result, indent=2) + "\n")
+        write_results(run, result)
     return result
 
 
@@ -111,5 +111,17 @@ def evaluate_loaded(cfg: RunConfig, run: RunDir, model: Any, tokenizer: Any, wri
     result["run"] = cfg.name
     result["task"] = cfg.train.task
     if write:
-        atomic_write_text(run.eval_results, json.dumps(result, indent=2) + "\n")
+        write_results(run, result)
     return result
+
+
+def write_results(run: RunDir, result: dict[str, Any]) -> None:
+    """eval.json; in an encrypted run the samples (generated from the data) go to the sealed
+    eval_samples.json and eval.json keeps the metrics and where the samples are."""
+    from llmkit.privacy import crypto
+
+    if crypto.active() is not None and result.get("samples"):
+        crypto.write_text(run.eval_samples, json.dumps(result["samples"], indent=2) + "\n")
+        result = {**result, "samples": [], "samples_encrypted": {"file": run.eval_samples.name,
+                                                                  "count": len(result["samples"])}}
+    atomic_write_text(run.eval_results, json.dumps(result, indent=2) + "\n")

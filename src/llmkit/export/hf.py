@@ -8,8 +8,10 @@ model is measured: the largest logit difference on the run's eval prompts is rep
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,28 @@ def source_dir(run: Path) -> Path:
                      "finish training: llmkit train --config <run.yaml> (resumes where it stopped)")
 
 
+@contextlib.contextmanager
+def open_source(run: Path, decrypt: bool = False) -> Iterator[Path]:
+    """The run's final/ as plain files: itself, or for an encrypted run (with ``decrypt``) a copy
+    decrypted in memory. Exports are for other tools, so they are plain: an encrypted run is
+    exported only when the user asks for that with ``decrypt``."""
+    from llmkit.privacy import crypto
+
+    src = source_dir(run)
+    if RunDir(run).config.exists():
+        RunDir(run).load_config()  # the run's key variable
+    if not crypto.has_sealed(src):
+        yield src
+        return
+    if not decrypt:
+        raise UsageError(f"{run} is encrypted at rest (privacy.encryption_key_env)",
+                         "an export is for other tools, which read plain files only: it would hold the model "
+                         "and tokenizer unencrypted",
+                         "pass --decrypt to write a plain export (keep it as protected as the data)")
+    with crypto.readable_dir(src) as plain:
+        yield plain
+
+
 def check_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse a non-empty output directory unless overwriting is asked for."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
@@ -63,8 +87,10 @@ def logit_diff(a: Any, b: Any, prompts: list[list[int]]) -> float:
 
 
 def export_hf(run: Path, out: Path, dtype: str = "float32", merge_lora: bool = True, overwrite: bool = False,
-              max_shard_size: str = "2GB", prompts: list[list[int]] | None = None) -> ExportResult:
-    """Write the run's model as an HF directory (or, without merging, its PEFT adapter)."""
+              max_shard_size: str = "2GB", prompts: list[list[int]] | None = None,
+              src: Path | None = None) -> ExportResult:
+    """Write the run's model as an HF directory (or, without merging, its PEFT adapter); ``src``:
+    the run's final/ as plain files when it is not final/ itself (``open_source``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -72,7 +98,7 @@ def export_hf(run: Path, out: Path, dtype: str = "float32", merge_lora: bool = T
     hf_logging.disable_progress_bar()
     if dtype not in DTYPES:
         raise UsageError(f"unknown dtype {dtype!r}", f"choose one of {', '.join(DTYPES)}", "pass --dtype float32")
-    src = source_dir(run)
+    src = src if src is not None else source_dir(run)
     check_out_dir(out, overwrite)
     if not merge_lora:
         if not (src / "adapter" / "adapter_config.json").exists():

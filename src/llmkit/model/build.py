@@ -99,13 +99,21 @@ def check_model_dir(path: Path, trust_remote_code: bool) -> dict[str, Any]:
 def load_model(path: str | Path, trust_remote_code: bool, num_labels: int | None = None,
                id2label: dict[int, str] | None = None) -> Any:
     """A causal LM (or classifier, with ``num_labels``) from a local HF directory, fp32."""
+    from transformers.utils import logging as hf_logging
+
+    from llmkit.privacy import crypto
+
+    hf_logging.disable_progress_bar()
+    if Path(path).is_dir() and crypto.has_sealed(path):  # an encrypted run's model: decrypted in memory
+        with crypto.readable_dir(path) as plain:
+            return _load_model(plain, trust_remote_code, num_labels, id2label)
+    return _load_model(Path(path), trust_remote_code, num_labels, id2label)
+
+
+def _load_model(p: Path, trust_remote_code: bool, num_labels: int | None, id2label: dict[int, str] | None) -> Any:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    p = Path(path)
     check_model_dir(p, trust_remote_code)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True,
                               "local_files_only": True, "dtype": torch.float32}

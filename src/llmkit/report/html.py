@@ -78,6 +78,10 @@ def _eval_section(run: RunDir) -> str:
             parts.append(f"<table><tr><th>true \\ predicted</th>{head}</tr>{body}</table>")
         for s in data.get("samples", []):
             parts.append(f"<pre><b>{escape(s['prompt'])}</b>{escape(s['completion'])}</pre>")
+        if data.get("samples_encrypted"):
+            sealed = data["samples_encrypted"]
+            parts.append(f"<p>{int(sealed['count'])} samples are encrypted at rest in "
+                         f"<code>{escape(str(sealed['file']))}</code> (not shown in this report).</p>")
     return "".join(parts) or "<p>No evaluation yet: run <code>llmkit eval</code>.</p>"
 
 
@@ -102,6 +106,11 @@ def _privacy(run: RunDir) -> str:
     cfg = yaml.safe_load(run.config.read_text()) if run.config.exists() else {}
     p = (cfg or {}).get("privacy") or {}
     rows: list[tuple[str, Any]] = [("offline", "on" if p.get("offline") else "off"), ("PII in prepare", p.get("pii", "off"))]
+    if p.get("encryption_key_env"):
+        rows.append(("encryption at rest", f"AES-256-GCM, key in ${p['encryption_key_env']}: data, tokenizer, "
+                     "checkpoints, final/ and eval samples"))
+    else:
+        rows.append(("encryption at rest", "off"))
     for task in ("pretrain", "sft", "classify"):
         meta = run.task_data(task) / "meta.json"
         pii = json.loads(meta.read_text()).get("pii") if meta.exists() else None

@@ -33,6 +33,7 @@ from typing import Any
 from llmkit.errors import RunFailure, UsageError
 from llmkit.fsutil import fsync_dir
 from llmkit.faults import fault_point
+from llmkit.privacy import crypto
 
 COMMITTED = "COMMITTED"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -183,8 +184,14 @@ def save_checkpoint(root: Path, tensors: dict[str, Any], optimizer_tensors: dict
     needed = sum(t.numel() * t.element_size() for t in [*tensors.values(), *optimizer_tensors.values()])
     try:
         tmp.mkdir()
-        _write(tmp / "model.safetensors", lambda p: save_file(tensors, str(p)))
-        _write(tmp / "optimizer.safetensors", lambda p: save_file(optimizer_tensors, str(p)))
+        if crypto.active() is not None:  # privacy.encryption_key_env: both tensor files sealed
+            from safetensors.torch import save
+
+            _write(tmp / "model.safetensors", lambda p: crypto.write_bytes(p, save(tensors)))
+            _write(tmp / "optimizer.safetensors", lambda p: crypto.write_bytes(p, save(optimizer_tensors)))
+        else:
+            _write(tmp / "model.safetensors", lambda p: save_file(tensors, str(p)))
+            _write(tmp / "optimizer.safetensors", lambda p: save_file(optimizer_tensors, str(p)))
         _write_json(tmp / "trainer_state.json", trainer_state.to_json())
         _write_json(tmp / "rng.json", rng)
         _write_json(tmp / "checksums.json", {name: _sha256(tmp / name) for name in FILES})
@@ -226,8 +233,6 @@ def verify(path: Path) -> None:
 
 def read_checkpoint(path: Path, check: bool = True) -> Checkpoint:
     """One checkpoint, verified against its checksums (``check=False``: another rank verified it)."""
-    from safetensors.torch import load_file
-
     if check:
         verify(path)
     state_file = path / "trainer_state.json"
@@ -235,8 +240,18 @@ def read_checkpoint(path: Path, check: bool = True) -> Checkpoint:
     rng = json.loads((path / "rng.json").read_text(encoding="utf-8"))
     if (path / "dcp").is_dir():
         return Checkpoint(path, None, None, state, rng)
-    return Checkpoint(path, load_file(str(path / "model.safetensors")), load_file(str(path / "optimizer.safetensors")),
+    return Checkpoint(path, _load_tensors(path / "model.safetensors"), _load_tensors(path / "optimizer.safetensors"),
                       state, rng)
+
+
+def _load_tensors(path: Path) -> dict[str, Any]:
+    """A safetensors file, decrypted first when sealed (a wrong or missing key raises SealError, which
+    is not damage: `newest_valid` does not fall back past it)."""
+    from safetensors.torch import load, load_file
+
+    if crypto.is_sealed(path):
+        return load(crypto.read_bytes(path))
+    return load_file(str(path))
 
 
 def newest_valid(root: Path, log: Callable[[str], None]) -> Checkpoint | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,10 @@ def write_final(cfg: RunConfig, run: RunDir, model: Any, log: Any) -> Path:
 
     hf_logging.disable_progress_bar()
 
+    from llmkit.privacy import crypto
+
     out = run.final
-    with staged_dir(out) as tmp:
+    with staged_dir(out) as staged, crypto.writable_dir(staged) as tmp:  # sealed file by file with a key
         if cfg.model.lora.enabled:
             model.save_pretrained(str(tmp / "adapter"))  # the standard PEFT adapter directory
             model = model.merge_and_unload()
@@ -29,7 +30,7 @@ def write_final(cfg: RunConfig, run: RunDir, model: Any, log: Any) -> Path:
         model.save_pretrained(str(tmp), safe_serialization=True)
         for f in run.tokenizer.iterdir():
             if f.is_file():
-                shutil.copy2(f, tmp / f.name)
+                (tmp / f.name).write_bytes(crypto.read_bytes(f))  # plain here (tmp is in memory when sealing)
         portable_tokenizer_config(tmp)  # runs prepared before the portable form get it here
         g = cfg.generate
         eos = model.config.eos_token_id

@@ -21,10 +21,11 @@ from llmkit.config.load import dump_config
 from llmkit.config.schema import RunConfig, TrainConfig
 from llmkit.data.batches import task_batches
 from llmkit.device import autocast, resolve_device, resolve_precision, torch_dtype
-from llmkit.errors import RunFailure, UsageError
+from llmkit.errors import ConfigError, RunFailure, UsageError
 from llmkit.eval.loss import EvalResult, compute_loss, evaluate, loss_weight
 from llmkit.faults import fault_point, nan_loss_at
 from llmkit.fsutil import atomic_write_text
+from llmkit.privacy import crypto
 from llmkit.rundir import RunDir
 from llmkit.train import checkpoint as ckpt
 from llmkit.train import setup
@@ -88,6 +89,17 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
 
     # --- set-up: device, data, model, wrapper, optimizer ---------------------------------------
     run = RunDir.of(cfg, run_dir)
+    key = crypto.activate(cfg.privacy.encryption_key_env, strict=True)  # a missing key stops here
+    if key is not None:
+        if d.enabled:
+            raise ConfigError("privacy.encryption_key_env is set, but this run has several processes",
+                              "sharded checkpoints (torch.distributed.checkpoint) are not encrypted yet",
+                              "train on one device, or turn encryption off for distributed runs")
+        if d.is_main:
+            from llmkit.privacy.rotate import recover
+
+            recover(run.root, log)
+        log(f"encryption: on (AES-256-GCM, key id {key.id_hex} from ${key.env})")
     tc = cfg.train
     precision = resolve_precision(tc.precision, device)
     device_kind = "cpu" if device.type == "cpu" else "gpu"

@@ -25,6 +25,7 @@ RESUME_SAFE_PREFIXES = (
     # order of the floating-point sums changes
     "train.micro_batch_size", "train.distributed", "train.checkpoint_uri",
     "privacy.offline",  # where the run may connect, not what it trains on (privacy.pii changes the data)
+    "privacy.encryption_key_env",  # how files are stored, not what they hold
 )
 
 
