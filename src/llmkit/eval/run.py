@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from llmkit.config.schema import RunConfig
+from llmkit.errors import UsageError
 from llmkit.data.batches import task_batches
 from llmkit.eval.loss import evaluate
 from llmkit.fsutil import atomic_write_text
@@ -76,9 +77,11 @@ def samples(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
 
 
 def evaluate_run(run: str | Path, write: bool = True, harness_tasks: list[str] | None = None,
-                 harness_dir: str | Path | None = None, harness_limit: int | None = None) -> dict[str, Any]:
+                 harness_dir: str | Path | None = None, harness_limit: int | None = None,
+                 canaries: str | Path | None = None, canary_candidates: int = 1000) -> dict[str, Any]:
     """Evaluate a run directory's final model on its validation data (and harness tasks: the
-    config's ``eval.harness_tasks`` plus ``harness_tasks``); writes eval.json."""
+    config's ``eval.harness_tasks`` plus ``harness_tasks``; the memorization of ``canaries``,
+    see ``llmkit.eval.canaries``); writes eval.json."""
     from llmkit.model.load import load_for_inference
 
     run = RunDir(Path(run))
@@ -90,6 +93,14 @@ def evaluate_run(run: str | Path, write: bool = True, harness_tasks: list[str] |
         from llmkit.eval.harness import run_harness
 
         result["harness"] = run_harness(model_dir, tasks, harness_dir, harness_limit)
+    if canaries is not None:
+        from llmkit.eval.canaries import as_json, check, read_canaries
+
+        if cfg.train.task == "classify":
+            raise UsageError("canaries measure what a language model memorized; this run is a classifier",
+                             "", "run --canaries on a pretraining or SFT run")
+        result["canaries"] = as_json(check(model, tokenizer, read_canaries(canaries), canary_candidates,
+                                           seed=cfg.train.seed))
     if write:
         write_results(run, result)
     return result

@@ -33,8 +33,21 @@ def load_for_inference(path: str | Path, device: str = "auto", trust_remote_code
     """(model in eval mode, tokenizer, model directory), fp32, on ``device`` (``auto``: as
     ``llmkit.device.resolve_device`` picks)."""
     model_dir = resolve_model_dir(path)
+    _use_run_key(model_dir)
     tokenizer = load_tokenizer(model_dir, trust_remote_code)
     model = load_model(model_dir, trust_remote_code)
     model.to(resolve_device(device)).eval()
     model.config.use_cache = True
     return model, tokenizer, model_dir
+
+
+def _use_run_key(model_dir: Path) -> None:
+    """An encrypted run's final/ opens with the key its run's config names (privacy.encryption_key_env)."""
+    from llmkit.privacy import crypto
+
+    if crypto.enabled() or not crypto.has_sealed(model_dir):
+        return
+    for candidate in (model_dir.parent, model_dir):
+        if RunDir(candidate).config.exists():
+            RunDir(candidate).load_config()
+            return

@@ -147,15 +147,24 @@ class SealedWriter:
         self._index = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        self._buf += data
-        while len(self._buf) > self.chunk:  # keep at least one byte back: the last chunk is sealed in close
-            self._seal(bytes(self._buf[: self.chunk]), final=False)
-            del self._buf[: self.chunk]
+        view = memoryview(data).cast("B")
+        if self._buf:  # top up the partial chunk first
+            take = min(len(view), self.chunk - len(self._buf))
+            self._buf += view[:take]
+            view = view[take:]
+            if len(self._buf) == self.chunk and len(view):
+                self._seal(bytes(self._buf), final=False)
+                self._buf.clear()
+        while len(view) > self.chunk:  # whole chunks straight from the caller's buffer; the last one
+            self._seal(view[: self.chunk], final=False)  # (at least one byte) waits for close
+            view = view[self.chunk :]
+        self._buf += view
         return len(data)
 
-    def _seal(self, plain: bytes, final: bool) -> None:
+    def _seal(self, plain: bytes | memoryview, final: bool) -> None:
         nonce = os.urandom(NONCE)
-        self._fh.write(nonce + self.key.aead.encrypt(nonce, plain, _aad(self.header, self._index, final)))
+        self._fh.write(nonce)
+        self._fh.write(self.key.aead.encrypt(nonce, plain, _aad(self.header, self._index, final)))
         self._index += 1
 
     def close(self) -> None:
@@ -272,19 +281,27 @@ class SealedFile:
 
     def read_all(self) -> bytes:
         """The whole plaintext, every chunk authenticated (the cache is left alone)."""
-        parts = []
-        self._fh.seek(HEADER_SIZE)
         from cryptography.exceptions import InvalidTag
 
+        self._fh.seek(HEADER_SIZE)
+        body = memoryview(self._fh.read())
+        out = bytearray(self.size)
+        view = memoryview(out)
+        into = getattr(self.key.aead, "decrypt_into", None)  # cryptography >= 45: no per-chunk allocation
         for i in range(self.chunks):
-            rec = self._fh.read(self._record)
+            rec = body[i * self._record : (i + 1) * self._record]
+            aad = _aad(self.header, i, i == self.chunks - 1)
             try:
-                parts.append(self.key.aead.decrypt(rec[:NONCE], rec[NONCE:],
-                                                   _aad(self.header, i, i == self.chunks - 1)))
+                if into is not None:
+                    into(rec[:NONCE], rec[NONCE:], aad, view[i * self.chunk : i * self.chunk + len(rec) - NONCE - TAG])
+                else:
+                    view[i * self.chunk : i * self.chunk + len(rec) - NONCE - TAG] = \
+                        self.key.aead.decrypt(rec[:NONCE], rec[NONCE:], aad)
             except (InvalidTag, ValueError):
                 raise _damaged(self.path, f"chunk {i} of {self.chunks} fails authentication"
                                + (" (truncated?)" if i == self.chunks - 1 else "")) from None
-        return b"".join(parts)
+        view.release()
+        return bytes(out)
 
     def verify(self) -> None:
         """Authenticate every chunk (a damaged file is found before any work, not mid-run)."""
