@@ -456,6 +456,31 @@ class LaunchConfig(Section):
         return data
 
 
+class DpConfig(Section):
+    """Differentially private fine-tuning (DP-SGD with Opacus): SFT and classification, one process."""
+
+    enabled: bool = False
+    """Train with per-example gradient clipping and Gaussian noise; epsilon spent goes to the
+    metrics, checkpoints and report. train.global_batch_size becomes the expected size of a
+    Poisson-sampled batch; train.grad_clip_norm then clips the noised mean gradient (post-processing:
+    the guarantee holds); train.precision auto means fp32."""
+    target_epsilon: float | None = Field(None, gt=0)
+    """Spend at most this epsilon over train.max_steps: the noise multiplier is computed for it."""
+    noise_multiplier: float | None = Field(None, ge=0)
+    """Or give the noise (std = noise_multiplier x max_grad_norm) and read the epsilon spent."""
+    delta: float | None = Field(None, gt=0, lt=1)
+    """The delta of (epsilon, delta)-DP; null: 1 / (10 x training examples)."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Each example's gradient is clipped to this L2 norm."""
+
+    @model_validator(mode="after")
+    def _one_noise_source(self) -> DpConfig:
+        if self.enabled and (self.target_epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError("with enabled: true set exactly one of target_epsilon (the noise is computed for it) "
+                             "and noise_multiplier (the epsilon spent is reported)")
+        return self
+
+
 class PrivacyConfig(Section):
     """Protecting the training data."""
 
@@ -467,6 +492,8 @@ class PrivacyConfig(Section):
     phone_regions: list[str] = Field(default_factory=lambda: ["US"])
     """Regions whose national phone formats count (ISO 3166 codes); numbers written with +country
     are found whatever the region."""
+    dp: DpConfig = Field(default_factory=DpConfig)
+    """Differential privacy for fine-tuning."""
     offline: bool = False
     """Send nothing anywhere: sets HF_HUB_OFFLINE, HF_DATASETS_OFFLINE, TRANSFORMERS_OFFLINE and the
     telemetry opt-outs for every stage, and refuses a non-loopback serve.host and a remote
@@ -561,6 +588,26 @@ class RunConfig(Section):
                 not self.train.checkpoint_uri.startswith("file://"):
             raise ValueError(f"privacy.offline is true but train.checkpoint_uri is {self.train.checkpoint_uri}: "
                              "checkpoints would leave this machine; use a local path (or turn privacy.offline off)")
+        return self
+
+    @model_validator(mode="after")
+    def _dp_is_possible(self) -> RunConfig:
+        dp, tc = self.privacy.dp, self.train
+        if not dp.enabled:
+            return self
+        if tc.task == "pretrain":
+            raise ValueError("privacy.dp covers fine-tuning (train.task: sft or classify): pretraining windows cut "
+                             "across documents, so no example is one person's record")
+        if tc.task == "sft" and self.data.sft_packing:
+            raise ValueError("privacy.dp needs one example per row: set data.sft_packing: false (packed rows mix "
+                             "examples, and their gradients cannot be clipped one by one)")
+        if tc.precision not in ("fp32", "auto"):
+            raise ValueError(f"privacy.dp trains in fp32; train.precision is {tc.precision}")
+        if dp.target_epsilon is not None and tc.max_steps is None:
+            raise ValueError("privacy.dp.target_epsilon needs train.max_steps (the noise is computed for that many "
+                             "steps); or set privacy.dp.noise_multiplier instead")
+        if self.launch.nodes * self.launch.devices_per_node > 1:
+            raise ValueError("privacy.dp runs in one process: set launch.nodes and launch.devices_per_node to 1")
         return self
 
     @model_validator(mode="after")

@@ -158,6 +158,10 @@ class SftBatches(_ExampleBatches):
         batch = collate_padded(parts, self.seq, self.pad_id)
         return {"input_ids": batch["input_ids"], "labels": batch["labels"], "attention_mask": batch["attention_mask"]}
 
+    def collate_train(self, indices: list[int]) -> dict[str, np.ndarray]:
+        """A batch of these training examples, one per row (privacy.dp draws its own examples)."""
+        return self._collate(self.train, indices)
+
     def next_micro_batch(self) -> dict[str, np.ndarray]:
         if self.packing:
             return self._packed()
@@ -196,6 +200,10 @@ class ClassifyBatches(_ExampleBatches):
         data = self.train if split == "train" else self.val
         return collate_classify([data.example(i)[0] for i in indices],
                                 [int(self.labels[split][i]) for i in indices], self.seq, self.pad_id)
+
+    def collate_train(self, indices: list[int]) -> dict[str, np.ndarray]:
+        """A batch of these training examples (privacy.dp draws its own examples)."""
+        return self._collate("train", indices)
 
     def next_micro_batch(self) -> dict[str, np.ndarray]:
         return self._collate("train", self._my_indices())

@@ -112,7 +112,8 @@ def build_manifest(
         "git": _git(src, cwd or Path.cwd()),
         "config_sha256": config_hash(config),
         "privacy": {"pii": config.privacy.pii, "offline": config.privacy.offline,
-                    "encryption": _encryption(config.privacy.encryption_key_env)},
+                    "encryption": _encryption(config.privacy.encryption_key_env),
+                    "dp": config.privacy.dp.model_dump() if config.privacy.dp.enabled else None},
         "data": data_fingerprints(data_files),
     }
 

@@ -111,6 +111,17 @@ def _privacy(run: RunDir) -> str:
                      "checkpoints, final/ and eval samples"))
     else:
         rows.append(("encryption at rest", "off"))
+    dp = p.get("dp") or {}
+    if dp.get("enabled"):
+        spent = [(r["epsilon"], r["delta"], r["step"]) for r in run.read_metrics()
+                 if r.get("kind") == "train" and "epsilon" in r]
+        rows += [("differential privacy", f"DP-SGD (Opacus), clip {dp.get('max_grad_norm')}, "
+                  + (f"target epsilon {dp['target_epsilon']}" if dp.get("target_epsilon") is not None
+                     else f"noise multiplier {dp.get('noise_multiplier')}")),
+                 ("epsilon spent", f"{spent[-1][0]:.3f} at delta {spent[-1][1]:.3g} (step {spent[-1][2]})"
+                  if spent else "no step yet")]
+    else:
+        rows.append(("differential privacy", "off"))
     for task in ("pretrain", "sft", "classify"):
         meta = run.task_data(task) / "meta.json"
         pii = json.loads(meta.read_text()).get("pii") if meta.exists() else None

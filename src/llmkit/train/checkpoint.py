@@ -68,6 +68,8 @@ class TrainerState:
     """fp16 loss-scaler state (None unless train.precision is fp16)."""
     llmkit_version: str
     """The llmkit that wrote the checkpoint."""
+    dp: dict[str, Any] | None = None
+    """privacy.dp's accountant (its history of noise and sampling rate per step) and epsilon spent."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -77,6 +79,8 @@ class TrainerState:
         """The state of ``trainer_state.json``; a missing or unknown key is a clear error, not a default."""
         names = {f.name for f in dataclasses.fields(cls)}
         keys = set(obj) if isinstance(obj, dict) else set()
+        if keys | {"dp"} == names and "dp" not in keys:  # written before privacy.dp existed
+            obj, keys = {**obj, "dp": None}, keys | {"dp"}
         if keys != names:
             raise ChecksumError(f"{path} is not a trainer state this llmkit can resume",
                                 f"missing: {', '.join(sorted(names - keys)) or '-'}; "

@@ -101,7 +101,12 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
             recover(run.root, log)
         log(f"encryption: on (AES-256-GCM, key id {key.id_hex} from ${key.env})")
     tc = cfg.train
-    precision = resolve_precision(tc.precision, device)
+    private = cfg.privacy.dp.enabled
+    precision = "fp32" if private and tc.precision == "auto" else resolve_precision(tc.precision, device)
+    if private:
+        from llmkit.train.dp import check_supported
+
+        check_supported(cfg, d.enabled, precision)
     device_kind = "cpu" if device.type == "cpu" else "gpu"
     wrapper = dist_.choose_wrapper(cfg, d, memory_budget_bytes(device), precision, device_kind)
     micro = setup.micro_batch(cfg, device, precision, log, d.world_size, sharded=wrapper == "fsdp")
@@ -114,6 +119,11 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
     optimizer = make_optimizer(model, tc, device.type)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     total_steps = setup.total_steps(tc)
+    dp = None
+    if private:  # per-example gradients, clipping, noise and the accountant (llmkit.train.dp)
+        from llmkit.train.dp import DpTrainer
+
+        dp = DpTrainer(cfg, model, optimizer, data, micro, total_steps, classify, log)
 
     # --- resume: newest committed checkpoint that verifies, or a fresh start -------------------
     if d.local_rank == 0:
@@ -139,6 +149,9 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
     if found is not None:
         _check_resumable(found, state, allow_config_change)
         _restore(found, model, inner, optimizer, data, scaler, state, d)
+        if dp is not None:
+            dp.load_state_dict(found.state.dp)
+            state.dp = found.state.dp
         log(f"resumed from {found.path} (step {state.step})")
     else:
         torch.manual_seed(tc.seed + d.rank)  # dropout: its own stream per rank
@@ -174,14 +187,23 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
             lr = lr_at(state.step, tc, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            step_loss, step_tokens = _accumulate_gradients(model, data, accum, device, precision, classify, scaler,
-                                                           state.step + 1)
-            fault_point("step")
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            grad_norm = float(dist_.local_value(torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], tc.grad_clip_norm or float("inf"))))
-            _apply_update(optimizer, scaler, step_loss, grad_norm, tc, state, last_saved, log)
+            if dp is not None:
+                step_loss, step_tokens, _ = dp.accumulate(state.step + 1)
+                fault_point("step")
+                if not math.isfinite(step_loss):
+                    dp.discard()
+                _apply_update(dp.optimizer, None, step_loss, 0.0, tc, state, last_saved, log)  # noise, then AdamW
+                grad_norm = dp.last_grad_norm  # of the clipped, noised, averaged gradient
+                state.dp = dp.state_dict()
+            else:
+                step_loss, step_tokens = _accumulate_gradients(model, data, accum, device, precision, classify,
+                                                               scaler, state.step + 1)
+                fault_point("step")
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                grad_norm = float(dist_.local_value(torch.nn.utils.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], tc.grad_clip_norm or float("inf"))))
+                _apply_update(optimizer, scaler, step_loss, grad_norm, tc, state, last_saved, log)
             state.step += 1
             state.tokens_seen += step_tokens
             # every rank stops after the same step and counts the same time (the slowest rank's)
@@ -192,6 +214,9 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
             record = {"kind": "train", "step": state.step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
                       "tokens": state.tokens_seen, "tokens_per_s": tok_s, "mfu": tok_s * flops_tok / peak,
                       "elapsed_s": state.train_time_s}
+            if dp is not None:
+                record["epsilon"] = state.dp["epsilon"] if state.dp else 0.0
+                record["delta"] = dp.setup.delta
             progress.update(state.step, record)
             if metrics is not None and state.step % tc.log_every_steps == 0:
                 metrics.write(record)
@@ -214,6 +239,9 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
             write_final(cfg, run, final_model, log)
     if metrics is not None:
         metrics.close()
+    if dp is not None and state.dp:
+        log(f"privacy.dp: epsilon {state.dp['epsilon']:.3f} spent at delta {state.dp['delta']:.3g} over {state.step} "
+            f"steps (noise multiplier {state.dp['noise_multiplier']:.4g}, sampling rate {state.dp['sample_rate']:.4g})")
     exit_code = (signals.exit_code or 143) if reason == "signal" else 0
     if reason == "signal":
         log(f"stopped by {signals.received.name if signals.received else 'a signal to another rank'} after step "
