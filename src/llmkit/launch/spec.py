@@ -333,8 +333,17 @@ def build_spec(cfg: RunConfig, target: str, what: str, pins: tuple[str, ...], pi
         name=cfg.name, what=what, target=target, nodes=lc.nodes if what == "train" else 1,
         per_node=lc.devices_per_node if what == "train" else 1, device=device, cloud=lc.cloud, region=lc.region, spot=lc.spot,
         image=lc.image, checkpoints=ck, max_restarts=lc.max_restarts, time_limit_s=lc.time_limit_s,
-        grace_s=grace_seconds(cfg, est.step_s if est else None, ck), secret_envs=tuple(lc.secret_envs),
+        grace_s=grace_seconds(cfg, est.step_s if est else None, ck), secret_envs=_secrets(cfg),
         config_yaml=dump_config(job), config_path=config_path, runs_root=job.runs_root, python=python,
         pins=pins, pins_from=pins_from, llmkit_version=llmkit_version, serve_port=cfg.serve.port,
         api_key_env=cfg.serve.api_key_env, drain_timeout_s=cfg.serve.drain_timeout_s, estimate=est,
         notes=tuple(notes))
+
+
+def _secrets(cfg: RunConfig) -> tuple[str, ...]:
+    """launch.secret_envs plus the encryption key's variable (privacy.encryption_key_env): each
+    passed to the job by reference (a Secret, an exported variable), never written into a file."""
+    names = list(cfg.launch.secret_envs)
+    if cfg.privacy.encryption_key_env:
+        names.append(cfg.privacy.encryption_key_env)
+    return tuple(dict.fromkeys(names))

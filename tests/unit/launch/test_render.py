@@ -88,6 +88,21 @@ def test_secret_values_never_reach_the_files(monkeypatch: pytest.MonkeyPatch) ->
             assert "HF_TOKEN" in text
 
 
+@pytest.mark.parametrize("target", ["slurm", "kubernetes", "skypilot", "docker"])
+def test_the_encryption_key_goes_by_reference_only(monkeypatch: pytest.MonkeyPatch, target: str) -> None:
+    key = "q9Zk3v0Yp2b8WmT1xN4sL6dR7cF5hJ0aE2gU8iO3yKw="
+    monkeypatch.setenv("RUN_KEY", key)
+    cfg = config(privacy={"encryption_key_env": "RUN_KEY"}, serve={"api_key_env": "K"},  # sealed runs: one process
+                 launch={"nodes": 1, "devices_per_node": 1, "checkpoint_uri": "s3://bucket/runs",
+                         "image": "registry.example/llmkit:1"})
+    for what in ("train", "serve"):
+        files = render(build_spec(cfg, target, what, PINS, "x", "3.11", "l/run.yaml", "0.1.0"))
+        text = "".join(files.values())
+        assert key not in text and "RUN_KEY" in text
+        if target == "kubernetes":
+            assert "name: RUN_KEY" in text and "secretKeyRef" in text
+
+
 # bad input ------------------------------------------------------------------------------------
 
 def _refused(target: str, match: str, what: str = "train", **launch: Any) -> str:
