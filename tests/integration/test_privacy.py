@@ -47,7 +47,7 @@ def test_prepare_applies_privacy_pii(tmp_path: Path, mode: str, cli) -> None:
     meta = json.loads((run / "data" / "meta.json").read_text())
     assert meta["pii"]["counts"]["EMAIL"] == 1 and meta["pii"]["counts"]["CARD"] == 1
     assert meta["pii"]["counts"]["PHONE"] == 1 and meta["pii"]["counts"]["CREDENTIAL"] == 1
-    assert "privacy: PII" in out.stdout and "names and postal addresses are not detected" in out.stdout
+    assert "privacy: PII" in out.stdout and "names and places: not detected (no spaCy English model installed" in out.stdout
     text = prepared_text(run)
     vocab = json.dumps(json.loads((run / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"])
     from llmkit.report.html import _privacy
@@ -87,3 +87,44 @@ def test_sft_conversations_are_scrubbed(tmp_path: Path) -> None:
     ids = np.frombuffer(blob, dtype=np.uint16 if len(tok) < 65536 else np.uint32)
     text = tok.decode(ids.tolist())
     assert "bob.smith" not in text and "<EMAIL>" in text
+
+
+def test_names_and_places_with_presidio_and_a_local_spacy_pipeline(tmp_path: Path) -> None:
+    """The Presidio path end to end, offline: a spaCy pipeline saved to a folder (a rule-based
+    entity ruler stands in for a statistical model, which cannot be downloaded here)."""
+    spacy = pytest.importorskip("spacy")
+    pytest.importorskip("presidio_analyzer")
+    from llmkit.data.prepare import prepare
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("entity_ruler").add_patterns([{"label": "PERSON", "pattern": "Jane Doe"},
+                                               {"label": "GPE", "pattern": "Springfield"}])
+    nlp.to_disk(tmp_path / "pipeline")
+    data = tmp_path / "sft.jsonl"
+    rows = [{"prompt": f"question {i}", "completion": f"answer {i}"} for i in range(20)]
+    rows[5]["completion"] = "Jane Doe lives in Springfield; write to jane@example.com"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = make_run(tmp_path, name="ner", prepared=False, train={"task": "sft"},
+                   data={"sft_path": str(data), "val_fraction": 0.1},
+                   privacy={"pii": "redact", "ner_model": str(tmp_path / "pipeline")})
+    logged: list[str] = []
+    result = prepare(load_config(cfg, environ={}), log=logged.append)
+    counts = result.outputs["sft"]["pii"]["counts"]
+    assert counts["NAME"] == 1 and counts["LOCATION"] == 1 and counts["EMAIL"] == 1
+    assert result.outputs["sft"]["pii"]["names_and_addresses"] == "detected with Presidio (spaCy pipeline)"
+    assert any("names and places: detected with Presidio" in line for line in logged)
+    run = tmp_path / "runs" / "ner"
+    tok = load_tokenizer(run / "tokenizer")
+    blob = b"".join(p.read_bytes() for p in (run / "data" / "sft").glob("*.tokens.bin"))
+    text = tok.decode(np.frombuffer(blob, dtype=np.uint16).tolist())
+    assert "Jane" not in text and "Springfield" not in text and "<NAME> lives in <LOCATION>" in text
+
+
+def test_a_named_ner_model_that_is_missing_is_refused(tmp_path: Path) -> None:
+    pytest.importorskip("presidio_analyzer")
+    from llmkit.data.prepare import prepare
+    from llmkit.errors import EnvironmentProblem
+
+    cfg = make_run(tmp_path, name="nm", prepared=False, privacy={"pii": "redact", "ner_model": "en_core_web_xl"})
+    with pytest.raises(EnvironmentProblem, match="never downloads"):
+        prepare(load_config(cfg, environ={}))

@@ -488,7 +488,12 @@ class PrivacyConfig(Section):
     """PII in the corpus and the SFT / classification files, found by `prepare` (e-mail, phone,
     payment card, IBAN, IP address, US SSN, credentials, URLs with user info): report (counts and
     locations in pii_report.jsonl, text unchanged), redact (typed placeholders such as <EMAIL>),
-    or drop_document. Names and postal addresses are not detected."""
+    or drop_document. Names and places only with a named-entity model (ner_model)."""
+    ner_model: str | None = "auto"
+    """Names and places (NAME, LOCATION) in privacy.pii, found with Microsoft Presidio and a spaCy
+    pipeline (extra `ner`): auto (en_core_web_lg, _md, _sm or _trf if installed as a package), a
+    package name or a saved pipeline's folder, or null (off). Never downloaded: without a model,
+    the output and the report say that names were not detected."""
     phone_regions: list[str] = Field(default_factory=lambda: ["US"])
     """Regions whose national phone formats count (ISO 3166 codes); numbers written with +country
     are found whatever the region."""

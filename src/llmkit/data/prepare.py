@@ -126,7 +126,12 @@ def prepare_pretrain(config: RunConfig, tok: Any, data_dir: Path, log: Log) -> S
 def pii_filter(config: RunConfig) -> PiiFilter | None:
     """privacy.pii as a filter over documents (None: off)."""
     p = config.privacy
-    return None if p.pii == "off" else PiiFilter(p.pii, Scrubber(tuple(p.phone_regions)))
+    if p.pii == "off":
+        return None
+    from llmkit.privacy.pii import load_ner
+
+    ner, names = load_ner(p.ner_model)
+    return PiiFilter(p.pii, Scrubber(tuple(p.phone_regions), ner=ner), names=names)
 
 
 def finish_pii(scrub: PiiFilter | None, run: RunDir, source: str | None, log: Log) -> dict[str, Any] | None:

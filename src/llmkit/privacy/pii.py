@@ -14,9 +14,10 @@ checksum or parser, so that numbers which merely look right are not taken:
 - ``CREDENTIAL``: AWS access key ids, GitHub and Slack tokens, JWTs, private-key blocks and
   passwords in URLs.
 
-Names and postal addresses need a named-entity model; llmkit does not detect them (it says so
-in `prepare`'s summary). Matched text is never logged or written: reports hold the type and
-where it was.
+Names and places (``NAME``, ``LOCATION``) need a named-entity model: with Microsoft Presidio and
+a spaCy pipeline that is already installed (``load_ner``; never downloaded) they are found too;
+without one, `prepare`'s summary and the report say they were not. Matched text is never logged
+or written: reports hold the type and where it was.
 """
 
 from __future__ import annotations
@@ -26,11 +27,15 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from llmkit.errors import EnvironmentProblem
 
 PII_REPORT = "pii_report.jsonl"
-TYPES = ("EMAIL", "PHONE", "CARD", "IBAN", "IP_ADDRESS", "SSN", "CREDENTIAL", "URL_USERINFO")
+TYPES = ("EMAIL", "PHONE", "CARD", "IBAN", "IP_ADDRESS", "SSN", "CREDENTIAL", "URL_USERINFO", "NAME", "LOCATION")
+NER_TYPES = {"PERSON": "NAME", "LOCATION": "LOCATION"}  # Presidio's entities -> our types
+NER_AUTO = ("en_core_web_lg", "en_core_web_md", "en_core_web_sm", "en_core_web_trf")
 MODES = ("off", "report", "redact", "drop_document")
 
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,24}(?![\w-])")
@@ -106,6 +111,8 @@ class Scrubber:
 
     regions: tuple[str, ...] = ("US",)
     counts: Counter = field(default_factory=Counter)
+    ner: Any = None
+    """A Presidio AnalyzerEngine for names and places (``load_ner``), or None."""
 
     def __post_init__(self) -> None:
         try:
@@ -162,6 +169,9 @@ class Scrubber:
                     phones.append(Finding(m.start(), m.end(), "PHONE"))
                     break
         out += phones
+        if self.ner is not None:
+            for r in self.ner.analyze(text=text, language="en", entities=list(NER_TYPES)):
+                add(Finding(r.start, r.end, NER_TYPES[r.entity_type]))
         return _resolve(out)
 
     def scan(self, text: str) -> list[Finding]:
@@ -181,7 +191,7 @@ class Scrubber:
 
 
 _PRIORITY = {t: i for i, t in enumerate(("CREDENTIAL", "URL_USERINFO", "EMAIL", "IBAN", "CARD", "SSN", "IP_ADDRESS",
-                                          "PHONE"))}
+                                          "PHONE", "NAME", "LOCATION"))}
 
 
 def _resolve(found: list[Finding]) -> list[Finding]:
@@ -211,6 +221,8 @@ class PiiFilter:
     documents_with_pii: int = 0
     dropped: int = 0
     max_locations: int = 1_000_000
+    names: str = "not detected (privacy.ner_model is null)"
+    """Whether names and places were looked for, and with what (for the output and the report)."""
 
     def __call__(self, documents: Iterable[str]) -> Iterator[str]:
         for index, doc in enumerate(documents):
@@ -248,9 +260,55 @@ class PiiFilter:
         counts = ", ".join(f"{n} {t}" for t, n in self.scrubber.counts.most_common()) or "none found"
         action = {"report": "reported", "redact": "redacted", "drop_document": f"{self.dropped} document(s) dropped"}
         return (f"privacy: PII {counts} in {self.documents_with_pii} document(s), {action[self.mode]} "
-                "(names and postal addresses are not detected)")
+                f"(names and places: {self.names})")
 
     def summary(self) -> dict[str, object]:
         return {"mode": self.mode, "counts": {t: self.scrubber.counts.get(t, 0) for t in TYPES},
                 "documents_with_pii": self.documents_with_pii, "documents_dropped": self.dropped,
-                "names_and_addresses": "not detected (needs a named-entity model)"}
+                "names_and_addresses": self.names}
+
+
+def load_ner(model: str | None) -> tuple[Any, str]:
+    """(a Presidio analyzer for PERSON and LOCATION, or None; what the report says about it).
+
+    ``model``: ``auto`` (the first installed of ``NER_AUTO``), a spaCy package name, a local
+    pipeline folder, or None (off). Nothing is ever downloaded: Presidio fetches a missing model
+    by itself, so llmkit hands it only a model that is already here, and a recognizer registry of
+    just the spaCy entity recognizer (no recognizer that looks up data online)."""
+    if model is None:
+        return None, "not detected (privacy.ner_model is null)"
+    if model == "auto":  # look for a model before importing spaCy and Presidio (seconds)
+        import importlib.util
+
+        installed = [m for m in NER_AUTO if importlib.util.find_spec(m) is not None]
+        if not installed:
+            return None, ("not detected (no spaCy English model installed: install one of "
+                          f"{', '.join(NER_AUTO)} as a package, with presidio-analyzer; llmkit never downloads one)")
+    try:
+        import spacy
+        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+        from presidio_analyzer.nlp_engine import SpacyNlpEngine
+        from presidio_analyzer.predefined_recognizers import SpacyRecognizer
+    except ImportError:
+        if model != "auto":
+            raise EnvironmentProblem(f"privacy.ner_model is {model}, but Presidio is not installed",
+                                     "names and places are found with presidio-analyzer and a spaCy model",
+                                     "pip install 'llmkit[ner]' (and a spaCy English model)") from None
+        return None, "not detected (install presidio-analyzer and a spaCy English model: pip install 'llmkit[ner]')"
+    if model == "auto":
+        found = next((m for m in NER_AUTO if spacy.util.is_package(m)), None)
+        if found is None:
+            return None, ("not detected (no spaCy English model installed: install one of "
+                          f"{', '.join(NER_AUTO)} as a package; llmkit never downloads one)")
+        model = found
+    elif not (spacy.util.is_package(model) or Path(model).is_dir()):
+        raise EnvironmentProblem(f"privacy.ner_model {model} is neither an installed spaCy package nor a folder",
+                                 "llmkit never downloads models at run time",
+                                 "install the model package (e.g. en_core_web_lg), or give the folder of a saved "
+                                 "spaCy pipeline")
+    engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": model}])
+    engine.load()
+    registry = RecognizerRegistry(supported_languages=["en"])
+    registry.add_recognizer(SpacyRecognizer(supported_language="en", supported_entities=list(NER_TYPES)))
+    analyzer = AnalyzerEngine(nlp_engine=engine, registry=registry, supported_languages=["en"])
+    return analyzer, f"detected with Presidio (spaCy {Path(model).name if Path(model).is_dir() else model})"

@@ -130,7 +130,7 @@ def _privacy(run: RunDir) -> str:
             rows += [(f"{task}: {kind}", n) for kind, n in pii["counts"].items() if n]
             rows += [(f"{task}: documents with PII", pii["documents_with_pii"]),
                      (f"{task}: documents dropped", pii["documents_dropped"]),
-                     ("names and postal addresses", "not detected")]
+                     ("names and places", pii.get("names_and_addresses", "not detected"))]
     return _table(rows)
 
 
