@@ -39,3 +39,25 @@ def test_doctor_without_torch_says_how_to_install(cli, tmp_path: Path) -> None:
     assert torch["status"] == "fail" and torch["fix"].startswith("pip install 'torch>=2.6'")
     plan = cli("doctor", "--install-plan", cwd=tmp_path, env=env)
     assert plan.returncode == 1 and "pip install 'torch>=2.6'" in plan.stdout
+
+
+def test_doctor_shows_the_privacy_settings(cli, tmp_path: Path) -> None:
+    import base64
+
+    import yaml
+
+    cli("init", "run.yaml", cwd=tmp_path)
+    data = yaml.safe_load((tmp_path / "run.yaml").read_text())
+    data["privacy"] = {"encryption_key_env": "RUN_KEY", "pii": "redact", "offline": True,
+                       "dp": {"enabled": True, "target_epsilon": 8}}
+    data["train"] = {**data.get("train", {}), "task": "sft"}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(data))
+    out = cli("doctor", "--config", "run.yaml", "--json", cwd=tmp_path, env={"RUN_KEY": ""})
+    finding = next(f for f in json.loads(out.stdout)["findings"] if f["id"] == "privacy")
+    assert out.returncode == 1 and finding["status"] == "fail" and "RUN_KEY is not set" in finding["summary"]
+    key = base64.b64encode(bytes(32)).decode()
+    out = cli("doctor", "--config", "run.yaml", "--json", cwd=tmp_path, env={"RUN_KEY": key})
+    finding = next(f for f in json.loads(out.stdout)["findings"] if f["id"] == "privacy")
+    assert finding["status"] == "ok", finding
+    assert "encryption at rest: on (AES-256-GCM, key id" in finding["summary"]
+    assert "differential privacy: DP-SGD to epsilon 8" in finding["summary"] and "PII in prepare: redact" in finding["summary"]

@@ -366,7 +366,16 @@ def probe_privacy(ctx: Context) -> list[Finding]:
         except LlmkitError as exc:
             enc, enc_problem = f"encryption at rest: on, but {exc.summary}", exc.fix
     pii = f"{pii}; {enc}"
-    facts: dict[str, object] = {"offline": p.offline, "pii": p.pii, "encryption_key_env": p.encryption_key_env}
+    facts: dict[str, object] = {"offline": p.offline, "pii": p.pii, "encryption_key_env": p.encryption_key_env,
+                                "dp": p.dp.enabled}
+    if p.dp.enabled:
+        import importlib.util
+
+        pii += "; differential privacy: DP-SGD " + (f"to epsilon {p.dp.target_epsilon}" if p.dp.target_epsilon
+                                                     else f"with noise multiplier {p.dp.noise_multiplier}")
+        if importlib.util.find_spec("opacus") is None:
+            enc_problem = "pip install 'llmkit[privacy]' (privacy.dp trains with Opacus, which is not installed)"
+            pii += ", but Opacus is not installed"
     if enc_problem:
         return [Finding(id="privacy", status="fail", summary=f"offline: {'on' if p.offline else 'off'}; {pii}",
                         facts=facts, fix=enc_problem)]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.config.schema import GenerateConfig, ServeConfig
-from llmkit.errors import ConfigError, EnvironmentProblem
+from llmkit.errors import ConfigError, EnvironmentProblem, UsageError
 from llmkit.optional import require
 
 log = logging.getLogger("llmkit.serve")
@@ -83,6 +83,13 @@ def run_vllm(model_dir: Path, cfg: ServeConfig, served_name: str) -> None:
     """Hand the model directory to vLLM's OpenAI server, or say what is missing."""
     import torch
 
+    from llmkit.privacy import crypto
+
+    if crypto.has_sealed(model_dir):
+        raise UsageError(f"{model_dir} is encrypted at rest, and vLLM reads plain files only",
+                         "llmkit decrypts a run in memory for its own engine; vLLM would need the plaintext on disk",
+                         "serve it with --engine llmkit, or `llmkit export RUN --decrypt --out DIR` to a protected "
+                         "place and serve DIR with vLLM")
     if shutil.which("vllm") is None:
         raise EnvironmentProblem("--engine vllm needs vLLM", "the `vllm` command is not installed",
                                  "pip install vllm (on a Linux machine with an NVIDIA GPU), or use --engine llmkit")
