@@ -283,29 +283,48 @@ class SealedFile:
         """The whole plaintext, every chunk authenticated (the cache is left alone)."""
         from cryptography.exceptions import InvalidTag
 
-        self._fh.seek(HEADER_SIZE)
-        body = memoryview(self._fh.read())
         out = bytearray(self.size)
         view = memoryview(out)
+        record = bytearray(self._record)
         into = getattr(self.key.aead, "decrypt_into", None)  # cryptography >= 45: no per-chunk allocation
-        for i in range(self.chunks):
-            rec = body[i * self._record : (i + 1) * self._record]
-            aad = _aad(self.header, i, i == self.chunks - 1)
-            try:
-                if into is not None:
-                    into(rec[:NONCE], rec[NONCE:], aad, view[i * self.chunk : i * self.chunk + len(rec) - NONCE - TAG])
-                else:
-                    view[i * self.chunk : i * self.chunk + len(rec) - NONCE - TAG] = \
-                        self.key.aead.decrypt(rec[:NONCE], rec[NONCE:], aad)
-            except (InvalidTag, ValueError):
-                raise _damaged(self.path, f"chunk {i} of {self.chunks} fails authentication"
-                               + (" (truncated?)" if i == self.chunks - 1 else "")) from None
+        with open(self.path, "rb") as fh:
+            fh.seek(HEADER_SIZE)
+            for i in range(self.chunks):
+                n = fh.readinto(record)
+                rec = memoryview(record)[:n]
+                aad = _aad(self.header, i, i == self.chunks - 1)
+                dest = view[i * self.chunk : i * self.chunk + n - NONCE - TAG]
+                try:
+                    if into is not None:
+                        into(rec[:NONCE], rec[NONCE:], aad, dest)
+                    else:
+                        dest[:] = self.key.aead.decrypt(rec[:NONCE], rec[NONCE:], aad)
+                except (InvalidTag, ValueError):
+                    raise _damaged(self.path, f"chunk {i} of {self.chunks} fails authentication"
+                                   + (" (truncated?)" if i == self.chunks - 1 else "")) from None
         view.release()
         return bytes(out)
 
     def verify(self) -> None:
-        """Authenticate every chunk (a damaged file is found before any work, not mid-run)."""
-        self.read_all()
+        """Authenticate every chunk (a damaged file is found before any work, not mid-run), streaming:
+        memory stays at one chunk whatever the file's size."""
+        from cryptography.exceptions import InvalidTag
+
+        scratch = bytearray(self.chunk)
+        into = getattr(self.key.aead, "decrypt_into", None)
+        with open(self.path, "rb") as fh:
+            fh.seek(HEADER_SIZE)
+            for i in range(self.chunks):
+                rec = fh.read(self._record)
+                aad = _aad(self.header, i, i == self.chunks - 1)
+                try:
+                    if into is not None:
+                        into(rec[:NONCE], rec[NONCE:], aad, memoryview(scratch)[: len(rec) - NONCE - TAG])
+                    else:
+                        self.key.aead.decrypt(rec[:NONCE], rec[NONCE:], aad)
+                except (InvalidTag, ValueError):
+                    raise _damaged(self.path, f"chunk {i} of {self.chunks} fails authentication"
+                                   + (" (truncated?)" if i == self.chunks - 1 else "")) from None
 
 
 def _key_for(path: Path, key_id: bytes) -> Key:
