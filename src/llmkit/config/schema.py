@@ -246,7 +246,9 @@ class TrainConfig(Section):
     """auto: bf16 autocast where the CPU or GPU supports it fast, fp16 + loss scaling on older
     GPUs, else fp32."""
     compile: bool | Literal["auto"] = False
-    """torch.compile the model. Only false is implemented today; true and auto are refused."""
+    """torch.compile the model for the training step: true (a failed compile falls back to eager
+    with a warning), auto (compile when the run is long enough to repay it, keep it only when a
+    timed dry run shows it faster), or false. One process only; privacy.dp trains eager."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     distributed: Literal["auto", "ddp", "fsdp"] = "auto"
@@ -289,12 +291,6 @@ class TrainConfig(Section):
             raise ValueError("set at least one of max_steps, max_tokens, max_time_s")
         return self
 
-    @field_validator("compile")
-    @classmethod
-    def _compile_implemented(cls, value: bool | str) -> bool | str:
-        if value is not False:
-            raise ValueError(f"torch.compile is {NOT_YET}: set compile: false (or leave it out)")
-        return value
 
 
 
@@ -608,6 +604,9 @@ class RunConfig(Section):
                              "examples, and their gradients cannot be clipped one by one)")
         if tc.precision not in ("fp32", "auto"):
             raise ValueError(f"privacy.dp trains in fp32; train.precision is {tc.precision}")
+        if tc.compile is True:
+            raise ValueError("privacy.dp computes per-example gradients with hooks torch.compile does not keep: set "
+                             "train.compile: false or auto (auto trains DP runs eager)")
         if dp.target_epsilon is not None and tc.max_steps is None:
             raise ValueError("privacy.dp.target_epsilon needs train.max_steps (the noise is computed for that many "
                              "steps); or set privacy.dp.noise_multiplier instead")

@@ -173,8 +173,31 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
     log(f"training {n_params:,} parameters ({trainable:,} trainable) on {where}, {precision}, "
         f"micro-batch {micro} x {accum} accumulation steps" + (f" x {d.world_size} ranks" if d.enabled else ""))
 
-    # --- the loop -----------------------------------------------------------------------------
+    # --- train.compile: the module the step calls (the model, or its compiled wrapper) ------------
     model.train()
+    step_model = model
+    if tc.compile is not False and dp is None:
+        if d.enabled and tc.compile is True:
+            raise ConfigError("train.compile: true runs in one process here",
+                              "compiling the DDP / FSDP-wrapped model is not supported yet",
+                              "set train.compile: false (or auto, which trains such runs eager)")
+        if d.enabled:
+            log("compile: auto -> eager (several processes)")
+        else:
+            from llmkit.train.compiled import prepare as prepare_compile
+
+            first = {k: torch.from_numpy(v).to(device) for k, v in data.eval_batches()[0].items()}
+
+            def dry_loss(m: Any, b: dict[str, Any]) -> Any:
+                with autocast(device, precision):
+                    return compute_loss(m, b, classify)[0]
+
+            remaining = None if total_steps is None else total_steps - state.step
+            step_model = prepare_compile(tc.compile, model, first, dry_loss, remaining, accum, log)
+    elif tc.compile == "auto" and dp is not None:
+        log("compile: auto -> eager (privacy.dp's per-example gradient hooks)")
+
+    # --- the loop -----------------------------------------------------------------------------
     last_saved, last_loss, last_eval, eval_step = state.step, None, None, -1
     reason: EndReason = "completed"
     progress = Progress(total_steps, state.step, log, every=tc.log_every_steps, interactive=None if d.is_main else False)
@@ -196,7 +219,7 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
                 grad_norm = dp.last_grad_norm  # of the clipped, noised, averaged gradient
                 state.dp = dp.state_dict()
             else:
-                step_loss, step_tokens = _accumulate_gradients(model, data, accum, device, precision, classify,
+                step_loss, step_tokens = _accumulate_gradients(step_model, data, accum, device, precision, classify,
                                                                scaler, state.step + 1)
                 fault_point("step")
                 if scaler is not None:
