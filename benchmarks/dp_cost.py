@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import shutil
 import statistics
@@ -29,17 +28,9 @@ from llmkit.config.load import load_config
 from llmkit.data.prepare import prepare
 from llmkit.train.loop import train
 
+from machine import cpu_line  # benchmarks/machine.py (scripts run from this folder)
+
 WORDS = ["apple", "river", "stone", "cloud", "glass", "paper", "tiger", "maple", "ocean", "amber"]
-
-
-def cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def write_sets(root: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
@@ -86,7 +77,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--epsilon", type=float, default=8.0)
     args = parser.parse_args()
-    print(f"cpu: {cpu()}")
+    print(f"cpu: {cpu_line()}")
     root = Path(tempfile.mkdtemp(prefix="llmkit-bench-dp-"))
     try:
         cls, sft = write_sets(root, args.examples)

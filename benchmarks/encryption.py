@@ -22,7 +22,6 @@ import argparse
 import base64
 import json
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -38,36 +37,17 @@ from llmkit.privacy import crypto
 from llmkit.train import checkpoint as ckpt
 from llmkit.train.loop import train
 
+from machine import cpu_line  # benchmarks/machine.py (scripts run from this folder)
+from train_throughput import reference_config
+
 WARMUP = 2
 
 
-def cpu() -> str:
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    return f"{model}; {os.cpu_count()} cores; AES flags: {', '.join(f for f in ('aes', 'vaes', 'pclmulqdq') if f in flags) or 'none'}"
-
-
 def config(root: Path, name: str, steps: int, sealed: bool):  # type: ignore[no-untyped-def]
-    return validate_config({
-        "name": name, "runs_root": str(root),
-        "model": {"architecture": "llama", "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 6,
-                  "max_position_embeddings": 256},
-        "tokenizer": {"vocab_size": 8192},
-        "data": {"source": "embedded", "include_stdlib_source": True},
-        "privacy": {"encryption_key_env": "BENCH_KEY" if sealed else None},
-        "train": {"sequence_length_tokens": 256, "global_batch_size": 8, "micro_batch_size": 8,
-                  "max_steps": steps, "warmup_steps": 1, "precision": "fp32", "device": "cpu",
-                  "log_every_steps": 1, "eval_every_steps": 10_000, "checkpoint_every_steps": 10_000,
-                  "compile": False},
-    })
+    """The reference run of benchmarks/train_throughput.py, in fp32, encrypted or not."""
+    data = reference_config(root, name, "fp32", steps).model_dump(mode="json")
+    data["privacy"]["encryption_key_env"] = "BENCH_KEY" if sealed else None
+    return validate_config(data)
 
 
 def train_tokens_per_s(root: Path, prepared: Path, name: str, steps: int, sealed: bool) -> float:
@@ -128,7 +108,7 @@ def main() -> None:
     parser.add_argument("--synthetic-mb", type=int, default=256)
     args = parser.parse_args()
     os.environ["BENCH_KEY"] = base64.b64encode(os.urandom(32)).decode()
-    print(f"cpu: {cpu()}; torch threads {torch.get_num_threads()}")
+    print(f"cpu: {cpu_line()}; torch threads {torch.get_num_threads()}")
     root = Path(tempfile.mkdtemp(prefix="llmkit-bench-enc-"))
     try:
         prepared, sealed_prepared = root / "prep-plain", root / "prep-sealed"

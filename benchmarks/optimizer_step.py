@@ -10,10 +10,8 @@ Prints the CPU, each implementation's median step time, and checks they give the
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -21,22 +19,14 @@ from llmkit.config.load import validate_config
 from llmkit.model.build import build_model
 from llmkit.train.optim import param_groups
 
-
-def cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from machine import cpu_line  # benchmarks/machine.py (scripts run from this folder)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
-    print(f"cpu: {cpu()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"cpu: {cpu_line()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     cfg = validate_config({"name": "opt", "model": {"architecture": "llama", "hidden_size": 384, "num_hidden_layers": 6,
                                                     "num_attention_heads": 6, "max_position_embeddings": 256},
                            "tokenizer": {"vocab_size": 8192}})
@@ -61,7 +51,8 @@ def main() -> None:
     n = sum(p.numel() for p in models["for-loop"].parameters())
     base = statistics.median(times["for-loop"])
     for kind, ts in times.items():
-        diff = max(float((a - b).abs().max()) for a, b in zip(models[kind].parameters(), models["for-loop"].parameters()))
+        with torch.no_grad():
+            diff = max(float((a - b).abs().max()) for a, b in zip(models[kind].parameters(), models["for-loop"].parameters()))
         print(f"{kind:9} {1000 * statistics.median(ts):8.2f} ms/step ({n / 1e6:.1f} M parameters) "
               f"{base / statistics.median(ts):5.2f}x the for-loop; max weight difference {diff:.2e}")
 

@@ -80,3 +80,14 @@ def fsync_tree(root: Path) -> None:
             with open(os.path.join(dirpath, name), "rb") as fh:
                 os.fsync(fh.fileno())
         fsync_dir(dirpath)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -14,7 +14,6 @@ never with a mix of them once a stage has started.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from llmkit.errors import UsageError
 from llmkit.faults import fault_point
-from llmkit.fsutil import atomic_write_text, fsync_dir
+from llmkit.fsutil import atomic_write_text, fsync_dir, sha256_file
 from llmkit.privacy import crypto
 
 JOURNAL = ".rotate"
@@ -39,14 +38,6 @@ def _sealed_files(root: Path) -> list[Path]:
         if crypto.is_sealed(f):
             out.append(rel)
     return out
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def recover(root: Path, log: Callable[[str], None] = lambda _: None) -> None:
@@ -102,7 +93,7 @@ def rotate(root: Path, old: crypto.Key, new: crypto.Key, log: Callable[[str], No
         sums = json.loads(sums_file.read_text(encoding="utf-8"))
         for name in sums:
             s = stage / rel_dir / name
-            sums[name] = _sha256(s) if s.exists() else sums[name]
+            sums[name] = sha256_file(s) if s.exists() else sums[name]
         rel = rel_dir / "checksums.json"
         atomic_write_text(stage / rel, json.dumps(sums, indent=2))
         staged.append(str(rel))

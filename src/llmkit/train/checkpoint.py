@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import hashlib
 import json
 import os
 import re
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import RunFailure, UsageError
-from llmkit.fsutil import fsync_dir
+from llmkit.fsutil import fsync_dir, sha256_file
 from llmkit.faults import fault_point
 from llmkit.privacy import crypto
 
@@ -145,14 +144,6 @@ def apply_retention(root: Path, keep_last: int) -> list[Path]:
     return doomed
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write(path: Path, writer: Callable[[Path], None]) -> None:
     writer(path)
     with open(path, "rb") as fh:
@@ -198,7 +189,7 @@ def save_checkpoint(root: Path, tensors: dict[str, Any], optimizer_tensors: dict
             _write(tmp / "optimizer.safetensors", lambda p: save_file(optimizer_tensors, str(p)))
         _write_json(tmp / "trainer_state.json", trainer_state.to_json())
         _write_json(tmp / "rng.json", rng)
-        _write_json(tmp / "checksums.json", {name: _sha256(tmp / name) for name in FILES})
+        _write_json(tmp / "checksums.json", {name: sha256_file(tmp / name) for name in FILES})
         fsync_dir(tmp)
         _commit(tmp, final, step)
     except OSError as exc:
@@ -229,7 +220,7 @@ def verify(path: Path) -> None:
                             "it was written incompletely", "this checkpoint is damaged; an older one will be used")
     for name in names:
         f = path / name
-        if not f.exists() or _sha256(f) != sums.get(name):
+        if not f.exists() or sha256_file(f) != sums.get(name):
             raise ChecksumError(f"checksum mismatch in {f}", "the file changed after it was committed "
                                 "(disk error, truncation or an edit)", "this checkpoint is damaged; an older "
                                 "one will be used")
@@ -336,7 +327,7 @@ def save_sharded(root: Path, model: Any, optimizer: Any, trainer_state: TrainerS
     fault_point("save")
     mine = sorted(f for f in (tmp / "dcp").iterdir()
                   if f.name.startswith(f"__{rank}_") or (rank == 0 and f.name == ".metadata"))
-    sums = {f"dcp/{f.name}": _sha256(f) for f in mine}
+    sums = {f"dcp/{f.name}": sha256_file(f) for f in mine}
     gathered = _everyone((sums, rng))
     all_sums = {k: v for ranks_sums, _ in gathered for k, v in ranks_sums.items()}
     rngs = [r for _, r in gathered]
@@ -354,7 +345,7 @@ def save_sharded(root: Path, model: Any, optimizer: Any, trainer_state: TrainerS
     if rank == 0:
         try:
             # every rank hashed its own shards (in parallel); rank 0 hashes anything else DCP wrote
-            unhashed = {f"dcp/{f.name}": _sha256(f) for f in (tmp / "dcp").iterdir()
+            unhashed = {f"dcp/{f.name}": sha256_file(f) for f in (tmp / "dcp").iterdir()
                         if f"dcp/{f.name}" not in all_sums}
             _write_state_files(tmp, trainer_state, rngs, {**all_sums, **unhashed})
             for sub in (tmp / "dcp", tmp):
@@ -373,7 +364,7 @@ def _write_state_files(tmp: Path, trainer_state: TrainerState, rngs: list[Any],
     """trainer_state.json, rng.json and checksums.json (the shards' sums and theirs); returns the sums."""
     _write_json(tmp / "trainer_state.json", trainer_state.to_json())
     _write_json(tmp / "rng.json", rngs)
-    sums = {**shard_sums, **{n: _sha256(tmp / n) for n in ("trainer_state.json", "rng.json")}}
+    sums = {**shard_sums, **{n: sha256_file(tmp / n) for n in ("trainer_state.json", "rng.json")}}
     _write_json(tmp / "checksums.json", sums)
     return sums
 
