@@ -5,6 +5,8 @@ vocabulary 8192. In one process, interleaved (bare, llmkit, bare, llmkit, ...), 
 for ``precision: auto`` (bf16 autocast on CPUs with AVX-512 BF16/AMX):
 
 - the matmul peak of this device (best of repeated 1024x1024 matmuls) per dtype;
+- a plain GPT: the same shapes written in plain PyTorch (benchmarks/plain_gpt.py), the same
+  loop, data, precision and AdamW: the reference llmkit must reach;
 - a bare loop: the same HF model, AdamW, random windows of the same token file, autocast,
   forward / backward / step, nothing else;
 - `llmkit train` on the same config (its metrics.jsonl, steps after warm-up).
@@ -39,6 +41,8 @@ from llmkit.plan.measure import matmul_peak_flops
 from llmkit.rundir import RunDir
 from llmkit.train.loop import train
 from llmkit.train.optim import make_optimizer
+
+from machine import cpu_line  # benchmarks/machine.py (scripts run from this folder)
 
 WARMUP = 2
 
@@ -84,8 +88,38 @@ def bare_loop(cfg, data_dir: Path, steps: int) -> list[float]:  # type: ignore[n
     return times[WARMUP:]
 
 
+def plain_loop(cfg, data_dir: Path, steps: int) -> list[float]:  # type: ignore[no-untyped-def]
+    """Seconds per step of the plain-PyTorch GPT (benchmarks/plain_gpt.py) on the same data, shapes,
+    precision and optimizer: the reference llmkit's loop must match."""
+    from plain_gpt import PlainGPT
+
+    device = torch.device("cpu")
+    precision = resolve_precision(cfg.train.precision, device)
+    tokens = open_tokens(data_dir, "train")
+    torch.manual_seed(0)
+    model = PlainGPT(8192, 384, 6, 6, 1024, 256)
+    model.train()
+    opt = make_optimizer(model, cfg.train, "cpu")
+    rng = np.random.default_rng(0)
+    seq, b = 256, 8
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        starts = rng.integers(0, len(tokens) - seq - 1, size=b)
+        rows = torch.from_numpy(np.stack([tokens[s : s + seq + 1] for s in starts]).astype(np.int64))
+        with autocast(device, precision):
+            logits = model(rows[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.float().view(-1, 8192), rows[:, 1:].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    return times[WARMUP:]
+
+
 COMPONENTS = (("matmul", ("aten::mm", "aten::addmm", "aten::bmm")), ("attention", ("scaled_dot_product",)),
-              ("loss", ("log_softmax", "nll_loss")), ("optimizer", ("_foreach", "addcdiv", "lerp")))
+              ("loss", ("log_softmax", "nll_loss")), ("optimizer", ("_foreach", "addcdiv", "lerp", "_fused_adam")))
 
 
 def component_ms(cfg, data_dir: Path) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -126,6 +160,7 @@ def main() -> None:
         reference = build_model(base_cfg.model, 8192, 0, None, 0)
         n = sum(p.numel() for p in reference.parameters())
         fpt = flops_per_token(*matmul_weights(reference), 6, 384, 256)
+        print(f"cpu: {cpu_line()}")
         print(f"model: {n / 1e6:.2f} M parameters, {fpt / 1e6:.1f} MFLOP per token; "
               f"precision auto -> {auto}; torch threads {torch.get_num_threads()}")
         rows = []
@@ -134,15 +169,17 @@ def main() -> None:
             dtype = torch_dtype(precision)
             cfg = reference_config(root, f"run-{precision}", precision, args.steps + WARMUP)
             bare: list[float] = []
+            plain: list[float] = []
             ours: list[float] = []
             peaks = []
-            for i in range(args.repeats):  # interleaved: noise hits both alike
+            for i in range(args.repeats):  # interleaved: noise hits all alike
                 peaks.append(matmul_peak_flops(torch.device("cpu"), dtype, seconds=0.5))
+                plain += plain_loop(cfg, base / "data", args.steps + WARMUP)
                 bare += bare_loop(cfg, base / "data", args.steps + WARMUP)
                 ours += llmkit_loop(cfg, root, base, args.steps, i)
             peak = max(peaks)
             peaks_by[precision] = peaks
-            for label, secs in (("bare loop", bare), ("llmkit train", ours)):
+            for label, secs in (("plain GPT", plain), ("bare loop", bare), ("llmkit train", ours)):
                 tok_s = 8 * 256 / statistics.median(secs)
                 rows.append((precision, label, tok_s, tok_s * fpt / peak, peak))
         print(f"{'precision':10} {'loop':14} {'tokens/s':>10} {'MFU':>7} {'peak GFLOP/s':>13}")
@@ -150,7 +187,9 @@ def main() -> None:
             print(f"{precision:10} {label:14} {tok_s:10.0f} {100 * mfu:6.1f}% {peak / 1e9:13.0f}")
         by = {(p, l): t for p, l, t, _, _ in rows}
         for precision in dict.fromkeys(["fp32", auto]):
-            print(f"{precision}: llmkit / bare = {by[(precision, 'llmkit train')] / by[(precision, 'bare loop')]:.3f}")
+            print(f"{precision}: llmkit / bare = {by[(precision, 'llmkit train')] / by[(precision, 'bare loop')]:.3f}; "
+                  f"llmkit / plain GPT = {by[(precision, 'llmkit train')] / by[(precision, 'plain GPT')]:.3f} "
+                  "(target >= 1.0)")
         if auto != "fp32":
             print(f"{auto} / fp32 tokens/s (llmkit): {by[(auto, 'llmkit train')] / by[('fp32', 'llmkit train')]:.2f}x")
         if auto != "fp32":
