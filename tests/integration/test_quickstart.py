@@ -75,7 +75,8 @@ def test_quickstart_ran_offline(quickstart_dir: Path) -> None:
     import yaml
 
     assert yaml.safe_load((quickstart_dir / "config.yaml").read_text())["privacy"]["offline"] is True
-    assert json.loads((quickstart_dir / "manifest.json").read_text())["privacy"] == {"pii": "off", "offline": True}
+    assert json.loads((quickstart_dir / "manifest.json").read_text())["privacy"] == \
+        {"pii": "off", "offline": True, "encryption": None, "dp": None}
     assert "<h2>Privacy</h2><table><tr><th>offline</th><td>on</td>" in (quickstart_dir / "report.html").read_text()
 
 
