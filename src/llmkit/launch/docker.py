@@ -51,6 +51,8 @@ def run_line(spec: LaunchSpec) -> str:
     words = ["docker", "run", "--rm", "--init"]
     if spec.gpu:
         words += ["--gpus", "all", "--shm-size", "16g"]
+    elif spec.encrypted:  # an encrypted run's model is decrypted into /dev/shm (64 MB by default in Docker)
+        words += ["--shm-size", "16g"]
     words += ["--user", "$(id -u):$(id -g)", "-v", "$PWD:/work", "-w", WORKDIR]
     secrets = list(dict.fromkeys((*spec.secret_envs, *([spec.api_key_env] if spec.what == "serve"
                                                         and spec.api_key_env else []))))

@@ -86,6 +86,8 @@ class LaunchSpec:
     drain_timeout_s: float
     estimate: Estimate | None
     notes: tuple[str, ...] = field(default=())
+    encrypted: bool = False
+    """privacy.encryption_key_env is set: models are decrypted into /dev/shm for loads."""
 
     @property
     def gpu(self) -> bool:
@@ -337,7 +339,7 @@ def build_spec(cfg: RunConfig, target: str, what: str, pins: tuple[str, ...], pi
         config_yaml=dump_config(job), config_path=config_path, runs_root=job.runs_root, python=python,
         pins=pins, pins_from=pins_from, llmkit_version=llmkit_version, serve_port=cfg.serve.port,
         api_key_env=cfg.serve.api_key_env, drain_timeout_s=cfg.serve.drain_timeout_s, estimate=est,
-        notes=tuple(notes))
+        notes=tuple(notes), encrypted=cfg.privacy.encryption_key_env is not None)
 
 
 def _secrets(cfg: RunConfig) -> tuple[str, ...]:

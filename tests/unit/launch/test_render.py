@@ -101,6 +101,8 @@ def test_the_encryption_key_goes_by_reference_only(monkeypatch: pytest.MonkeyPat
         assert key not in text and "RUN_KEY" in text
         if target == "kubernetes":
             assert "name: RUN_KEY" in text and "secretKeyRef" in text
+        if target == "docker":  # the model is decrypted into /dev/shm: Docker's 64 MB default is too small
+            assert "--shm-size 16g" in text
 
 
 # bad input ------------------------------------------------------------------------------------
