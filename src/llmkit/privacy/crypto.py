@@ -281,6 +281,10 @@ class SealedFile:
 
     def read_all(self) -> bytes:
         """The whole plaintext, every chunk authenticated (the cache is left alone)."""
+        return bytes(self.read_into_buffer())
+
+    def read_into_buffer(self) -> bytearray:
+        """``read_all`` into a fresh writable buffer (no final copy: tensors can be views of it)."""
         from cryptography.exceptions import InvalidTag
 
         out = bytearray(self.size)
@@ -303,7 +307,7 @@ class SealedFile:
                     raise _damaged(self.path, f"chunk {i} of {self.chunks} fails authentication"
                                    + (" (truncated?)" if i == self.chunks - 1 else "")) from None
         view.release()
-        return bytes(out)
+        return out
 
     def verify(self) -> None:
         """Authenticate every chunk (a damaged file is found before any work, not mid-run), streaming:
@@ -546,3 +550,39 @@ def key_id_of(path: str | os.PathLike[str]) -> str:
     with open(path, "rb") as fh:
         header = fh.read(HEADER_SIZE)
     return _HEADER.unpack(header)[3].hex()
+
+
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def load_safetensors(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The tensors of a sealed safetensors file, as views of one decrypted buffer (no copy per
+    tensor; the format is 8 bytes of header length, a JSON header of dtype / shape / byte offsets,
+    then the raw data: nothing is unpickled)."""
+    import json as _json
+
+    import torch
+
+    p = Path(path)
+    buf = SealedFile(p).read_into_buffer()
+    if len(buf) < 8:
+        raise _damaged(p, "too short for a safetensors file")
+    n = int.from_bytes(buf[:8], "little")
+    try:
+        header = _json.loads(bytes(buf[8 : 8 + n]))
+    except ValueError:
+        raise _damaged(p, "its safetensors header is not JSON") from None
+    base = 8 + n
+    out: dict[str, Any] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = getattr(torch, _SAFETENSORS_DTYPES[info["dtype"]])
+        start, end = info["data_offsets"]
+        if end - start == 0:
+            out[name] = torch.empty(info["shape"], dtype=dtype)
+            continue
+        flat = torch.frombuffer(buf, dtype=dtype, count=(end - start) // dtype.itemsize, offset=base + start)
+        out[name] = flat.view(info["shape"])
+    return out

@@ -242,10 +242,10 @@ def read_checkpoint(path: Path, check: bool = True) -> Checkpoint:
 def _load_tensors(path: Path) -> dict[str, Any]:
     """A safetensors file, decrypted first when sealed (a wrong or missing key raises SealError, which
     is not damage: `newest_valid` does not fall back past it)."""
-    from safetensors.torch import load, load_file
+    from safetensors.torch import load_file
 
     if crypto.is_sealed(path):
-        return load(crypto.read_bytes(path))
+        return crypto.load_safetensors(path)
     return load_file(str(path))
 
 

@@ -203,3 +203,19 @@ def test_directory_round_trip_in_memory(tmp_path: Path) -> None:
         assert (plain / "a.json").read_text() == '{"x": 1}'
         assert (plain / "sub" / "b.bin").read_bytes() == (src / "sub" / "b.bin").read_bytes()
     assert not plain.exists()  # the plaintext is gone when the load is done
+
+
+def test_sealed_safetensors_load_equals_the_library(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load, save
+
+    tensors = {"w": torch.randn(3, 5), "b": torch.zeros(0), "h": torch.randn(4).to(torch.bfloat16),
+               "i": torch.arange(6, dtype=torch.int64).view(2, 3), "m": torch.tensor([True, False])}
+    raw = save(tensors)
+    crypto.seal_file(tmp_path / "t.safetensors", raw, key(), chunk=CHUNK)
+    crypto.activate("K", environ={"K": base64.b64encode(key().raw).decode()})
+    mine, theirs = crypto.load_safetensors(tmp_path / "t.safetensors"), load(raw)
+    assert mine.keys() == theirs.keys()
+    for name, t in theirs.items():
+        assert mine[name].dtype == t.dtype and mine[name].shape == t.shape and torch.equal(mine[name], t)
+    mine["w"].add_(1)  # writable views of the decrypted buffer
