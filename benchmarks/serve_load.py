@@ -1,8 +1,10 @@
 """Serving load: time to first token, inter-token latency, aggregate tokens/s, errors.
 
 1. `llmkit serve` (a subprocess, 127.0.0.1 only) on the `tiny` preset's model (random weights,
-   BPE tokenizer trained on the embedded corpus). At concurrency 1, 4, 16 and 64, each client
-   streams completions of 64 tokens (end-of-text ignored) for a bounded number of requests.
+   BPE tokenizer trained on the embedded corpus; 512 positions). At concurrency 1, 4, 16 and 64,
+   each client streams completions of 64 tokens (end-of-text ignored) for a bounded number of
+   requests; then 256-token completions at concurrency 1 and 16, where requests joining a running
+   batch (and its longer KV caches) cost more.
 2. The HTTP layer alone: the same app with a dummy engine that emits tokens instantly; one
    stream of 4,000 tokens shows what the server adds per token.
 
@@ -34,7 +36,10 @@ from llmkit.data.tokenizer import load_tokenizer, train_bpe, wrap
 from llmkit.generate.batch import Event
 from llmkit.model.build import build_model
 
+from machine import cpu_line  # benchmarks/machine.py (scripts run from this folder)
+
 MAX_TOKENS = 64
+LONG_TOKENS = 256
 
 
 def free_port() -> int:
@@ -44,9 +49,10 @@ def free_port() -> int:
 
 
 def make_model(directory: Path) -> None:
-    cfg = validate_config(load_preset("tiny"))
+    preset = load_preset("tiny")
+    cfg = validate_config({**preset, "model": {**preset["model"], "max_position_embeddings": 512}})
     tcfg = cfg.tokenizer
-    wrap(train_bpe(iter_documents(DataConfig()), tcfg), tcfg, 256).save_pretrained(str(directory))
+    wrap(train_bpe(iter_documents(DataConfig()), tcfg), tcfg, 512).save_pretrained(str(directory))
     tok = load_tokenizer(directory)
     model = build_model(cfg.model, len(tok), tok.eos_token_id, tok.pad_token_id, seed=0)
     model.save_pretrained(str(directory))
@@ -59,8 +65,8 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def client(http: httpx.AsyncClient, n: int, stats: dict[str, list[float]]) -> None:
-    body = {"model": "m", "prompt": "The for statement", "max_tokens": MAX_TOKENS, "temperature": 0,
+async def client(http: httpx.AsyncClient, n: int, stats: dict[str, list[float]], max_tokens: int) -> None:
+    body = {"model": "m", "prompt": "The for statement", "max_tokens": max_tokens, "temperature": 0,
             "stream": True, "ignore_eos": True}
     for _ in range(n):
         t0 = time.perf_counter()
@@ -90,14 +96,14 @@ async def client(http: httpx.AsyncClient, n: int, stats: dict[str, list[float]])
             stats["errors"].append(1)
 
 
-async def level(url: str, concurrency: int, per_client: int) -> dict[str, float]:
+async def level(url: str, concurrency: int, per_client: int, max_tokens: int = MAX_TOKENS) -> dict[str, float]:
     stats: dict[str, list[float]] = {"ttft": [], "itl": [], "tokens": [], "errors": []}
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
         t0 = time.perf_counter()
-        await asyncio.gather(*(client(http, per_client, stats) for _ in range(concurrency)))
+        await asyncio.gather(*(client(http, per_client, stats, max_tokens) for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    return {"concurrency": concurrency, "ttft_p50_ms": 1000 * pct(stats["ttft"], 0.5),
+    return {"concurrency": concurrency, "max_tokens": max_tokens, "ttft_p50_ms": 1000 * pct(stats["ttft"], 0.5),
             "ttft_p99_ms": 1000 * pct(stats["ttft"], 0.99), "itl_p50_ms": 1000 * pct(stats["itl"], 0.5),
             "itl_p99_ms": 1000 * pct(stats["itl"], 0.99), "tokens_per_s": sum(stats["tokens"]) / wall,
             "errors": len(stats["errors"])}
@@ -169,16 +175,22 @@ def main() -> None:
                 except httpx.HTTPError:
                     time.sleep(0.1)
             rows = [asyncio.run(level(url, c, args.requests_per_client)) for c in (1, 4, 16, 64)]
+            long_rows = [asyncio.run(level(url, c, 2, LONG_TOKENS)) for c in (1, 16)]
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
+        print(f"cpu: {cpu_line()}")
         print(f"{'conc':>4} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'tok/s':>8} {'errors':>6}")
-        for r in rows:
+        for r in rows + long_rows:
+            if r is long_rows[0]:
+                print(f"{LONG_TOKENS}-token completions:")
             print(f"{r['concurrency']:4d} {r['ttft_p50_ms']:8.1f}ms {r['ttft_p99_ms']:8.1f}ms {r['itl_p50_ms']:7.1f}ms "
                   f"{r['itl_p99_ms']:7.1f}ms {r['tokens_per_s']:8.0f} {r['errors']:6d}")
         by = {r["concurrency"]: r["tokens_per_s"] for r in rows}
         print(f"aggregate tokens/s, concurrency 16 / 1: {by[16] / by[1]:.1f}x; errors in total: "
               f"{sum(r['errors'] for r in rows)}")
+        longs = {r["concurrency"]: r["tokens_per_s"] for r in long_rows}
+        print(f"{LONG_TOKENS}-token completions, concurrency 16 / 1: {longs[16] / longs[1]:.1f}x")
         print(f"HTTP layer alone (instant engine), one stream: {http_layer_rate(model_dir):.0f} tokens/s")
 
 
