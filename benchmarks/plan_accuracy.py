@@ -1,9 +1,11 @@
 """How right is `llmkit plan`? Predicted vs measured peak memory and step time on this CPU.
 
-Each configuration runs in a fresh subprocess: build the model (fp32 weights), reset the
-process's peak-RSS mark (/proc/self/clear_refs = 5) and read its RSS as the baseline, run 3
-training steps exactly as llmkit's loop does (autocast, llmkit's loss, AdamW with its param
-groups, clipping), then read the peak RSS (VmHWM). Measured memory = peak - baseline; predicted =
+Each configuration runs in a fresh subprocess: build the model (fp32 weights; bf16 with fp32
+masters where the precision policy keeps bf16 weights), reset the process's peak-RSS mark
+(/proc/self/clear_refs = 5) and read its RSS as the baseline, run 3 training steps exactly as
+llmkit's loop does (autocast, llmkit's chunked loss, its AdamW and param groups, clipping, the
+masters' copies; ``torch.compile`` for the compiled rows, compiled in an extra warm-up step),
+then read the peak RSS (VmHWM). Measured memory = peak - baseline; predicted =
 everything `llmkit.plan.memory` counts above the weights. Step time: predicted by
 `llmkit.plan.compute.step_breakdown` from this CPU's primitives as `llmkit plan --this-machine`
 measures them (`llmkit.plan.measure`: each GEMM shape, one layer's attention, the loss over the
@@ -34,6 +36,11 @@ CONFIGS = [
     ("llama 6x384 mb8 fp32", {"model": {"hidden_size": 384, "num_hidden_layers": 6}, "train": {"precision": "fp32"}}, {"micro": 8}),
     ("gpt2 4x256 mb8 s256", {"model": {"architecture": "gpt2", "hidden_size": 256, "num_attention_heads": 8,
                                        "num_key_value_heads": None}}, {"micro": 8}),
+    ("llama 4x192 mb8 bf16 autocast", {"train": {"precision": "bf16"}}, {"micro": 8}),
+    ("llama 2x384 V65536 mb8", {"model": {"hidden_size": 384, "num_hidden_layers": 2}}, {"micro": 8, "vocab": 65536}),
+    ("llama 6x384 mb8 compiled", {"model": {"hidden_size": 384, "num_hidden_layers": 6}}, {"micro": 8, "compile": True}),
+    ("llama 6x384 fp32 compiled", {"model": {"hidden_size": 384, "num_hidden_layers": 6}, "train": {"precision": "fp32"}},
+     {"micro": 8, "compile": True}),
     ("llama 4x384 LoRA mb8", {"model": {"hidden_size": 384, "lora": {"enabled": True},
                                        # the worker builds the base from the config's shape; the path only
                                        # satisfies validation (LoRA needs a base) and is never read
@@ -47,8 +54,9 @@ from llmkit.config.load import validate_config
 from llmkit.config.presets import load_preset
 from llmkit.model.build import build_model
 from llmkit.model.lora import apply_lora
-from llmkit.device import autocast, resolve_precision
+from llmkit.device import autocast, bf16_weights, resolve_precision
 from llmkit.eval.loss import compute_loss
+from llmkit.train.master import MasterWeights
 from llmkit.train.optim import make_optimizer
 from llmkit.plan.compute import step_breakdown
 from llmkit.plan.measure import measure_rates
@@ -59,31 +67,54 @@ def merge(a, b):
     return a
 
 spec = json.loads(sys.argv[1])
+vocab = spec.get("vocab", 8192)
 data = merge(load_preset("tiny"), spec["overrides"])
 data["model"]["max_position_embeddings"] = 512
-data["tokenizer"]["vocab_size"] = 8192
+data["tokenizer"]["vocab_size"] = vocab
+data["train"]["compile"] = spec.get("compile", False)
 cfg = validate_config(data)
 device = torch.device(spec["device"])
 cuda = device.type == "cuda"
 precision = resolve_precision(cfg.train.precision, device)
 rates = measure_rates(precision, spec["device"])
 breakdown = step_breakdown(cfg, spec["micro"], rates, precision)
-model = build_model(cfg.model, 8192, 0, None, seed=0).to(device)
+model = build_model(cfg.model, vocab, 0, None, seed=0).to(device)
 if cfg.train.gradient_checkpointing:
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 model.config.use_cache = False
 if cfg.model.lora.enabled:
     model = apply_lora(model, cfg.model.lora, cfg.model.architecture, False)
 model.train()
-opt = make_optimizer(model, cfg.train, device.type)
+masters = None
+if bf16_weights(cfg.train.precision, precision, device.type, cfg.model.lora.enabled, False, False):
+    masters = MasterWeights(model)
+opt = make_optimizer(model, cfg.train, device.type, masters)
+step_model = torch.compile(model) if cfg.train.compile else model
 mb, seq = spec["micro"], cfg.train.sequence_length_tokens
-x = torch.randint(0, 8192, (mb, seq + 1), device=device)
+x = torch.randint(0, vocab, (mb, seq + 1), device=device)
 batch = {"input_ids": x[:, :-1], "labels": x[:, 1:]}
 def rss(field):
     return int([l for l in open("/proc/self/status") if l.startswith(field)][0].split()[1]) * 1024
 def sync():
     if cuda:
         torch.cuda.synchronize(device)
+def step():
+    with autocast(device, precision):
+        loss = compute_loss(step_model, batch, False, chunked=True)[0]
+    loss.backward()
+    if masters is not None:
+        masters.grads_to_masters()
+    torch.nn.utils.clip_grad_norm_(masters.masters if masters else model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if masters is not None:
+        masters.masters_to_model()
+if cfg.train.compile:
+    step()  # the compile, before the baseline; then what it freed goes back to the OS, so the
+    opt.state.clear()  # measured steps' peak shows (AdamW's moments are made again in step 1)
+    import ctypes, gc
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
 if cuda:
     sync()
     torch.cuda.reset_peak_memory_stats(device)
@@ -92,15 +123,10 @@ else:
     open("/proc/self/clear_refs", "w").write("5")
     base = rss("VmRSS")
 times = []
-for _ in range(3):
+for _ in range(3 if not cfg.train.compile else 4):
     sync()
     t0 = time.perf_counter()
-    with autocast(device, precision):
-        loss = compute_loss(model, batch, False)[0]
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+    step()
     sync()
     times.append(time.perf_counter() - t0)
 peak = torch.cuda.max_memory_allocated(device) if cuda else rss("VmHWM")
@@ -114,6 +140,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    parser.add_argument("--only", default="", help="only the configurations whose label contains this")
     args = parser.parse_args()
     kind = "cpu" if args.device == "cpu" else "gpu"
     from llmkit.config.load import validate_config
@@ -123,6 +150,8 @@ def main() -> None:
     print(f"{'configuration':24} {'pred MB':>8} {'meas MB':>8} {'err':>7} {'pred ms':>8} {'meas ms':>8} {'err':>7}   predicted ms by component")
     worst_mem = worst_time = 0.0
     for label, overrides, opts in CONFIGS:
+        if args.only not in label:
+            continue
         out = subprocess.run([sys.executable, "-c", WORKER, json.dumps({"overrides": overrides, "device": args.device, **opts})],
                              capture_output=True, text=True, check=True)
         meas = json.loads(out.stdout.strip().splitlines()[-1])
@@ -130,7 +159,8 @@ def main() -> None:
         for k, v in overrides.items():
             data[k] = {**data.get(k, {}), **v}
         data["model"]["max_position_embeddings"] = 512
-        data["tokenizer"]["vocab_size"] = 8192
+        data["tokenizer"]["vocab_size"] = opts.get("vocab", 8192)
+        data["train"]["compile"] = opts.get("compile", False)
         cfg = validate_config(data)
         pred = training_memory(cfg, opts["micro"], meas["precision"], device_kind=kind).above_weights_bytes
         pred_s = sum(meas["breakdown"].values())

@@ -1,20 +1,25 @@
-"""Training throughput: llmkit's loop vs a bare PyTorch loop vs the machine's matmul peak.
+"""Training throughput: llmkit's loop vs a plain GPT vs a bare loop vs the machine's matmul peak.
 
 Reference model (issue 5): llama, 6 layers, hidden 384, 6 heads, context 256, micro-batch 8,
-vocabulary 8192. In one process, interleaved (bare, llmkit, bare, llmkit, ...), for fp32 and
-for ``precision: auto`` (bf16 autocast on CPUs with AVX-512 BF16/AMX):
+vocabulary 8192. In one process, interleaved (plain, bare, llmkit, plain, ...), in every mode:
+fp32, and on CPUs with fast bf16 (AVX-512 BF16 / AMX) bf16 autocast and bf16-weights (bf16
+weights and activations, fp32 masters: what ``precision: auto`` picks in one process); each
+eager and under ``torch.compile`` (``--no-compile`` skips those rows):
 
 - the matmul peak of this device (best of repeated 1024x1024 matmuls) per dtype;
 - a plain GPT: the same shapes written in plain PyTorch (benchmarks/plain_gpt.py), the same
-  loop, data, precision and AdamW: the reference llmkit must reach;
-- a bare loop: the same HF model, AdamW, random windows of the same token file, autocast,
-  forward / backward / step, nothing else;
+  loop, data, precision (bf16: autocast) and AdamW: the reference llmkit must reach;
+- a bare loop (eager): the same HF model, AdamW, random windows of the same token file,
+  autocast, forward / backward / step, nothing else;
 - `llmkit train` on the same config (its metrics.jsonl, steps after warm-up).
 
-Tokens/s is micro-batch x context / step time; MFU = tokens/s x FLOPs per token (6N + 12·L·H·T)
-over the measured peak. Also prints this process's peak RSS.
+Then where the bf16 time goes (profile by kind of work), and the loss over the vocabulary with
+full logits vs in chunks (llmkit.eval.head_loss): step time and peak RSS, fresh process each.
 
-Usage: python benchmarks/train_throughput.py [--steps 8] [--repeats 2]
+Tokens/s is micro-batch x context / step time; MFU = tokens/s x FLOPs per token (6N + 12·L·H·T)
+over the measured peak. Prints which of issue 18's targets apply to the CPU it saw.
+
+Usage: python benchmarks/train_throughput.py [--steps 8] [--repeats 2] [--no-compile] [--loss-only]
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from machine import cpu_line  # benchmarks/machine.py (scripts run from this fol
 WARMUP = 2
 
 
-def reference_config(root: Path, name: str, precision: str, steps: int):  # type: ignore[no-untyped-def]
+def reference_config(root: Path, name: str, precision: str, steps: int, compiled: bool = False):  # type: ignore[no-untyped-def]
     return validate_config({
         "name": name, "runs_root": str(root),
         "model": {"architecture": "llama", "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 6,
@@ -57,7 +62,7 @@ def reference_config(root: Path, name: str, precision: str, steps: int):  # type
         "train": {"sequence_length_tokens": 256, "global_batch_size": 8, "micro_batch_size": 8,
                   "max_steps": steps, "warmup_steps": 1, "precision": precision, "device": "cpu",
                   "log_every_steps": 1, "eval_every_steps": 10_000, "checkpoint_every_steps": 10_000,
-                  "compile": False},
+                  "compile": compiled},
     })
 
 
@@ -88,9 +93,10 @@ def bare_loop(cfg, data_dir: Path, steps: int) -> list[float]:  # type: ignore[n
     return times[WARMUP:]
 
 
-def plain_loop(cfg, data_dir: Path, steps: int) -> list[float]:  # type: ignore[no-untyped-def]
+def plain_loop(cfg, data_dir: Path, steps: int, compiled: bool = False) -> list[float]:  # type: ignore[no-untyped-def]
     """Seconds per step of the plain-PyTorch GPT (benchmarks/plain_gpt.py) on the same data, shapes,
-    precision and optimizer: the reference llmkit's loop must match."""
+    precision (bf16: autocast) and optimizer: the reference llmkit's loop must match. ``compiled``:
+    the model under torch.compile (the compile itself happens in the warm-up steps)."""
     from plain_gpt import PlainGPT
 
     device = torch.device("cpu")
@@ -100,6 +106,8 @@ def plain_loop(cfg, data_dir: Path, steps: int) -> list[float]:  # type: ignore[
     model = PlainGPT(8192, 384, 6, 6, 1024, 256)
     model.train()
     opt = make_optimizer(model, cfg.train, "cpu")
+    if compiled:
+        model = torch.compile(model)
     rng = np.random.default_rng(0)
     seq, b = 256, 8
     times = []
@@ -119,7 +127,7 @@ def plain_loop(cfg, data_dir: Path, steps: int) -> list[float]:  # type: ignore[
 
 
 COMPONENTS = (("matmul", ("aten::mm", "aten::addmm", "aten::bmm")), ("attention", ("scaled_dot_product",)),
-              ("loss", ("log_softmax", "nll_loss")), ("optimizer", ("_foreach", "addcdiv", "lerp", "_fused_adam")))
+              ("loss", ("log_softmax", "nll_loss", "LinearCrossEntropy", "logsumexp")), ("optimizer", ("_foreach", "addcdiv", "lerp", "_fused_adam")))
 
 
 def component_ms(cfg, data_dir: Path) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -146,11 +154,71 @@ def llmkit_loop(cfg, root: Path, base: Path, steps: int, i: int) -> list[float]:
     return [8 * 256 / r["tokens_per_s"] for r in recs]
 
 
+def targets(line: str) -> str:
+    """Which of issue 18's targets apply to this CPU."""
+    if "amx_bf16" in line:
+        return "AMX: bf16 >= 2.5x fp32 and >= 35% of the bf16 matmul peak; fp32 MFU >= 70%; llmkit >= plain GPT"
+    if "avx512_bf16" in line:
+        return "AVX512-BF16 without AMX: bf16 >= 1.8x fp32; fp32 MFU >= 70%; llmkit >= plain GPT"
+    return "no fast bf16: fp32 MFU >= 70%; llmkit >= plain GPT"
+
+
+LOSS_CHILD = """
+import json, resource, sys, time, torch
+from llmkit.config.load import validate_config
+from llmkit.eval.loss import compute_loss
+from llmkit.model.build import build_model
+vocab, hidden, layers, chunked, bf16 = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5] == "1"
+cfg = validate_config({"name": "x", "model": {"architecture": "llama", "hidden_size": hidden, "num_hidden_layers": layers,
+                       "num_attention_heads": 6, "max_position_embeddings": 256}, "tokenizer": {"vocab_size": vocab}})
+model = build_model(cfg.model, vocab, 0, None, seed=0)
+model.train()
+x = torch.randint(0, vocab, (8, 257))
+batch = {"input_ids": x[:, :-1], "labels": x[:, 1:]}
+times = []
+for _ in range(4):
+    t0 = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = compute_loss(model, batch, False, chunked)[0]
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    times.append(time.perf_counter() - t0)
+print(json.dumps({"s": min(times[1:]), "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def loss_section() -> None:
+    """Forward + backward with the loss over full (tokens x V) logits vs in chunks of tokens
+    (llmkit.eval.head_loss), each in a fresh process: best step time and peak RSS."""
+    import subprocess
+    import sys
+
+    print("loss over the vocabulary, forward + backward of a micro-batch of 8 x 256 tokens (fresh process each):")
+    print(f"{'model':34} {'precision':9} {'full s':>7} {'chunked s':>9} {'full MB':>8} {'chunked MB':>10}")
+    for vocab, hidden, layers in ((8192, 384, 6), (65536, 384, 2)):
+        for bf16 in ("0", "1"):
+            got = {}
+            for chunked in ("0", "1", "0", "1"):  # interleaved, best of two
+                out = subprocess.run([sys.executable, "-c", LOSS_CHILD, str(vocab), str(hidden), str(layers), chunked, bf16],
+                                     capture_output=True, text=True, check=True)
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                prev = got.get(chunked)
+                got[chunked] = r if prev is None else {"s": min(prev["s"], r["s"]), "rss_mb": min(prev["rss_mb"], r["rss_mb"])}
+            print(f"{f'llama {layers}x{hidden}, vocabulary {vocab}':34} {'bf16' if bf16 == '1' else 'fp32':9} "
+                  f"{got['0']['s']:7.3f} {got['1']['s']:9.3f} {got['0']['rss_mb']:8.0f} {got['1']['rss_mb']:10.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="skip the compiled rows (each compile takes about a minute on 2 cores)")
+    parser.add_argument("--loss-only", action="store_true", help="only the loss section (full logits vs chunked)")
     args = parser.parse_args()
+    if args.loss_only:
+        loss_section()
+        return
     root = Path(tempfile.mkdtemp(prefix="llmkit-bench-"))
     try:
         base_cfg = reference_config(root, "base", "fp32", args.steps)
@@ -165,33 +233,47 @@ def main() -> None:
               f"precision auto -> {auto}; torch threads {torch.get_num_threads()}")
         rows = []
         peaks_by: dict[str, list[float]] = {}
-        for precision in dict.fromkeys(["fp32", auto]):
-            dtype = torch_dtype(precision)
-            cfg = reference_config(root, f"run-{precision}", precision, args.steps + WARMUP)
-            bare: list[float] = []
-            plain: list[float] = []
-            ours: list[float] = []
-            peaks = []
-            for i in range(args.repeats):  # interleaved: noise hits all alike
-                peaks.append(matmul_peak_flops(torch.device("cpu"), dtype, seconds=0.5))
-                plain += plain_loop(cfg, base / "data", args.steps + WARMUP)
-                bare += bare_loop(cfg, base / "data", args.steps + WARMUP)
-                ours += llmkit_loop(cfg, root, base, args.steps, i)
-            peak = max(peaks)
-            peaks_by[precision] = peaks
-            for label, secs in (("plain GPT", plain), ("bare loop", bare), ("llmkit train", ours)):
-                tok_s = 8 * 256 / statistics.median(secs)
-                rows.append((precision, label, tok_s, tok_s * fpt / peak, peak))
-        print(f"{'precision':10} {'loop':14} {'tokens/s':>10} {'MFU':>7} {'peak GFLOP/s':>13}")
-        for precision, label, tok_s, mfu, peak in rows:
-            print(f"{precision:10} {label:14} {tok_s:10.0f} {100 * mfu:6.1f}% {peak / 1e9:13.0f}")
+        # llmkit's precisions: fp32, and on fast-bf16 CPUs bf16 autocast and bf16-weights (what auto
+        # picks for one process); the plain GPT runs fp32 or bf16 autocast
+        modes = ["fp32"] + (["bf16", "bf16-weights"] if auto != "fp32" else [])
+        for compiled in [False] + ([True] if args.compile else []):
+            for precision in modes:
+                dtype = torch_dtype(resolve_precision(precision, torch.device("cpu")))
+                cfg = reference_config(root, f"run-{precision}", precision, args.steps + WARMUP, compiled)
+                bare: list[float] = []
+                plain: list[float] = []
+                ours: list[float] = []
+                peaks = []
+                for i in range(args.repeats):  # interleaved: noise hits all alike
+                    peaks.append(matmul_peak_flops(torch.device("cpu"), dtype, seconds=0.5))
+                    if precision != "bf16-weights":
+                        plain += plain_loop(cfg, base / "data", args.steps + WARMUP + (3 if compiled else 0), compiled)
+                        if not compiled:
+                            bare += bare_loop(cfg, base / "data", args.steps + WARMUP)
+                    ours += llmkit_loop(cfg, root, base, args.steps, i)
+                peak = max(peaks)
+                peaks_by[precision] = peaks
+                mode = precision + (" compiled" if compiled else "")
+                for label, secs in (("plain GPT", plain), ("bare loop", bare), ("llmkit train", ours)):
+                    if secs:
+                        tok_s = 8 * 256 / statistics.median(secs)
+                        rows.append((mode, label, tok_s, tok_s * fpt / peak, peak))
+        print(f"{'mode':22} {'loop':14} {'tokens/s':>10} {'MFU':>7} {'peak GFLOP/s':>13}")
+        for mode, label, tok_s, mfu, peak in rows:
+            print(f"{mode:22} {label:14} {tok_s:10.0f} {100 * mfu:6.1f}% {peak / 1e9:13.0f}")
         by = {(p, l): t for p, l, t, _, _ in rows}
-        for precision in dict.fromkeys(["fp32", auto]):
-            print(f"{precision}: llmkit / bare = {by[(precision, 'llmkit train')] / by[(precision, 'bare loop')]:.3f}; "
-                  f"llmkit / plain GPT = {by[(precision, 'llmkit train')] / by[(precision, 'plain GPT')]:.3f} "
-                  "(target >= 1.0)")
-        if auto != "fp32":
-            print(f"{auto} / fp32 tokens/s (llmkit): {by[(auto, 'llmkit train')] / by[('fp32', 'llmkit train')]:.2f}x")
+        for mode in dict.fromkeys(p for p, _, _, _, _ in rows):
+            ours_tok = by[(mode, "llmkit train")]
+            plain_mode = mode.replace("bf16-weights", "bf16")
+            line = f"{mode}: llmkit / plain GPT ({plain_mode}) = {ours_tok / by[(plain_mode, 'plain GPT')]:.3f} (target >= 1.0)"
+            if (mode, "bare loop") in by:
+                line += f"; llmkit / bare = {ours_tok / by[(mode, 'bare loop')]:.3f}"
+            print(line)
+        fp32 = by[("fp32", "llmkit train")]
+        for mode in dict.fromkeys(p for p, _, _, _, _ in rows):
+            if mode != "fp32":
+                print(f"{mode} / fp32 eager tokens/s (llmkit): {by[(mode, 'llmkit train')] / fp32:.2f}x")
+        print(f"targets on this CPU: {targets(cpu_line())}")
         if auto != "fp32":
             # where the bf16 speed-up is lost: the same bare step, by kind of work, in both precisions
             parts = {prec: component_ms(reference_config(root, f"prof-{prec}", prec, 1), base / "data")
@@ -206,6 +288,7 @@ def main() -> None:
             bound = fp32_total / (parts["fp32"]["matmul"] / ratio + fp32_total - parts["fp32"]["matmul"])
             print(f"{auto}/fp32 matmul peak ratio {ratio:.2f}x; step speed-up if only the matmuls ran that much "
                   f"faster: {bound:.2f}x")
+        loss_section()
         print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
         print(json.dumps({"rows": [dict(zip(("precision", "loop", "tokens_per_s", "mfu", "peak_flops"), r)) for r in rows]}))
     finally:

@@ -61,9 +61,13 @@ def resolve_device(name: str) -> Any:
 
 
 def resolve_precision(requested: str, device: Any) -> Precision:
-    """``auto``: bf16 where the CPU/GPU runs it fast, fp16 on older GPUs, else fp32."""
+    """The arithmetic precision: ``auto`` is bf16 where the CPU/GPU runs it fast, fp16 on older
+    GPUs, else fp32; ``bf16-weights`` computes in bf16 (how its weights are kept is the training
+    loop's business: ``llmkit.train.master``)."""
     import torch
 
+    if requested == "bf16-weights":
+        return "bf16"
     if requested != "auto":
         if requested == "fp16" and device.type != "cuda":
             raise ConfigError("train.precision fp16 needs a CUDA GPU", "fp16 loss scaling is a GPU technique",
@@ -74,6 +78,19 @@ def resolve_precision(requested: str, device: Any) -> Precision:
     if device.type == "cpu":
         return "bf16" if cpu_has_fast_bf16() else "fp32"
     return "fp32"
+
+
+def bf16_weights(requested: str, precision: str, device_type: str, lora: bool, distributed: bool,
+                 private: bool) -> bool:
+    """Whether training keeps the model in bf16 with fp32 master weights (``llmkit.train.master``):
+    asked for with ``bf16-weights``, or ``auto`` on a CPU with fast bf16 (measured faster than
+    autocast there: benchmarks/train_throughput.py) when the run is one process, full training,
+    without privacy.dp. GPUs keep autocast under ``auto`` (not measured there yet). The one rule:
+    train, quickstart and plan all call it; unsupported explicit requests are refused by the loop."""
+    if requested == "bf16-weights":
+        return True
+    return (requested == "auto" and precision == "bf16" and device_type == "cpu"
+            and not (lora or distributed or private))
 
 
 def torch_dtype(precision: str) -> Any:

@@ -79,29 +79,39 @@ def _configs(root: Path, pretrain_steps: int, sft_steps: int, budget_s: float,
 
 
 def _step_seconds(cfg: RunConfig) -> float:
-    """Measured seconds per optimizer step of ``cfg``'s model on this machine (best of 4 steps after one
-    warm-up step, random tokens: the minimum is what the machine does when nothing else interferes)."""
+    """Measured seconds per optimizer step of ``cfg``'s model on this machine, as `llmkit train` runs
+    it (its precision, including bf16 weights with fp32 masters where auto picks them; the chunked
+    loss; its AdamW): best of 4 steps after one warm-up step, random tokens (the minimum is what the
+    machine does when nothing else interferes)."""
     import torch
 
-    from llmkit.device import autocast, resolve_precision
+    from llmkit.device import autocast, bf16_weights, resolve_precision
     from llmkit.eval.loss import compute_loss
     from llmkit.model.build import build_model
     from llmkit.plan.memory import micro_batch_for_device
+    from llmkit.train import master as master_
+    from llmkit.train.optim import make_optimizer
 
     device = torch.device("cpu")
     precision = resolve_precision(cfg.train.precision, device)
     micro = micro_batch_for_device(cfg, device, precision)[0]
     model = build_model(cfg.model, cfg.tokenizer.vocab_size, 0, None, seed=0)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    keep_bf16 = bf16_weights(cfg.train.precision, precision, "cpu", False, False, False)
+    masters = master_.MasterWeights(model) if keep_bf16 else None
+    opt = make_optimizer(model, cfg.train, "cpu", masters)
     x = torch.randint(0, cfg.tokenizer.vocab_size, (micro, cfg.train.sequence_length_tokens + 1))
     times = []
     for _ in range(5):
         t0 = time.perf_counter()
         with autocast(device, precision):
-            loss = compute_loss(model, {"input_ids": x[:, :-1], "labels": x[:, 1:]}, classify=False)[0]
+            loss = compute_loss(model, {"input_ids": x[:, :-1], "labels": x[:, 1:]}, False, chunked=True)[0]
         loss.backward()
+        if masters is not None:
+            masters.grads_to_masters()
         opt.step()
         opt.zero_grad()
+        if masters is not None:
+            masters.masters_to_model()
         times.append(time.perf_counter() - t0)
     return min(times[1:]) * (cfg.train.global_batch_size // micro)
 

@@ -181,3 +181,35 @@ def test_verify_against_a_running_endpoint(runs: dict[str, Path], tmp_path: Path
         assert report.ok and all(c.endpoint_equal for c in report.checks)
     finally:
         stop_server(server)
+
+
+def test_bf16_decode_is_recorded_by_verify_and_served_as_recorded(runs: dict[str, Path], cli) -> None:
+    """`verify --bf16` records the bf16 model against fp32; `serve --dtype bf16` decodes exactly as
+    llmkit's own generate does on that bf16 model."""
+    import httpx
+
+    from llmkit.generate.decode import generate
+    from llmkit.generate.sampling import SamplingParams
+    from llmkit.model.load import load_for_inference
+
+    from .serve.conftest import start_server, stop_server
+
+    shown = cli("verify", str(runs["llama"]), "--bf16")
+    assert shown.returncode == 0 and "bf16 decode vs fp32" in shown.stdout, shown.stdout + shown.stderr
+    report = verify(runs["llama"], runs["llama"] / "final", bf16=True)
+    b = report.bf16
+    assert b is not None and b.prompts == len(report.checks) and 0 < b.max_logit_diff < 1.0
+    assert 0 <= b.prompts_same <= b.prompts and 0 <= b.tokens_same <= b.tokens
+    model, tok, _ = load_for_inference(runs["llama"], device="cpu", dtype="bf16")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    prompt = "The for statement"
+    expected = generate(model, tok, [tok.encode(prompt, add_special_tokens=False)],
+                        [SamplingParams(max_new_tokens=12, temperature=0)])[0].text
+    server = start_server(runs["llama"], "--dtype", "bf16")
+    try:
+        r = httpx.post(server.url + "/v1/completions", timeout=60,
+                       json={"model": runs["llama"].name, "prompt": prompt, "max_tokens": 12, "temperature": 0})
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == expected
+    finally:
+        stop_server(server)

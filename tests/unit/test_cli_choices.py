@@ -22,6 +22,7 @@ def test_choices_equal_their_owners() -> None:
     assert _values(options.GgufQuant) == QUANTS
     assert _values(options.Cloud) == get_args(PlanConfig.model_fields["cloud"].annotation)
     assert _values(options.ServeEngine) == get_args(ServeConfig.model_fields["engine"].annotation)
+    assert _values(options.ServeDtype) == get_args(ServeConfig.model_fields["dtype"].annotation)
     assert _values(options.LaunchTarget) == get_args(LaunchConfig.model_fields["target"].annotation)
     assert _values(options.LaunchWhat) == WHATS
 
@@ -33,7 +34,7 @@ def test_help_lists_allowed_values_and_completion() -> None:
 
     assert "hf|gguf" in help_of("export") and "f32|f16|q8_0" in help_of("export")
     assert "any|aws|gcp|azure|lambda|runpod" in help_of("plan")
-    assert "llmkit|vllm" in help_of("serve")
+    assert "llmkit|vllm" in help_of("serve") and "fp32|bf16" in help_of("serve")
     assert "slurm|kubernetes|skypilot|docker" in help_of("launch") and "train|serve" in help_of("launch")
     assert "auto|never|PATH" in help_of("train")
     assert "--install-completion" in help_of()

@@ -67,6 +67,8 @@ def verify(
     tolerance: float = typer.Option(1e-4, "--tolerance", help="Largest allowed logit difference."),
     gguf: Path = typer.Option(None, "--gguf", help="Also run this GGUF file in llama.cpp (llama-cpp-python): "
                               "tokenization and greedy tokens must match."),
+    bf16: bool = typer.Option(False, "--bf16", help="Also record how the model decodes in bf16 (serve.dtype: bf16) "
+                              "against fp32: largest logit difference and greedy agreement (not part of the verdict)."),
 ) -> None:
     """Parity check: the run's model vs its export (plain transformers), an endpoint, a GGUF in llama.cpp.
     Exit 1 on a mismatch."""
@@ -82,6 +84,6 @@ def verify(
     if RunDir(run).config.exists():
         RunDir(run).load_config()  # an encrypted run opens with its key variable
     with crypto.readable_dir(exported or run / "final") as plain:  # final/ of an encrypted run: in memory
-        report = run_verify(run, plain, endpoint, endpoint_model, tolerance, key or None, gguf)
+        report = run_verify(run, plain, endpoint, endpoint_model, tolerance, key or None, gguf, bf16)
     typer.echo(render(report))
     raise typer.Exit(0 if report.ok else 1)

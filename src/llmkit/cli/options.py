@@ -24,6 +24,7 @@ ExportDtype = _choices("ExportDtype", ("float32", "bfloat16", "float16"))  # llm
 GgufQuant = _choices("GgufQuant", ("f32", "f16", "q8_0"))  # llmkit.export.gguf.QUANTS
 Cloud = _choices("Cloud", ("any", "aws", "gcp", "azure", "lambda", "runpod"))  # PlanConfig.cloud
 ServeEngine = _choices("ServeEngine", ("llmkit", "vllm"))  # ServeConfig.engine
+ServeDtype = _choices("ServeDtype", ("fp32", "bf16"))  # ServeConfig.dtype
 LaunchTarget = _choices("LaunchTarget", ("slurm", "kubernetes", "skypilot", "docker"))  # LaunchConfig.target
 LaunchWhat = _choices("LaunchWhat", ("train", "serve"))  # llmkit.launch.spec.WHATS
 RESUME_METAVAR = "auto|never|PATH"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from llmkit.cli.options import ServeEngine, SetOpt
+from llmkit.cli.options import ServeDtype, ServeEngine, SetOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -30,6 +30,8 @@ def serve(
     engine: ServeEngine = typer.Option(None, "--engine", help="llmkit (in-process) or vllm (GPU hosts)."),
     served_model_name: str = typer.Option(None, "--served-model-name", help="Model id clients send."),
     ui: bool = typer.Option(None, "--ui/--no-ui", help="Serve the chat page at / (default: serve.ui, on)."),
+    dtype: ServeDtype = typer.Option(None, "--dtype", help="fp32 (default: the model as evaluated) or bf16 (faster decode "
+                              "on bf16 hardware; see `llmkit verify --bf16`)."),
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (binds 127.0.0.1 by default)."""
     from llmkit.config.load import load_config
@@ -42,7 +44,7 @@ def serve(
              "serve.allow_unauthenticated": allow_unauthenticated, "serve.max_concurrency": max_concurrency,
              "serve.max_batch_size": max_batch_size, "serve.max_queue": max_queue,
              "serve.drain_timeout_s": drain_timeout, "serve.engine": engine.value if engine else None,
-             "serve.ui": ui}
+             "serve.ui": ui, "serve.dtype": dtype.value if dtype else None}
     sets = list(overrides) + [f"{k}={_yaml(v)}" for k, v in flags.items() if v is not None]
     # without --config, sampling defaults come from the run's generate section (as for generate and chat)
     base = {"name": "serve", "generate": generate_defaults(model_path).model_dump(mode="json")}

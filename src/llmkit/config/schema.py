@@ -242,9 +242,12 @@ class TrainConfig(Section):
     """AdamW epsilon."""
     grad_clip_norm: float | None = Field(1.0, gt=0)
     """Clip the global gradient norm to this (null: no clipping)."""
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """auto: bf16 autocast where the CPU or GPU supports it fast, fp16 + loss scaling on older
-    GPUs, else fp32."""
+    precision: Literal["auto", "fp32", "bf16", "bf16-weights", "fp16"] = "auto"
+    """bf16: autocast (fp32 weights, bf16 matmuls). bf16-weights: the model's weights and
+    activations in bf16 end to end, fp32 master weights and AdamW state (one process, no LoRA,
+    no privacy.dp). fp16: autocast with loss scaling (CUDA). auto: on CPUs with fast bf16,
+    bf16-weights where it applies (measured faster: benchmarks/train_throughput.py), else bf16;
+    on GPUs bf16, or fp16 + loss scaling where bf16 is slow; else fp32."""
     compile: bool | Literal["auto"] = False
     """torch.compile the model for the training step: true (a failed compile falls back to eager
     with a warning), auto (compile when the run is long enough to repay it, keep it only when a
@@ -351,6 +354,11 @@ class ServeConfig(Section):
     """Requests allowed to wait; beyond it: 429 with Retry-After."""
     max_batch_size: int = Field(16, gt=0)
     """Sequences decoded together in one step."""
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    """Weights and arithmetic of the llmkit engine. fp32: exactly the model that was evaluated.
+    bf16: half the memory traffic per token, faster decode where the CPU (AVX-512 BF16, AMX) or
+    GPU runs bf16 natively; `llmkit verify --bf16` records its logit difference and greedy
+    agreement against fp32. vLLM picks its own dtype."""
     max_body_bytes: int = Field(1_048_576, gt=0)
     """Largest request body accepted (413 beyond)."""
     request_timeout_s: float = Field(300.0, gt=0)

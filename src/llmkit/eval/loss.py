@@ -18,17 +18,31 @@ from llmkit.data.sft import IGNORE_INDEX as IGNORE
 from llmkit.device import autocast
 
 
-def compute_loss(model: Any, batch: dict[str, Any], classify: bool) -> tuple[Any, int, Any]:
+def compute_loss(model: Any, batch: dict[str, Any], classify: bool, chunked: bool = False) -> tuple[Any, int, Any]:
     """(mean cross-entropy over the positions with a label, how many there were, the logits).
 
     Language models: logits (B, T, V) against labels (B, T), ignoring ``IGNORE``; classifiers:
     logits (B, C) against labels (B,). The loss is computed in fp32 whatever the autocast dtype.
+    ``chunked``: a language model's loss goes through its output head in chunks of tokens
+    (``llmkit.eval.head_loss``: the (B, T, V) logits are never made, and None is returned in their
+    place). Only for models the caller knows run the head's weight outside their forward safely:
+    plain, DDP or compiled (not FSDP, whose forward gathers the weight, nor Opacus, whose hooks need
+    the head's activations).
     """
     import torch.nn.functional as F
 
+    from llmkit.eval.head_loss import deferred_head, linear_cross_entropy, output_head
+
+    labels = batch["labels"]
+    head = output_head(model) if chunked and not classify else None
+    if head is not None:
+        with deferred_head(head):
+            hidden = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+        count = int((labels != IGNORE).sum())
+        total = linear_cross_entropy(hidden.reshape(-1, hidden.size(-1)), head.weight, labels.reshape(-1))
+        return total / max(count, 1), count, None
     out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
     logits = out.logits.float()
-    labels = batch["labels"]
     if classify:
         return F.cross_entropy(logits, labels), int(labels.numel()), logits
     count = int((labels != IGNORE).sum())
@@ -66,11 +80,12 @@ class EvalResult:
 
 
 def evaluate(model: Any, batches: list[dict[str, np.ndarray]], precision: str = "fp32", classify: bool = False,
-             num_labels: int | None = None, byte_table: np.ndarray | None = None) -> EvalResult:
+             num_labels: int | None = None, byte_table: np.ndarray | None = None, chunked: bool = True) -> EvalResult:
     """Run ``model`` over ``batches`` once (no gradients, eval mode, restored afterwards).
 
     ``byte_table``: UTF-8 bytes per token id, for bits per byte. ``num_labels``: classifiers, the
-    size of the confusion matrix.
+    size of the confusion matrix. ``chunked``: the loss over the head in chunks (``compute_loss``);
+    callers pass False for FSDP-wrapped models.
     """
     import torch
 
@@ -82,7 +97,7 @@ def evaluate(model: Any, batches: list[dict[str, np.ndarray]], precision: str = 
     with torch.no_grad(), autocast(device, precision):
         for np_batch in batches:
             batch = {k: torch.from_numpy(v).to(device) for k, v in np_batch.items()}
-            loss, n, logits = compute_loss(model, batch, classify)
+            loss, n, logits = compute_loss(model, batch, classify, chunked)
             loss_sum += float(loss) * n
             count += n
             if classify:

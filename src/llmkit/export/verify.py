@@ -55,12 +55,25 @@ class GgufCheck:
 
 
 @dataclass
+class Bf16Check:
+    """The run's model decoding in bf16 (``serve.dtype: bf16``) against itself in fp32: recorded,
+    not part of the verdict (bf16 may legitimately change a greedy token)."""
+
+    max_logit_diff: float
+    prompts_same: int  # prompts whose greedy continuation is identical
+    prompts: int
+    tokens_same: int  # greedy tokens equal before the first difference, summed over prompts
+    tokens: int
+
+
+@dataclass
 class VerifyReport:
     checks: list[PromptCheck] = field(default_factory=list)
     special_tokens_equal: bool = True
     special_detail: str = ""
     tolerance: float = 1e-4
     gguf: GgufCheck | None = None
+    bf16: Bf16Check | None = None
 
     @property
     def ok(self) -> bool:
@@ -130,7 +143,8 @@ def check_gguf(path: Path, tokenizer: Any, prompts: list[list[int]], expected: l
 
 
 def verify(run: Path, exported: Path, endpoint: str | None = None, endpoint_model: str | None = None,
-           tolerance: float = 1e-4, api_key: str | None = None, gguf: Path | None = None) -> VerifyReport:
+           tolerance: float = 1e-4, api_key: str | None = None, gguf: Path | None = None,
+           bf16: bool = False) -> VerifyReport:
     """Compare the run's model with its export (and an endpoint); see the module docstring."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -189,7 +203,34 @@ def verify(run: Path, exported: Path, endpoint: str | None = None, endpoint_mode
         report.checks.append(check)
     if gguf is not None and ran:
         report.gguf = check_gguf(gguf, our_tok, [r[0] for r in ran], [r[1] for r in ran], min(r[2] for r in ran))
+    if bf16 and ran:
+        report.bf16 = check_bf16(ours, our_tok, ran)
     return report
+
+
+def check_bf16(model: Any, tokenizer: Any, ran: list[tuple[list[int], list[int], int]]) -> Bf16Check:
+    """``model`` (fp32) copied to bf16 and run as ``serve.dtype: bf16`` runs it: the largest logit
+    difference over the prompts and how many greedy tokens stay the same."""
+    import copy
+
+    import torch
+
+    from llmkit.generate.decode import generate
+    from llmkit.generate.sampling import SamplingParams
+
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    worst, same_prompts, same_tokens, total = 0.0, 0, 0, 0
+    for ids, fp32_tokens, new in ran:
+        with torch.inference_mode():
+            a = model(input_ids=torch.tensor([ids])).logits.float()
+            b = half(input_ids=torch.tensor([ids])).logits.float()
+        worst = max(worst, float((a - b).abs().max()))
+        got = generate(half, tokenizer, [ids], [SamplingParams(max_new_tokens=new, temperature=0)])[0].token_ids
+        same_prompts += got == fp32_tokens
+        lead = next((i for i, (x, y) in enumerate(zip(got, fp32_tokens)) if x != y), min(len(got), len(fp32_tokens)))
+        same_tokens += lead
+        total += len(fp32_tokens)
+    return Bf16Check(worst, same_prompts, len(ran), same_tokens, total)
 
 
 def render(report: VerifyReport) -> str:
@@ -205,5 +246,10 @@ def render(report: VerifyReport) -> str:
         lines.append(f"GGUF in llama.cpp: tokenization {'same' if g.tokenize_equal else 'DIFFERENT'} on "
                      f"{len(SAMPLE_TEXTS)} sample texts | greedy {'same' if g.greedy_equal else 'DIFFERENT'}"
                      + (f"\n    {g.detail}" if g.detail else ""))
+    if report.bf16 is not None:
+        b = report.bf16
+        lines.append(f"bf16 decode vs fp32 (serve.dtype bf16; not part of the verdict): max logit diff "
+                     f"{b.max_logit_diff:.2e} | greedy same on {b.prompts_same}/{b.prompts} prompts, "
+                     f"{b.tokens_same}/{b.tokens} tokens before the first difference")
     lines.append(f"verdict: {'PASS' if report.ok else 'FAIL'} (tolerance {report.tolerance:g} on logits)")
     return "\n".join(lines)

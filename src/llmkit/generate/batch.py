@@ -1,9 +1,10 @@
 """A running batch of sequences that new ones can join between steps (continuous batching).
 
-``add`` prefills new prompts together (left-padded), samples their first token and merges their
-KV cache into the running batch: the shorter side's cache is left-padded with masked-out
-positions, so every row keeps its own positions and attention. ``step`` decodes one token for
-every live row. Finished, cancelled and stopped rows leave the batch (and the cache) at once.
+``add`` prefills new prompts together (left-padded), samples their first token and copies their
+KV cache into free slots of the running batch's cache (``llmkit.generate.kvcache.SlotCache``:
+pre-allocated, written in place; a row keeps its own positions and attention). ``step`` decodes
+one token for every live row. Finished, cancelled and stopped rows leave the batch (and the
+cache) at once.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmkit.errors import UsageError
+from llmkit.generate.kvcache import SlotCache
 from llmkit.generate.sampling import SamplingParams, log_probs, next_tokens
 
 
@@ -132,8 +134,7 @@ class BatchDecoder:
         head = model.get_output_embeddings()
         self.vocab = head.weight.shape[0] if head is not None else len(tokenizer)
         self.seqs: list[_Seq] = []
-        self.cache: Any = None
-        self.mask: Any = None  # (B, L + 1): cache entries plus the pending token
+        self.kv = SlotCache(model.config.get_text_config().num_hidden_layers, self.device)
         self.positions: Any = None  # (B, 1): position of the pending token
         self.pending: Any = None  # (B,): the token each row feeds next
 
@@ -187,10 +188,19 @@ class BatchDecoder:
             if echo:
                 for i, (p, seq) in enumerate(zip(prompts, new)):
                     if seq.params.prompt_logprobs is not None:
-                        seq.prompt = prompt_log_probs(out.logits[i, longest - len(p):], list(p),
+                        seq.prompt = prompt_log_probs(out.logits[i, longest - len(p):].float(), list(p),
                                                       seq.params.prompt_logprobs)
-        state = (cache, torch.cat([mask, mask.new_ones((n, 1))], 1), positions[:, -1:] + 1)
-        return self._sample(out.logits[:, -1, :], new, state)
+        events, keep, chosen = self._sample(out.logits[:, -1, :].float(), new)
+        if keep:
+            idx = torch.tensor(keep, device=self.device)
+            if len(keep) != n:
+                cache.batch_select_indices(idx)
+            self.kv.join(cache, mask[idx])
+            self.seqs = self.seqs + [new[i] for i in keep]
+            rows = positions[idx, -1:] + 1
+            self.positions = rows if self.positions is None else torch.cat([self.positions, rows])
+            self.pending = chosen[idx] if self.pending is None else torch.cat([self.pending, chosen[idx]])
+        return events
 
     def step(self) -> list[Event]:
         """Decode one token for every live sequence."""
@@ -204,16 +214,19 @@ class BatchDecoder:
             if not self.seqs:
                 return events
         with torch.inference_mode():
-            out = self.model(input_ids=self.pending.unsqueeze(1), attention_mask=self.mask,
+            cache, mask = self.kv.cache(), self.kv.mask()
+            out = self.model(input_ids=self.pending.unsqueeze(1), attention_mask=mask,
                              position_ids=self.positions, use_cache=True, logits_to_keep=1,
-                             **{self.cache_kw: self.cache})
-        seqs = self.seqs
-        state = (self.cache, torch.cat([self.mask, self.mask.new_ones((len(seqs), 1))], 1), self.positions + 1)
-        self.seqs, self.cache = [], None  # _sample merges the rows that go on back in
-        return events + self._sample(out.logits[:, -1, :], seqs, state)
+                             **{self.cache_kw: cache})
+        self.kv.advance()
+        self.positions = self.positions + 1
+        more, keep, self.pending = self._sample(out.logits[:, -1, :].float(), self.seqs)
+        if len(keep) != len(self.seqs):
+            self._keep(keep)
+        return events + more
 
-    def _sample(self, logits: Any, seqs: list[_Seq], state: tuple[Any, Any, Any]) -> list[Event]:
-        """Choose each row's token, emit events, and merge the rows still going into the batch."""
+    def _sample(self, logits: Any, seqs: list[_Seq]) -> tuple[list[Event], list[int], Any]:
+        """Choose each row's token and emit events: (the events, the rows that go on, the tokens)."""
         import torch
 
         seen = None
@@ -242,14 +255,7 @@ class BatchDecoder:
             events.append(event)
             if finish is None:
                 keep.append(i)
-        if keep:
-            cache, mask, positions = state
-            if len(keep) != len(seqs):
-                idx = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(idx)
-                mask, positions, chosen = mask[idx], positions[idx], chosen[idx]
-            self._merge([seqs[i] for i in keep], cache, mask, positions, chosen)
-        return events
+        return events, keep, chosen
 
     def _choose(self, logits: Any, seqs: list[_Seq], seen: Any) -> tuple[Any, dict[int, str]]:
         """Each row's next token, and the rows whose choice raised (with why). The batch is tried
@@ -303,31 +309,13 @@ class BatchDecoder:
         return event, finish
 
     def _keep(self, rows: list[int]) -> None:
+        """Only ``rows`` go on; their cache slots are compacted (the caller's order may change)."""
         import torch
 
-        idx = torch.tensor(rows, device=self.device, dtype=torch.long)
-        self.seqs = [self.seqs[i] for i in rows]
+        order = self.kv.keep(rows)
+        self.seqs = [self.seqs[i] for i in order]
         if not self.seqs:
-            self.cache = self.mask = self.positions = self.pending = None
+            self.positions = self.pending = None
             return
-        self.cache.batch_select_indices(idx)
-        self.mask, self.positions, self.pending = self.mask[idx], self.positions[idx], self.pending[idx]
-
-    def _merge(self, seqs: list[_Seq], cache: Any, mask: Any, positions: Any, pending: Any) -> None:
-        """Join rows to the running batch, left-padding the shorter cache (padding is masked out)."""
-        import torch
-        import torch.nn.functional as F
-
-        if self.cache is None:
-            self.seqs, self.cache, self.mask, self.positions, self.pending = seqs, cache, mask, positions, pending
-            return
-        a, b = self.mask.size(1), mask.size(1)
-        length = max(a, b)
-        for mine, theirs in zip(self.cache.layers, cache.layers):
-            mine.keys = torch.cat([F.pad(mine.keys, (0, 0, length - a, 0)), F.pad(theirs.keys, (0, 0, length - b, 0))])
-            mine.values = torch.cat([F.pad(mine.values, (0, 0, length - a, 0)),
-                                     F.pad(theirs.values, (0, 0, length - b, 0))])
-        self.mask = torch.cat([F.pad(self.mask, (length - a, 0)), F.pad(mask, (length - b, 0))])
-        self.positions = torch.cat([self.positions, positions])
-        self.pending = torch.cat([self.pending, pending])
-        self.seqs = self.seqs + seqs
+        idx = torch.tensor(order, device=self.device, dtype=torch.long)
+        self.positions, self.pending = self.positions[idx], self.pending[idx]

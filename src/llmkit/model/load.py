@@ -29,14 +29,17 @@ def resolve_model_dir(path: str | Path) -> Path:
                      "`llmkit quickstart` makes runs/quickstart; `llmkit train --config run.yaml` makes runs/<name>")
 
 
-def load_for_inference(path: str | Path, device: str = "auto", trust_remote_code: bool = False) -> tuple[Any, Any, Path]:
-    """(model in eval mode, tokenizer, model directory), fp32, on ``device`` (``auto``: as
-    ``llmkit.device.resolve_device`` picks)."""
+def load_for_inference(path: str | Path, device: str = "auto", trust_remote_code: bool = False,
+                       dtype: str = "fp32") -> tuple[Any, Any, Path]:
+    """(model in eval mode, tokenizer, model directory), in ``dtype`` (fp32 or bf16), on ``device``
+    (``auto``: as ``llmkit.device.resolve_device`` picks)."""
+    from llmkit.device import torch_dtype
+
     model_dir = resolve_model_dir(path)
     _use_run_key(model_dir)
     tokenizer = load_tokenizer(model_dir, trust_remote_code)
     model = load_model(model_dir, trust_remote_code)
-    model.to(resolve_device(device)).eval()
+    model.to(device=resolve_device(device), dtype=torch_dtype(dtype)).eval()
     model.config.use_cache = True
     return model, tokenizer, model_dir
 

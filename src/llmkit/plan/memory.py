@@ -1,10 +1,14 @@
 """Training memory of a config, per device, as llmkit's loop allocates it (pure arithmetic).
 
 The loop keeps fp32 weights and runs the forward under autocast, so with bf16/fp16 the
-half-precision copies of the weights that autocast caches during the forward are counted too.
+half-precision copies of the weights that autocast caches during the forward are counted too;
+where the precision policy keeps bf16 weights with fp32 masters (``llmkit.device.bf16_weights``)
+the weights are bf16 plus an fp32 master per trainable parameter, and there are no copies.
 Activations are what the backward pass keeps per token and layer (PyTorch SDPA attention: no
-(seq x seq) matrix is stored), plus the logits and the loss, which are large for big
-vocabularies. Sharding (FSDP) divides weights, gradients and optimizer state over the devices.
+(seq x seq) matrix is stored), plus the loss over the vocabulary: one chunk of tokens' logits
+and the head's gradients when the loop chunks it (``llmkit.eval.head_loss``: everywhere but FSDP
+and privacy.dp), else the whole micro-batch's logits, large for big vocabularies. Sharding
+(FSDP) divides weights, gradients and optimizer state over the devices.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 from llmkit.config.schema import RunConfig
 from llmkit.config.derived import intermediate_size, vocab_size
+from llmkit.device import bf16_weights
 from llmkit.plan.params import count_parameters, trainable_parameters
 
 GB = 1e9
@@ -53,20 +58,24 @@ def activation_element_bytes(precision: str, device_kind: str) -> int:
     return 4 if device_kind == "cpu" else ELEMENT[precision]
 
 
-def activation_bytes_per_token_layer(cfg: RunConfig, precision: str, device_kind: str = "gpu") -> int:
-    """Bytes the backward pass keeps per token for one transformer block."""
+def activation_bytes_per_token_layer(cfg: RunConfig, precision: str, device_kind: str = "gpu",
+                                     keep_bf16: bool = False) -> int:
+    """Bytes the backward pass keeps per token for one transformer block. ``keep_bf16``: the
+    model's own weights are bf16 (``llmkit.train.master``), so are its activations."""
     m = cfg.model
-    e = activation_element_bytes(precision, device_kind)
+    e = 2 if keep_bf16 else activation_element_bytes(precision, device_kind)
     h, inter = m.hidden_size, intermediate_size(m)
     kv_width = h * (m.num_key_value_heads or m.num_attention_heads) // m.num_attention_heads
-    # fp32 residual stream and the two norms' fp32 internals: 4 tensors of h floats
-    norms_and_residual = 16 * h
+    # fp32 residual stream and the two norms' fp32 internals: 4 tensors of h floats; with bf16
+    # weights the residual stream is bf16 but the norms still compute in fp32, and the backward's
+    # transient fp32 pieces the allocator keeps add about as much again (measured: 30 h in all)
+    norms_and_residual = 30 * h if keep_bf16 and device_kind == "cpu" else 16 * h
     if m.architecture == "gpt2":
         # qkv output, attention output, the two norm outputs, MLP input/GELU input/GELU output
         return norms_and_residual + e * (3 * h + h + 2 * h) + e * 2 * inter
     # q (pre/post rotary), attention output, the two norm outputs; k, v, k rotated; gate, up, silu, product
     base = norms_and_residual + e * (5 * h) + e * 3 * kv_width + e * 4 * inter
-    if device_kind == "cpu" and precision == "fp32":
+    if device_kind == "cpu" and precision == "fp32" and not keep_bf16:
         # measured: without autocast the backward's transient fp32 gradients of the block (freed
         # chunks the allocator keeps) add ~6 hidden-width fp32 tensors per token and layer to the peak
         base += 24 * h
@@ -88,27 +97,58 @@ def training_memory(cfg: RunConfig, micro_batch: int, precision: str = "bf16", n
     lora = m.lora.enabled
     trainable = trainable_parameters(cfg)
     shard = num_devices if sharded else 1
-    # fp32 weights; a LoRA base in model.lora.base_bits (the schema accepts only 32 today), fp32 adapters
-    base_bytes = m.lora.base_bits // 8 if lora else 4
-    weights = (base_bytes * total + (4 * trainable if lora else 0)) // shard
-    casts = 0 if precision == "fp32" else ELEMENT[precision] * total // shard
+    private = cfg.privacy.dp.enabled
+    keep_bf16 = bf16_weights(cfg.train.precision, precision, device_kind, lora, num_devices > 1, private)
+    if keep_bf16:  # bf16 weights and fp32 masters; AdamW on the masters; no autocast copies
+        weights, casts = (2 * total + 4 * trainable) // shard, 0
+    else:  # fp32 weights; a LoRA base in model.lora.base_bits (the schema accepts only 32 today), fp32 adapters
+        base_bytes = m.lora.base_bits // 8 if lora else 4
+        weights = (base_bytes * total + (4 * trainable if lora else 0)) // shard
+        casts = 0 if precision == "fp32" else ELEMENT[precision] * total // shard
     grads = 4 * trainable // shard
     optimizer = (8 if optimizer_bits == 32 else 2) * trainable // shard
     tokens = micro_batch * cfg.train.sequence_length_tokens
-    per_layer = activation_bytes_per_token_layer(cfg, precision, device_kind)
+    per_layer = activation_bytes_per_token_layer(cfg, precision, device_kind, keep_bf16)
     ckpt = cfg.train.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
     if ckpt:  # keep each block's input; recompute one block at a time in the backward pass
         acts = tokens * (4 * m.hidden_size * m.num_hidden_layers + per_layer)
     else:
         acts = tokens * per_layer * m.num_hidden_layers
+    if cfg.train.compile is True and device_kind == "cpu" and num_devices == 1:
+        # inductor fuses elementwise chains and saves fewer tensors for the backward (measured with
+        # benchmarks/plan_accuracy.py: 0.52x with bf16 weights, 0.70x in fp32; GPUs and `auto`, which
+        # may stay eager, are planned as eager)
+        acts = int(acts * (0.55 if keep_bf16 else 0.7))
     vocab = vocab_size(cfg)
-    # logits in the compute dtype, their fp32 copy (none in fp32), the log-softmax kept for
-    # backward, and the logits' fp32 gradient, which exists while the backward pass is at the head
-    # (fp32 on a CPU: the log-softmax's input and output gradients are both alive at its backward,
-    # and nothing is freed early as the half-precision copy is under autocast: 16 bytes measured)
-    per_logit = ELEMENT[precision] + 12 if precision != "fp32" else (16 if device_kind == "cpu" else 12)
-    logits = tokens * vocab * per_logit
+    if not sharded and not private:
+        logits = chunked_loss_bytes(tokens, vocab, m.hidden_size, precision)
+    else:
+        # logits in the compute dtype, their fp32 copy (none in fp32), the log-softmax kept for
+        # backward, and the logits' fp32 gradient, which exists while the backward pass is at the head
+        # (fp32 on a CPU: the log-softmax's input and output gradients are both alive at its backward,
+        # and nothing is freed early as the half-precision copy is under autocast: 16 bytes measured)
+        per_logit = ELEMENT[precision] + 12 if precision != "fp32" else (16 if device_kind == "cpu" else 12)
+        logits = tokens * vocab * per_logit
     return MemoryBreakdown(weights, casts, grads, optimizer, acts, logits, overhead_bytes)
+
+
+LOSS_CHUNK_ELEMENTS = 1 << 23  # logits per chunk of the chunked loss (32 MB in fp32)
+
+
+def chunk_tokens(vocab: int) -> int:
+    """Tokens per chunk of ``llmkit.eval.head_loss`` for a vocabulary: about LOSS_CHUNK_ELEMENTS
+    logits, 128..8192 tokens (here because the memory plan and the loss must agree)."""
+    return max(128, min(8192, LOSS_CHUNK_ELEMENTS // max(vocab, 1)))
+
+
+def chunked_loss_bytes(tokens: int, vocab: int, hidden: int, precision: str) -> int:
+    """The loss over the vocabulary in chunks (``llmkit.eval.head_loss``): one chunk's logits in
+    the compute dtype and in fp32, their softmax gradient (fp32, then in the compute dtype), the
+    saved gradient of the hidden states (tokens x hidden) and of the head's weight (fp32)."""
+    chunk = min(tokens, chunk_tokens(vocab))
+    e = ELEMENT[precision]
+    per_logit = 4 + 4 + (2 * e if precision != "fp32" else 0)
+    return chunk * vocab * per_logit + tokens * hidden * e + 4 * vocab * hidden
 
 
 def state_fits(cfg: RunConfig, budget_bytes: float, precision: str, device_kind: str = "gpu") -> bool:

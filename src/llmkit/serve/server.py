@@ -71,7 +71,8 @@ def check_bind(cfg: ServeConfig, api_key: str | None) -> str | None:
 def vllm_command(model_dir: Path, cfg: ServeConfig, served_name: str) -> list[str]:
     """The `vllm serve` command equivalent to this server's options (the key goes by env var)."""
     cmd = ["vllm", "serve", str(model_dir), "--host", cfg.host, "--port", str(cfg.port),
-           "--served-model-name", served_name, "--max-num-seqs", str(cfg.max_batch_size)]
+           "--served-model-name", served_name, "--max-num-seqs", str(cfg.max_batch_size),
+           "--dtype", {"fp32": "float32", "bf16": "bfloat16"}[cfg.dtype]]
     if cfg.api_key_env:
         cmd += ["--api-key", f"${cfg.api_key_env}"]  # expanded by the shell we exec through
     if cfg.cors_origins:
@@ -121,7 +122,10 @@ def serve(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, se
     if warning:
         print(warning, file=sys.stderr)
     configure_logging()
-    model, tokenizer, _ = load_for_inference(model_dir)
+    model, tokenizer, _ = load_for_inference(model_dir, dtype=cfg.dtype)
+    if cfg.dtype == "bf16":
+        print("decoding in bf16 (serve.dtype): `llmkit verify RUN --bf16` shows how far it is from the fp32 model",
+              file=sys.stderr)
     engine = Engine(model, tokenizer, cfg.max_batch_size, cfg.max_concurrency, cfg.max_queue)
     longest = max((len(t) for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))) if t), default=16)
     state = State(engine, tokenizer, name, defaults, cfg, api_key, max_token_bytes=max(4, longest * 4))

@@ -20,7 +20,7 @@ from llmkit import __version__
 from llmkit.config.load import dump_config
 from llmkit.config.schema import RunConfig, TrainConfig
 from llmkit.data.batches import task_batches
-from llmkit.device import autocast, resolve_device, resolve_precision, torch_dtype
+from llmkit.device import autocast, bf16_weights, resolve_device, resolve_precision, torch_dtype
 from llmkit.errors import ConfigError, RunFailure, UsageError
 from llmkit.eval.loss import EvalResult, compute_loss, evaluate, loss_weight
 from llmkit.faults import fault_point, nan_loss_at
@@ -28,6 +28,7 @@ from llmkit.fsutil import atomic_write_text
 from llmkit.privacy import crypto
 from llmkit.rundir import RunDir
 from llmkit.train import checkpoint as ckpt
+from llmkit.train import master as master_
 from llmkit.train import setup
 from llmkit.train.checkpoint import TrainerState
 from llmkit.train.metrics import MetricsWriter
@@ -114,9 +115,17 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
     classify = tc.task == "classify"
     data = task_batches(cfg, run.root, micro, d.rank, d.world_size)
     inner = build_for_training(cfg, data, device, log)
+    masters = None  # train.precision bf16-weights (or auto where it applies): llmkit.train.master
+    if bf16_weights(tc.precision, precision, device.type, cfg.model.lora.enabled, d.enabled, private):
+        master_.check_supported(cfg.model.lora.enabled, d.enabled, private, device.type)
+        masters = master_.MasterWeights(inner)
     model = dist_.wrap(inner, wrapper, d, precision, device)
+    # the loss over the vocabulary in chunks of tokens (llmkit.eval.head_loss), except where the
+    # wrapper must see the head's weight used inside the forward (FSDP gathers it there; Opacus
+    # hooks the head for per-example gradients)
+    chunked = wrapper != "fsdp" and not private
     dist_.check_setup(cfg, d, model, wrapper)
-    optimizer = make_optimizer(model, tc, device.type)
+    optimizer = make_optimizer(model, tc, device.type, masters)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     total_steps = setup.total_steps(tc)
     dp = None
@@ -149,6 +158,8 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
     if found is not None:
         _check_resumable(found, state, allow_config_change)
         _restore(found, model, inner, optimizer, data, scaler, state, d)
+        if masters is not None:
+            masters.load(found.tensors)
         if dp is not None:
             dp.load_state_dict(found.state.dp)
             state.dp = found.state.dp
@@ -170,7 +181,8 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
                                 tc.sequence_length_tokens)
     peak = matmul_peak_flops(device, torch_dtype(precision)) * d.world_size
     where = f"{d.world_size} process(es) ({d.backend}, {wrapper})" if d.enabled else device.type
-    log(f"training {n_params:,} parameters ({trainable:,} trainable) on {where}, {precision}, "
+    shown = f"{precision} weights, fp32 master weights" if masters is not None else precision
+    log(f"training {n_params:,} parameters ({trainable:,} trainable) on {where}, {shown}, "
         f"micro-batch {micro} x {accum} accumulation steps" + (f" x {d.world_size} ranks" if d.enabled else ""))
 
     # --- train.compile: the module the step calls (the model, or its compiled wrapper) ------------
@@ -190,7 +202,7 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
 
             def dry_loss(m: Any, b: dict[str, Any]) -> Any:
                 with autocast(device, precision):
-                    return compute_loss(m, b, classify)[0]
+                    return compute_loss(m, b, classify, chunked)[0]
 
             remaining = None if total_steps is None else total_steps - state.step
             step_model = prepare_compile(tc.compile, model, first, dry_loss, remaining, accum, log)
@@ -220,13 +232,18 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
                 state.dp = dp.state_dict()
             else:
                 step_loss, step_tokens = _accumulate_gradients(step_model, data, accum, device, precision, classify,
-                                                               scaler, state.step + 1)
+                                                               scaler, state.step + 1, chunked)
                 fault_point("step")
                 if scaler is not None:
                     scaler.unscale_(optimizer)
+                if masters is not None:
+                    masters.grads_to_masters()
+                updated = masters.masters if masters is not None else [p for p in model.parameters() if p.requires_grad]
                 grad_norm = float(dist_.local_value(torch.nn.utils.clip_grad_norm_(
-                    [p for p in model.parameters() if p.requires_grad], tc.grad_clip_norm or float("inf"))))
+                    updated, tc.grad_clip_norm or float("inf"))))
                 _apply_update(optimizer, scaler, step_loss, grad_norm, tc, state, last_saved, log)
+                if masters is not None:
+                    masters.masters_to_model()
             state.step += 1
             state.tokens_seen += step_tokens
             # every rank stops after the same step and counts the same time (the slowest rank's)
@@ -244,20 +261,22 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
             if metrics is not None and state.step % tc.log_every_steps == 0:
                 metrics.write(record)
             if state.step % tc.eval_every_steps == 0:
-                last_eval, eval_step = _evaluate(model, data, precision, classify, state.step, metrics), state.step
+                last_eval, eval_step = _evaluate(model, data, precision, classify, state.step, metrics, chunked), state.step
                 progress.note(f"step {state.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in last_eval.metrics().items()))
             if state.step % tc.checkpoint_every_steps == 0:
-                _save(run, tc.keep_last, remote, model, optimizer, scaler, data, state, d, log)
+                _save(run, tc.keep_last, remote, model, optimizer, scaler, data, state, d, log, masters)
                 last_saved = state.step
             if stop:
                 reason = "signal"
                 break
         if state.step != last_saved:
-            _save(run, tc.keep_last, remote, model, optimizer, scaler, data, state, d, log)
+            _save(run, tc.keep_last, remote, model, optimizer, scaler, data, state, d, log, masters)
     if reason == "completed":
         if eval_step != state.step:
-            last_eval = _evaluate(model, data, precision, classify, state.step, metrics)
+            last_eval = _evaluate(model, data, precision, classify, state.step, metrics, chunked)
         final_model = _gather_final(cfg, model, inner, wrapper, data, d)
+        if masters is not None:
+            final_model = masters.fp32_model(final_model)  # the fp32 masters, not their bf16 copies
         if d.is_main:
             write_final(cfg, run, final_model, log)
     if metrics is not None:
@@ -273,7 +292,7 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
 
 
 def _save(run: RunDir, keep_last: int, remote: RemoteCheckpoints | None, model: Any, optimizer: Any, scaler: Any,
-          data: Any, state: TrainerState, d: Any, log: Log) -> None:
+          data: Any, state: TrainerState, d: Any, log: Log, masters: Any = None) -> None:
     """Commit a checkpoint of the current step: one process writes the flat layout, many the sharded
     one (every rank at once); then rank 0 applies retention and uploads it to ``train.checkpoint_uri``.
     Refuses to save NaN/inf."""
@@ -294,7 +313,7 @@ def _save(run: RunDir, keep_last: int, remote: RemoteCheckpoints | None, model: 
         path, uploaded = ckpt.save_sharded(run.checkpoints, model, optimizer, state, setup.rng_state(), d.rank,
                                            d.local_rank, remote)
     else:
-        tensors = setup.trainable_tensors(model)
+        tensors = masters.tensors() if masters is not None else setup.trainable_tensors(model)
         opt_tensors, state.param_groups = setup.optimizer_tensors(optimizer)
         path = ckpt.save_checkpoint(run.checkpoints, tensors, opt_tensors, state, setup.rng_state())
     if d.local_rank == 0:
@@ -330,7 +349,7 @@ def _gather_final(cfg: RunConfig, model: Any, inner: Any, wrapper: str, data: An
 
 
 def _accumulate_gradients(model: Any, data: Any, accum: int, device: Any, precision: str, classify: bool,
-                          scaler: Any, step: int) -> tuple[float, int]:
+                          scaler: Any, step: int, chunked: bool) -> tuple[float, int]:
     """Forward and backward over this rank's ``accum`` micro-batches. The gradient is that of the
     mean loss over every labelled position of the global batch (all ranks), so it does not depend
     on how the batch is split. Returns (that mean loss, the tokens of the step over all ranks,
@@ -349,7 +368,7 @@ def _accumulate_gradients(model: Any, data: Any, accum: int, device: Any, precis
         batch = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in np_batch.items()}
         with dist_.no_grad_sync(model, sync=i == accum - 1):
             with autocast(device, precision):
-                loss = compute_loss(model, batch, classify)[0]
+                loss = compute_loss(model, batch, classify, chunked)[0]
             if nan_loss_at(step):
                 loss = loss * float("nan")
             # DDP and FSDP average the ranks' gradients: the world size turns that mean into the sum
@@ -412,10 +431,10 @@ def _apply_update(optimizer: Any, scaler: Any, loss: float, grad_norm: float, tc
 
 
 def _evaluate(model: Any, data: Any, precision: str, classify: bool, step: int,
-              metrics: MetricsWriter | None) -> EvalResult:
+              metrics: MetricsWriter | None, chunked: bool) -> EvalResult:
     """Evaluate on the fixed validation batches (every rank evaluates them all: FSDP needs every
     rank in each forward) and log the result at ``step``."""
-    result = evaluate(model, data.eval_batches(), precision, classify)
+    result = evaluate(model, data.eval_batches(), precision, classify, chunked=chunked)
     if metrics is not None:
         metrics.write({"kind": "eval", "step": step, **result.metrics()})
     return result

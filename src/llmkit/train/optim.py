@@ -39,13 +39,16 @@ def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: Any, cfg: TrainConfig, device_type: str) -> Any:
+def make_optimizer(model: Any, cfg: TrainConfig, device_type: str, masters: Any = None) -> Any:
     """AdamW, the fastest exact implementation the installed torch has for these parameters: fused
     (one kernel over all parameters; on CPU ~5x the for-loop and ~8x foreach on the reference model,
-    `benchmarks/optimizer_step.py`), else foreach. FSDP's sharded parameters (DTensors) use foreach."""
+    `benchmarks/optimizer_step.py`), else foreach. FSDP's sharded parameters (DTensors) use foreach.
+    ``masters`` (``llmkit.train.master.MasterWeights``): the optimizer updates the fp32 masters."""
     import torch
 
     groups = param_groups(model, cfg.weight_decay)
+    if masters is not None:
+        groups = masters.groups(groups)
     sharded = any(type(p).__name__ == "DTensor" for g in groups for p in g["params"])
     kwargs = {"lr": cfg.learning_rate, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.adam_eps}
     if device_type in ("cuda", "cpu") and not sharded:

@@ -179,8 +179,9 @@ def test_x3_path_tricks_get_the_canonical_decision(keyed: Server, raw: str) -> N
 
 
 def test_vllm_command_carries_the_options(tmp_path: Path) -> None:
-    cfg = ServeConfig(host="127.0.0.1", port=9000, api_key_env="MY_KEY", max_batch_size=32)
+    cfg = ServeConfig(host="127.0.0.1", port=9000, api_key_env="MY_KEY", max_batch_size=32, dtype="bf16")
     cmd = vllm_command(tmp_path / "final", cfg, "quickstart")
+    assert cmd[cmd.index("--dtype") + 1] == "bfloat16"
     assert cmd[:3] == ["vllm", "serve", str(tmp_path / "final")]
     assert cmd[cmd.index("--port") + 1] == "9000" and cmd[cmd.index("--max-num-seqs") + 1] == "32"
     assert cmd[cmd.index("--api-key") + 1] == "$MY_KEY"  # the name, expanded at exec time; never the value

@@ -132,3 +132,101 @@ def test_sequences_joining_a_running_batch_decode_as_if_alone(model_and_tokenize
     while dec:
         collect(dec.step())
     assert [got[i] for i in range(3)] == alone
+
+
+def test_slot_cache_survives_random_joins_leaves_growth_and_compaction(model_and_tokenizer) -> None:
+    """Rows of many lengths join at random steps and leave at their own limits (swap-removal of
+    slots), the slot and time buffers grow, and the time axis is compacted: every sequence still
+    decodes exactly the tokens it decodes alone."""
+    import random
+
+    model, tok = model_and_tokenizer
+    rng = random.Random(7)
+    vocab = [t for t in range(5, 300) if t not in (tok.eos_token_id, tok.pad_token_id)]
+    jobs = [([rng.choice(vocab) for _ in range(rng.randint(1, 40))], rng.randint(1, 20)) for _ in range(14)]
+
+    def params(n: int) -> SamplingParams:
+        return SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True)
+
+    alone = [generate(model, tok, [p], [params(n)])[0].token_ids for p, n in jobs]
+    dec = BatchDecoder(model, tok)
+    got: dict[int, list[int]] = {i: [] for i in range(len(jobs))}
+    pending = list(range(len(jobs)))
+    steps = compactions = 0
+    while pending or dec:
+        if pending and (not dec or rng.random() < 0.3):
+            take = [pending.pop(0) for _ in range(min(len(pending), rng.randint(1, 3)))]
+            events = dec.add([jobs[i][0] for i in take], [params(jobs[i][1]) for i in take], take)
+        else:
+            before = dec.kv.start
+            events = dec.step()
+            compactions += dec.kv.start < before and dec.kv.start == 0
+            steps += 1
+        for ev in events:
+            if ev.token_id is not None:
+                got[ev.key].append(ev.token_id)
+    assert [got[i] for i in range(len(jobs))] == alone
+    assert steps > 20 and dec.kv.slots >= 4
+
+
+
+def test_slot_cache_keeps_each_rows_history_through_compaction() -> None:
+    """The cache alone, with made-up keys: after joins (one longer than the batch), steps, swap
+    removals, growth and a compaction of the time axis, each row's unmasked keys are exactly its
+    own history, in order."""
+    from types import SimpleNamespace
+
+    from llmkit.generate.kvcache import SlotCache
+
+    cache = SlotCache(layers=2, device=torch.device("cpu"))
+    history: dict[str, list[float]] = {}
+    names: list[str] = []
+
+    def join(rows: dict[str, int]) -> None:
+        longest = max(rows.values())
+        keys = torch.zeros(len(rows), 1, longest, 1)
+        mask = torch.zeros(len(rows), longest, dtype=torch.long)
+        for i, (name, n) in enumerate(rows.items()):
+            history[name] = [float(hash((name, j)) % 1000) for j in range(n)]
+            keys[i, 0, longest - n:, 0] = torch.tensor(history[name])
+            mask[i, longest - n:] = 1
+            names.append(name)
+        layer = SimpleNamespace(keys=keys, values=keys + 0.5)
+        cache.join(SimpleNamespace(layers=[layer, layer]), mask)
+
+    def step() -> None:
+        kv = cache.cache()
+        new = torch.tensor([float(len(history[n]) * 1000 + i) for i, n in enumerate(names)]).view(-1, 1, 1, 1)
+        for layer in kv.layers:
+            keys, values = layer.update(new, new + 0.5)
+        mask = cache.mask()
+        for i, name in enumerate(names):
+            history[name].append(float(new[i]))
+            assert keys[i, 0, mask[i].bool(), 0].tolist() == history[name]
+            assert values[i, 0, mask[i].bool(), 0].tolist() == [h + 0.5 for h in history[name]]
+        cache.advance()
+
+    def leave(gone: set[str]) -> None:
+        order = cache.keep([i for i, n in enumerate(names) if n not in gone])
+        names[:] = [names[i] for i in order]
+
+    join({"a": 3})
+    for _ in range(4):
+        step()
+    join({"b": 60, "c": 2})  # longer than the batch: start moves back
+    step()
+    leave({"a"})  # the last row (c) moves into a's slot
+    for _ in range(5):
+        step()
+    leave({"b", "c"})
+    assert cache.rows == 0
+    join({"d": 5, "e": 1})  # short rows at the end of a long buffer
+    capacity, before = cache.capacity, cache.start
+    for _ in range(80):
+        step()
+        leave({"e"} if len(history["e"]) == 30 else set())
+    assert cache.start < before and cache.capacity == capacity  # compacted, not grown
+    join({"f": 4})
+    for _ in range(3):
+        step()
+    assert cache.rows == 2 and set(names) == {"d", "f"}
