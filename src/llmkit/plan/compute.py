@@ -8,13 +8,19 @@ A step is, per micro-batch:
   far below peak);
 - attention: causal scaled-dot-product attention, forward and backward, per (batch, heads, seq,
   head dim) shape; fused kernels run at their own rate, unlike a GEMM of the same FLOPs;
-- the loss: log-softmax and its gradient over (tokens x vocab) fp32 logits;
+- the loss: log-softmax and its gradient over (tokens x vocab) fp32 logits, chunk by chunk as
+  ``llmkit.eval.head_loss`` does it (its two matmuls are GEMMs above);
 - everything else (norms, rotary, activations, residual adds, autocast casts, their gradients):
   memory-bound, counted as the bytes those operations read and write per token and layer
   (``elementwise_bytes``, counted op by op from the Hugging Face llama and gpt2 blocks under
   autocast) over the device's effective bandwidth for such small operations;
 - the optimizer: AdamW reads and writes each trainable parameter's weight, gradient and two
-  moments, plus clipping (``OPTIMIZER_BYTES_PER_PARAM``), at the same bandwidth.
+  moments, plus clipping (``OPTIMIZER_BYTES_PER_PARAM``; the fused kernel one pass,
+  ``FUSED_OPTIMIZER_BYTES_PER_PARAM``), at the same bandwidth; with bf16 weights and fp32
+  masters also the gradients' and weights' copies between them.
+
+``train.compile: true`` (one CPU process) shrinks the elementwise work (inductor fuses those
+chains: ``COMPILED_ELEMENTWISE``, measured); ``auto`` is planned as eager, as it may stay eager.
 
 The rates come from a ``Rates`` object, measured on this machine's CPU
 (``llmkit.plan.measure.measure_cpu_rates``: micro-benchmarks of exactly these primitives, seconds).
@@ -29,9 +35,18 @@ from dataclasses import dataclass
 
 from llmkit.config.schema import RunConfig
 from llmkit.config.derived import intermediate_size, vocab_size
+from llmkit.device import bf16_weights
+from llmkit.plan.memory import chunk_tokens
 from llmkit.plan.params import count_parameters, trainable_parameters
 
 OPTIMIZER_BYTES_PER_PARAM = 62  # AdamW foreach + grad clipping: counted bytes per trainable parameter
+# The fused AdamW kernel (one pass over weight, gradient and moments) plus clipping: its measured time
+# on the 2-core AVX-512 CPU (benchmarks/optimizer_step.py; a profile of the reference step) in
+# bytes-per-parameter of the elementwise bandwidth below
+FUSED_OPTIMIZER_BYTES_PER_PARAM = 12
+MASTER_COPY_BYTES_PER_PARAM = 12  # bf16 weights: bf16 grad -> fp32 (2 + 4), fp32 master -> bf16 (4 + 2)
+# compiled / eager elementwise time (train.compile: true, CPU): measured with benchmarks/plan_accuracy.py
+COMPILED_ELEMENTWISE = {"fp32": 1.0, "bf16": 0.6}  # fp32: no measurable gain here
 # Non-GEMM operations on activation-sized tensors reach only a fraction of streaming-copy bandwidth:
 # strided views (rotary, heads), reductions, broadcasts and the autograd engine's per-op cost. Measured
 # on the reference config (llama 4x192, micro-batch 8, bf16) on a 2-core AVX-512 CPU: 0.45 of memcpy
@@ -97,7 +112,11 @@ def forward_gemms(cfg: RunConfig, micro_batch: int) -> list[Gemm]:
         kv = h * (m.num_key_value_heads or heads) // heads
         per_layer = [Gemm(tokens, h, h, 2), Gemm(tokens, h, kv, 2), Gemm(tokens, h, inter, 2), Gemm(tokens, inter, h, 1)]
     gemms = [Gemm(g.m, g.k, g.n, g.count * layers) for g in per_layer]
-    return gemms + [Gemm(tokens, h, vocab_size(cfg), 1)]
+    vocab = vocab_size(cfg)
+    if cfg.privacy.dp.enabled:  # the whole micro-batch's logits at once
+        return gemms + [Gemm(tokens, h, vocab, 1)]
+    chunk = min(tokens, chunk_tokens(vocab))  # the chunked loss: the head chunk by chunk
+    return gemms + [Gemm(chunk, h, vocab, -(-tokens // chunk))]
 
 
 def attention_shape(cfg: RunConfig, micro_batch: int) -> Attention:
@@ -117,7 +136,9 @@ def elementwise_bytes(cfg: RunConfig, micro_batch: int, precision: str) -> int:
     projection casts and reads its input again (~320 counted, but the projections that share an
     input read it from cache); checkpointing repeats the forward's share (~30%).
     Outside the blocks: ~250 bytes per token and hidden unit (embedding, final norm) and, with
-    autocast, the logits' cast to fp32 and back (12 bytes per logit).
+    autocast and the whole micro-batch's logits (privacy.dp), the logits' cast to fp32 and back
+    (12 bytes per logit; the chunked loss's casts are timed in the loss). With bf16 weights the
+    activations are bf16: the blocks' bytes are about 0.85x (measured; the norms stay fp32).
     """
     m = cfg.model
     h, inter = m.hidden_size, intermediate_size(m)
@@ -128,7 +149,10 @@ def elementwise_bytes(cfg: RunConfig, micro_batch: int, precision: str) -> int:
         per_token_layer += 160 * h
     if cfg.train.gradient_checkpointing:
         per_token_layer = int(per_token_layer * 1.3)
-    outside = 250 * h + (12 * vocab_size(cfg) if precision != "fp32" else 0)
+    if bf16_weights(cfg.train.precision, precision, "cpu", m.lora.enabled, False, cfg.privacy.dp.enabled):
+        per_token_layer = int(per_token_layer * 0.85)
+    full_logits = cfg.privacy.dp.enabled
+    outside = 250 * h + (12 * vocab_size(cfg) if precision != "fp32" and full_logits else 0)
     return tokens * (per_token_layer * m.num_hidden_layers + outside)
 
 
@@ -170,7 +194,12 @@ def step_breakdown(cfg: RunConfig, micro_batch: int, rates: Rates, precision: st
     loss = rates.cross_entropy_seconds(tokens, vocab)
     bandwidth = rates.bandwidth_bytes_s * ELEMENTWISE_EFFICIENCY.get(rates.device_kind, 0.7)
     elementwise = elementwise_bytes(cfg, micro_batch, precision) / bandwidth
-    optimizer = OPTIMIZER_BYTES_PER_PARAM * trainable_parameters(cfg) / bandwidth
+    if cfg.train.compile is True and rates.device_kind == "cpu":
+        elementwise *= COMPILED_ELEMENTWISE["fp32" if precision == "fp32" else "bf16"]
+    keep_bf16 = bf16_weights(cfg.train.precision, precision, rates.device_kind, cfg.model.lora.enabled, False,
+                             cfg.privacy.dp.enabled)
+    per_param = FUSED_OPTIMIZER_BYTES_PER_PARAM + (MASTER_COPY_BYTES_PER_PARAM if keep_bf16 else 0)
+    optimizer = per_param * trainable_parameters(cfg) / bandwidth
     return {"gemm": accumulation * gemm, "attention": accumulation * attention, "loss": accumulation * loss,
             "elementwise": accumulation * elementwise, "optimizer": optimizer}
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from llmkit.device import torch_dtype
 from llmkit.plan.compute import Attention, Gemm, Rates
+from llmkit.plan.memory import chunk_tokens
 
 
 def _best_seconds(fn: Callable[[], Any], budget_s: float = 0.5, max_runs: int = 7,
@@ -72,14 +73,23 @@ def measure_rates(precision: str, device: str = "cpu") -> Rates:
         return attention_cache[a]
 
     def cross_entropy_seconds(tokens: int, vocab: int) -> float:
+        # the chunked loss's arithmetic (llmkit.eval.head_loss) without its GEMMs, which are timed as
+        # GEMMs: per chunk, the logits to fp32, log-sum-exp, the softmax gradient, back to the dtype
         if (tokens, vocab) not in loss_cache:
-            logits = torch.randn(tokens, vocab, device=dev).requires_grad_()
-            labels = torch.randint(0, vocab, (tokens,), device=dev)
+            chunk = min(tokens, chunk_tokens(vocab))
+            logits = torch.randn(chunk, vocab, device=dev).to(dtype)
+            labels = torch.randint(0, vocab, (chunk,), device=dev)
+            rows = torch.arange(chunk, device=dev)
 
             def run() -> None:
-                F.cross_entropy(logits, labels, reduction="sum").backward()
+                f = logits.float()
+                lse = f.logsumexp(-1)
+                f.gather(1, labels[:, None])
+                probs = f.sub_(lse[:, None]).exp_()
+                probs[rows, labels] -= 1.0
+                probs.mul_((labels >= 0)[:, None]).to(dtype)
 
-            loss_cache[(tokens, vocab)] = best(run)
+            loss_cache[(tokens, vocab)] = best(run) * -(-tokens // chunk)
         return loss_cache[(tokens, vocab)]
 
     n = (16 if dev.type == "cpu" else 256) * 2**20  # 64 MiB (CPU) / 1 GiB (GPU) of fp32: past the caches

@@ -71,8 +71,9 @@ def activation_bytes_per_token_layer(cfg: RunConfig, precision: str, device_kind
     # transient fp32 pieces the allocator keeps add about as much again (measured: 30 h in all)
     norms_and_residual = 30 * h if keep_bf16 and device_kind == "cpu" else 16 * h
     if m.architecture == "gpt2":
-        # qkv output, attention output, the two norm outputs, MLP input/GELU input/GELU output
-        return norms_and_residual + e * (3 * h + h + 2 * h) + e * 2 * inter
+        # qkv output, attention output, the two norm outputs, MLP input/GELU input/GELU output; in
+        # bf16 weights the tanh-GELU's own intermediates are kept too (measured: ~3 more of width inter)
+        return norms_and_residual + e * (3 * h + h + 2 * h) + e * (5 if keep_bf16 else 2) * inter
     # q (pre/post rotary), attention output, the two norm outputs; k, v, k rotated; gate, up, silu, product
     base = norms_and_residual + e * (5 * h) + e * 3 * kv_width + e * 4 * inter
     if device_kind == "cpu" and precision == "fp32" and not keep_bf16:
