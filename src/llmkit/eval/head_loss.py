@@ -6,7 +6,9 @@ the backward pass: for the reference model (2,048 tokens x 8,192) 64 MB, plus it
 the softmax's gradient; for a 128k vocabulary, gigabytes. Here the tokens go through the head in
 chunks: each chunk's logits are made, turned into its loss and into its gradients (with respect
 to the hidden states and to the head's weight) at once, and dropped. The backward pass then only
-scales the saved gradients. Peak extra memory: one chunk's logits plus the two gradients.
+scales the saved gradients. Peak extra memory: one chunk's logits plus the two gradients. Chunks
+are about 8 M logits but at least 1,024 tokens (``llmkit.plan.memory.chunk_tokens``: smaller
+ones spend more time adding the head's gradient than they save).
 
 Numerics follow the usual path: the matmuls in the autocast dtype (or the inputs' dtype), the
 log-softmax in fp32, a sum over the labelled positions. ``benchmarks/train_throughput.py``
@@ -95,6 +97,10 @@ def _function() -> Any:
                 grad_h = torch.empty_like(hidden) if hidden.requires_grad else None
                 grad_w = (torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
                           if weight.requires_grad else None)
+                # the weight's gradient accumulates in fp32: in place when the chunk's is fp32, else
+                # through one reused buffer in the compute dtype (no (V x H) allocation per chunk)
+                part = torch.empty(weight.shape, dtype=dtype, device=weight.device) \
+                    if grad_w is not None and dtype != torch.float32 else None
                 for s in range(0, h_all.size(0), chunk):
                     h, y = h_all[s:s + chunk], labels[s:s + chunk]
                     loss, probs, safe = _chunk_loss(h, w, y)
@@ -105,8 +111,11 @@ def _function() -> Any:
                     g = probs.to(dtype)
                     if grad_h is not None:
                         grad_h[s:s + chunk] = g @ w
-                    if grad_w is not None:
-                        grad_w += (g.t() @ h).float()
+                    if grad_w is not None and part is None:
+                        grad_w.addmm_(g.t(), h)
+                    elif grad_w is not None:
+                        torch.mm(g.t(), h, out=part)
+                        grad_w += part
             ctx.save_for_backward(grad_h, grad_w)
             ctx.weight_dtype = weight.dtype
             return total
