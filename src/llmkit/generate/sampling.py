@@ -175,8 +175,10 @@ def next_tokens(logits: Any, params: list[SamplingParams], seen: Any, generators
     if all(greedy):
         return out
     logits = apply_temperature(logits, torch.tensor([sp.temperature for sp in params], device=device))
-    logits = apply_top_k(logits, torch.tensor([sp.top_k or 0 for sp in params], device=device))
-    logits = apply_top_p(logits, torch.tensor([sp.top_p for sp in params], device=device))
+    if any(sp.top_k for sp in params):  # each costs a sort of (B, V): only when a row asks
+        logits = apply_top_k(logits, torch.tensor([sp.top_k or 0 for sp in params], device=device))
+    if any(sp.top_p < 1 for sp in params):
+        logits = apply_top_p(logits, torch.tensor([sp.top_p for sp in params], device=device))
     probs = logits.softmax(-1)
     for row, sp in enumerate(params):
         if not greedy[row]:
