@@ -19,7 +19,6 @@ backward pass before step 1; e.g. GPT-2's learned position embedding sees the ba
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import warnings
 from collections.abc import Iterator
