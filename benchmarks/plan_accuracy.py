@@ -56,7 +56,7 @@ from llmkit.model.build import build_model
 from llmkit.model.lora import apply_lora
 from llmkit.device import autocast, bf16_weights, resolve_precision
 from llmkit.eval.loss import compute_loss
-from llmkit.train.master import MasterWeights
+from llmkit.train.master import MasterWeights, measured_step
 from llmkit.train.optim import make_optimizer
 from llmkit.plan.compute import step_breakdown
 from llmkit.plan.measure import measure_rates
@@ -102,13 +102,7 @@ def step():
     with autocast(device, precision):
         loss = compute_loss(step_model, batch, False, chunked=True)[0]
     loss.backward()
-    if masters is not None:
-        masters.grads_to_masters()
-    torch.nn.utils.clip_grad_norm_(masters.masters if masters else model.parameters(), 1.0)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    if masters is not None:
-        masters.masters_to_model()
+    measured_step(model, opt, masters)
 if cfg.train.compile:
     step()  # the compile, before the baseline; then what it freed goes back to the OS, so the
     opt.state.clear()  # measured steps' peak shows (AdamW's moments are made again in step 1)

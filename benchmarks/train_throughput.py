@@ -137,7 +137,7 @@ def llmkit_step_ms(precision: str) -> dict[str, float]:
     from torch.profiler import ProfilerActivity, profile
 
     from llmkit.eval.loss import compute_loss
-    from llmkit.train.master import MasterWeights
+    from llmkit.train.master import MasterWeights, measured_step
 
     cfg = reference_config(Path(tempfile.gettempdir()), "prof", precision, 1)
     model = build_model(cfg.model, 8192, 0, None, 0)
@@ -153,13 +153,7 @@ def llmkit_step_ms(precision: str) -> dict[str, float]:
         with autocast(torch.device("cpu"), compute):
             loss = compute_loss(model, batch, False, chunked=True)[0]
         loss.backward()
-        if masters is not None:
-            masters.grads_to_masters()
-        torch.nn.utils.clip_grad_norm_(masters.masters if masters else model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if masters is not None:
-            masters.masters_to_model()
+        measured_step(model, opt, masters)
 
     for _ in range(WARMUP):
         step()

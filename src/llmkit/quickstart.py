@@ -106,12 +106,7 @@ def _step_seconds(cfg: RunConfig) -> float:
         with autocast(device, precision):
             loss = compute_loss(model, {"input_ids": x[:, :-1], "labels": x[:, 1:]}, False, chunked=True)[0]
         loss.backward()
-        if masters is not None:
-            masters.grads_to_masters()
-        opt.step()
-        opt.zero_grad()
-        if masters is not None:
-            masters.masters_to_model()
+        master_.measured_step(model, opt, masters, cfg.train.grad_clip_norm)
         times.append(time.perf_counter() - t0)
     return min(times[1:]) * (cfg.train.global_batch_size // micro)
 

@@ -98,3 +98,19 @@ class MasterWeights:
             for p, m in zip(self.params, self.masters):
                 p.data.copy_(m.data)
         return model
+
+
+def measured_step(model: Any, optimizer: Any, masters: MasterWeights | None, clip_norm: float | None = 1.0) -> None:
+    """After a backward pass: what the loop does to finish a step (gradients to the masters, clipping,
+    AdamW, the masters back into the model), without its non-finite checks. For code that times or
+    sizes a training step as the loop takes it (the quickstart's step budget, the benchmarks)."""
+    import torch
+
+    if masters is not None:
+        masters.grads_to_masters()
+    params = masters.masters if masters is not None else [p for p in model.parameters() if p.requires_grad]
+    torch.nn.utils.clip_grad_norm_(params, clip_norm or float("inf"))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if masters is not None:
+        masters.masters_to_model()
