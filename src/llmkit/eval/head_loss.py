@@ -32,14 +32,23 @@ from llmkit.plan.memory import chunk_tokens
 IGNORE = -100
 
 
+# Model types whose forward is exactly ``logits = head(final hidden states)``: no logit
+# soft-capping (Gemma 2/3), scaling (Cohere, Granite) or other transform after the head, which the
+# chunked loss would skip. Others keep the full-logits path.
+PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "gpt2", "mistral", "qwen2", "qwen3"})
+
+
 def output_head(model: Any) -> Any:
-    """The output projection (an ``nn.Linear`` without bias) of a causal LM, through the wrappers
-    llmkit puts around it (DDP, ``torch.compile``, PEFT); None when it has no such head."""
+    """The output projection (an ``nn.Linear`` without bias) of a causal LM whose logits are that
+    projection and nothing more (``PLAIN_HEAD_MODEL_TYPES``), through the wrappers llmkit puts
+    around it (DDP, ``torch.compile``, PEFT); None otherwise."""
     import torch
 
     inner = model
     for attr in ("module", "_orig_mod"):  # DDP, then a compiled module
         inner = getattr(inner, attr, inner)
+    if getattr(getattr(inner, "config", None), "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
+        return None
     getter = getattr(inner, "get_output_embeddings", None)
     head = getter() if callable(getter) else None
     if type(head) is not torch.nn.Linear or head.bias is not None:

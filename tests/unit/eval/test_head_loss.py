@@ -81,3 +81,20 @@ def test_deferred_head_returns_hidden_states_and_restores_the_head() -> None:
         assert torch.allclose(hidden @ head.weight.t(), logits, atol=1e-5)
         assert torch.equal(model(input_ids=ids).logits, logits)  # restored
         assert "forward" not in vars(head)
+
+
+def test_models_with_a_transform_after_the_head_keep_full_logits() -> None:
+    """Gemma's logit soft-capping (or any model type not known to be head-only) would be skipped by
+    the chunked loss: such models get no head, so compute_loss takes the full-logits path."""
+    from llmkit.config.schema import ModelConfig
+    from llmkit.eval.loss import compute_loss
+    from llmkit.model.build import build_model
+
+    model = build_model(ModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                    max_position_embeddings=16), 50, 0, None, seed=0)
+    assert output_head(model) is not None
+    model.config.model_type = "gemma2"
+    assert output_head(model) is None
+    ids = torch.randint(0, 50, (2, 8))
+    loss, count, logits = compute_loss(model, {"input_ids": ids, "labels": ids}, False, chunked=True)
+    assert logits is not None and logits.shape == (2, 8, 50) and count == 16
