@@ -123,7 +123,8 @@ def cpu_verdict(cpuinfo: str, cores: int, memory_bytes: int | None) -> Finding:
     head = f"{name}, {cores} cores{mem}; {' '.join(shown) or 'no AVX2/AVX-512'}"
     if bf16:
         return Finding(id="cpu", status="ok", facts=facts,
-                       summary=f"{head} -> CPU training uses bf16 autocast")
+                       summary=f"{head} -> CPU training uses bf16 (bf16 weights with fp32 masters in one "
+                               "process; bf16 autocast for LoRA, several processes)")
     return Finding(id="cpu", status="ok", facts=facts,
                    summary=f"{head} -> CPU training uses fp32 (no native bf16)",
                    detail="avx512_bf16 or AMX would make bf16 autocast about twice as fast as fp32.")
