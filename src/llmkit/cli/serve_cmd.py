@@ -32,6 +32,9 @@ def serve(
     ui: bool = typer.Option(None, "--ui/--no-ui", help="Serve the chat page at / (default: serve.ui, on)."),
     dtype: ServeDtype = typer.Option(None, "--dtype", help="fp32 (default: the model as evaluated) or bf16 (faster decode "
                               "on bf16 hardware; see `llmkit verify --bf16`)."),
+    compile_step: bool = typer.Option(None, "--compile/--no-compile",
+                                      help="torch.compile the decode step at start-up (about a minute on a "
+                                           "CPU; faster decode after). Default: serve.compile (auto: eager)."),
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (binds 127.0.0.1 by default)."""
     from llmkit.config.load import load_config
@@ -44,7 +47,7 @@ def serve(
              "serve.allow_unauthenticated": allow_unauthenticated, "serve.max_concurrency": max_concurrency,
              "serve.max_batch_size": max_batch_size, "serve.max_queue": max_queue,
              "serve.drain_timeout_s": drain_timeout, "serve.engine": engine.value if engine else None,
-             "serve.ui": ui, "serve.dtype": dtype.value if dtype else None}
+             "serve.ui": ui, "serve.dtype": dtype.value if dtype else None, "serve.compile": compile_step}
     sets = list(overrides) + [f"{k}={_yaml(v)}" for k, v in flags.items() if v is not None]
     # without --config, sampling defaults come from the run's generate section (as for generate and chat)
     base = {"name": "serve", "generate": generate_defaults(model_path).model_dump(mode="json")}

@@ -359,6 +359,13 @@ class ServeConfig(Section):
     bf16: half the memory traffic per token, faster decode where the CPU (AVX-512 BF16, AMX) or
     GPU runs bf16 natively; `llmkit verify --bf16` records its logit difference and greedy
     agreement against fp32. vLLM picks its own dtype."""
+    compile: bool | Literal["auto"] = "auto"
+    """torch.compile the decode step. llmkit engine: true compiles it at start-up, before the
+    server reports ready (one compile for a single row and one for several: about a minute on 2
+    CPU cores; decode about 1.3-1.5x faster on the `tiny` preset, benchmarks/serve_load.py
+    --compile), for Llama, Mistral, Qwen2 and Qwen3 models; auto and false decode eagerly (ready
+    in seconds). vllm engine: auto and true keep vLLM's own compilation and CUDA graphs, false
+    passes --enforce-eager."""
     max_body_bytes: int = Field(1_048_576, gt=0)
     """Largest request body accepted (413 beyond)."""
     request_timeout_s: float = Field(300.0, gt=0)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmkit.errors import UsageError
+from llmkit.generate.fastpath import DecodeStep, supports
 from llmkit.generate.kvcache import SlotCache
 from llmkit.generate.sampling import SamplingParams, log_probs, next_tokens
 
@@ -125,8 +126,12 @@ def cache_argument(model: Any) -> str:
 class BatchDecoder:
     """Live sequences decoded together; see the module docstring."""
 
-    def __init__(self, model: Any, tokenizer: Any):
+    def __init__(self, model: Any, tokenizer: Any, fast: DecodeStep | None | bool = True):
+        """``fast``: True builds a :class:`~llmkit.generate.fastpath.DecodeStep` when the model's
+        architecture has one, a step passes one already built (a server's compiled step), False
+        decodes through ``model.forward``."""
         self.model, self.tokenizer = model, tokenizer
+        self.fast = (DecodeStep(model) if supports(model) else None) if fast is True else (fast or None)
         self.window = context_length(model)
         self.stops = stop_token_ids(tokenizer)
         self.cache_kw = cache_argument(model)
@@ -214,13 +219,17 @@ class BatchDecoder:
             if not self.seqs:
                 return events
         with torch.inference_mode():
-            cache, mask = self.kv.cache(), self.kv.mask()
-            out = self.model(input_ids=self.pending.unsqueeze(1), attention_mask=mask,
-                             position_ids=self.positions, use_cache=True, logits_to_keep=1,
-                             **{self.cache_kw: cache})
+            if self.fast is not None:
+                self.kv.reserve_step()
+                logits = self.fast(self.pending, self.positions, self.kv)
+            else:
+                cache, mask = self.kv.cache(), self.kv.mask()
+                logits = self.model(input_ids=self.pending.unsqueeze(1), attention_mask=mask,
+                                    position_ids=self.positions, use_cache=True, logits_to_keep=1,
+                                    **{self.cache_kw: cache}).logits[:, -1, :]
         self.kv.advance()
         self.positions = self.positions + 1
-        more, keep, self.pending = self._sample(out.logits[:, -1, :].float(), self.seqs)
+        more, keep, self.pending = self._sample(logits.float(), self.seqs)
         if len(keep) != len(self.seqs):
             self._keep(keep)
         return events + more

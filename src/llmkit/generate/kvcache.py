@@ -82,6 +82,15 @@ class SlotCache:
         return Cache(layers=[_SlotLayer(self, i) for i in range(self.layers)])
 
     @_inference
+    def reserve_step(self) -> None:
+        """Room for one more position, owned by every live row (the fast decode step's set-up:
+        what ``cache()`` and ``mask()`` do, without the transformers objects). One position more is
+        kept free, so the span a step reads is never the whole buffer: a compiled step then sees
+        the same strides every time, and is not compiled again for a contiguous one."""
+        self._reserve(self.rows, self.end + 2)
+        self.valid[: self.rows, self.end] = 1
+
+    @_inference
     def mask(self) -> Any:
         """(rows, end + 1 - start): the positions each row attends over, the new one included."""
         self.valid[: self.rows, self.end] = 1

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from llmkit.generate.batch import BatchDecoder, Event
+from llmkit.generate.fastpath import DecodeStep, supports
 from llmkit.generate.sampling import SamplingParams
 from llmkit.faults import fault_point
 
@@ -60,11 +61,53 @@ class Handle:
         return [(self.id, i) for i in range(len(self.params))]
 
 
+def decode_step(model: Any, tokenizer: Any, compiled: bool) -> DecodeStep | None:
+    """The engine's decode step: llmkit's own for the architectures that have one (None: through
+    ``model.forward``), compiled and warmed up when ``compiled`` (serve.compile: true), so that no
+    request waits for a compile: a greedy run of one row and one of two, the two shapes torch
+    compiles for (a batch of one and a dynamic batch)."""
+    import sys
+    import time
+
+    if not supports(model):
+        if compiled:
+            print(f"serve.compile: no compiled decode step for {model.config.model_type} models; decoding "
+                  "through transformers' forward", file=sys.stderr)
+        return None
+    step = DecodeStep(model)
+    if not compiled or not step.compile():
+        return step
+    print("compiling the decode step (serve.compile: true; about a minute on a CPU) ...", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    token = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    params = SamplingParams(max_new_tokens=3, temperature=0, ignore_eos=True)
+    try:
+        for rows in (1, 2):
+            decoder = BatchDecoder(model, tokenizer, fast=step)
+            decoder.add([[token, token]] * rows, [params] * rows, list(range(rows)))
+            while decoder:
+                decoder.step()
+    except Exception as exc:  # noqa: BLE001 - a compile that fails falls back to eager
+        print(f"warning: the compiled decode step failed ({type(exc).__name__}: {str(exc)[:200]}); decoding eagerly",
+              file=sys.stderr)
+        return DecodeStep(model)
+    print(f"decode step compiled in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    return step
+
+
+def _put_all(items: list[tuple[Handle, Event]]) -> None:
+    for handle, ev in items:
+        handle.queue.put_nowait(ev)
+
+
 class Engine:
     """Continuous batching over one model on one device."""
 
-    def __init__(self, model: Any, tokenizer: Any, max_batch_size: int, max_concurrency: int, max_queue: int):
-        self.decoder = BatchDecoder(model, tokenizer)
+    def __init__(self, model: Any, tokenizer: Any, max_batch_size: int, max_concurrency: int, max_queue: int,
+                 step: DecodeStep | None = None):
+        """``step``: the decode step the batch runs (see :func:`decode_step`; None: ``model.forward``)."""
+        self.step = step
+        self.decoder = BatchDecoder(model, tokenizer, fast=step or False)
         self.tokenizer = tokenizer
         self.window = self.decoder.window
         self.max_batch, self.max_concurrency, self.max_queue = max_batch_size, max_concurrency, max_queue
@@ -148,6 +191,9 @@ class Engine:
         self._deliver(handle, EngineError("generation failed for this request (the server log has the cause)"))
 
     def _dispatch(self, events: list[Event]) -> None:
+        """Deliver a step's events: one wake-up of each event loop per step, not one per event
+        (16 streams meant 16 cross-thread calls, each waking the loop, per token)."""
+        batches: dict[Any, list[tuple[Handle, Event]]] = {}
         for ev in events:
             rid, _choice = ev.key  # type: ignore[misc]
             handle = self._active.get(rid)
@@ -156,12 +202,17 @@ class Engine:
             if ev.error is not None:
                 self._fail_one(handle, ev.error)
                 continue
-            self._deliver(handle, ev)
+            batches.setdefault(handle.loop, []).append((handle, ev))
             if ev.finish_reason:
                 handle.open_choices -= 1
                 if handle.open_choices == 0:
                     with self._wake:
                         self._active.pop(rid, None)
+        for loop, items in batches.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # the event loop is closed: nobody is listening any more
+                pass
 
     def _fail_all(self, message: str) -> None:
         with self._wake:
@@ -169,7 +220,7 @@ class Engine:
             self._active.clear()
         for handle in failed:
             self._deliver(handle, EngineError(message))
-        self.decoder = BatchDecoder(self.decoder.model, self.tokenizer)
+        self.decoder = BatchDecoder(self.decoder.model, self.tokenizer, fast=self.step or False)
 
     def _run(self) -> None:
         while True:

@@ -73,6 +73,8 @@ def vllm_command(model_dir: Path, cfg: ServeConfig, served_name: str) -> list[st
     cmd = ["vllm", "serve", str(model_dir), "--host", cfg.host, "--port", str(cfg.port),
            "--served-model-name", served_name, "--max-num-seqs", str(cfg.max_batch_size),
            "--dtype", {"fp32": "float32", "bf16": "bfloat16"}[cfg.dtype]]
+    if cfg.compile is False:
+        cmd.append("--enforce-eager")
     if cfg.api_key_env:
         cmd += ["--api-key", f"${cfg.api_key_env}"]  # expanded by the shell we exec through
     if cfg.cors_origins:
@@ -107,7 +109,7 @@ def serve(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, se
 
     from llmkit.model.load import load_for_inference, resolve_model_dir
     from llmkit.serve.app import State, create_app
-    from llmkit.serve.engine import Engine
+    from llmkit.serve.engine import Engine, decode_step
 
     api_key = api_key_from_env(cfg)
     warning = check_bind(cfg, api_key)
@@ -126,7 +128,8 @@ def serve(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, se
     if cfg.dtype == "bf16":
         print("decoding in bf16 (serve.dtype): `llmkit verify RUN --bf16` shows how far it is from the fp32 model",
               file=sys.stderr)
-    engine = Engine(model, tokenizer, cfg.max_batch_size, cfg.max_concurrency, cfg.max_queue)
+    step = decode_step(model, tokenizer, compiled=cfg.compile is True)
+    engine = Engine(model, tokenizer, cfg.max_batch_size, cfg.max_concurrency, cfg.max_queue, step)
     longest = max((len(t) for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))) if t), default=16)
     state = State(engine, tokenizer, name, defaults, cfg, api_key, max_token_bytes=max(4, longest * 4))
     app = create_app(state)

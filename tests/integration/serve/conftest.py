@@ -37,13 +37,13 @@ class Server:
         return self.proc.poll() is None and httpx.get(self.url + "/health", timeout=10).status_code == 200
 
 
-def start_server(model_dir: Path, *args: str, env: dict[str, str] | None = None) -> Server:
+def start_server(model_dir: Path, *args: str, env: dict[str, str] | None = None, ready_within: float = 90) -> Server:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", str(model_dir), "--port", str(port), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + ready_within
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {proc.stderr.read()[-3000:]}")  # type: ignore[union-attr]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 import json
 import re
 import signal
@@ -185,6 +186,9 @@ def test_vllm_command_carries_the_options(tmp_path: Path) -> None:
     assert cmd[:3] == ["vllm", "serve", str(tmp_path / "final")]
     assert cmd[cmd.index("--port") + 1] == "9000" and cmd[cmd.index("--max-num-seqs") + 1] == "32"
     assert cmd[cmd.index("--api-key") + 1] == "$MY_KEY"  # the name, expanded at exec time; never the value
+    assert "--enforce-eager" not in cmd  # serve.compile auto: vLLM's own compilation and CUDA graphs
+    assert "--enforce-eager" in vllm_command(tmp_path, ServeConfig(compile=False), "m")
+    assert "--enforce-eager" not in vllm_command(tmp_path, ServeConfig(compile=True), "m")
     out = subprocess.run([sys.executable, "-m", "llmkit", "serve", str(tmp_path), "--engine", "vllm"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode in (2, 3) and "Traceback" not in out.stderr
@@ -206,3 +210,31 @@ def test_per_request_timeout(model_dir: Path) -> None:
         assert gauge(server, "llmkit_engine_requests") == 0  # timed-out requests stopped generating
     finally:
         stop_server(server)
+
+
+def test_compiled_decode_step_serves_what_eager_decoding_gives(model_dir: Path) -> None:
+    """`serve --compile` compiles the decode step before it reports ready, then answers exactly what
+    llmkit's eager decoding gives, for one stream and for several decoded together."""
+    from llmkit.generate.decode import generate
+    from llmkit.generate.sampling import SamplingParams
+    from llmkit.model.load import load_for_inference
+
+    model, tok, _ = load_for_inference(model_dir, device="cpu")
+    prompts = ["The for statement", "A class", "def main"]
+    expected = [c.text for c in generate(model, tok, [tok.encode(p, add_special_tokens=False) for p in prompts],
+                                         [SamplingParams(max_new_tokens=16, temperature=0)] * 3)]
+    server = start_server(model_dir, "--compile", ready_within=600)
+    try:
+        def ask(prompt: str) -> str:
+            r = httpx.post(server.url + "/v1/completions", timeout=120,
+                           json={"model": "t", "prompt": prompt, "max_tokens": 16, "temperature": 0})
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["text"]
+
+        assert ask(prompts[0]) == expected[0]
+        with ThreadPoolExecutor(3) as pool:
+            assert list(pool.map(ask, prompts)) == expected
+    finally:
+        stop_server(server)
+    log = server.proc.stderr.read()  # type: ignore[union-attr]
+    assert "decode step compiled in" in log and "decoding eagerly" not in log, log[-2000:]

@@ -1,0 +1,129 @@
+"""One decode step of a Llama-family model over the slot cache, without transformers' per-call work.
+
+A step of the running batch feeds one token per row. Through ``model.forward`` that costs, besides
+the matrix products, the building of a 4-D mask, output dataclasses, config look-ups, deprecation
+and output-capturing wrappers and a Cache object per call: on the `tiny` preset about a third of a
+batch-1 step (benchmarks/generate_throughput.py). :class:`DecodeStep` runs the same modules (the
+model's own norms, projections, rotary embedding, activation and head, so LoRA layers, rope
+scaling and bf16 weights behave exactly as in ``forward``) in the order ``forward`` runs them, and
+writes keys and values straight into the slot cache's buffers.
+
+Only architectures whose decoder layer is exactly this computation take it (``supports``): Llama,
+Mistral and Qwen2 without a sliding window, Qwen3. Everything else decodes through ``forward``.
+The step's logits equal ``forward``'s (tests/unit/generate/test_fastpath.py, per architecture).
+
+``compiled`` wraps the step in ``torch.compile`` (dynamic shapes: the batch and the time axis
+change every step); on the CPU with inductor's C++ wrapper, which removes the Python call per
+kernel. A compile failure falls back to the eager step with one warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+FULL_ATTENTION_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def _inner(model: Any) -> Any:
+    """The causal LM under a PEFT wrapper (its LoRA layers stay in place and are called)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def supports(model: Any) -> bool:
+    """Whether :class:`DecodeStep` computes exactly what ``model.forward`` does for this model."""
+    lm = _inner(model)
+    cfg = getattr(lm, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in FULL_ATTENTION_TYPES:
+        return False
+    if getattr(cfg, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
+        return False
+    window = getattr(cfg, "sliding_window", None)
+    kinds = set(getattr(cfg, "layer_types", None) or ["full_attention"])
+    if kinds != {"full_attention"}:
+        return False
+    if cfg.model_type == "mistral" and window is not None and window < int(cfg.max_position_embeddings):
+        return False
+    body = getattr(lm, "model", None)
+    needed = ("embed_tokens", "layers", "norm", "rotary_emb")
+    if body is None or not all(hasattr(body, n) for n in needed) or getattr(lm, "lm_head", None) is None:
+        return False
+    attn = body.layers[0].self_attn
+    return all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling", "head_dim"))
+
+
+class DecodeStep:
+    """``step(tokens, positions, kv)``: the (rows, V) logits of the next token for every live row of
+    ``kv`` (a :class:`~llmkit.generate.kvcache.SlotCache`), its keys and values written at ``kv.end``."""
+
+    def __init__(self, model: Any):
+        lm = _inner(model)
+        self.body, self.head = lm.model, lm.lm_head
+        cfg = lm.config
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
+        self.gqa = bool(self.kv_heads != self.heads)  # a constant to torch.compile, not a symbolic int
+        self.qk_norm = hasattr(self.body.layers[0].self_attn, "q_norm")
+        self.fn = self.forward
+
+    def __call__(self, tokens: Any, positions: Any, kv: Any) -> Any:
+        """The next-token logits of every live row of ``kv``, whose step must be reserved
+        (``kv.reserve_step()``); writes their keys and values at ``kv.end``."""
+        span = slice(kv.start, kv.end + 1)
+        keys = [k[:kv.rows, :, span] for k in kv.keys]
+        values = [v[:kv.rows, :, span] for v in kv.values]
+        return self.fn(tokens, positions, keys, values, kv.valid[:kv.rows, span].bool())
+
+    def forward(self, tokens: Any, positions: Any, keys: list[Any], values: list[Any], valid: Any) -> Any:
+        """tokens (B,), positions (B, 1); per layer the keys and values of the rows' span, whose
+        last position is written here: (B, kv_heads, span, D); valid (B, span) bool, True where attended.
+        Written on slices (not buffers with start/end) so that a compiled step sees only two
+        dynamic sizes, the batch and the span."""
+        body = self.body
+        x = body.embed_tokens(tokens[:, None])  # (B, 1, hidden)
+        cos, sin = body.rotary_emb(x, positions)  # (B, 1, D)
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, 1, D): broadcast over heads
+        mask = valid[:, None, None, :]  # (B, 1, 1, span)
+        b = tokens.shape[0]
+        for i, layer in enumerate(body.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(b, 1, -1, attn.head_dim)
+            k = attn.k_proj(h).view(b, 1, -1, attn.head_dim)
+            v = attn.v_proj(h).view(b, 1, -1, attn.head_dim)
+            if self.qk_norm:
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, 1, D)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            keys[i][:, :, -1:] = k
+            values[i][:, :, -1:] = v
+            o = F.scaled_dot_product_attention(q, keys[i], values[i], attn_mask=mask, scale=attn.scaling,
+                                               enable_gqa=self.gqa)
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(b, 1, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.head(body.norm(x))[:, 0]
+
+    def compile(self) -> bool:
+        """Use a ``torch.compile``d step from now on; False (and one warning) when it cannot be built.
+        The compile itself happens at the first call: :func:`warm` makes that call."""
+        try:
+            import torch._inductor.config as inductor
+
+            if not torch.cuda.is_available():
+                inductor.cpp_wrapper = True
+            self.fn = torch.compile(self.forward, dynamic=True)
+            return True
+        except Exception as exc:  # noqa: BLE001 - any failure means eager
+            warnings.warn(f"the compiled decode step could not be built ({type(exc).__name__}: {exc}); "
+                          "decoding eagerly", stacklevel=2)
+            self.fn = self.forward
+            return False
+
+
+def _rotate_half(x: Any) -> Any:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
