@@ -326,7 +326,15 @@ def build_spec(cfg: RunConfig, target: str, what: str, pins: tuple[str, ...], pi
                    and getattr(lc, k) != type(lc).model_fields[k].get_default()]
         if ignored:
             notes.append(f"launch.{', launch.'.join(ignored)}: SkyPilot settings, not used by --target {target}")
-    est = estimate(cfg, device, target)
+    ranks = lc.nodes * lc.devices_per_node
+    if what == "train" and cfg.train.global_batch_size % ranks:
+        raise ConfigError(f"{lc.nodes} node(s) x {lc.devices_per_node} device(s) = {ranks} ranks cannot split a global "
+                          f"batch of {cfg.train.global_batch_size} sequences",
+                          "each data-parallel rank needs a whole share of the global batch; llmkit train would "
+                          "refuse it on the cluster, after the wait for nodes",
+                          "set train.global_batch_size to a multiple of the rank count (re-tune the learning rate), "
+                          "or change launch.nodes / launch.devices_per_node")
+    est = estimate(cfg, device, target) if what == "train" or cfg.train.global_batch_size % ranks == 0 else None
     if est is not None and not est.fits:
         notes.append(f"the plan says this run does NOT fit {est.num_devices} x {est.device}; "
                      "see `llmkit plan` for what would")

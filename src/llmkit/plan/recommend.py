@@ -94,6 +94,24 @@ def largest_micro_batch(cfg: RunConfig, device: Device, n: int, sharded: bool, p
                                optimizer_bits)
 
 
+def feasible_counts(cfg: RunConfig, counts: tuple[int, ...]) -> tuple[int, ...]:
+    """The device counts `llmkit train` can run this config on: each data-parallel rank needs a
+    whole share of the global batch (micro-batch x ranks must divide it, as train checks), so 64
+    devices cannot train a global batch of 16. An explicitly asked count that cannot is refused."""
+    from llmkit.errors import ConfigError
+
+    batch = cfg.train.global_batch_size
+    ok = tuple(n for n in counts if n <= batch and batch % n == 0)
+    if len(counts) == 1 and not ok:
+        divisors = [d for d in (1, 2, 4, 8, 16, 32, 64) if batch % d == 0]
+        raise ConfigError(f"{counts[0]} devices cannot train a global batch of {batch} sequences",
+                          "each data-parallel rank needs a whole share of the global batch (llmkit train refuses "
+                          "a micro-batch x ranks that does not divide it)",
+                          f"plan on {', '.join(map(str, divisors))} devices, or raise train.global_batch_size to a "
+                          f"multiple of {counts[0]} (and re-tune the learning rate for the larger batch)")
+    return ok
+
+
 def _price(device: str, n: int, cloud: str, spot: bool) -> tuple[float, str] | None:
     best = None
     for o in offerings():
@@ -119,6 +137,7 @@ def make_plan(cfg: RunConfig, device_names: list[str] | None = None, cloud: str 
     time comes from the component step-time model instead of an MFU assumption.
     """
     m = cfg.model
+    counts = feasible_counts(cfg, counts)
     pc = count_parameters(m, vocab_size(cfg))
     chosen = [find_device(n) for n in device_names] if device_names else list(devices().values())
     flops = training_flops(cfg)

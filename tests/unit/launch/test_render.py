@@ -162,3 +162,13 @@ def test_accelerator_count_given_twice_must_agree() -> None:
     assert validate_config({"name": "x", "launch": {"accelerator": "H100:4"}}).launch.devices_per_node == 4
     with pytest.raises(ConfigProblems, match="give the count once"):
         validate_config({"name": "x", "launch": {"accelerator": "H100:4", "devices_per_node": 8}})
+
+
+def test_ranks_that_cannot_split_the_global_batch_are_refused_for_training_only() -> None:
+    batch = config().train.global_batch_size
+    ranks = next(n for n in (3, 5, 6, 7, 9, 10, 12) if batch % n)
+    text = _refused("slurm", f"cannot split a global batch of {batch}", nodes=1, accelerator=f"H100:{ranks}",
+                    devices_per_node=ranks, checkpoint_uri="s3://b/ck")
+    assert "multiple of the rank count" in text
+    cfg = config(launch={"nodes": 1, "accelerator": f"H100:{ranks}", "devices_per_node": ranks}, serve={"api_key_env": "K"})
+    assert build_spec(cfg, "slurm", "serve", PINS, "x", "3.11", "l/run.yaml", "0.1.0").what == "serve"

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from llmkit.config.load import validate_config
-from llmkit.config.presets import load_preset
-from llmkit.errors import UsageError
+from llmkit.config.presets import list_presets, load_preset
+from llmkit.errors import ConfigError, UsageError
 from llmkit.model.build import build_model
 from llmkit.plan.hardware import find_device, offerings
 from llmkit.plan.memory import GB, training_memory
@@ -259,3 +259,20 @@ def test_data_parallel_step_model() -> None:
 
     assert data_parallel_step_seconds(1.0, 4, 0.1) == pytest.approx(0.35)
     assert data_parallel_step_seconds(1.0, 2, 0.1, shares_cores=True) == pytest.approx(1.1)
+
+
+@pytest.mark.parametrize("preset", sorted(list_presets()))
+def test_no_row_has_more_data_parallel_ranks_than_the_global_batch_allows(preset: str) -> None:
+    cfg = validate_config(load_preset(preset))
+    batch = cfg.train.global_batch_size
+    plan = make_plan(cfg)
+    assert plan.candidates
+    for c in plan.candidates:
+        assert c.num_devices <= batch and batch % c.num_devices == 0, (preset, c.device, c.num_devices, batch)
+
+
+def test_an_impossible_device_count_is_refused_with_the_counts_that_work() -> None:
+    cfg = validate_config({**load_preset("tiny"), "plan": {"num_devices": 64}})
+    with pytest.raises(ConfigError, match="64 devices cannot train a global batch of 16") as err:
+        make_plan(cfg, counts=(64,))
+    assert "1, 2, 4, 8, 16" in err.value.fix
