@@ -29,9 +29,14 @@ def plan(
     sharding: bool = typer.Option(None, "--sharding/--no-sharding", help="Allow FSDP over several devices "
                                   "(default: plan.sharding, true)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
-    top: int = typer.Option(12, "--top", help="Candidates shown in the table."),
-    this_machine: bool = typer.Option(False, "--this-machine", help="Add this machine's CPU as a candidate, "
-                                      "timed by measuring its matmul, attention, loss and memory speeds (seconds)."),
+    top: int = typer.Option(12, "--top", help="Candidates shown with --all."),
+    show_all: bool = typer.Option(False, "--all", help="Show the table of candidates, not only the recommendations."),
+    this_machine: bool = typer.Option(None, "--this-machine/--no-this-machine",
+                                      help="This machine's CPU as a candidate, timed by measuring its matmul, "
+                                           "attention, loss and memory speeds (~3 s). Default: on where torch is "
+                                           "installed, unless --devices asks for a device count."),
+    prices: Path = typer.Option(None, "--prices", help="Your own price list (the schema of llmkit's "
+                                "plan/data/prices.yaml) instead of llmkit's."),
     adam_8bit: bool = typer.Option(False, "--adam-8bit", help="Count 8-bit AdamW states (as bitsandbytes' "
                                    "AdamW8bit keeps them) instead of 32-bit."),
 ) -> None:
@@ -48,6 +53,16 @@ def plan(
             sets.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
     cfg = load_config(config, sets)
     p = cfg.plan
+    from llmkit.plan.hardware import prices_age_days, use_prices
+    from llmkit.plan.recommend import human_hours, human_usd, wall_hours
+
+    if prices is not None:
+        use_prices(prices)
+    if this_machine is None:
+        import importlib.util
+
+        # a plan on exactly N devices (--devices) is about them; otherwise this CPU is one more option
+        this_machine = importlib.util.find_spec("torch") is not None and not p.num_devices
     local = _this_machine(cfg) if this_machine else None
     result = make_plan(cfg, list(device) or p.devices or None, p.cloud, p.spot, p.budget_usd, p.deadline_hours,
                        optimizer_bits=8 if adam_8bit else 32, local=local, sharding=p.sharding,
@@ -60,32 +75,41 @@ def plan(
     mem = result.memory_at_config_micro_batch
     typer.echo(f"memory per device at the config's micro-batch {result.config_micro_batch} (bf16, 1 device): " + ", ".join(
         f"{k.removesuffix('_bytes')} {v / GB:.2f} GB" for k, v in mem.items() if v) + f"; peak {sum(mem.values()) / GB:.2f} GB")
-    typer.echo(f"{'device':14} {'n':>3} {'fits':5} {'micro':>5} {'peak GB':>8} {'hours':>9} {'cost $':>10}  offering")
-    shown = 0
-    for c in result.candidates:
-        if shown >= top:
-            break
-        shown += 1
-        peak = sum(c.memory.values()) / GB
-        hours = f"{c.hours:9.2f}" if c.hours is not None else "        -"
-        cost = f"{c.cost_usd:10.0f}" if c.cost_usd is not None else "         -"
-        typer.echo(f"{c.device:14} {c.num_devices:3d} {'yes' if c.fits else 'NO':5} {c.micro_batch or '-':>5} "
-                   f"{peak:8.1f} {hours} {cost}  {c.offering or 'no price listed'}")
-    meets = [c for c in result.candidates if c.fits and c.cost_usd is not None
-             and (p.budget_usd is None or c.cost_usd <= p.budget_usd)
-             and (p.deadline_hours is None or (c.hours or 0) <= p.deadline_hours)]
-    if meets:
-        best = meets[0]
-        typer.echo(f"cheapest that fits and meets the limits: {best.num_devices} x {best.device}, "
-                   f"{best.hours:.2f} h, ${best.cost_usd:,.0f} ({best.offering})")
-    else:
+    written, age = prices_age_days()
+    if show_all:
+        typer.echo(f"{'device':14} {'n':>3} {'fits':5} {'micro':>5} {'peak GB':>8} {'train':>9} {'start-up':>9} "
+                   f"{'cost':>9}  offering")
+        for c in result.candidates[:top]:
+            peak = sum(c.memory.values()) / GB
+            start = human_hours(c.startup_hours) if c.startup_hours else "-"
+            typer.echo(f"{c.device:14} {c.num_devices:3d} {'yes' if c.fits else 'NO':5} {c.micro_batch or '-':>5} "
+                       f"{peak:8.1f} {human_hours(c.hours):>9} {start:>9} {human_usd(c.cost_usd):>9}  "
+                       f"{c.offering or 'no price listed'}")
+    for r in result.recommendations:
+        start = f" + {human_hours(r['startup_hours'])} start-up" if r["startup_hours"] else ""
+        cost = "$0" if r["offering"] == "this machine" else human_usd(r["cost_usd"])
+        typer.echo(f"{'recommended' if r is result.recommendations[0] else 'or':>11}: {r['num_devices']} x {r['device']}, "
+                   f"{human_hours(r['hours'])}{start}, {cost} ({r['offering']}) - {r['why']}")
+    local_rows = [c for c in result.candidates if c.offering == "this machine"]
+    if local_rows and not any(r["offering"] == "this machine" for r in result.recommendations):
+        c = local_rows[0]
+        typer.echo(f"this machine: {'does not fit (RAM)' if not c.fits else human_hours(c.hours)}"
+                   + ("" if not c.fits else " - not recommended: it misses the limits" if (p.budget_usd or p.deadline_hours)
+                      else " - not recommended: longer than a day (give --deadline-hours to allow it)"))
+    if not result.recommendations:
         priced = [c for c in result.candidates if c.fits and c.cost_usd is not None]
         if priced and (p.budget_usd or p.deadline_hours):
             near = min(priced, key=lambda c: c.cost_usd or 0)
-            typer.echo(f"nothing meets the limits; nearest: {near.num_devices} x {near.device}, {near.hours:.2f} h, "
-                       f"${near.cost_usd:,.0f}" + (f" (budget ${p.budget_usd:,.0f})" if p.budget_usd else "")
+            typer.echo(f"nothing meets the limits; nearest: {near.num_devices} x {near.device}, "
+                       f"{human_hours(wall_hours(near))}, {human_usd(near.cost_usd)}"
+                       + (f" (budget {human_usd(p.budget_usd)})" if p.budget_usd else "")
                        + (f" (deadline {p.deadline_hours} h)" if p.deadline_hours else ""))
-    multi = [c for c in result.candidates[:top] if c.num_devices > 1]
+    if any(c.cost_usd for c in result.candidates):
+        typer.echo(f"cloud costs: list prices of {written} ({'--prices ' + str(prices) if prices else 'llmkit'}), "
+                   "start-up and billing increments included" + ("" if show_all else "; --all shows every candidate"))
+        if age is not None and age > 90:
+            typer.echo(f"warning: these prices are {age} days old; pass --prices FILE with current ones", err=True)
+    multi = [c for c in ([result.candidates[0]] if result.candidates else []) if c.num_devices > 1 and c.fits]
     if multi:
         c = multi[0]
         nodes, per_node = (c.num_devices + 7) // 8, min(c.num_devices, 8)

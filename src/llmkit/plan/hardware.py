@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from datetime import date
 from functools import cache
 from pathlib import Path
 
@@ -44,6 +45,22 @@ class Offering:
     spot_usd_h: float | None
 
 
+@dataclass(frozen=True)
+class CloudTerms:
+    """How a cloud bills and how long its GPU instances take to become useful."""
+
+    billing_increment_s: int
+    minimum_s: int
+    boot_s: int
+
+
+@dataclass(frozen=True)
+class Startup:
+    image_pull_s: int
+    setup_s: int
+    staging_bytes_per_s: float
+
+
 @cache
 def devices() -> dict[str, Device]:
     data = yaml.safe_load((DATA / "devices.yaml").read_text())
@@ -52,8 +69,54 @@ def devices() -> dict[str, Device]:
 
 @cache
 def offerings() -> list[Offering]:
-    data = yaml.safe_load((DATA / "prices.yaml").read_text())
-    return [Offering(**o) for o in data["offerings"]]
+    return [Offering(**o) for o in price_table()["offerings"]]
+
+
+_PRICES: list[Path] = [DATA / "prices.yaml"]
+
+
+def use_prices(path: Path) -> None:
+    """Price from a user's file (the schema of ``plan/data/prices.yaml``) from now on (--prices)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        for key in ("date", "clouds", "startup", "offerings"):
+            data[key]
+        [Offering(**o) for o in data["offerings"]]
+        [CloudTerms(**t) for t in data["clouds"].values()]
+        Startup(**data["startup"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise UsageError(f"cannot use {path} as a price list", f"{type(exc).__name__}: {exc}",
+                         "copy llmkit's own (plan/data/prices.yaml in the package) and edit its figures") from None
+    _PRICES[0] = Path(path)
+    price_table.cache_clear()
+    offerings.cache_clear()
+
+
+@cache
+def price_table() -> dict:  # type: ignore[type-arg]
+    return yaml.safe_load(_PRICES[0].read_text(encoding="utf-8"))
+
+
+def prices_age_days(today: "date | None" = None) -> tuple[str, int | None]:
+    """The price list's date as written, and its age in days (None when the date does not parse)."""
+    import datetime as dt
+
+    written = str(price_table().get("date", ""))
+    today = today or dt.date.today()
+    for fmt in ("%Y-%m-%d", "%Y-%m"):
+        try:
+            return written, (today - dt.datetime.strptime(written, fmt).date()).days
+        except ValueError:
+            continue
+    return written, None
+
+
+def cloud_terms(cloud: str) -> CloudTerms:
+    return CloudTerms(**price_table()["clouds"][cloud])
+
+
+def startup() -> Startup:
+    return Startup(**price_table()["startup"])
 
 
 def find_device(name: str) -> Device:

@@ -15,7 +15,7 @@ from typing import Any
 
 from llmkit.config.schema import RunConfig
 from llmkit.plan.compute import Rates, config_flops_per_token, step_seconds
-from llmkit.plan.hardware import Device, devices, find_device, offerings
+from llmkit.plan.hardware import Device, cloud_terms, devices, find_device, offerings, startup
 from llmkit.plan.memory import GB, MemoryBreakdown, fitting_micro_batch, kv_cache_bytes, shards, training_memory
 from llmkit.config.derived import vocab_size
 from llmkit.plan.params import count_parameters, trainable_parameters
@@ -43,9 +43,10 @@ class Candidate:
     micro_batch: int | None  # largest that fits (None: none fits)
     memory: dict[str, int]
     fits: bool
-    hours: float | None
-    cost_usd: float | None
+    hours: float | None  # training time
+    cost_usd: float | None  # cloud rows: start-up included, rounded up to the cloud's billing
     offering: str | None
+    startup_hours: float = 0.0  # cloud rows: boot, image pull, setup, data staging before step 1
 
 
 @dataclass
@@ -59,6 +60,8 @@ class Plan:
     candidates: list[Candidate] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
     serving: dict[str, int] = field(default_factory=dict)
+    recommendations: list[dict[str, Any]] = field(default_factory=list)
+    """The two or three options worth taking, each a candidate with ``why`` (see ``recommend``)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,7 +115,23 @@ def feasible_counts(cfg: RunConfig, counts: tuple[int, ...]) -> tuple[int, ...]:
     return ok
 
 
-def _price(device: str, n: int, cloud: str, spot: bool) -> tuple[float, str] | None:
+def startup_seconds(cfg: RunConfig, cloud: str) -> float:
+    """Seconds a cloud run spends before its first step: boot, image pull, setup, data staging."""
+    s = startup()
+    token_bytes = 2 if vocab_size(cfg) <= 65536 else 4
+    return cloud_terms(cloud).boot_s + s.image_pull_s + s.setup_s + total_tokens(cfg) * token_bytes / s.staging_bytes_per_s
+
+
+def billed_cost(rate_usd_h: float, seconds: float, cloud: str) -> float:
+    """What ``seconds`` of an instance at ``rate_usd_h`` is billed: the minimum, then whole increments."""
+    t = cloud_terms(cloud)
+    billed = max(seconds, t.minimum_s)
+    billed = math.ceil(billed / t.billing_increment_s) * t.billing_increment_s
+    return rate_usd_h * billed / 3600
+
+
+def _price(device: str, n: int, cloud: str, spot: bool) -> tuple[float, str, str] | None:
+    """The cheapest hourly rate for n devices (whole instances), its description and its cloud."""
     best = None
     for o in offerings():
         if o.device != device or (cloud != "any" and o.cloud != cloud):
@@ -123,7 +142,7 @@ def _price(device: str, n: int, cloud: str, spot: bool) -> tuple[float, str] | N
         instances = math.ceil(n / o.count)
         price = instances * rate
         if best is None or price < best[0]:
-            best = (price, f"{o.cloud} {instances}x {o.instance}{' (spot)' if spot else ''}")
+            best = (price, f"{o.cloud} {instances}x {o.instance}{' (spot)' if spot else ''}", o.cloud)
     return best
 
 
@@ -152,18 +171,20 @@ def make_plan(cfg: RunConfig, device_names: list[str] | None = None, cloud: str 
             micro, mem = largest_micro_batch(cfg, dev, n, sharded, precision, optimizer_bits)
             hours = flops / (n * peak * mfu * scaling_efficiency(dev, n)) / 3600 if peak else None
             price = _price(dev.name, n, cloud, spot)
-            cost = hours * price[0] if hours is not None and price else None
+            boot = startup_seconds(cfg, price[2]) if price else 0.0
+            cost = billed_cost(price[0], hours * 3600 + boot, price[2]) if hours is not None and price else None
             plan.candidates.append(Candidate(dev.name, n, sharded, precision, micro, asdict(mem), micro is not None,
-                                             hours, cost, price[1] if price else None))
+                                             hours, cost, price[1] if price else None, boot / 3600))
     plan.serving = serving_memory(cfg)
     if local is not None:
         plan.candidates.append(local_candidate(cfg, local, optimizer_bits))
 
     def ok(c: Candidate) -> bool:
         return (c.fits and (budget_usd is None or (c.cost_usd is not None and c.cost_usd <= budget_usd))
-                and (deadline_hours is None or (c.hours is not None and c.hours <= deadline_hours)))
-    plan.candidates.sort(key=lambda c: (not ok(c), c.cost_usd if c.cost_usd is not None else math.inf,
-                                        c.hours or math.inf))
+                and (deadline_hours is None or (c.hours is not None and wall_hours(c) <= deadline_hours)))
+    # near-ties in cost (the same two significant figures) go to the shorter wall time, then fewer devices
+    plan.candidates.sort(key=lambda c: (not ok(c), _sig2(c.cost_usd), wall_hours(c), c.num_devices))
+    plan.recommendations = recommend([c for c in plan.candidates if ok(c)], deadline_hours)
     # the config's micro-batch; `auto` resolves as train resolves it, on the first-ranked candidate
     mb = cfg.train.micro_batch_size
     if mb == "auto":
@@ -174,6 +195,60 @@ def make_plan(cfg: RunConfig, device_names: list[str] | None = None, cloud: str 
     if not any(c.fits for c in plan.candidates):
         plan.suggestions = suggestions(cfg, chosen, sharding)
     return plan
+
+
+LOCAL_WITHOUT_DEADLINE_HOURS = 24.0
+"""Without a deadline, this machine is recommended when it finishes within a day: its $0 would
+otherwise win against any cloud for runs that take it months."""
+
+
+def wall_hours(c: Candidate) -> float:
+    """Start-up plus training time (inf when unknown)."""
+    return c.hours + c.startup_hours if c.hours is not None else math.inf
+
+
+def _sig2(x: float | None) -> float:
+    return math.inf if x is None else float(f"{x:.2g}")
+
+
+def recommend(ok: list[Candidate], deadline_hours: float | None) -> list[dict[str, Any]]:
+    """Among the candidates that fit and meet the limits: the cheapest, the fastest when it is
+    another, and this machine when it is a real option; each with why."""
+    local_ok = [c for c in ok if c.offering == "this machine"
+                and (deadline_hours is not None or wall_hours(c) <= LOCAL_WITHOUT_DEADLINE_HOURS)]
+    pool = [c for c in ok if c.offering != "this machine" and c.cost_usd is not None] + local_ok
+    if not pool:
+        return []
+    cheapest = min(pool, key=lambda c: (_sig2(c.cost_usd), wall_hours(c), c.num_devices))
+    fastest = min(pool, key=lambda c: (_sig2(wall_hours(c)), c.num_devices, c.cost_usd or 0.0))
+    out = [{**asdict(cheapest), "why": "cheapest" + (" (this machine: no rental, no start-up)"
+                                                     if cheapest.offering == "this machine" else "")}]
+    if fastest is not cheapest and wall_hours(fastest) < 0.8 * wall_hours(cheapest):
+        extra = (fastest.cost_usd or 0.0) - (cheapest.cost_usd or 0.0)
+        out.append({**asdict(fastest), "why": f"fastest: {wall_hours(cheapest) / wall_hours(fastest):.1f}x sooner "
+                                              f"for {human_usd(extra)} more"})
+    rest = [c for c in pool if c is not cheapest and c is not fastest and c.offering != "this machine"]
+    if cheapest.offering == "this machine" and rest:
+        cloud = min(rest, key=lambda c: (_sig2(c.cost_usd), wall_hours(c), c.num_devices))
+        out.append({**asdict(cloud), "why": "cheapest in a cloud"})
+    return out
+
+
+def human_hours(hours: float | None) -> str:
+    """Minutes below an hour, hours below three days, then days."""
+    if hours is None or math.isinf(hours):
+        return "-"
+    if hours < 1:
+        return f"{max(1, round(hours * 60))} min"
+    if hours < 72:
+        return f"{hours:.1f} h"
+    return f"{hours / 24:,.0f} days"
+
+
+def human_usd(usd: float | None) -> str:
+    if usd is None:
+        return "-"
+    return f"${usd:,.2f}" if usd < 100 else f"${usd:,.0f}"
 
 
 def serving_memory(cfg: RunConfig) -> dict[str, int]:

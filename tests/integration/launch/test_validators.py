@@ -25,7 +25,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[3]
 MODEL = {"architecture": "llama", "hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 8,
          "num_key_value_heads": 4, "max_position_embeddings": 1024}
-TRAIN = {"sequence_length_tokens": 1024, "global_batch_size": 64, "micro_batch_size": 4, "max_steps": 2000}
+TRAIN = {"sequence_length_tokens": 1024, "global_batch_size": 192, "micro_batch_size": 4, "max_steps": 2000}
 CONFIGS: dict[str, dict[str, Any]] = {
     "spot-bucket": {"nodes": 2, "accelerator": "H100:8", "cloud": "aws", "region": "us-east-1", "spot": True,
                     "image": "ghcr.io/acme/llmkit:1", "checkpoint_uri": "s3://acme/ckpt", "time_limit_s": 7200},
@@ -187,7 +187,7 @@ def test_slurm_scripts_parse(rendered: dict[tuple[str, str, str], dict[str, Path
 
 def _plan_row(folder: Path, name: str, device: str, n: int, cloud: str, spot: bool) -> dict[str, Any]:
     done = llmkit(folder, "plan", "--config", f"{name}.yaml", "--device", device, "--devices", str(n), "--cloud",
-                  cloud, "--spot" if spot else "--on-demand", "--json")
+                  cloud, "--spot" if spot else "--on-demand", "--json", "--no-this-machine")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["candidates"][0]
 

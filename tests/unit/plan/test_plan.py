@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -90,7 +91,7 @@ def test_plan_modules_do_not_import_torch() -> None:
 
 def test_cli_plan(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
     cli("init", "--preset", "llama-8b", "run.yaml", cwd=tmp_path)
-    out = cli("plan", "--config", "run.yaml", "--device", "H100-80GB", cwd=tmp_path)
+    out = cli("plan", "--config", "run.yaml", "--device", "H100-80GB", "--all", "--no-this-machine", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "8,030.3 M parameters" in out.stdout and "NO" in out.stdout
     out = cli("plan", "--config", "run.yaml", "--device", "H1OO", cwd=tmp_path)
@@ -216,7 +217,7 @@ def test_no_sharding_keeps_the_whole_model_on_every_device(cli, tmp_path) -> Non
     assert out.returncode == 0, out.stderr
     assert "nothing fits on any device count without sharding" in out.stdout
     assert "to make it fit: LoRA" in out.stdout and "FSDP over" in out.stdout
-    out = cli("plan", "--config", "run.yaml", "--device", "H100-80GB", "--devices", "8", cwd=tmp_path)
+    out = cli("plan", "--config", "run.yaml", "--device", "H100-80GB", "--devices", "8", "--all", cwd=tmp_path)
     assert out.returncode == 0 and "H100-80GB        8 yes" in out.stdout and "H100-80GB        1" not in out.stdout
 
 
@@ -276,3 +277,64 @@ def test_an_impossible_device_count_is_refused_with_the_counts_that_work() -> No
     with pytest.raises(ConfigError, match="64 devices cannot train a global batch of 16") as err:
         make_plan(cfg, counts=(64,))
     assert "1, 2, 4, 8, 16" in err.value.fix
+
+
+def test_tiny_recommends_this_machine_in_minutes_and_small_cloud_jobs_cost_their_minimum(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    cli("init", "--preset", "tiny", "run.yaml", cwd=tmp_path)
+    out = cli("plan", "--config", "run.yaml", cwd=tmp_path)  # this machine is a candidate by default
+    assert out.returncode == 0, out.stderr
+    first = next(line for line in out.stdout.splitlines() if line.strip().startswith("recommended:"))
+    assert "this-cpu" in first and re.search(r"\d+ min, \$0 \(this machine\)", first), out.stdout
+    data = json.loads(cli("plan", "--config", "run.yaml", "--json", cwd=tmp_path).stdout)
+    assert data["recommendations"][0]["offering"] == "this machine"
+    for c in data["candidates"]:
+        if c["offering"] not in (None, "this machine"):  # a minute's work still pays boot, image, setup and the billing minimum
+            assert c["startup_hours"] > 0.1 and c["cost_usd"] > 0.01, c
+
+
+def test_llama_8b_recommendation_is_feasible_and_pays_start_up_and_billing() -> None:
+    import math
+
+    from llmkit.plan.hardware import cloud_terms, offerings
+    from llmkit.plan.recommend import startup_seconds
+
+    cfg = validate_config(load_preset("llama-8b"))
+    plan = make_plan(cfg)
+    best = plan.recommendations[0]
+    batch = cfg.train.global_batch_size
+    assert best["fits"] and batch % best["num_devices"] == 0
+    cloud, count, instance = best["offering"].split()[0], int(best["offering"].split()[1].rstrip("x")), best["offering"].split()[2]
+    rate = next(o.on_demand_usd_h for o in offerings() if o.cloud == cloud and o.instance == instance) * count
+    seconds = best["hours"] * 3600 + startup_seconds(cfg, cloud)
+    inc = cloud_terms(cloud).billing_increment_s
+    assert best["startup_hours"] * 3600 == pytest.approx(startup_seconds(cfg, cloud))
+    assert best["cost_usd"] == pytest.approx(rate * math.ceil(seconds / inc) * inc / 3600)
+    assert best["cost_usd"] > rate * best["hours"]
+
+
+def test_user_prices_replace_llmkits_and_old_prices_are_warned_about(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import yaml
+
+    from llmkit.plan import hardware
+
+    table = yaml.safe_load((hardware.DATA / "prices.yaml").read_text())
+    table["date"] = "2020-01"
+    table["offerings"] = [{**o, "on_demand_usd_h": o["on_demand_usd_h"] * 10} for o in table["offerings"]]
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(table))
+    cli("init", "--preset", "llama-8b", "run.yaml", cwd=tmp_path)
+    base = json.loads(cli("plan", "--config", "run.yaml", "--json", "--no-this-machine", cwd=tmp_path).stdout)
+    mine = cli("plan", "--config", "run.yaml", "--json", "--no-this-machine", "--prices", "mine.yaml", cwd=tmp_path)
+    assert mine.returncode == 0, mine.stderr
+    costs = {(c["device"], c["num_devices"]): c["cost_usd"] for c in base["candidates"] if c["cost_usd"]}
+    for c in json.loads(mine.stdout)["candidates"]:
+        if c["cost_usd"]:
+            assert c["cost_usd"] == pytest.approx(10 * costs[(c["device"], c["num_devices"])], rel=0.02)
+    shown = cli("plan", "--config", "run.yaml", "--no-this-machine", "--prices", "mine.yaml", cwd=tmp_path)
+    assert "list prices of 2020-01" in shown.stdout and "days old; pass --prices FILE" in shown.stderr
+    (tmp_path / "bad.yaml").write_text("offerings: []\n")
+    bad = cli("plan", "--config", "run.yaml", "--prices", "bad.yaml", cwd=tmp_path)
+    assert bad.returncode == 2 and "cannot use bad.yaml as a price list" in bad.stderr
