@@ -87,6 +87,8 @@ def plan(
                        f"{c.offering or 'no price listed'}")
     for r in result.recommendations:
         start = f" + {human_hours(r['startup_hours'])} start-up" if r["startup_hours"] else ""
+        if r["preemption_hours"]:
+            start += f" + {human_hours(r['preemption_hours'])} expected spot rework"
         cost = "$0" if r["offering"] == "this machine" else human_usd(r["cost_usd"])
         typer.echo(f"{'recommended' if r is result.recommendations[0] else 'or':>11}: {r['num_devices']} x {r['device']}, "
                    f"{human_hours(r['hours'])}{start}, {cost} ({r['offering']}) - {r['why']}")

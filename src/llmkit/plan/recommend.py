@@ -15,7 +15,7 @@ from typing import Any
 
 from llmkit.config.schema import RunConfig
 from llmkit.plan.compute import Rates, config_flops_per_token, step_seconds
-from llmkit.plan.hardware import Device, cloud_terms, devices, find_device, offerings, startup
+from llmkit.plan.hardware import Device, cloud_terms, devices, find_device, offerings, price_table, startup
 from llmkit.plan.memory import GB, MemoryBreakdown, fitting_micro_batch, kv_cache_bytes, shards, training_memory
 from llmkit.config.derived import vocab_size
 from llmkit.plan.params import count_parameters, trainable_parameters
@@ -47,6 +47,7 @@ class Candidate:
     cost_usd: float | None  # cloud rows: start-up included, rounded up to the cloud's billing
     offering: str | None
     startup_hours: float = 0.0  # cloud rows: boot, image pull, setup, data staging before step 1
+    preemption_hours: float = 0.0  # spot rows: expected rework (lost steps since a checkpoint + restarts)
 
 
 @dataclass
@@ -122,6 +123,19 @@ def startup_seconds(cfg: RunConfig, cloud: str) -> float:
     return cloud_terms(cloud).boot_s + s.image_pull_s + s.setup_s + total_tokens(cfg) * token_bytes / s.staging_bytes_per_s
 
 
+def preemption_seconds(cfg: RunConfig, train_s: float, startup_s: float, instances: int) -> float:
+    """Expected extra seconds of a spot run: each reclaim loses on average half a checkpoint
+    interval of steps and pays a restart (the start-up again); reclaims arrive at
+    ``instances`` x the per-instance rate over the whole (growing) wall time."""
+    rate_s = instances * price_table()["spot"]["interruptions_per_instance_hour"] / 3600
+    steps = max(1, math.ceil(total_tokens(cfg) / (cfg.train.global_batch_size * cfg.train.sequence_length_tokens)))
+    interval_s = min(cfg.train.checkpoint_every_steps, steps) * train_s / steps
+    per_reclaim = interval_s / 2 + startup_s
+    if rate_s * per_reclaim >= 1:  # reclaims come faster than a restart can make progress
+        return math.inf
+    return rate_s * (train_s + startup_s) * per_reclaim / (1 - rate_s * per_reclaim)
+
+
 def billed_cost(rate_usd_h: float, seconds: float, cloud: str) -> float:
     """What ``seconds`` of an instance at ``rate_usd_h`` is billed: the minimum, then whole increments."""
     t = cloud_terms(cloud)
@@ -130,8 +144,8 @@ def billed_cost(rate_usd_h: float, seconds: float, cloud: str) -> float:
     return rate_usd_h * billed / 3600
 
 
-def _price(device: str, n: int, cloud: str, spot: bool) -> tuple[float, str, str] | None:
-    """The cheapest hourly rate for n devices (whole instances), its description and its cloud."""
+def _price(device: str, n: int, cloud: str, spot: bool) -> tuple[float, str, str, int] | None:
+    """The cheapest hourly rate for n devices (whole instances), its description, cloud and instances."""
     best = None
     for o in offerings():
         if o.device != device or (cloud != "any" and o.cloud != cloud):
@@ -142,7 +156,7 @@ def _price(device: str, n: int, cloud: str, spot: bool) -> tuple[float, str, str
         instances = math.ceil(n / o.count)
         price = instances * rate
         if best is None or price < best[0]:
-            best = (price, f"{o.cloud} {instances}x {o.instance}{' (spot)' if spot else ''}", o.cloud)
+            best = (price, f"{o.cloud} {instances}x {o.instance}{' (spot)' if spot else ''}", o.cloud, instances)
     return best
 
 
@@ -172,9 +186,11 @@ def make_plan(cfg: RunConfig, device_names: list[str] | None = None, cloud: str 
             hours = flops / (n * peak * mfu * scaling_efficiency(dev, n)) / 3600 if peak else None
             price = _price(dev.name, n, cloud, spot)
             boot = startup_seconds(cfg, price[2]) if price else 0.0
-            cost = billed_cost(price[0], hours * 3600 + boot, price[2]) if hours is not None and price else None
+            rework = preemption_seconds(cfg, hours * 3600, boot, price[3]) if spot and price and hours else 0.0
+            cost = (billed_cost(price[0], hours * 3600 + boot + rework, price[2])
+                    if hours is not None and price and math.isfinite(rework) else None)
             plan.candidates.append(Candidate(dev.name, n, sharded, precision, micro, asdict(mem), micro is not None,
-                                             hours, cost, price[1] if price else None, boot / 3600))
+                                             hours, cost, price[1] if price else None, boot / 3600, rework / 3600))
     plan.serving = serving_memory(cfg)
     if local is not None:
         plan.candidates.append(local_candidate(cfg, local, optimizer_bits))
@@ -203,8 +219,8 @@ otherwise win against any cloud for runs that take it months."""
 
 
 def wall_hours(c: Candidate) -> float:
-    """Start-up plus training time (inf when unknown)."""
-    return c.hours + c.startup_hours if c.hours is not None else math.inf
+    """Start-up, training and expected spot rework (inf when unknown)."""
+    return c.hours + c.startup_hours + c.preemption_hours if c.hours is not None else math.inf
 
 
 def _sig2(x: float | None) -> float:

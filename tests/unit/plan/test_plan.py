@@ -338,3 +338,19 @@ def test_user_prices_replace_llmkits_and_old_prices_are_warned_about(cli, tmp_pa
     (tmp_path / "bad.yaml").write_text("offerings: []\n")
     bad = cli("plan", "--config", "run.yaml", "--prices", "bad.yaml", cwd=tmp_path)
     assert bad.returncode == 2 and "cannot use bad.yaml as a price list" in bad.stderr
+
+
+def test_spot_rows_pay_the_expected_rework_of_reclaims() -> None:
+    from llmkit.plan.recommend import wall_hours
+
+    rare = preset("llama-8b", train={"checkpoint_every_steps": 50})
+    often = preset("llama-8b", train={"checkpoint_every_steps": 5000})
+    spot_rare = {(c.device, c.num_devices): c for c in make_plan(rare, ["H100-80GB"], spot=True).candidates}
+    spot_often = {(c.device, c.num_devices): c for c in make_plan(often, ["H100-80GB"], spot=True).candidates}
+    on_demand = {(c.device, c.num_devices): c for c in make_plan(rare, ["H100-80GB"]).candidates}
+    key = ("H100-80GB", 8)
+    assert on_demand[key].preemption_hours == 0
+    assert 0 < spot_rare[key].preemption_hours < spot_often[key].preemption_hours  # more steps lost per reclaim
+    assert wall_hours(spot_often[key]) > wall_hours(on_demand[key])
+    # the rework is billed: the spot cost is more than the spot rate times the on-demand wall time
+    assert spot_often[key].cost_usd > spot_rare[key].cost_usd
