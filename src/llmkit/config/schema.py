@@ -362,8 +362,8 @@ class ServeConfig(Section):
     compile: bool | Literal["auto"] = "auto"
     """torch.compile the decode step. llmkit engine: true compiles it at start-up, before the
     server reports ready (one compile for a single row and one for several: about a minute on 2
-    CPU cores; decode about 1.3-1.5x faster on the `tiny` preset, benchmarks/serve_load.py
-    --compile), for Llama, Mistral, Qwen2 and Qwen3 models; auto and false decode eagerly (ready
+    CPU cores; on the `tiny` preset decode 1.4x faster at one stream, 1.1-1.2x at 8-16:
+    benchmarks/generate_throughput.py), for Llama, Mistral, Qwen2 and Qwen3 models; auto and false decode eagerly (ready
     in seconds). vllm engine: auto and true keep vLLM's own compilation and CUDA graphs, false
     passes --enforce-eager."""
     max_body_bytes: int = Field(1_048_576, gt=0)
