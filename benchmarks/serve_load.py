@@ -8,9 +8,14 @@
 2. The HTTP layer alone: the same app with a dummy engine that emits tokens instantly; one
    stream of 4,000 tokens shows what the server adds per token.
 
-With --compile the server compiles its decode step first (serve.compile: true).
+With --compile the server compiles its decode step first (serve.compile: true). --model 100m
+serves a ~100M-parameter Llama (16 layers, hidden 768) instead of `tiny`.
 
-Usage: python benchmarks/serve_load.py [--requests-per-client 3] [--compile]
+Each row also shows what `llmkit plan --serve` predicts for it on this machine
+(``llmkit.plan.measure.measure_cpu_serving``: the eager step timed piece by piece, no model built)
+and the ratio measured / predicted; the issue's bound is within +-30% at concurrency 1 and 16.
+
+Usage: python benchmarks/serve_load.py [--requests-per-client 3] [--compile] [--model tiny|100m]
 """
 
 from __future__ import annotations
@@ -32,16 +37,19 @@ import httpx
 
 from llmkit.config.load import validate_config
 from llmkit.config.presets import load_preset
-from llmkit.config.schema import DataConfig, GenerateConfig, ServeConfig
+from llmkit.config.schema import DataConfig, GenerateConfig, RunConfig, ServeConfig
 from llmkit.data.corpus import iter_documents
 from llmkit.data.tokenizer import load_tokenizer, train_bpe, wrap
 from llmkit.generate.batch import Event
 from llmkit.model.build import build_model
+from llmkit.plan.measure import measure_cpu_serving
+from llmkit.plan.serving import request_rates
 
 from machine import cpu_line  # benchmarks/machine.py (scripts run from this folder)
 
 MAX_TOKENS = 64
 LONG_TOKENS = 256
+PROMPT = "The for statement"
 
 
 def free_port() -> int:
@@ -50,9 +58,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_model(directory: Path) -> None:
+MODELS = {"tiny": {"max_position_embeddings": 512},
+          "100m": {"max_position_embeddings": 512, "num_hidden_layers": 16, "hidden_size": 768,
+                   "num_attention_heads": 12, "intermediate_size": 2048}}
+
+
+def model_config(name: str) -> RunConfig:
     preset = load_preset("tiny")
-    cfg = validate_config({**preset, "model": {**preset["model"], "max_position_embeddings": 512}})
+    return validate_config({**preset, "model": {**preset["model"], **MODELS[name]}})
+
+
+def make_model(directory: Path, cfg: RunConfig) -> None:
     tcfg = cfg.tokenizer
     wrap(train_bpe(iter_documents(DataConfig()), tcfg), tcfg, 512).save_pretrained(str(directory))
     tok = load_tokenizer(directory)
@@ -68,7 +84,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def client(http: httpx.AsyncClient, n: int, stats: dict[str, list[float]], max_tokens: int) -> None:
-    body = {"model": "m", "prompt": "The for statement", "max_tokens": max_tokens, "temperature": 0,
+    body = {"model": "m", "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0,
             "stream": True, "ignore_eos": True}
     for _ in range(n):
         t0 = time.perf_counter()
@@ -161,10 +177,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests-per-client", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="serve with the compiled decode step")
+    parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
     args = parser.parse_args()
+    cfg = model_config(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "m"
-        make_model(model_dir)
+        make_model(model_dir, cfg)
+        prompt_tokens = len(load_tokenizer(model_dir).encode(PROMPT))
         port = free_port()
         proc = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", str(model_dir), "--port", str(port),
                                  "--max-concurrency", "64", "--max-batch-size", "64", "--served-model-name", "m"]
@@ -178,18 +197,31 @@ def main() -> None:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.1)
+            asyncio.run(level(url, 1, 1))  # warm-up: the first request pays one-off costs
             rows = [asyncio.run(level(url, c, args.requests_per_client)) for c in (1, 4, 16, 64)]
             long_rows = [asyncio.run(level(url, c, 2, LONG_TOKENS)) for c in (1, 16)]
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
-        print(f"cpu: {cpu_line()}; decode step: {'compiled' if args.compile else 'eager'}")
-        print(f"{'conc':>4} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'tok/s':>8} {'errors':>6}")
+        t0 = time.perf_counter()
+        speed = measure_cpu_serving(cfg, "fp32", sampled=False)  # the requests are greedy
+        predicted = {(r["concurrency"], r["max_tokens"]): request_rates(speed, r["concurrency"], prompt_tokens,
+                                                                       r["max_tokens"])[1] for r in rows + long_rows}
+        measure_s = time.perf_counter() - t0
+        params = sum(p.numel() for p in build_model(cfg.model, cfg.tokenizer.vocab_size, 0, 0, seed=0).parameters())
+        print(f"cpu: {cpu_line()}; model: {args.model} ({params / 1e6:.1f} M parameters, fp32); decode step: "
+              f"{'compiled' if args.compile else 'eager'}; prompt {prompt_tokens} tokens")
+        print(f"{'conc':>4} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'tok/s':>8} {'errors':>6} "
+              f"{'plan':>8} {'measured/plan':>13}")
         for r in rows + long_rows:
             if r is long_rows[0]:
                 print(f"{LONG_TOKENS}-token completions:")
+            plan = predicted[(r["concurrency"], r["max_tokens"])]
             print(f"{r['concurrency']:4d} {r['ttft_p50_ms']:8.1f}ms {r['ttft_p99_ms']:8.1f}ms {r['itl_p50_ms']:7.1f}ms "
-                  f"{r['itl_p99_ms']:7.1f}ms {r['tokens_per_s']:8.0f} {r['errors']:6d}")
+                  f"{r['itl_p99_ms']:7.1f}ms {r['tokens_per_s']:8.0f} {r['errors']:6d} {plan:8.0f} "
+                  f"{r['tokens_per_s'] / plan:13.2f}")
+        print(f"plan's prediction: the eager step measured piece by piece in {measure_s:.1f} s "
+              f"(llmkit plan --serve's CPU model){'; the server ran the compiled step' if args.compile else ''}")
         by = {r["concurrency"]: r["tokens_per_s"] for r in rows}
         print(f"aggregate tokens/s, concurrency 16 / 1: {by[16] / by[1]:.1f}x (target >= 8x); errors in total: "
               f"{sum(r['errors'] for r in rows)}")

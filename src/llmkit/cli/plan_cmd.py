@@ -10,6 +10,8 @@ import typer
 
 from llmkit.cli.options import Cloud, SetOpt
 
+DEFAULT_TOKENS_PER_USER = 20.0  # faster than people read, as chat services stream
+
 
 def register(app: typer.Typer) -> None:
     """Add `plan` to the app."""
@@ -39,11 +41,34 @@ def plan(
                                 "plan/data/prices.yaml) instead of llmkit's."),
     adam_8bit: bool = typer.Option(False, "--adam-8bit", help="Count 8-bit AdamW states (as bitsandbytes' "
                                    "AdamW8bit keeps them) instead of 32-bit."),
+    serve: bool = typer.Option(False, "--serve", help="Plan serving the model instead of training it: memory, "
+                               "decode and prefill speed, the cheapest hardware that serves every user fast enough."),
+    concurrency: int = typer.Option(None, "--concurrency", min=1, help="--serve: users generating at once "
+                                    "(default: serve.max_batch_size)."),
+    tokens_per_user: float = typer.Option(None, "--tokens-per-s-per-user", min=0.0,
+                                          help=f"--serve: tokens/s each user must get (default {DEFAULT_TOKENS_PER_USER:g})."),
+    context: int = typer.Option(None, "--context", min=2, help="--serve: tokens per sequence, prompt and completion "
+                                "(default: model.max_position_embeddings)."),
+    prompt_tokens: int = typer.Option(None, "--prompt-tokens", min=1, help="--serve: tokens of each prompt "
+                                      "(default: half the context)."),
 ) -> None:
     """Memory breakdown, fit per device, time and cost per candidate, cheapest that meet the limits."""
     from llmkit.config.load import load_config
+    from llmkit.errors import UsageError
     from llmkit.plan.memory import GB
     from llmkit.plan.recommend import make_plan
+
+    serve_only = {"--concurrency": concurrency, "--tokens-per-s-per-user": tokens_per_user, "--context": context,
+                  "--prompt-tokens": prompt_tokens}
+    given = [k for k, v in serve_only.items() if v is not None]
+    if given and not serve:
+        raise UsageError(f"{', '.join(given)} only apply to a serving plan", "without --serve, plan sizes training",
+                         "add --serve, or leave out " + ", ".join(given))
+    if serve and (budget_usd is not None or deadline_hours is not None or num_devices is not None or adam_8bit
+                  or sharding is not None):
+        raise UsageError("--budget-usd, --deadline-hours, --devices, --sharding and --adam-8bit size a training run",
+                         "a serving plan asks for users and tokens/s instead",
+                         "use --concurrency and --tokens-per-s-per-user with --serve")
 
     sets = list(overrides)
     for key, value in (("plan.budget_usd", budget_usd), ("plan.deadline_hours", deadline_hours),
@@ -53,6 +78,10 @@ def plan(
             sets.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
     cfg = load_config(config, sets)
     p = cfg.plan
+    if serve:
+        _serve_plan(cfg, list(device) or p.devices or None, p.cloud, bool(p.spot), concurrency, tokens_per_user,
+                    context, prompt_tokens, this_machine, prices, as_json, show_all, top)
+        return
     from llmkit.plan.hardware import prices_age_days, use_prices
     from llmkit.plan.recommend import human_hours, human_usd, wall_hours
 
@@ -129,6 +158,108 @@ def plan(
     typer.echo(f"serving (bf16 weights {kv['weights_bytes'] / GB:.2f} GB): KV cache {kv['kv_bytes_per_token'] / 1024:.1f} KiB "
                f"per token, {kv['kv_bytes_per_sequence'] / 2**20:,.1f} MiB per {kv['context']}-token sequence, "
                f"{kv['kv_bytes_at_max_batch'] / GB:.2f} GB for serve.max_batch_size={kv['max_batch']} full sequences")
+
+
+def _serve_plan(cfg: Any, device: list[str] | None, cloud: str, spot: bool, concurrency: int | None,
+                tokens_per_user: float | None, context: int | None, prompt_tokens: int | None, this_machine: bool | None,
+                prices: Path | None, as_json: bool, show_all: bool, top: int) -> None:
+    """`llmkit plan --serve`: print (or --json) the serving plan."""
+    import importlib.util
+    import os
+
+    from llmkit.plan.hardware import prices_age_days, use_prices
+    from llmkit.plan.memory import GB
+    from llmkit.plan.recommend import human_usd
+    from llmkit.plan.serving import LocalServer, local_fits, serve_plan
+
+    if prices is not None:
+        use_prices(prices)
+    c = concurrency or cfg.serve.max_batch_size
+    t = DEFAULT_TOKENS_PER_USER if tokens_per_user is None else tokens_per_user
+    n = context or cfg.model.max_position_embeddings
+    prompt = prompt_tokens or max(1, n // 2)
+    local = None
+    if this_machine if this_machine is not None else importlib.util.find_spec("torch") is not None:
+        from llmkit.plan.measure import measure_cpu_serving
+
+        _need_torch()
+        ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+        speed = None
+        if local_fits(cfg, cfg.serve.dtype, ram_gb, c, n):
+            typer.echo(f"measuring this CPU's decode step ({os.cpu_count()} cores, {cfg.serve.dtype}) ...", err=True)
+            speed = measure_cpu_serving(cfg, cfg.serve.dtype, sampled=cfg.generate.temperature > 0)
+        local = LocalServer("this-cpu", ram_gb, cfg.serve.dtype, speed)
+    result = serve_plan(cfg, c, t, n, prompt, device, cloud, spot, local)
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+        return
+    kv = result.kv_bytes_per_token
+    typer.echo(f"{cfg.name}: serving {c} user(s) at {t:g} tokens/s each, {n}-token sequences ({prompt} prompt + "
+               f"{n - prompt} generated)")
+    typer.echo(f"memory: weights {_bytes(result.weights_bytes['bf16'])} in bf16 ({_bytes(result.weights_bytes['fp32'])} "
+               f"in fp32); KV cache {kv['bf16'] / 1024:.1f} KiB per token in bf16, {_bytes(c * n * kv['bf16'])} for "
+               f"{c} full sequences")
+
+    def speed(r: Any) -> str:
+        return (f"{r['tokens_per_s_per_user']:,.0f} tokens/s per user, {r['tokens_per_s']:,.0f} in all, first token "
+                f"{_seconds(r['ttft_s'])}")
+
+    if show_all:
+        typer.echo(f"{'device':14} {'n':>2} {'dtype':5} {'fits':4} {'GB/dev':>7} {'step':>8} {'tok/s/user':>10} "
+                   f"{'tok/s':>8} {'$/h':>8} {'$/M tok':>8}  offering")
+        for cand in result.candidates[:top]:
+            typer.echo(f"{cand.device:14} {cand.num_devices:2d} {cand.dtype:5} {'yes' if cand.fits else 'NO':4} "
+                       f"{cand.memory_bytes_per_device / GB:7.2f} {cand.step_ms or 0:6.1f}ms "
+                       f"{cand.tokens_per_s_per_user or 0:10,.0f} {cand.tokens_per_s or 0:8,.0f} "
+                       f"{human_usd(cand.usd_per_hour):>8} {human_usd(cand.usd_per_million_tokens):>8}  "
+                       f"{cand.offering or 'no price listed'}")
+    for r in result.recommendations:
+        cost = ("$0" if r["offering"] == "this machine" else
+                f"{human_usd(r['usd_per_hour'])}/h, {human_usd(r['usd_per_million_tokens'])} per million tokens at full load")
+        typer.echo(f"{'recommended' if r is result.recommendations[0] else 'or':>11}: {r['num_devices']} x {r['device']} "
+                   f"({r['dtype']}): {speed(r)}, {cost} ({r['offering']}) - {r['why']}")
+    mine = [cand for cand in result.candidates if cand.offering == "this machine"]
+    if mine and not any(r["offering"] == "this machine" for r in result.recommendations):
+        m = mine[0]
+        typer.echo(f"this machine ({m.dtype}): " + ("does not hold the weights and cache (RAM)" if not m.fits else
+                   f"{speed(m.__dict__)} - short of {t:g} per user"))
+    if not result.recommendations:
+        fits = [cand for cand in result.candidates if cand.fits and cand.usd_per_hour is not None]
+        if fits:
+            best = max(fits, key=lambda cand: cand.tokens_per_s_per_user or 0)
+            typer.echo(f"nothing listed serves {c} users at {t:g} tokens/s each; fastest: {best.num_devices} x "
+                       f"{best.device}, {best.tokens_per_s_per_user:,.0f} tokens/s per user - fewer users per "
+                       "replica (several replicas behind a load balancer) or a smaller model")
+        else:
+            typer.echo(f"nothing listed holds the weights and {c} sequences of {n} tokens; lower --concurrency or --context")
+    if any(cand.usd_per_hour for cand in result.candidates):
+        written, age = prices_age_days()
+        typer.echo(f"GPU speeds from datasheet bandwidth and peak (bf16, tensor parallel within one instance, as "
+                   f"vLLM serves); list prices of {written}" + ("" if show_all else "; --all shows every candidate"))
+        if age is not None and age > 90:
+            typer.echo(f"warning: these prices are {age} days old; pass --prices FILE with current ones", err=True)
+
+
+def _seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 1e-3:
+        return "<1 ms"
+    return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.1f} s"
+
+
+def _bytes(n: float) -> str:
+    return f"{n / 1e9:,.2f} GB" if n >= 1e9 else f"{n / 1e6:,.1f} MB"
+
+
+def _need_torch() -> None:
+    from llmkit.errors import EnvironmentProblem
+
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise EnvironmentProblem("--this-machine needs torch to measure this CPU", str(exc),
+                                 "install torch (llmkit doctor prints the command) or pass --no-this-machine") from exc
 
 
 def _this_machine(cfg: Any) -> Any:
