@@ -9,9 +9,24 @@ from pathlib import Path
 import yaml
 
 
-def test_version(cli) -> None:
+def test_version_names_the_libraries_and_extras(cli) -> None:
+    from importlib.metadata import version
+
     out = cli("--version")
     assert out.returncode == 0 and out.stdout.startswith("llmkit ")
+    lines = out.stdout.splitlines()
+    assert f"torch {version('torch')}" in lines and f"transformers {version('transformers')}" in lines
+    assert f"[lora] peft {version('peft')}" in lines  # the test extras install peft
+    assert "[serve.engine vllm] not installed" in lines or any(line.startswith("[serve.engine vllm] vllm ") for line in lines)
+
+
+def test_license_file_matches_the_package_metadata() -> None:
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    assert re.search(r'^license = "Apache-2.0"$', (root / "pyproject.toml").read_text(), re.M)
+    text = (root / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
 
 
 def test_init_then_validate(cli, tmp_path: Path) -> None:

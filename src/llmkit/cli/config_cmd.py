@@ -48,6 +48,14 @@ def show(
         typer.echo(dump_config(cfg), nl=False)
 
 
+@config_app.command("reference")
+def reference() -> None:
+    """Print the config reference (Markdown): every key, type, default, range and meaning."""
+    from llmkit.config.reference import render_reference
+
+    typer.echo(render_reference(), nl=False)
+
+
 @config_app.command("presets")
 def presets() -> None:
     """List the presets that `llmkit init --preset` accepts."""

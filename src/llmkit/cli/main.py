@@ -35,9 +35,36 @@ for _module in (quickstart_cmd, init_cmd, config_cmd, doctor_cmd, prepare_cmd, t
     _module.register(app)
 
 
+# what `--version` reports besides llmkit: the libraries a run's results depend on, then the extras
+VERSIONED = ("torch", "transformers", "tokenizers", "safetensors")
+EXTRAS = {"serve": ("fastapi", "uvicorn"), "lora": ("peft",), "eval": ("lm-eval",), "export": ("gguf",),
+          "tensorboard": ("tensorboard",), "s3": ("s3fs",), "privacy": ("opacus", "phonenumbers"),
+          "ner": ("presidio-analyzer",), "llamacpp": ("llama-cpp-python",), "serve.engine vllm": ("vllm",)}
+
+
+def version_lines() -> list[str]:
+    """llmkit's version, Python's, the core libraries' and each extra's (\"not installed\" where absent),
+    read from the installed packages' metadata (nothing is imported)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    lines = [f"llmkit {__version__}", f"python {platform.python_version()}"]
+    lines += [f"{name} {of(name)}" for name in VERSIONED]
+    for extra, packages in EXTRAS.items():
+        found = [f"{p} {of(p)}" for p in packages if of(p) != "not installed"]
+        lines.append(f"[{extra}] " + (", ".join(found) if found else "not installed"))
+    return lines
+
+
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"llmkit {__version__}")
+        typer.echo("\n".join(version_lines()))
         raise typer.Exit()
 
 
