@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from llmkit.cli.options import ExportDtype, ExportFormat, GgufQuant
+from llmkit.cli.options import ExportDtype, ExportFormat, GgufQuant, echo_json, json_option, progress
 
 
 def register(app: typer.Typer) -> None:
@@ -25,20 +25,28 @@ def export(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     decrypt: bool = typer.Option(False, "--decrypt", help="Encrypted runs: write the export as plain files "
                                  "(other tools read nothing else); refused without it."),
+    as_json: bool = json_option("what was written and the verification"),
 ) -> None:
     """Export the trained model; an fp32 HF export is then verified against the run's model."""
     from llmkit.export.hf import export_hf, open_source
     from llmkit.export.verify import render
     from llmkit.export.verify import verify as run_verify
 
+    from dataclasses import asdict
+
     dtype = dtype.value
+    say = progress(as_json)
     with open_source(run, decrypt) as src:
         if src != run / "final":
-            typer.echo(f"decrypting: {run} is encrypted at rest; this export is written as PLAIN files (--decrypt)")
+            say(f"decrypting: {run} is encrypted at rest; this export is written as PLAIN files (--decrypt)")
         if fmt.value == "gguf":
             from llmkit.export.gguf import export_gguf
 
             path = export_gguf(src, out, quant.value, overwrite)
+            if as_json:
+                echo_json({"format": "gguf", "path": str(path), "bytes": path.stat().st_size, "quant": quant.value,
+                           "decrypted": src != run / "final"})
+                return
             typer.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {quant.value})")
             return
         from llmkit.data.tokenizer import load_tokenizer
@@ -46,15 +54,22 @@ def export(
         tok = load_tokenizer(src)
         prompts = [tok.encode(p, add_special_tokens=False) or [tok.eos_token_id] for p in ("The", "A class is", "x = 1")]
         result = export_hf(run, out, dtype, merge_lora, overwrite, prompts=prompts, src=src)
-    typer.echo(f"wrote {out}: {', '.join(result.files)}")
-    if result.dtype == "adapter":
-        return
-    if dtype != "float32":
-        typer.echo(f"warning: {dtype} changes the model: max logit difference {result.max_logit_diff:.3g} vs float32 "
-                   "on fixed prompts (greedy outputs may differ)")
+    written = {"format": "hf", "path": str(out), "files": result.files, "dtype": result.dtype,
+               "max_logit_diff_vs_float32": result.max_logit_diff}
+    if not as_json:
+        typer.echo(f"wrote {out}: {', '.join(result.files)}")
+    if result.dtype == "adapter" or dtype != "float32":
+        if dtype != "float32" and result.dtype != "adapter":
+            say(f"warning: {dtype} changes the model: max logit difference {result.max_logit_diff:.3g} vs float32 "
+                "on fixed prompts (greedy outputs may differ)")
+        if as_json:
+            echo_json({**written, "verify": None})
         return
     report = run_verify(run, out)
-    typer.echo(render(report))
+    if as_json:
+        echo_json({**written, "verify": {**asdict(report), "ok": report.ok}})
+    else:
+        typer.echo(render(report))
     raise typer.Exit(0 if report.ok else 1)
 
 
@@ -69,6 +84,7 @@ def verify(
                               "tokenization and greedy tokens must match."),
     bf16: bool = typer.Option(False, "--bf16", help="Also record how the model decodes in bf16 (serve.dtype: bf16) "
                               "against fp32: largest logit difference and greedy agreement (not part of the verdict)."),
+    as_json: bool = json_option("the report (each check and the verdict)"),
 ) -> None:
     """Parity check: the run's model vs its export (plain transformers), an endpoint, a GGUF in llama.cpp.
     Exit 1 on a mismatch."""
@@ -85,5 +101,10 @@ def verify(
         RunDir(run).load_config()  # an encrypted run opens with its key variable
     with crypto.readable_dir(exported or run / "final") as plain:  # final/ of an encrypted run: in memory
         report = run_verify(run, plain, endpoint, endpoint_model, tolerance, key or None, gguf, bf16)
-    typer.echo(render(report))
+    if as_json:
+        from dataclasses import asdict
+
+        echo_json({**asdict(report), "ok": report.ok})
+    else:
+        typer.echo(render(report))
     raise typer.Exit(0 if report.ok else 1)

@@ -104,13 +104,46 @@ def _exit(code: int) -> None:
     sys.exit(code)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; an LlmkitError becomes its message on stderr and its exit code."""
+def _json_error(summary: str, detail: str, fix: str, code: int) -> None:
+    """An error as the JSON document a --json caller parses (stdout), then its exit code."""
+    import json
+
+    sys.stdout.write(json.dumps({"error": {"summary": summary, "detail": detail, "fix": fix, "exit_code": code}},
+                                indent=2) + "\n")
+    _exit(code)
+
+
+def _run_json(args: list[str]) -> None:
+    """The CLI with --json: click's own usage errors (a bad option, a missing argument) are JSON too."""
+    try:  # typer vendors click in recent releases
+        from typer._click import exceptions as click_exceptions  # type: ignore[import-not-found]
+    except ImportError:
+        from click import exceptions as click_exceptions
+
     try:
-        app(args=argv, prog_name="llmkit")
+        code = typer.main.get_command(app).main(args=args, prog_name="llmkit", standalone_mode=False)
+    except click_exceptions.ClickException as exc:
+        ctx = getattr(exc, "ctx", None)
+        _json_error(exc.format_message(), ctx.get_usage() if ctx else "",
+                    f"see `{ctx.command_path if ctx else 'llmkit'} --help`", exc.exit_code)
+    _exit(code if isinstance(code, int) else 0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; an LlmkitError becomes its message on stderr and its exit code (with --json: a
+    JSON document on stdout, the same exit code)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in args
+    try:
+        if as_json:
+            _run_json(args)
+        else:
+            app(args=argv, prog_name="llmkit")
     except LlmkitError as exc:
         if _state["debug"] or "--debug" in (argv or sys.argv):
             traceback.print_exc()
+        if as_json and "TORCHELASTIC_ERROR_FILE" not in os.environ:
+            _json_error(exc.summary, exc.detail, exc.fix, exc.exit_code)
         if "TORCHELASTIC_ERROR_FILE" not in os.environ or _worker_prints(exc.render()):
             sys.stderr.write(exc.render() + "\n")
         _exit(exc.exit_code)

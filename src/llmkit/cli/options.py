@@ -28,3 +28,20 @@ ServeDtype = _choices("ServeDtype", ("fp32", "bf16"))  # ServeConfig.dtype
 LaunchTarget = _choices("LaunchTarget", ("slurm", "kubernetes", "skypilot", "docker"))  # LaunchConfig.target
 LaunchWhat = _choices("LaunchWhat", ("train", "serve"))  # llmkit.launch.spec.WHATS
 RESUME_METAVAR = "auto|never|PATH"
+
+
+def json_option(what: str) -> bool:
+    """``--json``: ``what`` as one JSON document on stdout (progress goes to stderr); errors become
+    ``{"error": {summary, detail, fix, exit_code}}`` on stdout, with the same exit codes."""
+    return typer.Option(False, "--json", help=f"Print {what} as JSON on stdout (progress on stderr); errors as JSON too.")
+
+
+def echo_json(data: object) -> None:
+    import json
+
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def progress(as_json: bool):  # type: ignore[no-untyped-def]
+    """Where progress lines go: stdout, or stderr when stdout carries JSON."""
+    return (lambda line: typer.echo(line, err=True)) if as_json else typer.echo

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from llmkit.cli.options import SetOpt
+from llmkit.cli.options import SetOpt, echo_json, json_option, progress
 
 
 def register(app: typer.Typer) -> None:
@@ -20,13 +20,20 @@ def prepare(
     run_dir: Path = typer.Option(None, "--run-dir", help="Run directory (default: <runs_root>/<name>)."),
     retrain_tokenizer: bool = typer.Option(False, "--retrain-tokenizer",
                                            help="Replace the run's existing tokenizer."),
+    as_json: bool = json_option("what was made (tokenizer, each data set's counts, paths)"),
 ) -> None:
     """Train or load the tokenizer, then tokenize the data the config's task needs."""
     from llmkit.config.load import load_config
     from llmkit.data.prepare import prepare as run_prepare
 
     cfg = load_config(config, overrides)
-    result = run_prepare(cfg, run_dir, retrain_tokenizer, log=typer.echo)
+    result = run_prepare(cfg, run_dir, retrain_tokenizer, log=progress(as_json))
+    if as_json:
+        echo_json({"run_dir": str(result.run_dir), "seconds": result.seconds,
+                   "tokenizer": {"trained": result.tokenizer_trained, "vocab_size": result.vocab_size,
+                                 "path": str(result.run_dir / "tokenizer")},
+                   "outputs": result.outputs})
+        return
     made = "trained" if result.tokenizer_trained else "loaded"
     typer.echo(f"tokenizer: {made}, {result.vocab_size} tokens -> {result.run_dir / 'tokenizer'}")
     for kind, meta in result.outputs.items():

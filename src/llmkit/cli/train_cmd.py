@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from llmkit.cli.options import RESUME_METAVAR, SetOpt
+from llmkit.cli.options import RESUME_METAVAR, SetOpt, echo_json, json_option, progress
 
 
 def register(app: typer.Typer) -> None:
@@ -38,6 +38,7 @@ def train(
     stop_timeout: int = typer.Option(300, "--stop-timeout", min=1, metavar="SECONDS",
                                      help="After SIGTERM, how long the agent lets the workers finish their step "
                                           "and checkpoint before it kills them."),
+    as_json: bool = json_option("the final summary (how it ended, step, last loss, evaluation, paths)"),
 ) -> None:
     """Train (pretrain, SFT, LoRA or classification) as the config says; resumes by default."""
     from llmkit.config.load import load_config
@@ -73,16 +74,24 @@ def train(
             check_split(cfg.train.global_batch_size, cfg.train.micro_batch_size, nproc_per_node * nnodes)
         args = torchrun_args(nproc_per_node, nnodes, node_rank, rdzv_endpoint, max_restarts, stop_timeout, cfg.name,
                              worker)
-        code = run_agent(args, resolve_device(cfg.train.device).type == "cpu", nproc_per_node, typer.echo)
-        if code == 0 and not node_rank:  # one line per job, from the first node
+        code = run_agent(args, resolve_device(cfg.train.device).type == "cpu", nproc_per_node, progress(as_json))
+        if as_json:
+            echo_json({"processes": nproc_per_node * nnodes, "exit_code": code, "node_rank": node_rank or 0})
+        elif code == 0 and not node_rank:  # one line per job, from the first node
             typer.echo(f"torchrun: all {nproc_per_node * nnodes} processes finished")
         raise typer.Exit(code)
 
     from llmkit.train.loop import train as run_train
 
-    result = run_train(cfg, run_dir, resume, allow_config_change, stop_at_step, log=typer.echo)
+    result = run_train(cfg, run_dir, resume, allow_config_change, stop_at_step, log=progress(as_json))
     if distributed.under_torchrun() and os.environ.get("RANK", "0") != "0":
         raise typer.Exit(result.exit_code)  # rank 0 reports
+    if as_json:
+        final = result.run_dir / "final"
+        echo_json({"reason": result.reason, "step": result.step, "exit_code": result.exit_code,
+                   "last_loss": result.last_loss, "eval": result.eval.metrics() if result.eval else None,
+                   "run_dir": str(result.run_dir), "final": str(final) if result.reason == "completed" else None})
+        raise typer.Exit(result.exit_code)
     summary = ", ".join(f"{k} {v:.4g}" for k, v in (result.eval.metrics() if result.eval else {}).items())
     if result.reason == "completed":
         typer.echo(f"done at step {result.step}: {summary}; model in {result.run_dir / 'final'}")
