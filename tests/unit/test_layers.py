@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, set[str]]] = [  # top to bottom; a layer imports only la
     ("the run directory", {"rundir"}),
     ("the config", {"config"}),
     ("privacy: PII detection, offline switches, sealed files and key rotation", {"privacy"}),
+    ("Hugging Face Hub ids resolved to complete local snapshots", {"hub"}),
     ("device and precision policy, fault points, files, optional dependencies",
      {"device", "faults", "fsutil", "optional"}),
     ("errors, version", {"errors", "__init__"}),

@@ -78,12 +78,17 @@ class LoraConfig(Section):
 
 
 class ModelConfig(Section):
-    """The network: an architecture built from these numbers, or a local Hugging Face directory."""
+    """The network: an architecture built from these numbers, or a pretrained Hugging Face model."""
 
     architecture: Literal["llama", "gpt2"] = "llama"
     """Hugging Face model_type to build: llama (RoPE, RMSNorm, SwiGLU, GQA) or gpt2."""
     from_pretrained: str | None = None
-    """Local Hugging Face model directory to start from (full fine-tune); null builds from scratch."""
+    """Pretrained model to start from (full fine-tune or LoRA): a local Hugging Face model directory
+    or a Hub id `org/name` (optionally `@revision`), downloaded into the Hugging Face cache
+    (safetensors only; HF_HUB_OFFLINE=1 uses the cache alone); null builds from scratch."""
+    allow_pickle_weights: bool = False
+    """Load a pretrained model that has only .bin (pickle) weights, with torch.load(weights_only=True).
+    Off: such a model is refused (unpickling can run code)."""
     trust_remote_code: bool = False
     """Allow a model directory's own Python code (auto_map) to run. Off: such a model is refused."""
     vocab_size: int | None = Field(None, gt=0, le=1_048_576)
@@ -150,7 +155,8 @@ class TokenizerConfig(Section):
     kind: Literal["bpe", "pretrained"] = "bpe"
     """bpe: train a byte-level BPE on the corpus; pretrained: load the tokenizer from `path`."""
     path: str | None = None
-    """Local tokenizer or model directory (kind = pretrained)."""
+    """kind = pretrained: a local tokenizer or model directory, or a Hub id `org/name[@revision]`;
+    null takes model.from_pretrained's tokenizer."""
     vocab_size: int = Field(4096, ge=256, le=1_048_576)
     """Vocabulary size of a trained BPE, special tokens included."""
     min_frequency: int = Field(2, ge=1)
@@ -160,11 +166,6 @@ class TokenizerConfig(Section):
     chat_template: str | None = None
     """Jinja chat template stored with the tokenizer; null uses llmkit's ChatML-style template."""
 
-    @model_validator(mode="after")
-    def _path_for_pretrained(self) -> TokenizerConfig:
-        if self.kind == "pretrained" and not self.path:
-            raise ValueError("kind 'pretrained' needs `path`: a local tokenizer directory")
-        return self
 
 
 class DataConfig(Section):
@@ -636,6 +637,13 @@ class RunConfig(Section):
             raise ValueError(f"privacy.encryption_key_env is set and launch runs {procs} processes: sharded "
                              "checkpoints of distributed runs are not encrypted yet; train on one device "
                              "(launch.nodes: 1, launch.devices_per_node: 1) or turn encryption off")
+        return self
+
+    @model_validator(mode="after")
+    def _tokenizer_source(self) -> RunConfig:
+        if self.tokenizer.kind == "pretrained" and not self.tokenizer.path and not self.model.from_pretrained:
+            raise ValueError("tokenizer.kind 'pretrained' needs tokenizer.path (a local directory or a Hub id) or "
+                             "model.from_pretrained, whose tokenizer it then takes")
         return self
 
     @model_validator(mode="after")

@@ -67,7 +67,10 @@ def ensure_tokenizer(config: RunConfig, tok_dir: Path, retrain: bool, log: Log) 
             log(f"tokenizer: {tok_dir} encrypted (it was written before privacy.encryption_key_env was set)")
         return tok, False
     if tcfg.kind == "pretrained":
-        tok = load_tokenizer(tcfg.path or "", config.model.trust_remote_code)
+        from llmkit.hub import resolve
+
+        source = resolve(tcfg.path or config.model.from_pretrained or "", "tokenizer", config.hub_token_env, log=log)
+        tok = load_tokenizer(source.path, config.model.trust_remote_code)
         trained = False
     else:
         log(f"tokenizer: training a {tcfg.vocab_size}-token byte-level BPE")

@@ -115,7 +115,17 @@ def build_manifest(
                     "encryption": _encryption(config.privacy.encryption_key_env),
                     "dp": config.privacy.dp.model_dump() if config.privacy.dp.enabled else None},
         "data": data_fingerprints(data_files),
+        "hub": _hub(config),
     }
+
+
+def _hub(config: RunConfig) -> dict[str, Any]:
+    """Hub models and tokenizers of the run and the commits they resolved to (reproducibility)."""
+    from llmkit.hub import manifest_entries
+
+    tok = config.tokenizer
+    tokenizer_ref = (tok.path or config.model.from_pretrained) if tok.kind == "pretrained" else None
+    return manifest_entries(config.model.from_pretrained, tokenizer_ref)
 
 
 def write_manifest(

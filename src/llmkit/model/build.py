@@ -69,8 +69,9 @@ def build_model(model: ModelConfig, vocab_size: int, eos_id: int, pad_id: int | 
     return net
 
 
-def check_model_dir(path: Path, trust_remote_code: bool) -> dict[str, Any]:
-    """Refuse model directories that would run code or unpickle; return their config.json."""
+def check_model_dir(path: Path, trust_remote_code: bool, allow_pickle: bool = False) -> dict[str, Any]:
+    """Refuse model directories that would run code or (unless ``allow_pickle``) unpickle; return
+    their config.json."""
     if not path.is_dir():
         raise UsageError(f"model directory {path} does not exist", "",
                          "set model.from_pretrained to a local Hugging Face model directory")
@@ -88,16 +89,19 @@ def check_model_dir(path: Path, trust_remote_code: bool) -> dict[str, Any]:
                           "running code from a model directory is off by default",
                           "set model.trust_remote_code: true if you trust its author")
     if not any(path.glob("*.safetensors")):
-        pickles = [n for n in _PICKLE_WEIGHTS if (path / n).exists()]
+        pickles = [n for n in _PICKLE_WEIGHTS if (path / n).exists()] + sorted(p.name for p in path.glob("pytorch_model-*.bin"))
+        if allow_pickle and pickles:
+            return hf
         raise UsageError(f"{path} has no safetensors weights",
                          f"found pickle files ({', '.join(pickles) or 'no weights at all'}); unpickling "
                          "can run arbitrary code, so llmkit does not load them",
-                         "convert the weights to safetensors with a trusted tool, then retry")
+                         "convert the weights to safetensors with a trusted tool, or set model.allow_pickle_weights: "
+                         "true to load them with torch.load(weights_only=True)")
     return hf
 
 
 def load_model(path: str | Path, trust_remote_code: bool, num_labels: int | None = None,
-               id2label: dict[int, str] | None = None) -> Any:
+               id2label: dict[int, str] | None = None, allow_pickle: bool = False) -> Any:
     """A causal LM (or classifier, with ``num_labels``) from a local HF directory, fp32."""
     from transformers.utils import logging as hf_logging
 
@@ -106,16 +110,18 @@ def load_model(path: str | Path, trust_remote_code: bool, num_labels: int | None
     hf_logging.disable_progress_bar()
     if Path(path).is_dir() and crypto.has_sealed(path):  # an encrypted run's model: decrypted in memory
         with crypto.readable_dir(path) as plain:
-            return _load_model(plain, trust_remote_code, num_labels, id2label)
-    return _load_model(Path(path), trust_remote_code, num_labels, id2label)
+            return _load_model(plain, trust_remote_code, num_labels, id2label, allow_pickle)
+    return _load_model(Path(path), trust_remote_code, num_labels, id2label, allow_pickle)
 
 
-def _load_model(p: Path, trust_remote_code: bool, num_labels: int | None, id2label: dict[int, str] | None) -> Any:
+def _load_model(p: Path, trust_remote_code: bool, num_labels: int | None, id2label: dict[int, str] | None,
+                allow_pickle: bool = False) -> Any:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    check_model_dir(p, trust_remote_code)
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True,
+    check_model_dir(p, trust_remote_code, allow_pickle)
+    safetensors = any(p.glob("*.safetensors"))
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": safetensors,
                               "local_files_only": True, "dtype": torch.float32}
     if num_labels is not None:
         kwargs["num_labels"] = num_labels

@@ -22,7 +22,10 @@ def build_for_training(cfg: RunConfig, data: Any, device: Any, log: Any) -> Any:
         raise ConfigError(f"model.num_labels is {m.num_labels} but the data has {num_labels} labels", "",
                           "set model.num_labels: null to take them from the data")
     if m.from_pretrained:
-        model = load_model(m.from_pretrained, m.trust_remote_code, num_labels, data.id2label)
+        from llmkit.hub import resolve
+
+        source = resolve(m.from_pretrained, "model", cfg.hub_token_env, m.allow_pickle_weights, log)
+        model = load_model(source.path, m.trust_remote_code, num_labels, data.id2label, m.allow_pickle_weights)
         positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
         if positions is not None and cfg.train.sequence_length_tokens > positions:
             raise ConfigError(f"train.sequence_length_tokens {cfg.train.sequence_length_tokens} exceeds the "

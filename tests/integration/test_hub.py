@@ -1,0 +1,161 @@
+"""Models and tokenizers from the Hugging Face Hub, through the real CLI, against a stand-in for the
+Hub's API on 127.0.0.1 (tests/fakehub.py): huggingface_hub downloads and writes its own cache, then
+runs resolve from that cache with HF_HUB_OFFLINE=1; revisions pin commits, and the manifest
+records them; gated, unknown, .bin-only and incomplete repositories fail with what to do."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from llmkit.config.schema import DataConfig, ModelConfig, TokenizerConfig
+from llmkit.data.corpus import iter_documents
+from llmkit.data.tokenizer import load_tokenizer, train_bpe, wrap
+from llmkit.model.build import build_model
+
+from ..fakehub import FakeHub, Repo, files_of
+from .train.helpers import TINY, deep_update
+
+
+def _model_dir(root: Path, seed: int, pickle: bool = False) -> Path:
+    out = root / f"m{seed}{'-bin' if pickle else ''}"
+    tcfg = TokenizerConfig(vocab_size=512)
+    wrap(train_bpe(iter_documents(DataConfig()), tcfg), tcfg, 64).save_pretrained(str(out))
+    tok = load_tokenizer(out)
+    model = build_model(ModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                    max_position_embeddings=64), len(tok), tok.eos_token_id, tok.pad_token_id, seed=seed)
+    if pickle:
+        model.config.save_pretrained(str(out))
+        torch.save(model.state_dict(), out / "pytorch_model.bin")
+    else:
+        model.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("hubsrc")
+    with FakeHub() as fake:
+        repo = Repo()
+        fake.first = repo.add_commit(files_of(_model_dir(root, 1)), "v1")  # type: ignore[attr-defined]
+        fake.second = repo.add_commit(files_of(_model_dir(root, 2)), "main")  # type: ignore[attr-defined]
+        fake.repos["org/tiny"] = repo
+        gated = Repo(gated_token="hf_secret")
+        gated.add_commit(files_of(_model_dir(root, 3)))
+        fake.repos["org/gated"] = gated
+        pickled = Repo()
+        pickled.add_commit(files_of(_model_dir(root, 4, pickle=True)))
+        fake.repos["org/pickled"] = pickled
+        yield fake
+
+
+def _config(tmp: Path, name: str, ref: str, **extra) -> Path:  # type: ignore[no-untyped-def]
+    cfg = deep_update(TINY, {"name": name, "runs_root": str(tmp / "runs"),
+                             "model": {"from_pretrained": ref, **extra.pop("model", {})},
+                             "tokenizer": {"kind": "pretrained"},
+                             "train": {"max_steps": 3, "eval_every_steps": 3, "checkpoint_every_steps": 3}, **extra})
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _env(hub: FakeHub, home: Path, offline: bool = False, **more: str) -> dict[str, str]:
+    return {"HF_ENDPOINT": hub.url, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1" if offline else "0",
+            "HF_HUB_DISABLE_TELEMETRY": "1", "HF_TOKEN": "", **more}
+
+
+def test_a_hub_model_fine_tunes_then_resolves_offline_from_the_cache(cli, hub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "hf"
+    cfg = _config(tmp_path, "online", "org/tiny")
+    for stage in ("prepare", "train"):
+        out = cli(stage, "--config", str(cfg), env=_env(hub, home), timeout=300)
+        assert out.returncode == 0, out.stdout + out.stderr
+    assert f"commit {hub.second}" in out.stdout  # main resolved to its newest commit
+    assert not any(d.endswith(".bin") for d in hub.downloads)
+    manifest = json.loads((tmp_path / "runs" / "online" / "manifest.json").read_text())
+    assert manifest["hub"]["model"] == {"ref": "org/tiny", "repo_id": "org/tiny", "revision": "main", "commit": hub.second}
+    assert manifest["hub"]["tokenizer"]["commit"] == hub.second
+    # the cache huggingface_hub wrote is its own layout: its scanner reads it back
+    from huggingface_hub import scan_cache_dir
+
+    cached = {r.repo_id: r for r in scan_cache_dir(home / "hub").repos}
+    assert {rev.commit_hash for rev in cached["org/tiny"].revisions} == {hub.second}
+
+    before = len(hub.downloads)
+    cfg = _config(tmp_path, "offline", "org/tiny")
+    for stage in ("prepare", "train"):
+        out = cli(stage, "--config", str(cfg), env=_env(hub, home, offline=True), timeout=300)
+        assert out.returncode == 0, out.stdout + out.stderr
+    assert len(hub.downloads) == before  # nothing fetched
+    manifest = json.loads((tmp_path / "runs" / "offline" / "manifest.json").read_text())
+    assert manifest["hub"]["model"]["commit"] == hub.second
+
+
+def test_a_revision_pins_its_commit_and_the_model_is_that_commits(cli, hub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from llmkit.model.build import load_model
+
+    home = tmp_path / "hf"
+    cfg = _config(tmp_path, "pinned", "org/tiny@v1")
+    for stage in ("prepare", "train"):
+        out = cli(stage, "--config", str(cfg), env=_env(hub, home), timeout=300)
+        assert out.returncode == 0, out.stdout + out.stderr
+    manifest = json.loads((tmp_path / "runs" / "pinned" / "manifest.json").read_text())
+    assert manifest["hub"]["model"] == {"ref": "org/tiny@v1", "repo_id": "org/tiny", "revision": "v1", "commit": hub.first}
+    snapshot = home / "hub" / "models--org--tiny" / "snapshots" / hub.first
+    reference = _model_dir(tmp_path, 1)  # the same seed as commit v1
+    a, b = load_model(snapshot, False), load_model(reference, False)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_offline_without_the_model_in_the_cache_says_how_to_get_it(cli, hub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg = _config(tmp_path, "r", "org/tiny")
+    out = cli("prepare", "--config", str(cfg), env=_env(hub, tmp_path / "empty", offline=True))
+    assert out.returncode == 3, out.stderr
+    assert "is not in the Hugging Face cache" in out.stderr and "HF_HUB_OFFLINE is set" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_gated_unknown_and_bad_revisions_fail_with_the_fix(cli, hub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    env = _env(hub, tmp_path / "hf")
+    out = cli("prepare", "--config", str(_config(tmp_path, "g", "org/gated")), env=env)
+    assert out.returncode == 3 and "org/gated is gated" in out.stderr and "$HF_TOKEN" in out.stderr, out.stderr
+    # the token is read from the variable hub_token_env names
+    cfg = _config(tmp_path, "g2", "org/gated", hub_token_env="MY_HUB_TOKEN")
+    out = cli("prepare", "--config", str(cfg), env={**env, "MY_HUB_TOKEN": "hf_secret"})
+    assert out.returncode == 0, out.stderr
+    out = cli("prepare", "--config", str(_config(tmp_path, "u", "org/nothing")), env=env)
+    assert out.returncode == 2 and "no tokenizer 'org/nothing' on the Hugging Face Hub" in out.stderr
+    out = cli("prepare", "--config", str(_config(tmp_path, "v", "org/tiny@v9")), env=env)
+    assert out.returncode == 2 and "org/tiny has no revision 'v9'" in out.stderr
+
+
+def test_bin_only_models_are_refused_unless_allowed(cli, hub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    env = _env(hub, tmp_path / "hf")
+    cfg = _config(tmp_path, "p", "org/pickled")
+    assert cli("prepare", "--config", str(cfg), env=env).returncode == 0  # the tokenizer is no pickle
+    out = cli("train", "--config", str(cfg), env=env)
+    assert out.returncode == 2 and "org/pickled has no safetensors weights" in out.stderr
+    assert "model.allow_pickle_weights" in out.stderr
+    assert not any(d.endswith(".bin") for d in hub.downloads if d.startswith("org/pickled"))
+    cfg = _config(tmp_path, "p2", "org/pickled", model={"allow_pickle_weights": True})
+    for stage in ("prepare", "train"):
+        out = cli(stage, "--config", str(cfg), env=env, timeout=300)
+        assert out.returncode == 0, out.stdout + out.stderr
+    assert "org/pickled/pytorch_model.bin" in hub.downloads
+
+
+def test_an_incomplete_cached_snapshot_is_never_used(cli, hub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "hf"
+    cfg = _config(tmp_path, "i", "org/tiny")
+    assert cli("prepare", "--config", str(cfg), env=_env(hub, home)).returncode == 0  # tokenizer files cached
+    snapshot = home / "hub" / "models--org--tiny" / "snapshots" / hub.second
+    (snapshot / "tokenizer.json").unlink()  # as if the download had stopped half way
+    shutil.rmtree(tmp_path / "runs")
+    out = cli("prepare", "--config", str(cfg), env=_env(hub, home, offline=True))
+    assert out.returncode == 3 and "incomplete" in out.stderr, out.stderr
+    assert not (tmp_path / "runs" / "i" / "tokenizer").exists()
