@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "llmkit"
 
 LAYERS: list[tuple[str, set[str]]] = [  # top to bottom; a layer imports only layers below it
     ("python -m llmkit", {"__main__"}),
-    ("the CLI: one thin module per command", {"cli"}),
+    ("the CLI: one thin module per command; the Python API", {"cli", "api"}),
     ("the whole chain on the embedded corpus", {"quickstart"}),
     ("stages that use a trained run, and launch", {"serve", "export", "report", "launch"}),
     ("the training loop", {"train"}),

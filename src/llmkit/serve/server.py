@@ -14,6 +14,8 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,31 +105,35 @@ def run_vllm(model_dir: Path, cfg: ServeConfig, served_name: str) -> None:
     os.execvp("sh", ["sh", "-c", f"exec {cmd}"])
 
 
-def serve(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, served_name: str | None = None) -> None:
-    """Load the model and serve until SIGTERM/SIGINT (then drain and return)."""
+@dataclass
+class Built:
+    """A server ready to run: the guarded ASGI app, its state and engine, and uvicorn's config."""
+
+    app: Any
+    state: Any
+    engine: Any
+    name: str
+    config: Any
+
+
+def build(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, served_name: str | None = None,
+          note: Callable[[str], None] = lambda line: print(line, file=sys.stderr), uvicorn_logging: bool = True) -> Built:
+    """Load the model and build the app and uvicorn's config (nothing listens yet)."""
     import uvicorn
 
     from llmkit.model.load import load_for_inference, resolve_model_dir
-    from llmkit.serve.app import State, create_app
+    from llmkit.serve.app import Guard, State, create_app
     from llmkit.serve.engine import Engine, decode_step
 
     api_key = api_key_from_env(cfg)
     warning = check_bind(cfg, api_key)
     model_dir = resolve_model_dir(model_path)
     name = served_name or (model_dir.parent.name if model_dir.name == "final" else model_dir.name)
-    if cfg.engine == "vllm":
-        if cfg.ui:
-            print("note: --engine vllm serves no chat page at / (vLLM's server has none); --engine llmkit does",
-                  file=sys.stderr)
-        run_vllm(model_dir, cfg, name)
-        return
     if warning:
-        print(warning, file=sys.stderr)
-    configure_logging()
+        note(warning)
     model, tokenizer, _ = load_for_inference(model_dir, dtype=cfg.dtype)
     if cfg.dtype == "bf16":
-        print("decoding in bf16 (serve.dtype): `llmkit verify RUN --bf16` shows how far it is from the fp32 model",
-              file=sys.stderr)
+        note("decoding in bf16 (serve.dtype): `llmkit verify RUN --bf16` shows how far it is from the fp32 model")
     step = decode_step(model, tokenizer, compiled=cfg.compile is True)
     engine = Engine(model, tokenizer, cfg.max_batch_size, cfg.max_concurrency, cfg.max_queue, step)
     longest = max((len(t) for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))) if t), default=16)
@@ -138,13 +144,42 @@ def serve(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, se
 
         app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
-    from llmkit.serve.app import Guard
-
     guarded = Guard(app, state)
     # h11 explicitly: its header-size limit is what the tests prove; with uvicorn[standard] installed
     # uvicorn would pick httptools, which takes a 200 KB header
+    extra: dict[str, Any] = {} if uvicorn_logging else {"log_config": None}
     config = uvicorn.Config(guarded, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
-                            http="h11", timeout_graceful_shutdown=1, h11_max_incomplete_event_size=65536)
+                            http="h11", timeout_graceful_shutdown=1, h11_max_incomplete_event_size=65536, **extra)
+    return Built(guarded, state, engine, name, config)
+
+
+async def drain(built: Built, cfg: ServeConfig) -> None:
+    """Stop taking requests (readiness 503, new requests 503), let in-flight ones finish within
+    serve.drain_timeout_s."""
+    loop = asyncio.get_running_loop()
+    built.state.draining = True
+    deadline = loop.time() + cfg.drain_timeout_s
+    while (built.state.in_flight or built.engine.active or built.engine.queued) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+
+
+def serve(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, served_name: str | None = None) -> None:
+    """Load the model and serve until SIGTERM/SIGINT (then drain and return)."""
+    import uvicorn
+
+    from llmkit.model.load import resolve_model_dir
+
+    if cfg.engine == "vllm":
+        model_dir = resolve_model_dir(model_path)
+        name = served_name or (model_dir.parent.name if model_dir.name == "final" else model_dir.name)
+        if cfg.ui:
+            print("note: --engine vllm serves no chat page at / (vLLM's server has none); --engine llmkit does",
+                  file=sys.stderr)
+        run_vllm(model_dir, cfg, name)
+        return
+    configure_logging()
+    built = build(model_path, cfg, defaults, served_name)
+
     class DrainingServer(uvicorn.Server):
         """uvicorn without its own signal handling: ours drains first, then sets should_exit."""
 
@@ -155,7 +190,7 @@ def serve(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, se
         def install_signal_handlers(self) -> None:  # older uvicorn
             return None
 
-    server = DrainingServer(config)
+    server = DrainingServer(built.config)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -163,23 +198,20 @@ def serve(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, se
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
 
-        async def drain() -> None:
+        async def stop_after_drain() -> None:
             await stopping.wait()
-            state.draining = True  # readiness 503 now; new requests 503
-            deadline = loop.time() + cfg.drain_timeout_s
-            while (state.in_flight or engine.active or engine.queued) and loop.time() < deadline:
-                await asyncio.sleep(0.05)
+            await drain(built, cfg)
             server.should_exit = True
 
-        drainer = asyncio.ensure_future(drain())
-        print(f"serving {name} on http://{cfg.host}:{cfg.port} (OpenAI API under /v1)", flush=True)
+        drainer = asyncio.ensure_future(stop_after_drain())
+        print(f"serving {built.name} on http://{cfg.host}:{cfg.port} (OpenAI API under /v1)", flush=True)
         await server.serve()
         drainer.cancel()
 
     try:
         asyncio.run(main())
     finally:
-        engine.close()
+        built.engine.close()
 
 
 def ensure_serve_extra() -> None:

@@ -55,7 +55,8 @@ class TrainResult:
 
 
 def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: str = "auto",
-          allow_config_change: bool = False, stop_at_step: int | None = None, log: Log = print) -> TrainResult:
+          allow_config_change: bool = False, stop_at_step: int | None = None, log: Log = print,
+          bar: bool | None = None) -> TrainResult:
     """Train ``cfg`` in its run directory; resumes from the newest committed checkpoint by default.
 
     Under torchrun every rank calls this; rank 0 logs, writes metrics and the final model.
@@ -66,7 +67,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: str = "auto
     d = dist_.init(cfg, device)
     try:
         return _train(cfg, d, dist_.rank_device(device, d), run_dir, resume, allow_config_change, stop_at_step,
-                      log if d.is_main else _quiet)
+                      log if d.is_main else _quiet, bar)
     finally:
         dist_.close(d)
 
@@ -76,7 +77,7 @@ def _quiet(_line: str) -> None:
 
 
 def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resume: str, allow_config_change: bool,
-           stop_at_step: int | None, log: Log) -> TrainResult:
+           stop_at_step: int | None, log: Log, bar: bool | None = None) -> TrainResult:
     import torch
 
     from llmkit.device import memory_budget_bytes
@@ -212,7 +213,7 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
     # --- the loop -----------------------------------------------------------------------------
     last_saved, last_loss, last_eval, eval_step = state.step, None, None, -1
     reason: EndReason = "completed"
-    progress = Progress(total_steps, state.step, log, every=tc.log_every_steps, interactive=None if d.is_main else False)
+    progress = Progress(total_steps, state.step, log, every=tc.log_every_steps, interactive=bar if d.is_main else False)
     with StopSignals() as signals, progress:
         while not _budget_spent(tc, state, total_steps):
             if stop_at_step is not None and state.step >= stop_at_step:
