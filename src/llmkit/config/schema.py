@@ -277,8 +277,29 @@ class TrainConfig(Section):
     runs_root each upload their own shards; rank 0 commits."""
     nonfinite: Literal["stop", "skip"] = "stop"
     """A NaN/inf loss or gradient: stop with an error, or skip that batch. Never stepped."""
-    tensorboard: bool = False
-    """Also write TensorBoard events (needs the tensorboard extra)."""
+    trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
+    """Experiment trackers that get what metrics.jsonl gets (loss, lr, tokens/s, MFU, evaluations),
+    with the resolved config and the manifest as parameters and the run's report as an artifact:
+    tensorboard (events under the run's tensorboard/), wandb (W&B: WANDB_MODE=offline keeps its
+    files under the run's wandb/), mlflow (to MLFLOW_TRACKING_URI). Each needs its extra; a tracker
+    that fails only warns: training and metrics.jsonl go on."""
+    tracker_project: str | None = None
+    """W&B project and MLflow experiment name; null: llmkit."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tensorboard_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "tensorboard" in data:
+            raise ValueError("train.tensorboard is now train.trackers: write `trackers: [tensorboard]` "
+                             "(or leave it out for none)")
+        return data
+
+    @field_validator("trackers")
+    @classmethod
+    def _no_repeats(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a tracker twice")
+        return value
 
     @model_validator(mode="after")
     def _batch_shapes(self) -> TrainConfig:

@@ -282,8 +282,7 @@ def needed_extras(config: RunConfig | None) -> set[str]:
     need = set()
     if config.model.lora.enabled:
         need.add("lora")
-    if config.train.tensorboard:
-        need.add("tensorboard")
+    need.update(config.train.trackers)  # tensorboard, wandb, mlflow: each its extra
     if config.eval.harness_tasks:
         need.add("eval")
     return need

@@ -72,6 +72,17 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: str = "auto
         dist_.close(d)
 
 
+def _report(run: RunDir, log: Log) -> Path:
+    """report.html for the trackers (not for an encrypted run: its samples are sealed)."""
+    from llmkit.privacy import crypto
+    from llmkit.report.html import build_report
+
+    if crypto.active() is not None:
+        log("trackers: no report.html for an encrypted run")
+        return run.report
+    return build_report(run.root)
+
+
 def _quiet(_line: str) -> None:
     """The log of ranks other than 0."""
 
@@ -172,7 +183,12 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
         run.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.config, dump_config(cfg))
         write_manifest(run.root, cfg, [p for p in run.data.rglob("meta.json")])
-    metrics = MetricsWriter(run.metrics, state.step, run.tensorboard if tc.tensorboard else None) if d.is_main else None
+    trackers = None
+    if d.is_main and tc.trackers:
+        from llmkit.train.trackers import Trackers
+
+        trackers = Trackers(cfg, run.root, log)
+    metrics = MetricsWriter(run.metrics, state.step, trackers) if d.is_main else None
     if metrics is not None and found is not None:
         metrics.write({"kind": "resume", "step": state.step, "world_size": d.world_size, "restart": d.restart})
 
@@ -281,7 +297,10 @@ def _train(cfg: RunConfig, d: Any, device: Any, run_dir: str | Path | None, resu
         if d.is_main:
             write_final(cfg, run, final_model, log)
     if metrics is not None:
-        metrics.close()
+        artifacts = [run.config, run.manifest, run.metrics]
+        if trackers is not None and trackers.active and reason == "completed":
+            artifacts.append(_report(run, log))
+        metrics.close(artifacts, ok=reason == "completed")
     if dp is not None and state.dp:
         log(f"privacy.dp: epsilon {state.dp['epsilon']:.3f} spent at delta {state.dp['delta']:.3g} over {state.step} "
             f"steps (noise multiplier {state.dp['noise_multiplier']:.4g}, sampling rate {state.dp['sample_rate']:.4g})")

@@ -1,4 +1,4 @@
-"""metrics.jsonl (always) and TensorBoard (optional): one line per logged step or evaluation."""
+"""metrics.jsonl (always) and the experiment trackers (train.trackers): one line per logged step or evaluation."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from llmkit.optional import require
 
 
 class MetricsWriter:
     """Appends JSON lines; on resume, drops lines logged after the checkpoint being resumed."""
 
-    def __init__(self, path: Path, resume_step: int, tensorboard_dir: Path | None = None):
+    def __init__(self, path: Path, resume_step: int, trackers: Any = None):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
@@ -21,27 +20,21 @@ class MetricsWriter:
                     if line.strip() and _step_of(line) <= resume_step]
             path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         self._fh = open(path, "a", encoding="utf-8")
-        self._tb = None
-        if tensorboard_dir is not None:
-            require("tensorboard", "tensorboard", "train.tensorboard", "or set train.tensorboard: false")
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(tensorboard_dir))
+        self.trackers = trackers  # llmkit.train.trackers.Trackers, or None
 
     def write(self, record: dict[str, Any]) -> None:
         """One line; floats that are not finite are written as null (valid JSON)."""
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         self._fh.write(json.dumps(clean) + "\n")
         self._fh.flush()
-        if self._tb is not None:
-            for key, value in clean.items():
-                if isinstance(value, (int, float)) and key != "step" and value is not None:
-                    self._tb.add_scalar(f"{record.get('kind', 'train')}/{key}", value, record["step"])
+        if self.trackers is not None:
+            self.trackers.write(clean)
 
-    def close(self) -> None:
+    def close(self, artifacts: list[Path] | None = None, ok: bool = True) -> None:
+        """Close the file, then hand the trackers the run's files (metrics.jsonl complete by then)."""
         self._fh.close()
-        if self._tb is not None:
-            self._tb.close()
+        if self.trackers is not None:
+            self.trackers.finish(artifacts or [], ok)
 
 
 def _step_of(line: str) -> int:

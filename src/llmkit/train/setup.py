@@ -20,7 +20,7 @@ from llmkit.errors import UsageError
 RESUME_SAFE_PREFIXES = (
     "runs_root", "hub_token_env", "eval.", "generate.", "serve.", "plan.", "launch.",
     "train.max_time_s", "train.eval_every_steps", "train.eval_batches", "train.log_every_steps",
-    "train.checkpoint_every_steps", "train.keep_last", "train.tensorboard", "train.device", "train.compile",
+    "train.checkpoint_every_steps", "train.keep_last", "train.trackers", "train.tracker_project", "train.device", "train.compile",
     # the examples of a step do not depend on how they are split (llmkit.data.batches): only the
     # order of the floating-point sums changes
     "train.micro_batch_size", "train.distributed", "train.checkpoint_uri",
