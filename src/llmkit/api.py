@@ -57,11 +57,12 @@ def load_config(source: str | Path | Mapping[str, Any], overrides: Sequence[str]
 
 
 def prepare(config: RunConfig, run_dir: str | Path | None = None, retrain_tokenizer: bool = False,
-            log: Log | None = None) -> PrepareResult:
-    """Train or load the tokenizer and tokenize the data the config's task needs (`llmkit prepare`)."""
+            strict: bool = False, log: Log | None = None) -> PrepareResult:
+    """Train or load the tokenizer and tokenize the data the config's task needs (`llmkit prepare`;
+    ``strict``: SFT examples that fail the data checks are an error)."""
     from llmkit.data.prepare import prepare as _prepare
 
-    return _prepare(config, run_dir, retrain_tokenizer, log=_log(log))
+    return _prepare(config, run_dir, retrain_tokenizer, log=_log(log), strict=strict)
 
 
 def train(config: RunConfig, run_dir: str | Path | None = None, resume: str = "auto",

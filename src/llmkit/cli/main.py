@@ -37,7 +37,7 @@ for _module in (quickstart_cmd, init_cmd, config_cmd, doctor_cmd, prepare_cmd, t
 
 # what `--version` reports besides llmkit: the libraries a run's results depend on, then the extras
 VERSIONED = ("torch", "transformers", "tokenizers", "safetensors")
-EXTRAS = {"serve": ("fastapi", "uvicorn"), "hub": ("huggingface-hub",), "lora": ("peft",), "eval": ("lm-eval",), "export": ("gguf",),
+EXTRAS = {"serve": ("fastapi", "uvicorn"), "hub": ("huggingface-hub",), "datasets": ("datasets",), "lora": ("peft",), "eval": ("lm-eval",), "export": ("gguf",),
           "tensorboard": ("tensorboard",), "wandb": ("wandb",), "mlflow": ("mlflow-skinny",), "s3": ("s3fs",), "privacy": ("opacus", "phonenumbers"),
           "ner": ("presidio-analyzer",), "llamacpp": ("llama-cpp-python",), "serve.engine vllm": ("vllm",)}
 

@@ -20,6 +20,9 @@ def prepare(
     run_dir: Path = typer.Option(None, "--run-dir", help="Run directory (default: <runs_root>/<name>)."),
     retrain_tokenizer: bool = typer.Option(False, "--retrain-tokenizer",
                                            help="Replace the run's existing tokenizer."),
+    strict: bool = typer.Option(False, "--strict", help="SFT: stop (exit 2, no data written) when an example has an "
+                                "empty answer, an answer cut by the context, or an assistant turn without an "
+                                "end-of-turn token; without it they are reported."),
     as_json: bool = json_option("what was made (tokenizer, each data set's counts, paths)"),
 ) -> None:
     """Train or load the tokenizer, then tokenize the data the config's task needs."""
@@ -27,7 +30,7 @@ def prepare(
     from llmkit.data.prepare import prepare as run_prepare
 
     cfg = load_config(config, overrides)
-    result = run_prepare(cfg, run_dir, retrain_tokenizer, log=progress(as_json))
+    result = run_prepare(cfg, run_dir, retrain_tokenizer, log=progress(as_json), strict=strict)
     if as_json:
         echo_json({"run_dir": str(result.run_dir), "seconds": result.seconds,
                    "tokenizer": {"trained": result.tokenizer_trained, "vocab_size": result.vocab_size,

@@ -168,18 +168,58 @@ class TokenizerConfig(Section):
 
 
 
+SFT_FIELDS = ("prompt", "completion", "instruction", "input", "output", "messages", "conversations", "system")
+
+
+class MixSource(Section):
+    """One source of a pretraining mixture (data.mix): where its documents come from, and its weight."""
+
+    source: Literal["embedded", "text", "dir", "jsonl", "hf"] = "embedded"
+    """As data.source."""
+    path: str | None = None
+    """As data.path."""
+    glob: str = "**/*.txt"
+    """As data.glob."""
+    text_field: str = "text"
+    """As data.text_field."""
+    split: str = "train"
+    """As data.split."""
+    hf_name: str | None = None
+    """As data.hf_name."""
+    weight: float = Field(1.0, gt=0)
+    """Relative share of the mixture's documents drawn from this source."""
+
+    @model_validator(mode="after")
+    def _path(self) -> MixSource:
+        if self.source != "embedded" and not self.path:
+            raise ValueError(f"source '{self.source}' needs `path`")
+        return self
+
+
 class DataConfig(Section):
     """Where the text comes from and how it is split and shaped."""
 
-    source: Literal["embedded", "text", "dir", "jsonl"] = "embedded"
+    source: Literal["embedded", "text", "dir", "jsonl", "hf"] = "embedded"
     """embedded: Python's own documentation text (no download); text: one file; dir: a folder of
-    files matched by `glob`; jsonl: one JSON object a line."""
+    files matched by `glob`; jsonl: one JSON object a line; hf: through the `datasets` library
+    (a parquet, arrow, CSV or JSON file, a dataset directory, or a Hub dataset id org/name)."""
     path: str | None = None
-    """File or directory for the text, dir and jsonl sources."""
+    """File or directory for the text, dir, jsonl and hf sources (hf: also a Hub dataset id)."""
     glob: str = "**/*.txt"
     """Files to read under `path` (source = dir)."""
     text_field: str = "text"
-    """JSON field that holds the text (source = jsonl, pretraining)."""
+    """Field that holds the text (sources jsonl and hf, pretraining)."""
+    split: str = "train"
+    """Split read through `datasets` (source hf, and SFT data that is not a .jsonl file)."""
+    hf_name: str | None = None
+    """Configuration name of a Hub dataset (the second argument of datasets.load_dataset)."""
+    streaming: bool | Literal["auto"] = "auto"
+    """Stream a dataset instead of downloading it whole first; auto streams Hub datasets and reads
+    local files directly."""
+    mix: list[MixSource] = Field(default_factory=list)
+    """Pretraining from several sources: documents drawn from each with probability proportional to
+    its weight (seeded, deterministic) until one runs out; the shares drawn are in data/meta.json.
+    When set, data.source and data.path are not used."""
     include_stdlib_source: bool = False
     """Embedded source: add the Python standard library's .py files to the corpus."""
     val_fraction: float = Field(0.05, gt=0, lt=0.5)
@@ -190,7 +230,13 @@ class DataConfig(Section):
     invalid_utf8: Literal["error", "replace"] = "replace"
     """Bytes that are not UTF-8: stop with the file and offset, or replace them with U+FFFD."""
     sft_path: str | None = None
-    """JSONL of supervised examples (prompt/completion, alpaca or chat messages) for task sft."""
+    """Supervised examples for task sft: a .jsonl file, or through `datasets` a parquet/arrow/CSV/JSON
+    file, a dataset directory or a Hub dataset id. Shapes: prompt/completion, alpaca, chat messages
+    (with an optional system prompt) or ShareGPT conversations; the shape is detected from the
+    first example and printed, and every example must have it."""
+    sft_fields: dict[str, str] = Field(default_factory=dict)
+    """Rename the dataset's keys to llmkit's: {prompt: question, completion: answer} reads `question`
+    as the prompt. Keys: prompt, completion, instruction, input, output, messages, conversations, system."""
     sft_packing: bool = False
     """SFT: pack several examples into one context window instead of padding each."""
     classify_path: str | None = None
@@ -198,8 +244,11 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _path_for_source(self) -> DataConfig:
-        if self.source != "embedded" and not self.path:
+        if self.source != "embedded" and not self.path and not self.mix:
             raise ValueError(f"source '{self.source}' needs `path`")
+        unknown = sorted(set(self.sft_fields) - set(SFT_FIELDS))
+        if unknown:
+            raise ValueError(f"sft_fields: unknown key(s) {', '.join(unknown)}; llmkit's names are {', '.join(SFT_FIELDS)}")
         return self
 
 
@@ -289,9 +338,15 @@ class TrainConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _tensorboard_moved(cls, data: Any) -> Any:
+        """Configs written before train.trackers: `tensorboard: true` means trackers [tensorboard]."""
         if isinstance(data, dict) and "tensorboard" in data:
-            raise ValueError("train.tensorboard is now train.trackers: write `trackers: [tensorboard]` "
-                             "(or leave it out for none)")
+            data = dict(data)
+            on = data.pop("tensorboard")
+            if not isinstance(on, bool):
+                raise ValueError("train.tensorboard (now train.trackers: [tensorboard]) must be true or false")
+            trackers = list(data.get("trackers") or [])
+            if on and "tensorboard" not in trackers:
+                data["trackers"] = [*trackers, "tensorboard"]
         return data
 
     @field_validator("trackers")

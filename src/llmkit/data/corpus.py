@@ -41,6 +41,8 @@ class CorpusStats:
     files: int = 0
     skipped_empty_files: int = 0
     sha256: Any = field(default_factory=hashlib.sha256)  # over the documents' text
+    mix: dict[str, dict[str, Any]] | None = None  # data.mix: per source, its weight and what was drawn
+    mix_stopped_by: str | None = None  # the source that ran out first
 
     @property
     def fingerprint(self) -> str:
@@ -136,8 +138,52 @@ def _stdlib_files() -> list[Path]:
     return sorted(p for p in root.glob("*.py") if p.is_file())
 
 
+MIX_SEED = 1234
+
+
+def mix_name(i: int, source: Any) -> str:
+    return f"{i}:{source.source}" + (f":{source.path}" if source.path else "")
+
+
+def _mixed(cfg: DataConfig, stats: CorpusStats) -> Iterator[str]:
+    """data.mix: each next document from a source drawn with probability proportional to its
+    weight (a fixed seed, so the same config gives the same corpus); stops when the drawn source has
+    no document left, so the shares stay those asked for."""
+    import random
+
+    rng = random.Random(MIX_SEED)
+    names = [mix_name(i, m) for i, m in enumerate(cfg.mix)]
+    streams = [_raw_documents(cfg.model_copy(update={"source": m.source, "path": m.path, "glob": m.glob,
+                                                     "text_field": m.text_field, "split": m.split,
+                                                     "hf_name": m.hf_name, "mix": []}), stats) for m in cfg.mix]
+    weights = [m.weight for m in cfg.mix]
+    total = sum(weights)
+    stats.mix = {n: {"weight": w / total, "documents": 0, "bytes": 0} for n, w in zip(names, weights)}
+    while True:
+        i = rng.choices(range(len(streams)), weights)[0]
+        doc = next(streams[i], None)
+        if doc is None:
+            break
+        entry = stats.mix[names[i]]
+        entry["documents"] += 1
+        entry["bytes"] += len(doc.encode("utf-8", errors="surrogatepass"))
+        yield doc
+    drawn = sum(e["documents"] for e in stats.mix.values()) or 1
+    for entry in stats.mix.values():
+        entry["share"] = entry["documents"] / drawn
+    stats.mix_stopped_by = names[i]
+
+
 def _raw_documents(cfg: DataConfig, stats: CorpusStats) -> Iterator[str]:
     policy = cfg.invalid_utf8
+    if cfg.mix:
+        yield from _mixed(cfg, stats)
+        return
+    if cfg.source == "hf":
+        from llmkit.data.sources import text_documents
+
+        yield from text_documents(cfg)
+        return
     if cfg.source == "embedded":
         for _, text in embedded_topics():
             yield text

@@ -74,7 +74,9 @@ def ensure_tokenizer(config: RunConfig, tok_dir: Path, retrain: bool, log: Log) 
         trained = False
     else:
         log(f"tokenizer: training a {tcfg.vocab_size}-token byte-level BPE")
-        documents = iter_documents(config.data)
+        from llmkit.data.progress import ByteProgress, corpus_bytes
+
+        documents = ByteProgress("tokenizer: reading", corpus_bytes(config.data), log).wrap(iter_documents(config.data))
         scrub = pii_filter(config)  # the tokenizer learns from the text that will be trained on
         backend = train_bpe(scrub(documents) if scrub else documents, tcfg)
         tok = wrap(backend, tcfg, config.model.max_position_embeddings)
@@ -108,7 +110,9 @@ def prepare_pretrain(config: RunConfig, tok: Any, data_dir: Path, log: Log) -> S
         shutil.rmtree(stale, ignore_errors=True)
     scrub = pii_filter(config)
     with tempfile.TemporaryDirectory(prefix=".shards-", dir=data_dir) as staging:
-        corpus = iter_documents(config.data, stats)
+        from llmkit.data.progress import ByteProgress, corpus_bytes
+
+        corpus = ByteProgress("data: encoding", corpus_bytes(config.data), log).wrap(iter_documents(config.data, stats))
         encode, documents, engine = choose_encoder(tok.backend_tokenizer, scrub(corpus) if scrub else corpus,
                                                    config.data.fast_bpe, log)
         counts = write_token_shards(documents, encode, eos_id(tok), Path(staging), config.data.val_fraction, vocab)
@@ -119,10 +123,14 @@ def prepare_pretrain(config: RunConfig, tok: Any, data_dir: Path, log: Log) -> S
                          val_fraction=config.data.val_fraction, source_bytes=stats.bytes,
                          source_sha256=stats.fingerprint, replaced_chars=stats.replaced_chars,
                          tokenizer_sha256=tokenizer_hash(RunDir(data_dir.parent).tokenizer), encoder=engine,
-                         pii=finish_pii(scrub, RunDir(data_dir.parent), config.data.path or "embedded", log), **counts)
+                         pii=finish_pii(scrub, RunDir(data_dir.parent), config.data.path or "embedded", log),
+                         mix={"sources": stats.mix, "stopped_by": stats.mix_stopped_by} if stats.mix else None, **counts)
         publish_shards(Path(staging), data_dir, meta)
     if stats.replaced_chars:
         log(f"data: replaced {stats.replaced_chars} invalid UTF-8 sequences with U+FFFD")
+    if stats.mix:
+        log("data mix: " + ", ".join(f"{name} {e['share']:.1%} of documents (weight {e['weight']:.1%})"
+                                     for name, e in stats.mix.items()) + f"; {stats.mix_stopped_by} ran out first")
     return meta
 
 
@@ -161,25 +169,51 @@ def _split_examples(items: list[Any], val_fraction: float, what: str) -> tuple[l
     return train, val
 
 
-def prepare_sft(config: RunConfig, tok: Any, out: Path, log: Log) -> dict[str, Any]:
-    """Chat-render and mask the SFT file into data/sft/."""
+def prepare_sft(config: RunConfig, tok: Any, out: Path, log: Log, strict: bool = False) -> dict[str, Any]:
+    """Chat-render and mask the SFT data into data/sft/, after checking it (``strict``: any
+    failed check is an error, and nothing is written)."""
     if not config.data.sft_path:
         raise UsageError("train.task is sft but data.sft_path is not set", "",
-                         "set data.sft_path to a JSONL file of examples")
+                         "set data.sft_path to a JSONL file of examples (or a dataset: see data.sft_path)")
     scrub = pii_filter(config)
-    examples = [msgs for _, msgs in sft_data.read_sft_file(config.data.sft_path)]
+    from llmkit.data.sources import sft_rows
+
+    rows = list(sft_data.examples_of(sft_rows(config.data), config.data.sft_fields))
+    from collections import Counter
+
+    shapes = dict(Counter(fmt for _, fmt, _ in rows).most_common())
+    log(f"sft: {len(rows)} examples from {config.data.sft_path}: "
+        + ", ".join(f"{n} {fmt}" for fmt, n in shapes.items()))
+    examples = [(where, msgs) for where, _, msgs in rows]
     if scrub:
         kept = []
-        for i, msgs in enumerate(examples):
+        for i, (where, msgs) in enumerate(examples):
             texts = scrub.example(i, [m["content"] for m in msgs])
             if texts is not None:
-                kept.append([{**m, "content": t} for m, t in zip(msgs, texts)])
+                kept.append((where, [{**m, "content": t} for m, t in zip(msgs, texts)]))
         examples = kept
-    encoded = [sft_data.encode_example(tok, msgs) for msgs in examples]
+    encoded = [sft_data.encode_example(tok, msgs) for _, msgs in examples]
+    seq = config.train.sequence_length_tokens
+    ends = sft_data.turn_end_ids(tok)
+    failed: dict[str, list[str]] = {name: [] for name in sft_data.CHECKS}
+    for (where, msgs), (ids, mask) in zip(examples, encoded):
+        for name in sft_data.check_example(msgs, ids, mask, seq, ends, lambda t: tok.decode([t])):
+            failed[name].append(where)
+    for name, wheres in failed.items():
+        if wheres:
+            log(f"sft check: {len(wheres)} example(s) with {sft_data.CHECKS[name]}: {'; '.join(wheres[:3])}"
+                + (" ..." if len(wheres) > 3 else ""))
+    if strict and any(failed.values()):
+        names = [n for n, w in failed.items() if w]
+        raise UsageError(f"--strict: {sum(len(failed[n]) for n in names)} SFT example(s) fail the checks "
+                         f"({', '.join(names)})",
+                         "; ".join(f"{sft_data.CHECKS[n]}: {failed[n][0]}" for n in names),
+                         "fix or drop those examples, raise train.sequence_length_tokens for cut answers, "
+                         "or run without --strict to train on them as they are")
     train, val = _split_examples(encoded, config.data.val_fraction, "SFT examples")
     dtype = token_dtype(len(tok))
-    seq = config.train.sequence_length_tokens
-    meta: dict[str, Any] = {"format": "llmkit-sft-v1", "dtype": dtype.name, "vocab_size": len(tok),
+    meta: dict[str, Any] = {"format": "llmkit-sft-v1", "source_formats": shapes, "dtype": dtype.name, "vocab_size": len(tok),
+                            "checks": {name: len(wheres) for name, wheres in failed.items()},
                             "pad_id": int(tok.pad_token_id if tok.pad_token_id is not None else eos_id(tok)),
                             "tokenizer_sha256": tokenizer_hash(RunDir(out.parent.parent).tokenizer),
                             "pii": finish_pii(scrub, RunDir(out.parent.parent), config.data.sft_path, log)}
@@ -238,8 +272,9 @@ def prepare_classify(config: RunConfig, tok: Any, out: Path, log: Log) -> dict[s
 
 
 def prepare(config: RunConfig, run_dir: str | Path | None = None, retrain_tokenizer: bool = False,
-            log: Log = lambda _: None) -> PrepareResult:
-    """Make the run directory's tokenizer and the data the config's task trains on."""
+            log: Log = lambda _: None, strict: bool = False) -> PrepareResult:
+    """Make the run directory's tokenizer and the data the config's task trains on (``strict``:
+    SFT examples that fail the data checks are an error)."""
     start = time.monotonic()
     run = RunDir.of(config, run_dir)
     key = crypto.activate(config.privacy.encryption_key_env, strict=True)  # a missing key stops here
@@ -255,7 +290,7 @@ def prepare(config: RunConfig, run_dir: str | Path | None = None, retrain_tokeni
     if task == "pretrain":
         result.outputs["pretrain"] = prepare_pretrain(config, tok, out, log).model_dump()
     elif task == "sft":
-        result.outputs["sft"] = prepare_sft(config, tok, out, log)
+        result.outputs["sft"] = prepare_sft(config, tok, out, log, strict)
     else:
         result.outputs["classify"] = prepare_classify(config, tok, out, log)
     result.seconds = time.monotonic() - start

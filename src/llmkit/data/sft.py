@@ -1,10 +1,17 @@
 """Supervised fine-tuning data: JSONL in the common shapes -> chat-rendered tokens + loss masks.
 
-Accepted line shapes (detected per line):
+Accepted shapes (each example's shape is read from its keys; `prepare` prints how many examples
+of each shape it read, and an example whose keys fit two shapes is an error, never a guess):
 
-- ``{"prompt": ..., "completion": ...}``
-- alpaca: ``{"instruction": ..., "input": ..., "output": ...}`` (``input`` may be empty or absent)
-- chat: ``{"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}``
+- ``prompt-completion``: ``{"prompt": ..., "completion": ...}``
+- ``alpaca``: ``{"instruction": ..., "input": ..., "output": ...}`` (``input`` may be empty or absent)
+- ``messages``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}``,
+  multi-turn, with an optional top-level ``"system"`` prompt
+- ``sharegpt``: ``{"conversations": [{"from": "system"|"human"|"gpt", "value": ...}, ...]}``
+  (``user``/``assistant`` also accepted as ``from``), with an optional top-level ``"system"``
+
+``data.sft_fields`` renames a dataset's own keys to these (``{prompt: question, completion:
+answer}``).
 
 Every example is turned into chat messages and rendered with the tokenizer's chat template, so
 training sees exactly the format `llmkit chat` and the server will send. Only assistant turns
@@ -40,11 +47,60 @@ def _field(obj: dict[str, Any], name: str, where: str) -> str:
     return value
 
 
+FORMATS = ("prompt-completion", "alpaca", "messages", "sharegpt")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+SHAPE_KEYS = {"messages": ("messages",), "sharegpt": ("conversations",), "prompt-completion": ("prompt", "completion"),
+              "alpaca": ("instruction", "output")}
+
+
+def detect_format(obj: Any, where: str = "an example") -> str | None:
+    """The shape of one example (one of ``FORMATS``), or None when it has none of them; keys of
+    two shapes at once are an error."""
+    if not isinstance(obj, dict):
+        return None
+    found = [name for name, keys in SHAPE_KEYS.items() if any(k in obj for k in keys)]
+    if len(found) > 1:
+        raise UsageError(f"{where}: keys of two example shapes ({' and '.join(found)})",
+                         f"keys: {', '.join(map(str, obj))}", "keep the keys of one shape (or rename with data.sft_fields)")
+    return found[0] if found else None
+
+
+def _with_system(obj: dict[str, Any], out: list[dict[str, str]], where: str) -> list[dict[str, str]]:
+    if "system" not in obj:
+        return out
+    system = _field(obj, "system", where)
+    if out and out[0]["role"] == "system":
+        raise UsageError(f"{where}: a top-level 'system' and a system message", "", "keep one of them")
+    return [{"role": "system", "content": system}, *out] if system else out
+
+
+def _sharegpt(obj: dict[str, Any], where: str) -> list[dict[str, str]]:
+    turns = obj["conversations"]
+    if not isinstance(turns, list) or not turns:
+        raise UsageError(f"{where}: 'conversations' must be a non-empty list", "", "fix that example")
+    out = []
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict):
+            raise UsageError(f"{where}: conversations[{i}] is not an object", "", "fix that example")
+        who = _field(t, "from", f"{where}, conversations[{i}]")
+        if who not in SHAREGPT_ROLES:
+            raise UsageError(f"{where}, conversations[{i}]: unknown speaker {who!r}",
+                             f"ShareGPT speakers are {', '.join(SHAREGPT_ROLES)}", "fix that example")
+        out.append({"role": SHAREGPT_ROLES[who], "content": _field(t, "value", f"{where}, conversations[{i}]")})
+    if not any(m["role"] == "assistant" for m in out):
+        raise UsageError(f"{where}: no 'gpt' turn", "SFT trains on the assistant's turns", "add the answer")
+    return _with_system(obj, out, where)
+
+
 def to_messages(obj: Any, where: str) -> list[dict[str, str]]:
-    """One JSONL object in any accepted shape -> chat messages."""
+    """One example in any accepted shape -> chat messages."""
     if not isinstance(obj, dict):
         raise UsageError(f"{where}: expected a JSON object, found {type(obj).__name__}", "",
                          "each line must be one JSON object")
+    if "conversations" in obj and "messages" not in obj:
+        return _sharegpt(obj, where)
     if "messages" in obj:
         msgs = obj["messages"]
         if not isinstance(msgs, list) or not msgs:
@@ -61,7 +117,7 @@ def to_messages(obj: Any, where: str) -> list[dict[str, str]]:
         if not any(m["role"] == "assistant" for m in out):
             raise UsageError(f"{where}: no assistant message", "SFT trains on assistant turns",
                              "add the assistant's answer")
-        return out
+        return _with_system(obj, out, where)
     if "prompt" in obj or "completion" in obj:
         return [{"role": "user", "content": _field(obj, "prompt", where)},
                 {"role": "assistant", "content": _field(obj, "completion", where)}]
@@ -78,11 +134,36 @@ def to_messages(obj: Any, where: str) -> list[dict[str, str]]:
                      "reshape the line into one of those")
 
 
-def read_sft_file(path: str | Path) -> Iterator[tuple[str, list[dict[str, str]]]]:
-    """(where, messages) for every non-empty line; errors name the line."""
+def rename_fields(obj: Any, fields: dict[str, str]) -> Any:
+    """``data.sft_fields`` ({llmkit's name: the dataset's}) applied to one example."""
+    if not fields or not isinstance(obj, dict):
+        return obj
+    out = {k: v for k, v in obj.items() if k not in fields.values()}
+    for ours, theirs in fields.items():
+        if theirs in obj:
+            out[ours] = obj[theirs]
+    return out
+
+
+def examples_of(rows: Iterator[tuple[str, Any]], fields: dict[str, str] | None = None
+                ) -> Iterator[tuple[str, str, list[dict[str, str]]]]:
+    """(where, shape, messages) for each (where, raw example)."""
+    for where, raw in rows:
+        obj = rename_fields(raw, fields or {})
+        fmt = detect_format(obj, where)
+        yield where, fmt or "unknown", to_messages(obj, where)
+
+
+def read_sft_file(path: str | Path, fields: dict[str, str] | None = None
+                  ) -> Iterator[tuple[str, str, list[dict[str, str]]]]:
+    """(where, format, messages) for every non-empty line; errors name the line."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"SFT file {p} not found", "", "set data.sft_path to a JSONL file")
+    return examples_of(_json_rows(p), fields)
+
+
+def _json_rows(p: Path) -> Iterator[tuple[str, Any]]:
     def decoded(fh: Any) -> Iterator[str]:
         for number, raw in enumerate(fh, start=1):
             try:
@@ -93,8 +174,7 @@ def read_sft_file(path: str | Path) -> Iterator[tuple[str, list[dict[str, str]]]
 
     with open(p, "rb") as fh:
         for number, obj in json_lines(decoded(fh), p):
-            where = f"{p}, line {number}"
-            yield where, to_messages(obj, where)
+            yield f"{p}, line {number}", obj
 
 
 def segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
@@ -133,6 +213,53 @@ def encode_example(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[np.n
         ids += piece
         mask += [int(trained)] * len(piece)
     return np.asarray(ids, dtype=np.int64), np.asarray(mask, dtype=np.uint8)
+
+
+def turn_end_ids(tokenizer: Any) -> set[int]:
+    """Tokens that end an assistant turn: end-of-text, and the template's end-of-turn token."""
+    ends = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    template = getattr(tokenizer, "chat_template", None) or ""
+    for token in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
+        if token in template:
+            tid = tokenizer.convert_tokens_to_ids(token)
+            if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+                ends.add(tid)
+    return ends
+
+
+CHECKS = {
+    "empty_assistant": "an assistant turn with no text",
+    "completion_cut": "trained tokens beyond train.sequence_length_tokens (the answer is cut)",
+    "no_end_of_turn": "an assistant turn whose trained tokens do not end with an end-of-turn token (the "
+                      "model would not learn to stop)",
+}
+
+
+def check_example(messages: list[dict[str, str]], ids: np.ndarray, mask: np.ndarray, seq_len: int,
+                  ends: set[int], decode: Any = None) -> list[str]:
+    """Which of ``CHECKS`` one encoded example fails (the usual silent failures of SFT data).
+    ``decode`` (token id -> text) lets whitespace the template writes after the end-of-turn token
+    (ChatML's newline) trail it."""
+    found = []
+    if any(m["role"] == "assistant" and not m["content"].strip() for m in messages):
+        found.append("empty_assistant")
+    if len(ids) > seq_len + 1 and mask[seq_len + 1:].any():
+        found.append("completion_cut")
+    trained = np.flatnonzero(mask)
+    if len(trained):
+        # the last token of each run of trained tokens (one run per assistant turn)
+        last = trained[np.append(np.diff(trained) > 1, True)]
+
+        def ends_turn(i: int) -> bool:
+            while decode is not None and i > 0 and mask[i] and int(ids[i]) not in ends and not decode(int(ids[i])).strip():
+                i -= 1  # trailing whitespace after the end-of-turn token
+            return int(ids[i]) in ends
+
+        if not all(ends_turn(int(i)) for i in last):
+            found.append("no_end_of_turn")
+    else:
+        found.append("no_end_of_turn")
+    return found
 
 
 def shift_labels(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -47,6 +47,9 @@ class ShardMeta(BaseModel):
     source_sha256: str
     replaced_chars: int
     pii: dict[str, Any] | None = None  # privacy.pii's counts (None: off)
+    mix: dict[str, Any] | None = None
+    """data.mix: per source its weight (normalized), documents and bytes drawn and their share, and
+    the source that ran out first (None: one source)."""
     tokenizer_sha256: str
     encoder: Literal["tokenizers", "tiktoken"] = "tokenizers"
     """Which engine wrote the ids (the same ids either way; see llmkit.data.fastbpe)."""

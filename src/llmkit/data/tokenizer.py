@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ def train_bpe(documents: Iterable[str], cfg: TokenizerConfig) -> Any:
         min_frequency=cfg.min_frequency,
         special_tokens=special_tokens(cfg),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        show_progress=sys.stderr.isatty(),  # its merge phase's own bar on a terminal
     )
     tok.train_from_iterator(documents, trainer=trainer)
     learned = tok.get_vocab_size()

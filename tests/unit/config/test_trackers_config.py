@@ -1,4 +1,4 @@
-"""train.trackers: the old train.tensorboard switch says what replaced it; a tracker listed twice is an error."""
+"""train.trackers: configs with the old train.tensorboard switch keep working; a tracker listed twice is an error."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import pytest
 from llmkit.config.load import ConfigProblems, validate_config
 
 
-def test_old_tensorboard_key_points_at_trackers() -> None:
-    with pytest.raises(ConfigProblems, match=r"trackers: \[tensorboard\]"):
-        validate_config({"name": "t", "train": {"tensorboard": True}})
+def test_configs_written_with_the_old_tensorboard_switch_keep_working() -> None:
+    assert validate_config({"name": "t", "train": {"tensorboard": True}}).train.trackers == ["tensorboard"]
+    assert validate_config({"name": "t", "train": {"tensorboard": False}}).train.trackers == []
+    assert validate_config({"name": "t", "train": {"tensorboard": True, "trackers": ["mlflow"]}}).train.trackers == [
+        "mlflow", "tensorboard"]
+    with pytest.raises(ConfigProblems, match="true or false"):
+        validate_config({"name": "t", "train": {"tensorboard": "yes please"}})
 
 
 def test_trackers_are_known_and_listed_once() -> None:
