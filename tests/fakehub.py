@@ -2,7 +2,9 @@
 ``snapshot_download``: repository info by revision, the file tree of a commit, and file downloads
 (HEAD for metadata, GET for bytes), with the Hub's error codes for unknown repositories and
 revisions and for gated repositories asked without a token. huggingface_hub itself then writes
-its cache (blobs, snapshots, refs, tree listings) exactly as it does from the real Hub."""
+its cache (blobs, snapshots, refs, tree listings) exactly as it does from the real Hub. For
+uploads (``create_repo``, ``upload_folder``): repository creation, pre-upload (every file
+"regular", sent inline) and the commit endpoint, which makes a new commit on the branch."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ class Repo:
     commits: dict[str, dict[str, bytes]] = field(default_factory=dict)  # commit -> files
     refs: dict[str, str] = field(default_factory=dict)  # branch or tag -> commit
     gated_token: str | None = None  # files only for this bearer token
+    private: bool = False
+    messages: list[str] = field(default_factory=list)  # commit messages, in order
 
     def add_commit(self, files: dict[str, bytes], *refs: str) -> str:
         commit = hashlib.sha1(json.dumps(sorted((k, hashlib.sha256(v).hexdigest()) for k, v in files.items()))
@@ -38,6 +42,7 @@ class FakeHub:
     def __init__(self) -> None:
         self.repos: dict[str, Repo] = {}
         self.downloads: list[str] = []
+        self.unrouted: list[str] = []  # requests no route answered (to debug a new client)
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -80,6 +85,56 @@ class FakeHub:
             def do_HEAD(self) -> None:  # noqa: N802
                 self.do_GET()
 
+            def do_POST(self) -> None:  # noqa: N802
+                import base64
+
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                parts = [unquote(p) for p in urlparse(self.path).path.strip("/").split("/")]
+                if parts == ["api", "validate-yaml"]:  # a README's front matter, before a commit
+                    import yaml
+
+                    content = json.loads(body)["content"]
+                    front = content.split("---")[1] if content.startswith("---") else ""
+                    yaml.safe_load(front)  # a malformed card fails the request, as on the Hub
+                    self._json({"errors": [], "warnings": []})
+                    return
+                if parts == ["api", "repos", "create"]:
+                    data = json.loads(body)
+                    repo_id = f"{data['organization']}/{data['name']}" if data.get("organization") else data["name"]
+                    if repo_id not in hub.repos:
+                        repo = Repo(private=bool(data.get("private")) or data.get("visibility") == "private")
+                        repo.add_commit({".gitattributes": b"*.safetensors filter=lfs\n"})
+                        hub.repos[repo_id] = repo
+                    self._json({"url": f"{hub.url}/{repo_id}", "name": repo_id})
+                    return
+                if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] in ("preupload", "commit"):
+                    found = self._repo(f"{parts[2]}/{parts[3]}", parts[5])
+                    if found is None:
+                        return
+                    repo, commit = found
+                    if parts[4] == "preupload":
+                        files = json.loads(body)["files"]
+                        self._json({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                              for f in files]})
+                        return
+                    files = dict(repo.commits[commit])
+                    message = ""
+                    for line in body.decode().splitlines():
+                        item = json.loads(line)
+                        if item["key"] == "header":
+                            message = item["value"].get("summary", "")
+                        elif item["key"] == "file":
+                            files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                        elif item["key"] == "deletedFile":
+                            files.pop(item["value"]["path"], None)
+                    new = repo.add_commit(files, parts[5])
+                    repo.messages.append(message)
+                    self._json({"commitUrl": f"{hub.url}/{parts[2]}/{parts[3]}/commit/{new}", "commitOid": new,
+                                "pullRequestUrl": None})
+                    return
+                hub.unrouted.append(f"{self.command} {self.path}")
+                self._error(404, "EntryNotFound", f"no route {self.path}")
+
             def do_GET(self) -> None:  # noqa: N802
                 parts = [unquote(p) for p in urlparse(self.path).path.strip("/").split("/")]
                 if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] in ("revision", "tree"):
@@ -114,6 +169,7 @@ class FakeHub:
                         hub.downloads.append(f"{parts[0]}/{parts[1]}/{name}")
                         self.wfile.write(data)
                     return
+                hub.unrouted.append(f"{self.command} {self.path}")
                 self._error(404, "EntryNotFound", f"no route {self.path}")
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -105,13 +105,27 @@ class Exported:
     files: list[str]
     verified: bool | None = None
     report: Any = None
+    pushed: str | None = None  # the Hub commit's URL, with push_to_hub
 
 
 def export(run: str | Path, out: str | Path, format: str = "hf", dtype: str = "float32", merge_lora: bool = True,
-           quant: str = "f32", overwrite: bool = False, verify: bool = True) -> Exported:
+           quant: str = "f32", overwrite: bool = False, verify: bool = True, push_to_hub: str | None = None,
+           private: bool = False) -> Exported:
     """Export the run's model: a Hugging Face directory (``format="hf"``, ``dtype``, merged LoRA or
     the adapter) or a GGUF file (``format="gguf"``, ``quant``). A float32 HF export is verified
-    against the run's model unless ``verify=False``."""
+    against the run's model unless ``verify=False``. ``push_to_hub="org/name"`` then uploads it with
+    a model card (not when verification failed)."""
+    exported = _export(run, out, format, dtype, merge_lora, quant, overwrite, verify)
+    if push_to_hub and exported.verified is not False:
+        from llmkit.export.card import push_to_hub as push
+        from llmkit.rundir import RunDir
+
+        exported.pushed = push(Path(run), exported.path, push_to_hub, private, RunDir(Path(run)).load_config().hub_token_env)
+    return exported
+
+
+def _export(run: str | Path, out: str | Path, format: str, dtype: str, merge_lora: bool, quant: str, overwrite: bool,
+            verify: bool) -> Exported:
     from llmkit.data.tokenizer import load_tokenizer
     from llmkit.export.hf import export_hf, open_source
 

@@ -159,3 +159,59 @@ def test_an_incomplete_cached_snapshot_is_never_used(cli, hub, tmp_path: Path) -
     out = cli("prepare", "--config", str(cfg), env=_env(hub, home, offline=True))
     assert out.returncode == 3 and "incomplete" in out.stderr, out.stderr
     assert not (tmp_path / "runs" / "i" / "tokenizer").exists()
+
+
+def test_export_pushes_to_the_hub_with_a_model_card_and_it_loads_back(cli, hub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from llmkit.train.loop import train as run_train
+
+    from .train.helpers import make_run
+
+    cfg = make_run(tmp_path, train={"max_steps": 4, "eval_every_steps": 4})
+    run = run_train(__import__("llmkit.config.load", fromlist=["load_config"]).load_config(cfg, environ={}),
+                    log=lambda _: None).run_dir
+    env = _env(hub, tmp_path / "hf", HF_TOKEN="")
+    out = cli("export", str(run), "--out", str(tmp_path / "hf-out"), "--push-to-hub", "me/tiny-chat", cwd=tmp_path, env=env)
+    assert out.returncode == 3 and "needs a Hugging Face token" in out.stderr  # nothing pushed without one
+    assert "me/tiny-chat" not in hub.repos
+    env["HF_TOKEN"] = "hf_write"
+    out = cli("export", str(run), "--out", str(tmp_path / "hf-out"), "--overwrite", "--push-to-hub", "me/tiny-chat",
+              "--private", "--json", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr + str(hub.unrouted)
+    assert json.loads(out.stdout)["pushed"].startswith(hub.url + "/me/tiny-chat/commit/")
+    repo = hub.repos["me/tiny-chat"]
+    assert repo.private and repo.messages == ["llmkit export of run t"]
+    files = repo.commits[repo.refs["main"]]
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= set(files)
+    card = files["README.md"].decode()
+    for part in ("library_name: transformers", "## Training data", "## Evaluation", "| val_loss |", "## Versions",
+                 "- llmkit ", "- transformers ", "```yaml", "name: t"):
+        assert part in card, part
+    assert str(tmp_path) not in card  # local paths by file name only
+    # anyone can now load it from the Hub with plain transformers, and it is the run's model
+    from transformers import AutoModelForCausalLM
+
+    from llmkit.hub import resolve
+
+    code = ("import json; from llmkit.hub import resolve; "
+            "print(json.dumps(str(resolve('me/tiny-chat', 'model').path)))")
+    fetched = __import__("subprocess").run([__import__("sys").executable, "-c", code], capture_output=True, text=True,
+                                           env={**__import__("os").environ, **_env(hub, tmp_path / "other")})
+    path = Path(json.loads(fetched.stdout.strip().splitlines()[-1]))
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.inference_mode():
+        ours = AutoModelForCausalLM.from_pretrained(str(run / "final")).eval()(ids).logits
+        theirs = AutoModelForCausalLM.from_pretrained(str(path)).eval()(ids).logits
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert resolve  # imported for the subprocess's sake above
+
+
+@pytest.mark.network
+def test_a_real_public_hub_model_resolves_and_loads() -> None:
+    """The real Hub (only with LLMKIT_NETWORK_TESTS=1): a tiny public model, pinned to a branch."""
+    from llmkit.hub import resolve
+    from llmkit.model.build import load_model
+
+    source = resolve("hf-internal-testing/tiny-random-LlamaForCausalLM@main", "model", None)
+    assert source.commit and len(source.commit) == 40
+    model = load_model(source.path, False)
+    assert model.config.model_type == "llama"

@@ -25,6 +25,11 @@ def export(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     decrypt: bool = typer.Option(False, "--decrypt", help="Encrypted runs: write the export as plain files "
                                  "(other tools read nothing else); refused without it."),
+    push_to_hub: str = typer.Option(None, "--push-to-hub", metavar="ORG/NAME",
+                                    help="Then upload the export with a generated model card (README.md: data, "
+                                         "training, evaluation, config, versions) to this Hub repository, created "
+                                         "when needed; the token comes from the run's hub_token_env."),
+    private: bool = typer.Option(False, "--private", help="--push-to-hub: create the repository private."),
     as_json: bool = json_option("what was written and the verification"),
 ) -> None:
     """Export the trained model; an fp32 HF export is then verified against the run's model."""
@@ -34,6 +39,10 @@ def export(
 
     from dataclasses import asdict
 
+    from llmkit.errors import UsageError
+
+    if private and not push_to_hub:
+        raise UsageError("--private applies to --push-to-hub", "", "add --push-to-hub ORG/NAME or drop --private")
     dtype = dtype.value
     say = progress(as_json)
     with open_source(run, decrypt) as src:
@@ -43,9 +52,10 @@ def export(
             from llmkit.export.gguf import export_gguf
 
             path = export_gguf(src, out, quant.value, overwrite)
+            pushed = _push(run, path, push_to_hub, private, say)
             if as_json:
                 echo_json({"format": "gguf", "path": str(path), "bytes": path.stat().st_size, "quant": quant.value,
-                           "decrypted": src != run / "final"})
+                           "decrypted": src != run / "final", "pushed": pushed})
                 return
             typer.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {quant.value})")
             return
@@ -62,15 +72,34 @@ def export(
         if dtype != "float32" and result.dtype != "adapter":
             say(f"warning: {dtype} changes the model: max logit difference {result.max_logit_diff:.3g} vs float32 "
                 "on fixed prompts (greedy outputs may differ)")
+        pushed = _push(run, out, push_to_hub, private, say)
         if as_json:
-            echo_json({**written, "verify": None})
+            echo_json({**written, "verify": None, "pushed": pushed})
         return
     report = run_verify(run, out)
-    if as_json:
-        echo_json({**written, "verify": {**asdict(report), "ok": report.ok}})
-    else:
+    if not as_json:
         typer.echo(render(report))
+    pushed = None
+    if report.ok:
+        pushed = _push(run, out, push_to_hub, private, say)
+    elif push_to_hub:
+        say(f"not pushed to {push_to_hub}: the export does not reproduce the run's model")
+    if as_json:
+        echo_json({**written, "verify": {**asdict(report), "ok": report.ok}, "pushed": pushed})
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _push(run: Path, exported: Path, repo_id: str | None, private: bool, say) -> str | None:  # type: ignore[no-untyped-def]
+    """--push-to-hub: the card, then the upload; the commit URL (None: not asked)."""
+    if not repo_id:
+        return None
+    from llmkit.export.card import push_to_hub
+    from llmkit.rundir import RunDir
+
+    cfg = RunDir(run).load_config()
+    url = push_to_hub(run, exported, repo_id, private, cfg.hub_token_env)
+    say(f"pushed to {repo_id}{' (private)' if private else ''}: {url}")
+    return url
 
 
 def verify(
