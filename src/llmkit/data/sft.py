@@ -76,21 +76,25 @@ def _with_system(obj: dict[str, Any], out: list[dict[str, str]], where: str) -> 
     return [{"role": "system", "content": system}, *out] if system else out
 
 
-def _sharegpt(obj: dict[str, Any], where: str) -> list[dict[str, str]]:
-    turns = obj["conversations"]
+def _turns(obj: dict[str, Any], where: str, key: str, speaker: str, text: str, roles: dict[str, str]
+           ) -> list[dict[str, str]]:
+    """A conversation (``messages`` or ShareGPT's ``conversations``) as chat messages."""
+    turns = obj[key]
     if not isinstance(turns, list) or not turns:
-        raise UsageError(f"{where}: 'conversations' must be a non-empty list", "", "fix that example")
+        raise UsageError(f"{where}: '{key}' must be a non-empty list", "", "fix that example")
     out = []
     for i, t in enumerate(turns):
+        at = f"{where}, {key}[{i}]"
         if not isinstance(t, dict):
-            raise UsageError(f"{where}: conversations[{i}] is not an object", "", "fix that example")
-        who = _field(t, "from", f"{where}, conversations[{i}]")
-        if who not in SHAREGPT_ROLES:
-            raise UsageError(f"{where}, conversations[{i}]: unknown speaker {who!r}",
-                             f"ShareGPT speakers are {', '.join(SHAREGPT_ROLES)}", "fix that example")
-        out.append({"role": SHAREGPT_ROLES[who], "content": _field(t, "value", f"{where}, conversations[{i}]")})
+            raise UsageError(f"{at} is not an object", "", "fix that example")
+        who = _field(t, speaker, at)
+        if who not in roles:
+            raise UsageError(f"{at}: unknown {'role' if key == 'messages' else 'speaker'} {who!r}",
+                             f"they are {', '.join(roles)}", "fix that example")
+        out.append({"role": roles[who], "content": _field(t, text, at)})
     if not any(m["role"] == "assistant" for m in out):
-        raise UsageError(f"{where}: no 'gpt' turn", "SFT trains on the assistant's turns", "add the answer")
+        raise UsageError(f"{where}: no assistant message", "SFT trains on the assistant's turns",
+                         "add the assistant's answer")
     return _with_system(obj, out, where)
 
 
@@ -99,25 +103,10 @@ def to_messages(obj: Any, where: str) -> list[dict[str, str]]:
     if not isinstance(obj, dict):
         raise UsageError(f"{where}: expected a JSON object, found {type(obj).__name__}", "",
                          "each line must be one JSON object")
-    if "conversations" in obj and "messages" not in obj:
-        return _sharegpt(obj, where)
     if "messages" in obj:
-        msgs = obj["messages"]
-        if not isinstance(msgs, list) or not msgs:
-            raise UsageError(f"{where}: 'messages' must be a non-empty list", "", "fix that line")
-        out = []
-        for i, m in enumerate(msgs):
-            if not isinstance(m, dict):
-                raise UsageError(f"{where}: messages[{i}] is not an object", "", "fix that line")
-            role = _field(m, "role", f"{where}, messages[{i}]")
-            if role not in ROLES:
-                raise UsageError(f"{where}, messages[{i}]: unknown role {role!r}",
-                                 f"roles are {', '.join(ROLES)}", "fix that line")
-            out.append({"role": role, "content": _field(m, "content", f"{where}, messages[{i}]")})
-        if not any(m["role"] == "assistant" for m in out):
-            raise UsageError(f"{where}: no assistant message", "SFT trains on assistant turns",
-                             "add the assistant's answer")
-        return _with_system(obj, out, where)
+        return _turns(obj, where, "messages", "role", "content", {r: r for r in ROLES})
+    if "conversations" in obj:
+        return _turns(obj, where, "conversations", "from", "value", SHAREGPT_ROLES)
     if "prompt" in obj or "completion" in obj:
         return [{"role": "user", "content": _field(obj, "prompt", where)},
                 {"role": "assistant", "content": _field(obj, "completion", where)}]
