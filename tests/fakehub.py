@@ -40,7 +40,8 @@ def files_of(directory: Path) -> dict[str, bytes]:
 
 class FakeHub:
     def __init__(self) -> None:
-        self.repos: dict[str, Repo] = {}
+        self.repos: dict[str, Repo] = {}  # models
+        self.datasets: dict[str, Repo] = {}
         self.downloads: list[str] = []
         self.unrouted: list[str] = []  # requests no route answered (to debug a new client)
         hub = self
@@ -68,8 +69,9 @@ class FakeHub:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def _repo(self, repo_id: str, revision: str) -> tuple[Repo, str] | None:
-                repo = hub.repos.get(repo_id)
+            def _repo(self, repo_id: str, revision: str, store: dict[str, Repo] | None = None
+                      ) -> tuple[Repo, str] | None:
+                repo = (hub.repos if store is None else store).get(repo_id)
                 if repo is None:
                     self._error(404, "RepoNotFound", f"Repository Not Found for url: {self.path}.")
                     return None
@@ -137,21 +139,42 @@ class FakeHub:
 
             def do_GET(self) -> None:  # noqa: N802
                 parts = [unquote(p) for p in urlparse(self.path).path.strip("/").split("/")]
-                if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] in ("revision", "tree"):
-                    found = self._repo(f"{parts[2]}/{parts[3]}", parts[5])
-                    if found is None:
+                if parts[:2] in (["api", "models"], ["api", "datasets"]) and len(parts) >= 4:
+                    store = hub.repos if parts[1] == "models" else hub.datasets
+                    repo_id, rest = f"{parts[2]}/{parts[3]}", parts[4:]
+                    if not rest or rest[0] in ("revision", "tree"):
+                        found = self._repo(repo_id, rest[1] if len(rest) > 1 else "main", store)
+                        if found is None:
+                            return
+                        repo, commit = found
+                        files = repo.commits[commit]
+                        if not rest or rest[0] == "revision":
+                            self._json({"id": repo_id, "sha": commit, "private": repo.private,
+                                        "siblings": [{"rfilename": name} for name in files]})
+                        else:  # the tree under a path: everything below it, or (not recursive) its children
+                            from urllib.parse import parse_qs
+
+                            prefix = "/".join(rest[2:])
+                            recursive = parse_qs(urlparse(self.path).query).get("recursive", ["false"])[0] == "true"
+                            below = {n: d for n, d in files.items() if not prefix or n.startswith(prefix + "/")}
+                            entries: dict[str, dict[str, object]] = {}
+                            for name, data in below.items():
+                                rel = name[len(prefix) + 1:] if prefix else name
+                                if recursive or "/" not in rel:
+                                    entries[name] = {"type": "file", "path": name, "size": len(data),
+                                                     "oid": hashlib.sha1(data).hexdigest()}
+                                if "/" in rel:
+                                    dirs = rel.split("/")[:-1]
+                                    for depth in range(1 if not recursive else len(dirs)):
+                                        d = "/".join(filter(None, [prefix, *dirs[:depth + 1]]))
+                                        entries[d] = {"type": "directory", "path": d, "oid": hashlib.sha1(d.encode()).hexdigest()}
+                            self._json(list(entries.values()))
                         return
-                    repo, commit = found
-                    files = repo.commits[commit]
-                    if parts[4] == "revision":
-                        self._json({"id": f"{parts[2]}/{parts[3]}", "sha": commit, "private": False,
-                                    "siblings": [{"rfilename": name} for name in files]})
-                    else:
-                        self._json([{"type": "file", "path": name, "size": len(data),
-                                     "oid": hashlib.sha1(data).hexdigest()} for name, data in files.items()])
-                    return
+                store = hub.repos
+                if parts and parts[0] == "datasets":
+                    store, parts = hub.datasets, parts[1:]
                 if len(parts) >= 5 and parts[2] == "resolve":
-                    found = self._repo(f"{parts[0]}/{parts[1]}", parts[3])
+                    found = self._repo(f"{parts[0]}/{parts[1]}", parts[3], store)
                     if found is None:
                         return
                     repo, commit = found

@@ -215,3 +215,18 @@ def test_a_real_public_hub_model_resolves_and_loads() -> None:
     assert source.commit and len(source.commit) == 40
     model = load_model(source.path, False)
     assert model.config.model_type == "llama"
+
+
+def test_a_hub_dataset_is_streamed_into_the_token_shards(cli, hub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rows = [{"body": f"Note {i}: the for statement loops over item {i * 7} of a list, then prints it."} for i in range(300)]
+    dataset = Repo()
+    dataset.add_commit({"data/train.jsonl": "".join(json.dumps(r) + "\n" for r in rows).encode(), "README.md": b"# notes\n"})
+    hub.datasets["org/notes"] = dataset
+    cfg = deep_update(TINY, {"name": "ds", "runs_root": str(tmp_path / "runs"), "tokenizer": {"vocab_size": 300},
+                             "data": {"source": "hf", "path": "org/notes", "text_field": "body"}})
+    (tmp_path / "ds.yaml").write_text(yaml.safe_dump(cfg))
+    out = cli("prepare", "--config", str(tmp_path / "ds.yaml"), "--json", env=_env(hub, tmp_path / "hf"), timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    meta = json.loads(out.stdout)["outputs"]["pretrain"]
+    assert meta["train_documents"] + meta["val_documents"] == 300
+    assert "org/notes/data/train.jsonl" in hub.downloads
