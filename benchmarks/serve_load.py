@@ -9,7 +9,8 @@
    stream of 4,000 tokens shows what the server adds per token.
 
 With --compile the server compiles its decode step first (serve.compile: true). --model 100m
-serves a ~100M-parameter Llama (16 layers, hidden 768) instead of `tiny`.
+serves a ~100M-parameter Llama (16 layers, hidden 768) instead of `tiny`. --pack-weights sets
+serve.pack_weights (default auto, as the server's default).
 
 Each row also shows what `llmkit plan --serve` predicts for it on this machine
 (``llmkit.plan.measure.measure_cpu_serving``: the eager step timed piece by piece, no model built)
@@ -188,8 +189,12 @@ def main() -> None:
     parser.add_argument("--requests-per-client", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="serve with the compiled decode step")
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
+    parser.add_argument("--pack-weights", choices=("auto", "true", "false"), default="auto",
+                        help="serve.pack_weights for the server (and the plan's prediction)")
     args = parser.parse_args()
     cfg = model_config(args.model)
+    pack = {"auto": "auto", "true": True, "false": False}[args.pack_weights]
+    cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"pack_weights": pack})})
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "m"
         make_model(model_dir, cfg)
@@ -198,7 +203,8 @@ def main() -> None:
                            + [{"concurrency": c, "max_tokens": LONG_TOKENS} for c in (1, 16)], prompt_tokens)
         port = free_port()
         proc = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", str(model_dir), "--port", str(port),
-                                 "--max-concurrency", "64", "--max-batch-size", "64", "--served-model-name", "m"]
+                                 "--max-concurrency", "64", "--max-batch-size", "64", "--served-model-name", "m",
+                                 "--set", f"serve.pack_weights={args.pack_weights}"]
                                 + (["--compile"] if args.compile else []),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
         url = f"http://127.0.0.1:{port}"
@@ -219,7 +225,7 @@ def main() -> None:
         predicted = {k: (v + second[k]) / 2 for k, v in first.items()}
         params = sum(p.numel() for p in build_model(cfg.model, cfg.tokenizer.vocab_size, 0, 0, seed=0).parameters())
         print(f"cpu: {cpu_line()}; model: {args.model} ({params / 1e6:.1f} M parameters, fp32); decode step: "
-              f"{'compiled' if args.compile else 'eager'}; prompt {prompt_tokens} tokens")
+              f"{'compiled' if args.compile else 'eager'}; serve.pack_weights {args.pack_weights}; prompt {prompt_tokens} tokens")
         print(f"{'conc':>4} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'tok/s':>8} {'errors':>6} "
               f"{'plan':>8} {'measured/plan':>13}")
         for r in rows + long_rows:

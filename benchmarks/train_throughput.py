@@ -19,7 +19,10 @@ full logits vs in chunks (llmkit.eval.head_loss): step time and peak RSS, fresh 
 Tokens/s is micro-batch x context / step time; MFU = tokens/s x FLOPs per token (6N + 12·L·H·T)
 over the measured peak. Prints which of issue 18's targets apply to the CPU it saw.
 
-Usage: python benchmarks/train_throughput.py [--steps 8] [--repeats 2] [--no-compile] [--loss-only]
+The loops run interleaved, the order reversed every other repeat; llmkit / plain GPT is also
+given per repeat (the two measured back to back), whose spread is this machine's noise.
+
+Usage: python benchmarks/train_throughput.py [--steps 8] [--repeats 4] [--no-compile] [--loss-only]
 """
 
 from __future__ import annotations
@@ -239,7 +242,7 @@ def loss_section() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="skip the compiled rows (each compile takes about a minute on 2 cores)")
     parser.add_argument("--loss-only", action="store_true", help="only the loss section (full logits vs chunked)")
@@ -261,6 +264,8 @@ def main() -> None:
               f"precision auto -> {auto}; torch threads {torch.get_num_threads()}")
         rows = []
         peaks_by: dict[str, list[float]] = {}
+        plain_by_repeat: dict[str, list[list[float]]] = {}  # step times of each repeat, by mode
+        ours_by_repeat: dict[str, list[list[float]]] = {}
         # llmkit's precisions: fp32, and on fast-bf16 CPUs bf16 autocast and bf16-weights (what auto
         # picks for one process); the plain GPT runs fp32 or bf16 autocast
         modes = ["fp32"] + (["bf16", "bf16-weights"] if auto != "fp32" else [])
@@ -272,16 +277,23 @@ def main() -> None:
                 plain: list[float] = []
                 ours: list[float] = []
                 peaks = []
-                for i in range(args.repeats):  # interleaved: noise hits all alike
+                mode = precision + (" compiled" if compiled else "")
+                for i in range(args.repeats):  # interleaved, the order reversed every other repeat:
+                    # drift within a repeat hits plain and llmkit alike
                     peaks.append(matmul_peak_flops(torch.device("cpu"), dtype, seconds=0.5))
-                    if precision != "bf16-weights":
-                        plain += plain_loop(cfg, base / "data", args.steps + WARMUP + (3 if compiled else 0), compiled)
-                        if not compiled:
+                    for loop in (("plain", "bare", "llmkit") if i % 2 == 0 else ("llmkit", "bare", "plain")):
+                        if loop == "plain" and precision != "bf16-weights":
+                            plain_i = plain_loop(cfg, base / "data", args.steps + WARMUP + (3 if compiled else 0), compiled)
+                            plain_by_repeat.setdefault(mode, []).append(plain_i)
+                            plain += plain_i
+                        elif loop == "bare" and precision != "bf16-weights" and not compiled:
                             bare += bare_loop(cfg, base / "data", args.steps + WARMUP)
-                    ours += llmkit_loop(cfg, root, base, args.steps, i)
+                        elif loop == "llmkit":
+                            ours_i = llmkit_loop(cfg, root, base, args.steps, i)
+                            ours_by_repeat.setdefault(mode, []).append(ours_i)
+                            ours += ours_i
                 peak = max(peaks)
                 peaks_by[precision] = peaks
-                mode = precision + (" compiled" if compiled else "")
                 for label, secs in (("plain GPT", plain), ("bare loop", bare), ("llmkit train", ours)):
                     if secs:
                         tok_s = 8 * 256 / statistics.median(secs)
@@ -296,6 +308,11 @@ def main() -> None:
             line = f"{mode}: llmkit / plain GPT ({plain_mode}) = {ours_tok / by[(plain_mode, 'plain GPT')]:.3f} (target >= 1.0)"
             if (mode, "bare loop") in by:
                 line += f"; llmkit / bare = {ours_tok / by[(mode, 'bare loop')]:.3f}"
+            # the same ratio within each repeat (plain and llmkit back to back): the spread is this
+            # machine's noise
+            each = [statistics.median(p) / statistics.median(o)
+                    for p, o in zip(plain_by_repeat[plain_mode], ours_by_repeat[mode])]
+            line += f"; per repeat {', '.join(f'{r:.3f}' for r in each)} (median {statistics.median(each):.3f})"
             print(line)
         fp32 = by[("fp32", "llmkit train")]
         for mode in dict.fromkeys(p for p, _, _, _, _ in rows):

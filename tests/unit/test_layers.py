@@ -28,8 +28,8 @@ LAYERS: list[tuple[str, set[str]]] = [  # top to bottom; a layer imports only la
     ("the config", {"config"}),
     ("privacy: PII detection, offline switches, sealed files and key rotation", {"privacy"}),
     ("Hugging Face Hub ids resolved to complete local snapshots", {"hub"}),
-    ("device and precision policy, fault points, files, optional dependencies",
-     {"device", "faults", "fsutil", "optional"}),
+    ("device and precision policy, fault points, files, optional dependencies, packed weights",
+     {"device", "faults", "fsutil", "optional", "packing"}),
     ("errors, version", {"errors", "__init__"}),
 ]
 RANK = {part: rank for rank, (_, parts) in enumerate(LAYERS) for part in parts}

@@ -35,6 +35,9 @@ def serve(
     compile_step: bool = typer.Option(None, "--compile/--no-compile",
                                       help="torch.compile the decode step at start-up (about a minute on a "
                                            "CPU; faster decode after). Default: serve.compile (auto: eager)."),
+    pack_weights: bool = typer.Option(None, "--pack-weights/--no-pack-weights",
+                                      help="Decode with oneDNN-packed copies of the projection weights (CPU). "
+                                           "Default: serve.pack_weights (auto: the shapes measured faster)."),
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (binds 127.0.0.1 by default)."""
     from llmkit.config.load import load_config
@@ -47,7 +50,8 @@ def serve(
              "serve.allow_unauthenticated": allow_unauthenticated, "serve.max_concurrency": max_concurrency,
              "serve.max_batch_size": max_batch_size, "serve.max_queue": max_queue,
              "serve.drain_timeout_s": drain_timeout, "serve.engine": engine.value if engine else None,
-             "serve.ui": ui, "serve.dtype": dtype.value if dtype else None, "serve.compile": compile_step}
+             "serve.ui": ui, "serve.dtype": dtype.value if dtype else None, "serve.compile": compile_step,
+             "serve.pack_weights": pack_weights}
     sets = list(overrides) + [f"{k}={_yaml(v)}" for k, v in flags.items() if v is not None]
     # without --config, sampling defaults come from the run's generate section (as for generate and chat)
     base = {"name": "serve", "generate": generate_defaults(model_path).model_dump(mode="json")}

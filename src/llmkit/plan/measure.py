@@ -157,7 +157,8 @@ def measure_cpu_serving(cfg: Any, dtype: str = "fp32", sampled: bool = True, bud
 
     A decode step is timed in two parts at the batch and span asked for, at the model's shapes and
     dtype, without building the model: a replica of one decoder layer as
-    ``llmkit.generate.fastpath`` runs it (``nn.Linear`` projections, the Hugging Face RMSNorm's
+    ``llmkit.generate.fastpath`` runs it (``nn.Linear`` projections, or their oneDNN-packed copies
+    where ``serve.pack_weights`` has the server pack them (``llmkit.packing``), the Hugging Face RMSNorm's
     operations, rotary embedding, the writes into a cache buffer of twice the span and attention
     over its slice with a bool mask and grouped-query heads, residuals, the activation), cycled
     over enough copies of the layer's weights that they stream from memory when the model's
@@ -213,18 +214,25 @@ def measure_cpu_serving(cfg: Any, dtype: str = "fp32", sampled: bool = True, bud
             self.q, self.k, self.v, self.o = linear(h, h), linear(h, kv), linear(h, kv), linear(h, h)
             self.gate, self.up, self.down = linear(h, inter), (None if gpt2 else linear(h, inter)), linear(inter, h)
             self.norm1, self.norm2 = Norm(), Norm()
+            # what the products go through: the modules, or their packed copies where serve.pack_weights
+            # has the server pack them (its decode step and its model's forward, a prefill, use them)
+            self.fn: dict[str, Any] = {"q": self.q, "k": self.k, "v": self.v, "o": self.o, "gate": self.gate,
+                                       "up": self.up, "down": self.down}
 
         def mlp(self, x: Any) -> Any:
+            f = self.fn
             if self.up is None:
-                return self.down(F.gelu(self.gate(x), approximate="tanh"))
-            return self.down(F.silu(self.gate(x)) * self.up(x))
+                return f["down"](F.gelu(f["gate"](x), approximate="tanh"))
+            return f["down"](F.silu(f["gate"](x)) * f["up"](x))
+
 
         def forward(self, x: Any, cos: Any, sin: Any, keys: Any, values: Any, mask: Any) -> Any:
             b, t = x.shape[:2]
             y = self.norm1(x)
-            q = self.q(y).view(b, t, -1, head_dim).transpose(1, 2)
-            k = self.k(y).view(b, t, -1, head_dim).transpose(1, 2)
-            v = self.v(y).view(b, t, -1, head_dim).transpose(1, 2)
+            f = self.fn
+            q = f["q"](y).view(b, t, -1, head_dim).transpose(1, 2)
+            k = f["k"](y).view(b, t, -1, head_dim).transpose(1, 2)
+            v = f["v"](y).view(b, t, -1, head_dim).transpose(1, 2)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
             keys[:, :, -t:] = k
@@ -234,7 +242,7 @@ def measure_cpu_serving(cfg: Any, dtype: str = "fp32", sampled: bool = True, bud
                                                    enable_gqa=kv_heads != heads)
             else:
                 o = F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=kv_heads != heads)
-            x = x + self.o(o.transpose(1, 2).reshape(b, t, -1))
+            x = x + f["o"](o.transpose(1, 2).reshape(b, t, -1))
             return x + self.mlp(self.norm2(x))
 
     def rotate_half(x: Any) -> Any:
@@ -267,6 +275,19 @@ def measure_cpu_serving(cfg: Any, dtype: str = "fp32", sampled: bool = True, bud
     with torch.inference_mode():
         head = linear(h, min(vocab, max(1, 256 * 2**20 // (h * e))))  # a slice of a huge head, scaled
     head_scale = vocab / head.out_features
+    head_fn = head
+    pack = getattr(getattr(cfg, "serve", None), "pack_weights", False)
+    if pack and not gpt2:  # the server's decode step packs as serve.pack_weights says; so is it timed
+        from llmkit.packing import PackedLinear, available_memory, faster_packed, packable, shape_of
+
+        free = available_memory()
+        if packable(head) and not (free is not None and pc.matmul * e > free // 2):
+            linears = [m for m in (*stack[0].fn.values(), head) if m is not None]
+            faster = {shape_of(m): True for m in linears} if pack is True else faster_packed(linears)
+            for layer in stack:
+                layer.fn = {k: PackedLinear(m) if m is not None and faster.get(shape_of(m)) else m
+                            for k, m in layer.fn.items()}
+            head_fn = PackedLinear(head) if faster.get(shape_of(head)) else head
     embedding = torch.nn.Embedding(min(vocab, 65536), h, dtype=torch_type)
     norm = Norm()
     inv_freq = torch.rand(head_dim // 2)
@@ -285,7 +306,7 @@ def measure_cpu_serving(cfg: Any, dtype: str = "fp32", sampled: bool = True, bud
                 freqs = positions[..., None].float() * inv_freq
                 emb = torch.cat((freqs, freqs), dim=-1)
                 (emb.cos() * 1.0).to(torch_type), (emb.sin() * 1.0).to(torch_type)
-                logits = head(norm(x))[:, 0].float()
+                logits = head_fn(norm(x))[:, 0].float()
                 chosen = logits.argmax(-1)
                 if sampled:
                     probs = (logits / 0.8).softmax(-1)

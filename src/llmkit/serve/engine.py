@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from llmkit.generate.batch import BatchDecoder, Event
 from llmkit.generate.fastpath import DecodeStep, supports
@@ -61,11 +61,12 @@ class Handle:
         return [(self.id, i) for i in range(len(self.params))]
 
 
-def decode_step(model: Any, tokenizer: Any, compiled: bool) -> DecodeStep | None:
+def decode_step(model: Any, tokenizer: Any, compiled: bool, pack: bool | str = False) -> DecodeStep | None:
     """The engine's decode step: llmkit's own for the architectures that have one (None: through
-    ``model.forward``), compiled and warmed up when ``compiled`` (serve.compile: true), so that no
-    request waits for a compile: a greedy run of one row and one of two, the two shapes torch
-    compiles for (a batch of one and a dynamic batch)."""
+    ``model.forward``), with packed weights as ``pack`` says (serve.pack_weights), compiled and
+    warmed up when ``compiled`` (serve.compile: true), so that no request waits for a compile: a
+    greedy run of one row and one of two, the two shapes torch compiles for (a batch of one and a
+    dynamic batch)."""
     import sys
     import time
 
@@ -73,8 +74,13 @@ def decode_step(model: Any, tokenizer: Any, compiled: bool) -> DecodeStep | None
         if compiled:
             print(f"serve.compile: no compiled decode step for {model.config.model_type} models; decoding "
                   "through transformers' forward", file=sys.stderr)
+        if pack is True:
+            print(f"serve.pack_weights: no llmkit decode step for {model.config.model_type} models; decoding "
+                  "through transformers' forward", file=sys.stderr)
         return None
-    step = DecodeStep(model)
+    step = DecodeStep(model, pack=pack, pack_forward=True)  # the server's model is only served
+    if pack:
+        print(f"serve.pack_weights: {step.pack_note}", file=sys.stderr)
     if not compiled or not step.compile():
         return step
     print("compiling the decode step (serve.compile: true; about a minute on a CPU) ...", file=sys.stderr, flush=True)
@@ -90,9 +96,32 @@ def decode_step(model: Any, tokenizer: Any, compiled: bool) -> DecodeStep | None
     except Exception as exc:  # noqa: BLE001 - a compile that fails falls back to eager
         print(f"warning: the compiled decode step failed ({type(exc).__name__}: {str(exc)[:200]}); decoding eagerly",
               file=sys.stderr)
-        return DecodeStep(model)
+        step.fn = step.forward
+        return step
     print(f"decode step compiled in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     return step
+
+
+PREFILL_TOKENS = 4096  # the most (padded) prompt tokens prefilled in one forward pass
+
+
+def prefill_groups(handles: list[Handle], budget: int = PREFILL_TOKENS) -> list[list[Handle]]:
+    """Requests admitted together, in order, split into groups prefilled by one forward pass each:
+    the prompts of a group are left-padded to its longest, so a group holds at most ``budget``
+    padded tokens (a single request over it is a group of its own). Prefilling the requests that
+    arrive together at once, not one forward each, is what keeps a full batch's joins cheap
+    (16 streams of short completions: a request arrives for every slot that frees up)."""
+    groups: list[list[Handle]] = []
+    rows = longest = 0
+    for h in handles:
+        n, size = len(h.prompts), max(len(p) for p in h.prompts)
+        if groups and (rows + n) * max(longest, size) <= budget:
+            groups[-1].append(h)
+            rows, longest = rows + n, max(longest, size)
+        else:
+            groups.append([h])
+            rows, longest = n, size
+    return groups
 
 
 def _put_all(items: list[tuple[Handle, Event]]) -> None:
@@ -104,12 +133,12 @@ class Engine:
     """Continuous batching over one model on one device."""
 
     def __init__(self, model: Any, tokenizer: Any, max_batch_size: int, max_concurrency: int, max_queue: int,
-                 step: DecodeStep | None = None):
-        """``step``: the decode step the batch runs (see :func:`decode_step`; None: ``model.forward``)."""
-        self.step = step
-        self.decoder = BatchDecoder(model, tokenizer, fast=step or False)
+                 step: DecodeStep | None | Callable[[], DecodeStep | None] = None):
+        """``step``: the decode step the batch runs (see :func:`decode_step`; None: ``model.forward``),
+        or a function that makes it, called on the engine's thread before the constructor returns:
+        the thread that decodes is then the one that packed and warmed the step (oneDNN products
+        first run on another thread ran ~25% slower on the engine's, measured on a 2-core CPU)."""
         self.tokenizer = tokenizer
-        self.window = self.decoder.window
         self.max_batch, self.max_concurrency, self.max_queue = max_batch_size, max_concurrency, max_queue
         self._waiting: deque[Handle] = deque()
         self._active: dict[int, Handle] = {}
@@ -118,8 +147,27 @@ class Engine:
         self._stop = False
         self.batch_size = 0
         self.steps = 0
-        self._thread = threading.Thread(target=self._run, name="llmkit-engine", daemon=True)
+        made: list[Any] = []
+        ready = threading.Event()
+
+        def start() -> None:
+            try:
+                made.append(step() if callable(step) and not isinstance(step, DecodeStep) else step)
+            except BaseException as exc:  # noqa: BLE001 - handed to the constructor, which raises it
+                made.append(exc)
+                ready.set()
+                return
+            self.step = made[0]
+            self.decoder = BatchDecoder(model, tokenizer, fast=self.step or False)
+            self.window = self.decoder.window
+            ready.set()
+            self._run()
+
+        self._thread = threading.Thread(target=start, name="llmkit-engine", daemon=True)
         self._thread.start()
+        ready.wait()
+        if isinstance(made[0], BaseException):
+            raise made[0]
 
     # --- called from the event loop -----------------------------------------------------------
 
@@ -214,6 +262,26 @@ class Engine:
             except RuntimeError:  # the event loop is closed: nobody is listening any more
                 pass
 
+    def _prefill(self, group: list[Handle]) -> None:
+        """Prefill the requests of ``group`` in one forward pass and join them to the batch. If that
+        raises, each request is prefilled alone, so that a failure ends only the request it belongs to."""
+        if len(group) > 1:
+            try:
+                events = self.decoder.add([p for h in group for p in h.prompts], [sp for h in group for sp in h.params],
+                                          [k for h in group for k in h.keys()])
+            except Exception:  # noqa: BLE001 - find the request it belongs to, one at a time
+                pass
+            else:
+                self._dispatch(events)
+                return
+        for handle in group:
+            try:
+                events = self.decoder.add(handle.prompts, handle.params, handle.keys())
+            except Exception as exc:  # this request's prefill: the running batch is untouched
+                self._fail_one(handle, f"{type(exc).__name__}: {exc}"[:300])
+                continue
+            self._dispatch(events)
+
     def _fail_all(self, message: str) -> None:
         with self._wake:
             failed = list(self._active.values())
@@ -230,16 +298,14 @@ class Engine:
                 if self._stop:
                     return
             try:
+                admitted = []
                 for handle in self._admit():
                     if handle.cancelled:
                         self._dispatch([Event(k, None, "", "cancelled") for k in handle.keys()])
-                        continue
-                    try:
-                        events = self.decoder.add(handle.prompts, handle.params, handle.keys())
-                    except Exception as exc:  # this request's prefill: the running batch is untouched
-                        self._fail_one(handle, f"{type(exc).__name__}: {exc}"[:300])
-                        continue
-                    self._dispatch(events)
+                    else:
+                        admitted.append(handle)
+                for group in prefill_groups(admitted):
+                    self._prefill(group)
                 for seq in self.decoder.seqs:
                     owner = self._active.get(seq.key[0])  # type: ignore[index]
                     if owner is None or owner.cancelled:

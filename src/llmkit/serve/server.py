@@ -134,8 +134,9 @@ def build(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, se
     model, tokenizer, _ = load_for_inference(model_dir, dtype=cfg.dtype)
     if cfg.dtype == "bf16":
         note("decoding in bf16 (serve.dtype): `llmkit verify RUN --bf16` shows how far it is from the fp32 model")
-    step = decode_step(model, tokenizer, compiled=cfg.compile is True)
-    engine = Engine(model, tokenizer, cfg.max_batch_size, cfg.max_concurrency, cfg.max_queue, step)
+    # the step is packed, compiled and warmed on the engine's thread, where it will run
+    engine = Engine(model, tokenizer, cfg.max_batch_size, cfg.max_concurrency, cfg.max_queue,
+                    lambda: decode_step(model, tokenizer, compiled=cfg.compile is True, pack=cfg.pack_weights))
     longest = max((len(t) for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))) if t), default=16)
     state = State(engine, tokenizer, name, defaults, cfg, api_key, max_token_bytes=max(4, longest * 4))
     app = create_app(state)
@@ -170,6 +171,10 @@ def serve(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, se
     from llmkit.model.load import resolve_model_dir
 
     if cfg.engine == "vllm":
+        if cfg.pack_weights is True:
+            raise ConfigError("serve.pack_weights: true applies to the llmkit engine",
+                              "vLLM lays out its own weights on the GPU",
+                              "remove serve.pack_weights (or set it to auto) with --engine vllm")
         model_dir = resolve_model_dir(model_path)
         name = served_name or (model_dir.parent.name if model_dir.name == "final" else model_dir.name)
         if cfg.ui:

@@ -194,6 +194,38 @@ def test_vllm_command_carries_the_options(tmp_path: Path) -> None:
     assert out.returncode in (2, 3) and "Traceback" not in out.stderr
 
 
+def test_packed_weights_serve_what_unpacked_decoding_gives(model_dir: Path, tmp_path: Path) -> None:
+    """`serve --pack-weights` (every projection multiplied by its oneDNN-packed copy, in the decode
+    step and in the prefill) answers what llmkit's unpacked decoding gives, for one stream and for
+    several arriving together (one prefill); with --engine vllm it is refused, not ignored."""
+    from llmkit.generate.decode import generate
+    from llmkit.generate.sampling import SamplingParams
+    from llmkit.model.load import load_for_inference
+
+    model, tok, _ = load_for_inference(model_dir, device="cpu")
+    prompts = ["The for statement", "A class", "def main", "import os"]
+    expected = [c.text for c in generate(model, tok, [tok.encode(p, add_special_tokens=False) for p in prompts],
+                                         [SamplingParams(max_new_tokens=16, temperature=0)] * 4)]
+    server = start_server(model_dir, "--pack-weights")
+    try:
+        def ask(prompt: str) -> str:
+            r = httpx.post(server.url + "/v1/completions", timeout=120,
+                           json={"model": "t", "prompt": prompt, "max_tokens": 16, "temperature": 0})
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["text"]
+
+        assert ask(prompts[0]) == expected[0]
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(ask, prompts)) == expected
+    finally:
+        stop_server(server)
+    log = server.proc.stderr.read()  # type: ignore[union-attr]
+    assert "projections packed for oneDNN" in log, log[-2000:]
+    out = subprocess.run([sys.executable, "-m", "llmkit", "serve", str(tmp_path), "--engine", "vllm", "--pack-weights"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "serve.pack_weights: true applies to the llmkit engine" in out.stderr, out.stderr
+
+
 def test_per_request_timeout(model_dir: Path) -> None:
     server = start_server(model_dir, "--set", "serve.request_timeout_s=0.5", env={"LLMKIT_FAULT": "engine:sleep=0.05"})
     try:

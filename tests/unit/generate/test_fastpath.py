@@ -7,6 +7,7 @@ import torch
 
 from llmkit.generate.batch import BatchDecoder
 from llmkit.generate.fastpath import DecodeStep, supports
+from llmkit.packing import PackedLinear
 from llmkit.generate.sampling import SamplingParams
 
 VOCAB = 300
@@ -136,3 +137,72 @@ def test_compiled_step_equals_eager_for_one_row_and_many(tok) -> None:
         assert torch.allclose(got, expected, atol=1e-4, rtol=0)
         single.step()
     assert run(model, tok, step, check=step) == run(model, tok, False)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
+def test_packed_step_equals_forward(kind: str, tok) -> None:
+    """serve.pack_weights: the step multiplies by oneDNN-packed copies of every projection (qwen2:
+    with biases); its logits equal forward's (unpacked) to float rounding at every step, with the
+    same greedy tokens; the model's parameters are untouched."""
+    model = tiny(kind)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    step = DecodeStep(model, pack=True)
+    layers = len(model.model.layers)
+    assert step.packed == 7 * layers + 1  # q, k, v, o, gate, up, down per layer; the head
+    assert all(isinstance(p, PackedLinear) for proj in step.proj for p in proj)
+    assert run(model, tok, step, check=step, atol=1e-4) == run(model, tok, False)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_packed_forward_serves_prefill_too_and_lora_layers_stay_themselves(tok) -> None:
+    """pack_forward (the server's model): the modules' forward multiplies by the packed copies, so a
+    prefill through ``model.forward`` gives what the unpacked model gives; a LoRA-wrapped projection
+    is not a plain nn.Linear and is called as itself (its adapter still counts)."""
+    from peft import LoraConfig, get_peft_model
+
+    plain = tiny("llama")
+    ids = torch.tensor([tok.encode("class Point: the while loop repeats")])
+    with torch.inference_mode():
+        expected = plain(input_ids=ids).logits
+    step = DecodeStep(plain, pack=True, pack_forward=True)
+    assert isinstance(plain.model.layers[0].self_attn.q_proj.forward, PackedLinear)
+    with torch.inference_mode():
+        assert torch.allclose(plain(input_ids=ids).logits, expected, atol=1e-4, rtol=0)
+    assert run(plain, tok, step, check=step, atol=1e-4) == run(tiny("llama"), tok, False)
+
+    lora = get_peft_model(tiny("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_alpha=8))
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    lora.eval()
+    step = DecodeStep(lora, pack=True)
+    assert step.packed == 5 * 2 + 1  # k, o, gate, up, down per layer and the head; q and v carry LoRA
+    q, k, v, _o = step.proj[0]
+    assert not isinstance(q, PackedLinear) and not isinstance(v, PackedLinear) and isinstance(k, PackedLinear)
+    assert run(lora, tok, step, check=step, atol=1e-4) == run(lora, tok, False)
+
+
+def test_packing_is_measured_and_refused_when_the_copies_would_not_fit(tok, monkeypatch) -> None:
+    """auto packs the shapes its measurement found faster (each decision is one of those measured);
+    with too little RAM for the copies nothing is packed and the note says why."""
+    import llmkit.generate.fastpath as fastpath
+    from llmkit.packing import faster_packed
+
+    model = tiny("llama")
+    linears = [model.model.layers[0].self_attn.q_proj, model.model.layers[0].mlp.down_proj, model.lm_head]
+    measured = faster_packed(linears)
+    assert set(measured) == {(32, 32, False, "torch.float32"), (64, 32, False, "torch.float32"),
+                             (32, VOCAB, False, "torch.float32")}
+    assert all(isinstance(v, bool) for v in measured.values())
+    # auto packs exactly the shapes the measurement says are faster: here, say, only down_proj's
+    monkeypatch.setattr(fastpath, "faster_packed", lambda ms: {(64, 32, False, "torch.float32"): True})
+    step = DecodeStep(model, pack="auto")
+    assert step.packed == 2 and "64x32" in step.pack_note
+    assert [type(m).__name__ for m in step.mlp[0][:3]] == ["Linear", "Linear", "PackedLinear"]
+    assert not any(isinstance(p, PackedLinear) for proj in step.proj for p in proj)
+    assert run(model, tok, step, check=step, atol=1e-4) == run(model, tok, False)
+    monkeypatch.setattr(fastpath, "available_memory", lambda: 1000)
+    refused = DecodeStep(model, pack=True)
+    assert refused.packed == 0 and "not packed" in refused.pack_note
+    assert not any(isinstance(p, PackedLinear) for proj in refused.proj for p in proj)
