@@ -1,8 +1,9 @@
 """The serving engine: one thread that runs a BatchDecoder; requests join it between steps.
 
 The HTTP layer submits a request (one or more choices) and reads its events from an asyncio
-queue. The engine admits waiting requests while the batch has room (``max_batch_size``), decodes
-one step for everyone, and delivers each event to its request's queue. A request cancelled by
+queue. The engine admits waiting requests while the batch has room (``max_batch_size``), prefills
+the ones admitted together in one forward pass (``prefill_groups``), decodes one step for
+everyone, and delivers each event to its request's queue. A request cancelled by
 its client (disconnect, timeout) leaves the batch at the next step. A failure that belongs to one
 request (its prefill, its sampling or stopping) ends that request alone with an error event; only
 a failure of the shared forward pass ends every request in the batch. The engine then goes on.
