@@ -194,19 +194,18 @@ def test_vllm_command_carries_the_options(tmp_path: Path) -> None:
     assert out.returncode in (2, 3) and "Traceback" not in out.stderr
 
 
-def test_packed_weights_serve_what_unpacked_decoding_gives(model_dir: Path, tmp_path: Path) -> None:
-    """`serve --pack-weights` (every projection multiplied by its oneDNN-packed copy, in the decode
-    step and in the prefill) answers what llmkit's unpacked decoding gives, for one stream and for
-    several arriving together (one prefill); with --engine vllm it is refused, not ignored."""
+def _answers_as_eager_decoding(model_dir: Path, prompts: list[str], *flags: str, ready_within: float = 90) -> str:
+    """Start ``llmkit serve *flags``; check that it answers each prompt (greedy, 16 tokens) exactly as
+    llmkit's eager, unpacked decoding does, for the first alone and for all of them at once
+    (decoded together); return the server's log."""
     from llmkit.generate.decode import generate
     from llmkit.generate.sampling import SamplingParams
     from llmkit.model.load import load_for_inference
 
     model, tok, _ = load_for_inference(model_dir, device="cpu")
-    prompts = ["The for statement", "A class", "def main", "import os"]
     expected = [c.text for c in generate(model, tok, [tok.encode(p, add_special_tokens=False) for p in prompts],
-                                         [SamplingParams(max_new_tokens=16, temperature=0)] * 4)]
-    server = start_server(model_dir, "--pack-weights")
+                                         [SamplingParams(max_new_tokens=16, temperature=0)] * len(prompts))]
+    server = start_server(model_dir, *flags, ready_within=ready_within)
     try:
         def ask(prompt: str) -> str:
             r = httpx.post(server.url + "/v1/completions", timeout=120,
@@ -215,11 +214,19 @@ def test_packed_weights_serve_what_unpacked_decoding_gives(model_dir: Path, tmp_
             return r.json()["choices"][0]["text"]
 
         assert ask(prompts[0]) == expected[0]
-        with ThreadPoolExecutor(4) as pool:
+        with ThreadPoolExecutor(len(prompts)) as pool:
             assert list(pool.map(ask, prompts)) == expected
     finally:
         stop_server(server)
-    log = server.proc.stderr.read()  # type: ignore[union-attr]
+    return server.proc.stderr.read()  # type: ignore[union-attr]
+
+
+def test_packed_weights_serve_what_unpacked_decoding_gives(model_dir: Path, tmp_path: Path) -> None:
+    """`serve --pack-weights` (every projection multiplied by its oneDNN-packed copy, in the decode
+    step and in the prefill) answers what llmkit's unpacked decoding gives, for one stream and for
+    several arriving together (one prefill); with --engine vllm it is refused, not ignored."""
+    log = _answers_as_eager_decoding(model_dir, ["The for statement", "A class", "def main", "import os"],
+                                     "--pack-weights")
     assert "projections packed for oneDNN" in log, log[-2000:]
     out = subprocess.run([sys.executable, "-m", "llmkit", "serve", str(tmp_path), "--engine", "vllm", "--pack-weights"],
                          capture_output=True, text=True, timeout=60)
@@ -247,26 +254,6 @@ def test_per_request_timeout(model_dir: Path) -> None:
 def test_compiled_decode_step_serves_what_eager_decoding_gives(model_dir: Path) -> None:
     """`serve --compile` compiles the decode step before it reports ready, then answers exactly what
     llmkit's eager decoding gives, for one stream and for several decoded together."""
-    from llmkit.generate.decode import generate
-    from llmkit.generate.sampling import SamplingParams
-    from llmkit.model.load import load_for_inference
-
-    model, tok, _ = load_for_inference(model_dir, device="cpu")
-    prompts = ["The for statement", "A class", "def main"]
-    expected = [c.text for c in generate(model, tok, [tok.encode(p, add_special_tokens=False) for p in prompts],
-                                         [SamplingParams(max_new_tokens=16, temperature=0)] * 3)]
-    server = start_server(model_dir, "--compile", ready_within=600)
-    try:
-        def ask(prompt: str) -> str:
-            r = httpx.post(server.url + "/v1/completions", timeout=120,
-                           json={"model": "t", "prompt": prompt, "max_tokens": 16, "temperature": 0})
-            assert r.status_code == 200, r.text
-            return r.json()["choices"][0]["text"]
-
-        assert ask(prompts[0]) == expected[0]
-        with ThreadPoolExecutor(3) as pool:
-            assert list(pool.map(ask, prompts)) == expected
-    finally:
-        stop_server(server)
-    log = server.proc.stderr.read()  # type: ignore[union-attr]
+    log = _answers_as_eager_decoding(model_dir, ["The for statement", "A class", "def main"], "--compile",
+                                     ready_within=600)
     assert "decode step compiled in" in log and "decoding eagerly" not in log, log[-2000:]

@@ -12,22 +12,7 @@ from llmkit.generate.decode import generate
 from llmkit.generate.sampling import SamplingParams
 from llmkit.serve.engine import Engine, EngineError, Handle, prefill_groups
 
-
-@pytest.fixture(scope="module")
-def model_and_tokenizer(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from llmkit.config.schema import DataConfig, ModelConfig, TokenizerConfig
-    from llmkit.data.corpus import iter_documents
-    from llmkit.data.tokenizer import load_tokenizer, train_bpe, wrap
-    from llmkit.model.build import build_model
-
-    out = tmp_path_factory.mktemp("tok")
-    cfg = TokenizerConfig(vocab_size=300)
-    wrap(train_bpe(iter_documents(DataConfig()), cfg), cfg, 64).save_pretrained(str(out))
-    tok = load_tokenizer(out)
-    model = build_model(ModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                    max_position_embeddings=64), 300, tok.eos_token_id, tok.pad_token_id, seed=5)
-    model.eval()
-    return model, tok
+from ..generate.test_decode import model_and_tokenizer  # noqa: F401 - the fixture: a 2-layer model, 64 positions
 
 
 def _handle(*lengths: int) -> Handle:
