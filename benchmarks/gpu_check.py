@@ -1,0 +1,168 @@
+"""Issue 18's GPU check, as one script for a machine with a CUDA GPU (under 10 minutes on an H200).
+
+1. `llmkit train` on the `gpt2-124m` preset in bf16, eager and with ``train.compile: true``, 50 measured
+   steps each (micro-batch 16 x 1,024 tokens, no accumulation): tokens/s and MFU against the GPU's
+   datasheet bf16 peak (llmkit's devices table) and against a measured bf16 matmul peak. Target:
+   MFU >= 45% with compile.
+2. Decode of the trained model: llmkit's batch decoder at batch 1 and 16 (128 new tokens each), and
+   Hugging Face ``generate`` at batch 1 for comparison.
+
+The data is the embedded corpus, tokenized by a BPE tokenizer trained here (no download).
+On a machine without a GPU, ``--device cpu --preset tiny --steps 3`` runs the same code quickly
+(a smoke test of the script, not a measurement of anything in the issue).
+
+Usage: python benchmarks/gpu_check.py [--device cuda] [--preset gpt2-124m] [--steps 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from llmkit.config.load import validate_config
+from llmkit.config.presets import load_preset
+from llmkit.data.prepare import prepare
+from llmkit.generate.batch import BatchDecoder
+from llmkit.generate.sampling import SamplingParams
+from llmkit.model.load import load_for_inference
+from llmkit.plan.compute import flops_per_token
+from llmkit.plan.measure import matmul_peak_flops
+from llmkit.rundir import RunDir
+from llmkit.train.loop import train
+
+from machine import cpu_line  # benchmarks/machine.py (scripts run from this folder)
+
+WARMUP = 5  # steps not measured: allocator warm-up and, compiled, the compile itself
+
+
+def config(root: Path, name: str, preset: str, device: str, steps: int, compiled: bool, micro: int, seq: int):  # type: ignore[no-untyped-def]
+    raw = load_preset(preset)
+    raw["name"], raw["runs_root"] = name, str(root)
+    raw["data"] = {"source": "embedded", "include_stdlib_source": True}
+    raw["train"] = {**raw["train"], "device": device, "precision": "bf16", "compile": compiled,
+                    "sequence_length_tokens": seq, "micro_batch_size": micro, "global_batch_size": micro,
+                    "max_steps": steps + WARMUP, "warmup_steps": 1, "log_every_steps": 1,
+                    "eval_every_steps": 100_000, "checkpoint_every_steps": 100_000}
+    return validate_config(raw)
+
+
+def datasheet_bf16_peak() -> tuple[str, float] | None:
+    """(name, FLOP/s) of this GPU in llmkit's devices table, matched by name."""
+    import yaml
+
+    import llmkit.plan
+
+    table = yaml.safe_load((Path(llmkit.plan.__file__).parent / "data" / "devices.yaml").read_text())
+    gpu = torch.cuda.get_device_name(0).upper()
+    for dev in table["devices"]:
+        if dev["name"].split("-")[0].upper() in gpu:
+            return dev["name"], dev["bf16_tflops"] * 1e12
+    return None
+
+
+def decode_rate(model_dir: Path, device: str, rows: int, tokens: int = 128) -> float:
+    """Generated tokens/s of llmkit's batch decoder, ``rows`` sequences of ``tokens`` greedy tokens."""
+    model, tok, _ = load_for_inference(model_dir, device=device)
+    prompt = tok.encode("The for statement")
+    greedy = SamplingParams(max_new_tokens=tokens, temperature=0, ignore_eos=True)
+    best = 0.0
+    for _ in range(2):  # the first pays one-off costs
+        decoder = BatchDecoder(model, tok)
+        t0 = time.perf_counter()
+        decoder.add([prompt] * rows, [greedy] * rows, list(range(rows)))
+        n = rows
+        while decoder:
+            n += sum(ev.token_id is not None for ev in decoder.step())
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, n / (time.perf_counter() - t0))
+    return best
+
+
+def hf_generate_rate(model_dir: Path, device: str, tokens: int = 128) -> float:
+    model, tok, _ = load_for_inference(model_dir, device=device)
+    ids = torch.tensor([tok.encode("The for statement")], device=device)
+    best = 0.0
+    for _ in range(2):
+        t0 = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, (out.shape[1] - ids.shape[1]) / (time.perf_counter() - t0))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--preset", default="gpt2-124m")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--micro-batch", type=int, default=16)
+    parser.add_argument("--sequence", type=int, default=1024)
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run on a GPU machine, or --device cpu --preset tiny --steps 3 to try the script")
+    where = torch.cuda.get_device_name(0) if args.device == "cuda" else f"cpu: {cpu_line()}"
+    print(f"device: {where}; torch {torch.__version__}")
+    root = Path(tempfile.mkdtemp(prefix="llmkit-gpu-check-"))
+    rows: dict[str, dict[str, float]] = {}
+    try:
+        base = config(root, "base", args.preset, args.device, args.steps, False, args.micro_batch, args.sequence)
+        t0 = time.perf_counter()
+        prepare(base)
+        print(f"prepared the embedded corpus in {time.perf_counter() - t0:.0f} s")
+        measured_peak = matmul_peak_flops(torch.device(args.device), torch.bfloat16, seconds=1.0,
+                                          size=8192 if args.device == "cuda" else 1024)
+        sheet = datasheet_bf16_peak() if args.device == "cuda" else None
+        final = None
+        for compiled in (False, True):
+            name = "compiled" if compiled else "eager"
+            cfg = config(root, name, args.preset, args.device, args.steps, compiled, args.micro_batch, args.sequence)
+            run = root / name
+            shutil.copytree(root / "base" / "tokenizer", run / "tokenizer")
+            shutil.copytree(root / "base" / "data", run / "data")
+            t0 = time.perf_counter()
+            result = train(cfg, run_dir=run, log=lambda _: None)
+            wall = time.perf_counter() - t0
+            recs = [r for r in RunDir(run).read_metrics() if r["kind"] == "train"][WARMUP:]
+            tok_s = statistics.median(r["tokens_per_s"] for r in recs)
+            from llmkit.model.build import matmul_weights
+
+            model, _tok, _ = load_for_inference(result.run_dir / "final", device="cpu")
+            m = cfg.model
+            fpt = flops_per_token(*matmul_weights(model), m.num_hidden_layers, m.hidden_size, args.sequence)
+            rows[name] = {"tokens_per_s": tok_s, "mfu_measured_peak": tok_s * fpt / measured_peak,
+                          "wall_s": wall, "steps": len(recs)}
+            if sheet:
+                rows[name]["mfu_datasheet"] = tok_s * fpt / sheet[1]
+            final = result.run_dir / "final"
+        print(f"bf16 matmul peak measured: {measured_peak / 1e12:.1f} TFLOP/s"
+              + (f"; datasheet ({sheet[0]}): {sheet[1] / 1e12:.0f} TFLOP/s" if sheet else ""))
+        print(f"{'train (bf16)':14} {'tokens/s':>10} {'MFU (sheet)':>12} {'MFU (measured)':>15} {'wall s':>7}")
+        for name, r in rows.items():
+            sheet_mfu = f"{100 * r['mfu_datasheet']:.1f}%" if "mfu_datasheet" in r else "-"
+            print(f"{name:14} {r['tokens_per_s']:10.0f} {sheet_mfu:>12} {100 * r['mfu_measured_peak']:14.1f}% {r['wall_s']:7.0f}")
+        print(f"compiled / eager: {rows['compiled']['tokens_per_s'] / rows['eager']['tokens_per_s']:.2f}x; "
+              "target: MFU >= 45% of the bf16 peak with compile")
+        assert final is not None
+        decode = {f"llmkit batch {b}": decode_rate(final, args.device, b) for b in (1, 16)}
+        decode["HF generate batch 1"] = hf_generate_rate(final, args.device)
+        for name, rate in decode.items():
+            print(f"decode, {name}: {rate:.0f} tokens/s")
+        print(f"decode batch 16 / batch 1: {decode['llmkit batch 16'] / decode['llmkit batch 1']:.1f}x; "
+              f"llmkit batch 1 / HF generate: {decode['llmkit batch 1'] / decode['HF generate batch 1']:.2f}x")
+        print(json.dumps({"train": rows, "decode": decode}))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
