@@ -8,7 +8,7 @@ the collectives each mode issues per step on tensors of the model's size (DDP: o
 the gradients; FSDP2: an all-gather of each block's parameters in the forward and again in the
 backward, and a reduce-scatter of the gradients), so step time = compute + communication.
 
-The prediction is `llmkit.plan.compute.data_parallel_step_seconds`: the one-process step's
+The prediction is `llmkit.planning.compute.data_parallel_step_seconds`: the one-process step's
 compute split over the ranks (on one CPU the ranks share the cores, so the compute does not
 shrink) plus the measured communication, not overlapped (gloo). The benchmark prints measured
 and predicted scaling efficiency (tokens/s of N processes over N x one process's, or over one
@@ -108,7 +108,7 @@ def main() -> None:
 
     from llmkit.config.load import load_config
     from llmkit.device import cpu_flags
-    from llmkit.plan.compute import data_parallel_step_seconds
+    from llmkit.planning.compute import data_parallel_step_seconds
 
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "?")
@@ -134,7 +134,7 @@ def main() -> None:
             results[mode] = tokens_per_s(root / "runs" / mode)
         c = load_config(cfg_one)
         from llmkit.model.build import build_model
-        from llmkit.train.distributed import transformer_blocks
+        from llmkit.training.distributed import transformer_blocks
 
         model = build_model(c.model, 8192, 0, None, 0)
         blocks = [sum(p.numel() for p in b.parameters()) for b in transformer_blocks(model)]
@@ -153,7 +153,7 @@ def main() -> None:
         print(f"{mode:6} {tok_s:8,.0f} {step:7.3f} {comm:7.3f} {step - comm:9.3f} {tok_s / one:10.2f} "
               f"{step_one / predicted_step:9.2f}")
     print(f"efficiency = tokens/s of {n} processes / tokens/s of 1 process on the same {cores} cores; "
-          "predicted = llmkit.plan.compute.data_parallel_step_seconds from the 1-process step and the timed collectives")
+          "predicted = llmkit.planning.compute.data_parallel_step_seconds from the 1-process step and the timed collectives")
 
 
 if __name__ == "__main__":

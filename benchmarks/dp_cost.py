@@ -26,7 +26,7 @@ import yaml
 
 from llmkit.config.load import load_config
 from llmkit.data.prepare import prepare
-from llmkit.train.loop import train
+from llmkit.training.loop import train
 
 from machine import cpu_line  # benchmarks/machine.py (scripts run from this folder)
 

@@ -34,8 +34,8 @@ import torch
 from llmkit.config.load import validate_config
 from llmkit.data.prepare import prepare
 from llmkit.privacy import crypto
-from llmkit.train import checkpoint as ckpt
-from llmkit.train.loop import train
+from llmkit.training import checkpoint as ckpt
+from llmkit.training.loop import train
 
 from machine import cpu_line  # benchmarks/machine.py (scripts run from this folder)
 from train_throughput import reference_config

@@ -32,10 +32,10 @@ from llmkit.data.prepare import prepare
 from llmkit.generate.batch import BatchDecoder
 from llmkit.generate.sampling import SamplingParams
 from llmkit.model.load import load_for_inference
-from llmkit.plan.compute import flops_per_token
-from llmkit.plan.measure import matmul_peak_flops
+from llmkit.planning.compute import flops_per_token
+from llmkit.planning.measure import matmul_peak_flops
 from llmkit.rundir import RunDir
-from llmkit.train.loop import train
+from llmkit.training.loop import train
 
 from machine import cpu_line  # benchmarks/machine.py (scripts run from this folder)
 
@@ -57,9 +57,9 @@ def datasheet_bf16_peak() -> tuple[str, float] | None:
     """(name, FLOP/s) of this GPU in llmkit's devices table, matched by name."""
     import yaml
 
-    import llmkit.plan
+    import llmkit.planning
 
-    table = yaml.safe_load((Path(llmkit.plan.__file__).parent / "data" / "devices.yaml").read_text())
+    table = yaml.safe_load((Path(llmkit.planning.__file__).parent / "data" / "devices.yaml").read_text())
     gpu = torch.cuda.get_device_name(0).upper()
     for dev in table["devices"]:
         if dev["name"].split("-")[0].upper() in gpu:

@@ -17,7 +17,7 @@ import torch
 
 from llmkit.config.load import validate_config
 from llmkit.model.build import build_model
-from llmkit.train.optim import param_groups
+from llmkit.training.optim import param_groups
 
 from machine import cpu_line  # benchmarks/machine.py (scripts run from this folder)
 

@@ -6,9 +6,9 @@ masters where the precision policy keeps bf16 weights), reset the process's peak
 llmkit's loop does (autocast, llmkit's chunked loss, its AdamW and param groups, clipping, the
 masters' copies; ``torch.compile`` for the compiled rows, compiled in an extra warm-up step),
 then read the peak RSS (VmHWM). Measured memory = peak - baseline; predicted =
-everything `llmkit.plan.memory` counts above the weights. Step time: predicted by
-`llmkit.plan.compute.step_breakdown` from this CPU's primitives as `llmkit plan --this-machine`
-measures them (`llmkit.plan.measure`: each GEMM shape, one layer's attention, the loss over the
+everything `llmkit.planning.memory` counts above the weights. Step time: predicted by
+`llmkit.planning.compute.step_breakdown` from this CPU's primitives as `llmkit plan --this-machine`
+measures them (`llmkit.planning.measure`: each GEMM shape, one layer's attention, the loss over the
 logits, copy bandwidth; the model itself is not timed for the prediction), printed by component;
 measured = the best of steps 2-3.
 
@@ -54,12 +54,13 @@ from llmkit.config.load import validate_config
 from llmkit.config.presets import load_preset
 from llmkit.model.build import build_model
 from llmkit.model.lora import apply_lora
-from llmkit.device import autocast, bf16_weights, resolve_precision
-from llmkit.eval.loss import compute_loss
-from llmkit.train.master import MasterWeights, measured_step
-from llmkit.train.optim import make_optimizer
-from llmkit.plan.compute import step_breakdown
-from llmkit.plan.measure import measure_rates
+from llmkit.config.derived import train_precision
+from llmkit.device import autocast, resolve_precision
+from llmkit.objectives.lm import OBJECTIVE as LM
+from llmkit.training.master import MasterWeights, measured_step
+from llmkit.training.optim import make_optimizer
+from llmkit.planning.compute import step_breakdown
+from llmkit.planning.measure import measure_rates
 
 def merge(a, b):
     for k, v in b.items():
@@ -86,7 +87,7 @@ if cfg.model.lora.enabled:
     model = apply_lora(model, cfg.model.lora, cfg.model.architecture, False)
 model.train()
 masters = None
-if bf16_weights(cfg.train.precision, precision, device.type, cfg.model.lora.enabled, False, False):
+if train_precision(cfg, device, compute=precision).bf16_weights:
     masters = MasterWeights(model)
 opt = make_optimizer(model, cfg.train, device.type, masters)
 step_model = torch.compile(model) if cfg.train.compile else model
@@ -100,7 +101,7 @@ def sync():
         torch.cuda.synchronize(device)
 def step():
     with autocast(device, precision):
-        loss = compute_loss(step_model, batch, False, chunked=True)[0]
+        loss = LM.loss(step_model, batch, chunked=True)[0]
     loss.backward()
     measured_step(model, opt, masters)
 if cfg.train.compile:
@@ -139,7 +140,7 @@ def main() -> None:
     kind = "cpu" if args.device == "cpu" else "gpu"
     from llmkit.config.load import validate_config
     from llmkit.config.presets import load_preset
-    from llmkit.plan.memory import training_memory
+    from llmkit.planning.memory import training_memory
 
     print(f"{'configuration':24} {'pred MB':>8} {'meas MB':>8} {'err':>7} {'pred ms':>8} {'meas ms':>8} {'err':>7}   predicted ms by component")
     worst_mem = worst_time = 0.0

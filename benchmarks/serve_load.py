@@ -13,7 +13,7 @@ serves a ~100M-parameter Llama (16 layers, hidden 768) instead of `tiny`. --pack
 serve.pack_weights (default auto, as the server's default).
 
 Each row also shows what `llmkit plan --serve` predicts for it on this machine
-(``llmkit.plan.measure.measure_cpu_serving``: the eager step timed piece by piece, no model built)
+(``llmkit.planning.measure.measure_cpu_serving``: the eager step timed piece by piece, no model built)
 and the ratio measured / predicted; the issue's bound is within +-30% at concurrency 1 and 16.
 
 Usage: python benchmarks/serve_load.py [--requests-per-client 3] [--compile] [--model tiny|100m]
@@ -43,8 +43,8 @@ from llmkit.data.corpus import iter_documents
 from llmkit.data.tokenizer import load_tokenizer, train_bpe, wrap
 from llmkit.generate.batch import Event
 from llmkit.model.build import build_model
-from llmkit.plan.measure import measure_cpu_serving
-from llmkit.plan.serving import request_rates
+from llmkit.planning.measure import measure_cpu_serving
+from llmkit.planning.serving import request_rates
 
 from machine import cpu_line  # benchmarks/machine.py (scripts run from this folder)
 
@@ -144,7 +144,7 @@ class InstantEngine:
     window, batch_size, active, queued = 100_000, 1, 0, 0
 
     def submit(self, prompt: list[int], params: list) -> object:  # type: ignore[type-arg]
-        from llmkit.serve.engine import Handle
+        from llmkit.serving.engine import Handle
 
         handle = Handle(1, prompt, params, asyncio.get_running_loop())
         n = params[0].max_new_tokens
@@ -159,7 +159,7 @@ class InstantEngine:
 def http_layer_rate(tokenizer_dir: Path, tokens: int = 4000) -> float:
     import uvicorn
 
-    from llmkit.serve.app import Guard, State, create_app
+    from llmkit.serving.app import Guard, State, create_app
 
     tok = load_tokenizer(tokenizer_dir)
     state = State(InstantEngine(), tok, "m", GenerateConfig(), ServeConfig())  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ eager and under ``torch.compile`` (``--no-compile`` skips those rows):
 - `llmkit train` on the same config (its metrics.jsonl, steps after warm-up).
 
 Then where the bf16 time goes (profile by kind of work), and the loss over the vocabulary with
-full logits vs in chunks (llmkit.eval.head_loss): step time and peak RSS, fresh process each.
+full logits vs in chunks (llmkit.objectives.head_loss): step time and peak RSS, fresh process each.
 
 Tokens/s is micro-batch x context / step time; MFU = tokens/s x FLOPs per token (6N + 12·L·H·T)
 over the measured peak. Prints which of issue 18's targets apply to the CPU it saw.
@@ -44,11 +44,11 @@ from llmkit.data.prepare import prepare
 from llmkit.data.shards import open_tokens
 from llmkit.device import autocast, resolve_precision, torch_dtype
 from llmkit.model.build import build_model, matmul_weights
-from llmkit.plan.compute import flops_per_token
-from llmkit.plan.measure import matmul_peak_flops
+from llmkit.planning.compute import flops_per_token
+from llmkit.planning.measure import matmul_peak_flops
 from llmkit.rundir import RunDir
-from llmkit.train.loop import train
-from llmkit.train.optim import make_optimizer
+from llmkit.training.loop import train
+from llmkit.training.optim import make_optimizer
 
 from machine import cpu_line  # benchmarks/machine.py (scripts run from this folder)
 
@@ -139,8 +139,8 @@ def llmkit_step_ms(precision: str) -> dict[str, float]:
     weights with fp32 masters for bf16-weights, fused AdamW, clipping."""
     from torch.profiler import ProfilerActivity, profile
 
-    from llmkit.eval.loss import compute_loss
-    from llmkit.train.master import MasterWeights, measured_step
+    from llmkit.objectives.lm import OBJECTIVE as LM
+    from llmkit.training.master import MasterWeights, measured_step
 
     cfg = reference_config(Path(tempfile.gettempdir()), "prof", precision, 1)
     model = build_model(cfg.model, 8192, 0, None, 0)
@@ -154,7 +154,7 @@ def llmkit_step_ms(precision: str) -> dict[str, float]:
 
     def step() -> None:
         with autocast(torch.device("cpu"), compute):
-            loss = compute_loss(model, batch, False, chunked=True)[0]
+            loss = LM.loss(model, batch, chunked=True)[0]
         loss.backward()
         measured_step(model, opt, masters)
 
@@ -192,7 +192,7 @@ def targets(line: str) -> str:
 LOSS_CHILD = """
 import json, resource, sys, time, torch
 from llmkit.config.load import validate_config
-from llmkit.eval.loss import compute_loss
+from llmkit.objectives.lm import OBJECTIVE as LM
 from llmkit.model.build import build_model
 vocab, hidden, layers, chunked, bf16 = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5] == "1"
 cfg = validate_config({"name": "x", "model": {"architecture": "llama", "hidden_size": hidden, "num_hidden_layers": layers,
@@ -209,7 +209,7 @@ times = []
 for _ in range(4):
     t0 = time.perf_counter()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        loss = compute_loss(model, batch, False, chunked)[0]
+        loss = LM.loss(model, batch, chunked)[0]
     loss.backward()
     model.zero_grad(set_to_none=True)
     times.append(time.perf_counter() - t0)
@@ -219,7 +219,7 @@ print(json.dumps({"s": min(times[1:]), "rss_mb": rss("VmHWM") - base}))
 
 def loss_section() -> None:
     """Forward + backward with the loss over full (tokens x V) logits vs in chunks of tokens
-    (llmkit.eval.head_loss), each in a fresh process: best step time, and peak RSS above the
+    (llmkit.objectives.head_loss), each in a fresh process: best step time, and peak RSS above the
     built model (activations, logits, gradients)."""
     import subprocess
     import sys

@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,15 +53,6 @@ def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", guard(real_connect))
     monkeypatch.setattr(socket.socket, "connect_ex", guard(real_connect_ex))
     monkeypatch.setattr(socket.socket, "bind", guard(real_bind))
-
-
-@pytest.fixture(autouse=True)
-def _no_encryption_key_left_active() -> Iterator[None]:
-    """In-process tests that load an encrypted run's config leave no key active for the next test."""
-    yield
-    from llmkit.privacy import crypto
-
-    crypto.activate(None)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -5,6 +5,7 @@ One owner for each rule, used by doctor, plan, train, generate and serve:
 - :func:`cpu_has_fast_bf16` decides from the CPU's feature flags whether bf16 autocast pays off
   (doctor reports that verdict; ``train.precision: auto`` acts on it);
 - :func:`resolve_precision` maps ``auto`` to bf16 / fp16 / fp32 for a device;
+- :func:`train_precision` decides a training run's precision: DP's fp32, bf16 weights or autocast;
 - :func:`torch_dtype` maps a precision to its torch dtype (the only such table).
 
 torch is imported inside the functions that need it: doctor uses this module on machines
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,7 +65,7 @@ def resolve_device(name: str) -> Any:
 def resolve_precision(requested: str, device: Any) -> Precision:
     """The arithmetic precision: ``auto`` is bf16 where the CPU/GPU runs it fast, fp16 on older
     GPUs, else fp32; ``bf16-weights`` computes in bf16 (how its weights are kept is the training
-    loop's business: ``llmkit.train.master``)."""
+    loop's business: ``llmkit.training.master``)."""
     import torch
 
     if requested == "bf16-weights":
@@ -80,17 +82,42 @@ def resolve_precision(requested: str, device: Any) -> Precision:
     return "fp32"
 
 
-def bf16_weights(requested: str, precision: str, device_type: str, lora: bool, distributed: bool,
-                 private: bool) -> bool:
-    """Whether training keeps the model in bf16 with fp32 master weights (``llmkit.train.master``):
-    asked for with ``bf16-weights``, or ``auto`` on a CPU with fast bf16 (measured faster than
-    autocast there: benchmarks/train_throughput.py) when the run is one process, full training,
-    without privacy.dp. GPUs keep autocast under ``auto`` (not measured there yet). The one rule:
-    train, quickstart and plan all call it; unsupported explicit requests are refused by the loop."""
-    if requested == "bf16-weights":
-        return True
-    return (requested == "auto" and precision == "bf16" and device_type == "cpu"
-            and not (lora or distributed or private))
+@dataclass(frozen=True)
+class TrainPrecision:
+    """How a training run computes and keeps its weights: ``compute`` is the autocast (or weight)
+    precision; ``bf16_weights`` keeps the model in bf16 with fp32 master weights
+    (``llmkit.training.master``)."""
+
+    compute: Precision
+    bf16_weights: bool
+
+
+class _Kind:
+    """A device given by its type alone (``cpu``, ``cuda``), for callers that plan for one."""
+
+    def __init__(self, type: str) -> None:
+        self.type = type
+
+
+def train_precision(requested: str, device: Any, *, lora: bool = False, processes: int = 1,
+                    private: bool = False, compute: Precision | None = None) -> TrainPrecision:
+    """The one rule for a training run's precision (train, plan, quickstart and the benchmarks
+    call it, through ``config.derived.train_precision`` where they hold a config).
+
+    ``device``: a torch device or a type name (``cpu``; ``gpu`` and ``cuda`` are the same).
+    privacy.dp trains in fp32 under ``auto`` (Opacus's per-example gradients are fp32). bf16
+    weights: asked for with ``bf16-weights``, or ``auto`` on a CPU with fast bf16 (measured faster
+    than autocast there: benchmarks/train_throughput.py) when the run is one process, full
+    training, without privacy.dp; GPUs keep autocast under ``auto`` (not measured there yet).
+    ``compute``: the arithmetic precision when the caller already resolved it for the device it
+    plans for. Unsupported explicit requests are refused by the loop."""
+    kind = device if isinstance(device, str) else device.type
+    kind = "cuda" if kind == "gpu" else kind
+    if compute is None:
+        compute = "fp32" if private and requested == "auto" else resolve_precision(requested, _Kind(kind))
+    keep = requested == "bf16-weights" or (requested == "auto" and compute == "bf16" and kind == "cpu"
+                                           and not (lora or processes > 1 or private))
+    return TrainPrecision(compute, keep)
 
 
 def torch_dtype(precision: str) -> Any:

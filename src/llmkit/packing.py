@@ -10,7 +10,7 @@ callers pack only where it pays. The copy takes the weight's memory once more; t
 ``nn.Linear``'s to float rounding (another summation order).
 
 Used by the server's decode step (``llmkit.generate.fastpath``, serve.pack_weights) and by the
-serving plan's CPU measurement (``llmkit.plan.measure``), which must time what the step runs.
+serving plan's CPU measurement (``llmkit.planning.measure``), which must time what the step runs.
 """
 
 from __future__ import annotations

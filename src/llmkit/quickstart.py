@@ -90,18 +90,20 @@ def _step_seconds(cfg: RunConfig) -> float:
     machine does when nothing else interferes)."""
     import torch
 
-    from llmkit.device import autocast, bf16_weights, resolve_precision
-    from llmkit.eval.loss import compute_loss
+    from llmkit.config.derived import train_precision
+    from llmkit.device import autocast
+    from llmkit.objectives.lm import OBJECTIVE as LM
     from llmkit.model.build import build_model
-    from llmkit.plan.memory import micro_batch_for_device
-    from llmkit.train import master as master_
-    from llmkit.train.optim import make_optimizer
+    from llmkit.planning.memory import micro_batch_for_device
+    from llmkit.training import master as master_
+    from llmkit.training.optim import make_optimizer
 
     device = torch.device("cpu")
-    precision = resolve_precision(cfg.train.precision, device)
+    policy = train_precision(cfg, device)
+    precision = policy.compute
     micro = micro_batch_for_device(cfg, device, precision)[0]
     model = build_model(cfg.model, cfg.tokenizer.vocab_size, 0, None, seed=0)
-    keep_bf16 = bf16_weights(cfg.train.precision, precision, "cpu", False, False, False)
+    keep_bf16 = policy.bf16_weights
     masters = master_.MasterWeights(model) if keep_bf16 else None
     opt = make_optimizer(model, cfg.train, "cpu", masters)
     x = torch.randint(0, cfg.tokenizer.vocab_size, (micro, cfg.train.sequence_length_tokens + 1))
@@ -109,7 +111,7 @@ def _step_seconds(cfg: RunConfig) -> float:
     for _ in range(5):
         t0 = time.perf_counter()
         with autocast(device, precision):
-            loss = compute_loss(model, {"input_ids": x[:, :-1], "labels": x[:, 1:]}, False, chunked=True)[0]
+            loss = LM.loss(model, {"input_ids": x[:, :-1], "labels": x[:, 1:]}, chunked=True)[0]
         loss.backward()
         master_.measured_step(model, opt, masters, cfg.train.grad_clip_norm)
         times.append(time.perf_counter() - t0)
@@ -120,7 +122,7 @@ def _eval_micro_batch(cfg: RunConfig) -> int:
     """The micro-batch evaluation uses on this CPU (fp32), as `llmkit eval` resolves it."""
     import torch
 
-    from llmkit.plan.memory import micro_batch_for_device
+    from llmkit.planning.memory import micro_batch_for_device
 
     return micro_batch_for_device(cfg, torch.device("cpu"), "fp32")[0]
 
@@ -129,12 +131,19 @@ def _untrained_ppl(cfg: RunConfig, run: Path) -> float:
     """Validation perplexity of the freshly initialised model (the "before" of pretraining)."""
     from llmkit.data.batches import task_batches
     from llmkit.data.tokenizer import load_tokenizer
-    from llmkit.eval.run import lm_metrics, token_bytes
     from llmkit.model.build import build_model
 
     data = task_batches(cfg, run, _eval_micro_batch(cfg))
     model = build_model(cfg.model, data.vocab_size, data.eos_id, None, cfg.train.seed).eval()
-    return lm_metrics(model, data.eval_batches(), token_bytes(load_tokenizer(RunDir(run).tokenizer)))["val_ppl"]
+    return _lm_eval(model, data, load_tokenizer(RunDir(run).tokenizer)).val_ppl
+
+
+def _lm_eval(model: Any, data: Any, tokenizer: Any) -> Any:
+    """The language-modelling objective's evaluation of ``model`` on ``data``'s validation batches."""
+    from llmkit.eval.evaluator import evaluate
+    from llmkit.objectives.lm import OBJECTIVE as LM
+
+    return evaluate(model, data.eval_batches(), LM, LM.metrics(data, tokenizer))
 
 
 def run_quickstart(root: str | Path = "runs", minutes: float = 4.0, fresh: bool = False, log: Log = print,
@@ -147,10 +156,10 @@ def run_quickstart(root: str | Path = "runs", minutes: float = 4.0, fresh: bool 
     from llmkit.data.batches import task_batches
     from llmkit.data.prepare import prepare
     from llmkit.doctor.report import run_doctor
-    from llmkit.eval.run import evaluate_loaded, lm_metrics, token_bytes
+    from llmkit.eval.run import evaluate_loaded
     from llmkit.model.load import load_for_inference
     from llmkit.report.html import build_report
-    from llmkit.train.loop import train
+    from llmkit.training.loop import train
 
     start = time.monotonic()
     root = Path(root)
@@ -194,8 +203,7 @@ def run_quickstart(root: str | Path = "runs", minutes: float = 4.0, fresh: bool 
     atomic_write_text(qs / "sft.jsonl", "".join(json.dumps(p) + "\n" for p in qa_pairs()))
     prepare(sft_cfg, run_dir=qs, log=lambda s: log(f"      {s}"))
     base_model, base_tok, _ = load_for_inference(pre_dir, device="cpu")
-    sft_batches = task_batches(sft_cfg, qs, _eval_micro_batch(sft_cfg)).eval_batches()
-    sft_before = lm_metrics(base_model, sft_batches, token_bytes(base_tok))["val_loss"]
+    sft_before = _lm_eval(base_model, task_batches(sft_cfg, qs, _eval_micro_batch(sft_cfg)), base_tok).val_loss
     sft = train(sft_cfg, run_dir=qs, log=lambda s: log(f"      {s}"))
 
     log("[5/6] evaluate")

@@ -95,15 +95,17 @@ class RunDir:
             raise UsageError(f"{self.root} is not a run directory (no config.yaml)",
                              "config.yaml is written by `llmkit train`",
                              "pass runs/<name> made by `llmkit train`, or run `llmkit quickstart`")
-        config = load_config(self.config, environ={})
-        from llmkit.privacy import crypto
+        return load_config(self.config, environ={})
 
-        crypto.activate(config.privacy.encryption_key_env)  # the run's files open with its key
-        if config.privacy.encryption_key_env:
-            from llmkit.privacy.rotate import recover
+    def run_context(self, environ: Any = None) -> Any:
+        """The run context (``llmkit.privacy.context``) this run's files open with: its config's key
+        and offline mode; a plain one for a directory that is not a run (no config.yaml)."""
+        from llmkit.privacy.context import RunContext
 
-            recover(self.root)  # a key rotation killed after its commit is finished before any read
-        return config
+        if not self.config.exists():
+            return RunContext.plain()
+        cfg = self.load_config()
+        return RunContext.of(cfg.privacy.encryption_key_env, cfg.privacy.offline, environ)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """Every record of metrics.jsonl (none when the run has not logged yet)."""

@@ -12,7 +12,7 @@ import pytest
 import llmkit
 from llmkit.errors import ConfigError
 
-from .train.helpers import TINY, deep_update
+from .training.helpers import TINY, deep_update
 
 
 def test_the_chain_through_the_api_prints_nothing(tmp_path: Path, capfd: pytest.CaptureFixture[str],
@@ -42,7 +42,7 @@ def test_the_chain_through_the_api_prints_nothing(tmp_path: Path, capfd: pytest.
     gguf = llmkit.export(trained.run_dir, tmp_path / "m.gguf", format="gguf")
     assert gguf.path.stat().st_size > 0
 
-    with llmkit.serve(trained.run_dir, settings={"max_batch_size": 4}) as server:
+    with llmkit.serve(trained.run_dir, settings={"max_batch_size": 4, "pack_weights": False}) as server:
         assert server.url.startswith("http://127.0.0.1:") and server.model == "api"
         reply = httpx.post(server.url + "/v1/completions", timeout=60,
                            json={"model": server.model, "prompt": "The", "max_tokens": 5, "temperature": 0})
@@ -61,9 +61,9 @@ def test_the_chain_through_the_api_prints_nothing(tmp_path: Path, capfd: pytest.
 
 
 def test_api_names_are_the_subpackages_too_and_errors_are_llmkit_errors(tmp_path: Path) -> None:
-    import llmkit.train.loop as loop  # the subpackage imports as ever
+    import llmkit.training.loop as loop  # the subpackage imports as ever
 
-    assert callable(llmkit.train) and loop.__name__ == "llmkit.train.loop"
+    assert callable(llmkit.train) and loop.__name__ == "llmkit.training.loop"
     from llmkit import load_config, plan, serve
 
     assert callable(plan) and callable(serve) and load_config is llmkit.api.load_config

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .train.helpers import llmkit, make_run
+from .training.helpers import llmkit, make_run
 
 pytest.importorskip("phonenumbers")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from .train.helpers import TINY, deep_update
+from .training.helpers import TINY, deep_update
 
 
 def test_the_chain_with_json_prints_parsable_results(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -15,7 +15,7 @@ from llmkit.data.prepare import prepare
 from llmkit.data.tokenizer import load_tokenizer
 from llmkit.errors import UsageError
 
-from .train.helpers import TINY, deep_update
+from .training.helpers import TINY, deep_update
 
 datasets = pytest.importorskip("datasets")
 

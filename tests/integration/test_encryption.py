@@ -19,9 +19,9 @@ import pytest
 
 from llmkit.privacy import crypto
 
-from .serve.conftest import start_server, stop_server
-from .train.helpers import make_run
-from .train.test_tasks import sft_file
+from .serving.conftest import start_server, stop_server
+from .training.helpers import make_run
+from .training.test_tasks import sft_file
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 OTHER = base64.b64encode(bytes(range(1, 33))).decode()
@@ -181,7 +181,8 @@ def _readable_with(run: Path, key: str) -> bool:
 
     os.environ["RUN_KEY"] = key
     try:
-        RunDir(run).load_config()  # finishes a committed rotation
+        with RunDir(run).run_context().open_run(run):  # finishes a committed rotation, as every stage does
+            pass
         k = crypto.key_from_env("RUN_KEY")
         for f in run.rglob("*"):
             if f.is_file() and not any(p.startswith(".") for p in f.relative_to(run).parts) and crypto.is_sealed(f):
@@ -191,7 +192,6 @@ def _readable_with(run: Path, key: str) -> bool:
         return False
     finally:
         del os.environ["RUN_KEY"]
-        crypto.activate(None)
 
 
 def test_rotation_killed_at_any_point_leaves_one_readable_key(encrypted: Path, tmp_path: Path) -> None:

@@ -12,12 +12,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmkit.config.load import load_config
 from llmkit.errors import UsageError
-from llmkit.export.gguf import export_gguf, tensor_names, unpermute_rotary
-from llmkit.export.hf import export_hf
-from llmkit.export.verify import verify
-from llmkit.train.loop import train
+from llmkit.exporting.gguf import export_gguf, tensor_names, unpermute_rotary
+from llmkit.exporting.hf import export_hf
+from llmkit.exporting.verify import verify
+from llmkit.training.loop import train
 
-from .train.helpers import make_run
+from .training.helpers import make_run
 
 
 def trained(root: Path, **sections) -> Path:  # type: ignore[no-untyped-def]
@@ -173,7 +173,7 @@ def test_gguf_runs_in_llama_cpp_with_the_same_greedy_tokens(runs: dict[str, Path
 
 
 def test_verify_against_a_running_endpoint(runs: dict[str, Path], tmp_path: Path) -> None:
-    from .serve.conftest import start_server, stop_server
+    from .serving.conftest import start_server, stop_server
 
     server = start_server(runs["lora"])
     try:
@@ -192,7 +192,7 @@ def test_bf16_decode_is_recorded_by_verify_and_served_as_recorded(runs: dict[str
     from llmkit.generate.sampling import SamplingParams
     from llmkit.model.load import load_for_inference
 
-    from .serve.conftest import start_server, stop_server
+    from .serving.conftest import start_server, stop_server
 
     shown = cli("verify", str(runs["llama"]), "--bf16")
     assert shown.returncode == 0 and "bf16 decode vs fp32" in shown.stdout, shown.stdout + shown.stderr

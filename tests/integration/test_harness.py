@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from llmkit.eval.harness import make_lm, run_harness  # noqa: E402
 from llmkit.model.load import load_for_inference  # noqa: E402
 
-from .train.helpers import make_run  # noqa: E402
+from .training.helpers import make_run  # noqa: E402
 
 TASKS = Path(__file__).parents[1] / "fixtures" / "harness"
 
@@ -25,7 +25,7 @@ TASKS = Path(__file__).parents[1] / "fixtures" / "harness"
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from llmkit.config.load import load_config
-    from llmkit.train.loop import train
+    from llmkit.training.loop import train
 
     root = tmp_path_factory.mktemp("h")
     cfg = make_run(root, train={"max_steps": 20, "eval_every_steps": 20})
@@ -83,9 +83,9 @@ def test_harness_against_llmkit_serve_equals_llmkit_eval(tmp_path: Path, monkeyp
     from lm_eval.tasks import TaskManager
 
     from llmkit.config.load import load_config
-    from llmkit.train.loop import train
+    from llmkit.training.loop import train
 
-    from .serve.conftest import start_server, stop_server
+    from .serving.conftest import start_server, stop_server
 
     cfg = make_run(tmp_path, model={"max_position_embeddings": 128},  # room for chat-templated prompts
                    train={"max_steps": 20, "eval_every_steps": 20})

@@ -19,7 +19,7 @@ from llmkit.data.tokenizer import load_tokenizer, train_bpe, wrap
 from llmkit.model.build import build_model
 
 from ..fakehub import FakeHub, Repo, files_of
-from .train.helpers import TINY, deep_update
+from .training.helpers import TINY, deep_update
 
 
 def _model_dir(root: Path, seed: int, pickle: bool = False) -> Path:
@@ -162,9 +162,9 @@ def test_an_incomplete_cached_snapshot_is_never_used(cli, hub, tmp_path: Path) -
 
 
 def test_export_pushes_to_the_hub_with_a_model_card_and_it_loads_back(cli, hub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from llmkit.train.loop import train as run_train
+    from llmkit.training.loop import train as run_train
 
-    from .train.helpers import make_run
+    from .training.helpers import make_run
 
     cfg = make_run(tmp_path, train={"max_steps": 4, "eval_every_steps": 4})
     run = run_train(__import__("llmkit.config.load", fromlist=["load_config"]).load_config(cfg, environ={}),

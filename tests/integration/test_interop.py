@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from llmkit.config.load import load_config
-from llmkit.export.gguf import export_gguf, modelfile_path
-from llmkit.export.hf import export_hf
-from llmkit.export.verify import SAMPLE_TEXTS, verify
-from llmkit.train.loop import train
+from llmkit.exporting.gguf import export_gguf, modelfile_path
+from llmkit.exporting.hf import export_hf
+from llmkit.exporting.verify import SAMPLE_TEXTS, verify
+from llmkit.training.loop import train
 
-from .train.helpers import make_run
+from .training.helpers import make_run
 
 REPO = Path(__file__).resolve().parents[2]
 QUESTION = "q7"
@@ -198,7 +198,7 @@ def test_llama3_style_tokenizer_goes_to_gguf_as_llama_bpe(tmp_path: Path) -> Non
     from transformers import AutoTokenizer
 
     from llmkit.errors import UsageError
-    from llmkit.export.gguf import LLAMA3_SPLIT
+    from llmkit.exporting.gguf import LLAMA3_SPLIT
 
     split = pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated")
     model_dir = _llama_dir(tmp_path / "l3", pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(

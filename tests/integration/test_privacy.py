@@ -12,7 +12,7 @@ import pytest
 from llmkit.config.load import load_config
 from llmkit.data.tokenizer import load_tokenizer
 
-from .train.helpers import make_run
+from .training.helpers import make_run
 
 pytest.importorskip("phonenumbers")
 

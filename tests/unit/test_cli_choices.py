@@ -7,10 +7,11 @@ import sys
 from typing import get_args
 
 from llmkit.cli import options
-from llmkit.config.schema import LaunchConfig, PlanConfig, ServeConfig
+from llmkit.config.schema import PlanConfig, ServeConfig
+from llmkit.registry import EXPORT_FORMATS, LAUNCH_TARGETS
 from llmkit.launch.spec import WHATS
-from llmkit.export.gguf import QUANTS
-from llmkit.export.hf import DTYPES
+from llmkit.exporting.gguf import QUANTS
+from llmkit.exporting.hf import DTYPES
 
 
 def _values(enum: type) -> tuple[str, ...]:
@@ -23,7 +24,8 @@ def test_choices_equal_their_owners() -> None:
     assert _values(options.Cloud) == get_args(PlanConfig.model_fields["cloud"].annotation)
     assert _values(options.ServeEngine) == get_args(ServeConfig.model_fields["engine"].annotation)
     assert _values(options.ServeDtype) == get_args(ServeConfig.model_fields["dtype"].annotation)
-    assert _values(options.LaunchTarget) == get_args(LaunchConfig.model_fields["target"].annotation)
+    assert options.registry_option("LAUNCH_TARGETS", None, ("-t",), "").metavar == "|".join(LAUNCH_TARGETS)
+    assert options.registry_option("EXPORT_FORMATS", None, ("-f",), "").metavar == "|".join(EXPORT_FORMATS)
     assert _values(options.LaunchWhat) == WHATS
 
 

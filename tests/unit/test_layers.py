@@ -13,24 +13,26 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "llmkit"
 
 LAYERS: list[tuple[str, set[str]]] = [  # top to bottom; a layer imports only layers below it
     ("python -m llmkit", {"__main__"}),
+    ("the package: `llmkit.train(...)` and the other API names, loaded on first use", {"__init__"}),
     ("the CLI: one thin module per command; the Python API", {"cli", "api"}),
     ("the whole chain on the embedded corpus", {"quickstart"}),
-    ("stages that use a trained run, and launch", {"serve", "export", "launch"}),
-    ("the training loop", {"train"}),
-    ("loss, evaluator, lm-eval adapter", {"eval"}),
+    ("stages that use a trained run, and launch", {"serving", "exporting", "launch"}),
+    ("the training loop", {"training"}),
+    ("the evaluator, `llmkit eval`, lm-eval adapter, canaries", {"eval"}),
+    ("training objectives: batches, loss, metrics, what they refuse", {"objectives"}),
     ("decoding", {"generate"}),
     ("models", {"model"}),
     ("data: corpora, tokenizers, shards, batch providers", {"data"}),
     ("environment check", {"doctor"}),
-    ("sizing: parameters, FLOPs, memory, time, cost", {"plan"}),
+    ("sizing: parameters, FLOPs, memory, time, cost", {"planning"}),
     ("the run report (HTML) from a run directory's files", {"report"}),
     ("the run directory", {"rundir"}),
     ("the config", {"config"}),
     ("privacy: PII detection, offline switches, sealed files and key rotation", {"privacy"}),
     ("Hugging Face Hub ids resolved to complete local snapshots", {"hub"}),
     ("device and precision policy, fault points, files, optional dependencies, packed weights",
-     {"device", "faults", "fsutil", "optional", "packing"}),
-    ("errors, version", {"errors", "__init__"}),
+     {"device", "faults", "fsutil", "optional", "packing", "registry"}),
+    ("errors, version", {"errors", "version"}),
 ]
 RANK = {part: rank for rank, (_, parts) in enumerate(LAYERS) for part in parts}
 
@@ -53,7 +55,30 @@ def _imports(path: Path) -> list[tuple[int, str]]:
                            or (SRC / f"{a.name}.py").exists() else "llmkit") for a in node.names]
             else:
                 found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Call) and _imported_name(node):
+            found.append((node.lineno, _imported_name(node)))
     return found
+
+
+def _imported_name(call: ast.Call) -> str | None:
+    """The llmkit module of ``importlib.import_module("llmkit...")`` / ``import_module(...)`` /
+    ``__import__(...)`` called with a literal name (None for any other call)."""
+    f = call.func
+    name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+    if name not in ("import_module", "__import__") or not call.args:
+        return None
+    arg = call.args[0]
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value.split(".")[0] == "llmkit":
+        return arg.value
+    return None
+
+
+def test_dynamic_imports_are_followed() -> None:
+    """A literal ``importlib.import_module("llmkit.x")`` counts as an import of llmkit.x."""
+    tree = ast.parse('import importlib\nimportlib.import_module("llmkit.training.loop")\n__import__("llmkit.api")\n'
+                     'importlib.import_module(name)\nimportlib.import_module("json")\n')
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    assert [_imported_name(c) for c in calls] == ["llmkit.training.loop", "llmkit.api", None, None]
 
 
 def test_no_module_imports_a_layer_above_it() -> None:
@@ -88,7 +113,7 @@ def test_the_layer_order_is_the_documented_one() -> None:
 def test_lower_layers_do_not_import_torch_at_module_level() -> None:
     """plan, config, doctor, device, rundir and errors work on a machine without torch (doctor says how
     to install it): torch is imported inside the functions that need it."""
-    for part in ("plan", "config", "doctor", "device", "rundir", "errors", "optional"):
+    for part in ("planning", "config", "doctor", "device", "rundir", "errors", "optional"):
         for path in [*SRC.joinpath(part).rglob("*.py"), SRC / f"{part}.py"]:
             if not path.exists():
                 continue

@@ -11,7 +11,7 @@ from llmkit.config.load import ConfigProblems, validate_config
 from llmkit.config.schema import RunConfig
 from llmkit.device import cpu_flags, cpu_has_fast_bf16
 from llmkit.doctor.probes import cpu_verdict
-from llmkit.plan.params import count_parameters, trainable_parameters
+from llmkit.planning.params import count_parameters, trainable_parameters
 
 CPUINFO = {  # name: (/proc/cpuinfo text, the precision `auto` must pick)
     "x86 avx512_bf16": ("model name\t: AMD EPYC\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n", "bf16"),
@@ -80,7 +80,7 @@ def test_lora_without_a_base_model_is_a_config_error() -> None:
 
 
 def test_trainer_state_refuses_missing_keys(tmp_path: Path) -> None:
-    from llmkit.train.checkpoint import ChecksumError, TrainerState
+    from llmkit.training.checkpoint import ChecksumError, TrainerState
 
     state = TrainerState(step=3, tokens_seen=10, train_time_s=1.0, nonfinite_skipped=0, config={}, data={},
                          data_position={}, param_groups=[], scaler=None, llmkit_version="0")

@@ -1,4 +1,4 @@
-"""`llmkit eval` and `llmkit report`."""
+"""`llmkit eval`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add `eval` and `report` to the app."""
+    """Add `eval` to the app."""
     app.command("eval")(evaluate)
-    app.command("report")(report)
 
 
 def evaluate(
@@ -56,9 +55,3 @@ def evaluate(
         typer.echo(f"--- {s['prompt']}\n{s['completion']}")
     typer.echo(f"written: {run / 'eval.json'}")
 
-
-def report(run: Path = typer.Argument(..., help="Run directory (runs/<name>).")) -> None:
-    """(Re)generate the run's self-contained report.html."""
-    from llmkit.report.html import build_report
-
-    typer.echo(f"written: {build_report(run)}")

@@ -12,9 +12,9 @@ import traceback
 
 import typer
 
-from llmkit import __version__
+from llmkit.version import __version__
 from llmkit.cli import (config_cmd, doctor_cmd, eval_cmd, export_cmd, generate_cmd, init_cmd, launch_cmd, plan_cmd,
-                        prepare_cmd, privacy_cmd, quickstart_cmd, serve_cmd, train_cmd)
+                        prepare_cmd, privacy_cmd, quickstart_cmd, report_cmd, serve_cmd, train_cmd)
 from llmkit.errors import LlmkitError
 
 app = typer.Typer(
@@ -30,7 +30,7 @@ app = typer.Typer(
 _state = {"debug": False}
 
 # The one registry of commands: each module adds its own to the app.
-for _module in (quickstart_cmd, init_cmd, config_cmd, doctor_cmd, prepare_cmd, train_cmd, eval_cmd,
+for _module in (quickstart_cmd, init_cmd, config_cmd, doctor_cmd, prepare_cmd, train_cmd, eval_cmd, report_cmd,
                 generate_cmd, serve_cmd, export_cmd, plan_cmd, launch_cmd, privacy_cmd):
     _module.register(app)
 
@@ -87,7 +87,7 @@ def _lost_peer(exc: BaseException) -> bool:
 
 
 def _worker_prints(rendered: str) -> bool:
-    from llmkit.train.elastic import report_worker_error
+    from llmkit.training.elastic import report_worker_error
 
     return report_worker_error(rendered)
 
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         if "TORCHELASTIC_ERROR_FILE" not in os.environ or _state["debug"] or not _lost_peer(exc):
             raise
         # another rank died (torchrun's agent reports which, and stops the group): one line, not a traceback
-        from llmkit.train.elastic import LOST_PEER, report_worker_error
+        from llmkit.training.elastic import LOST_PEER, report_worker_error
 
         report_worker_error(LOST_PEER)
         sys.stderr.write(f"[rank {os.environ.get('RANK')}] stopped: {LOST_PEER}\n")

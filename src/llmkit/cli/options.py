@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any
 
 import typer
 
@@ -19,15 +20,28 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 
 # The allowed values, as the modules that own them spell them (tests/unit/test_cli_choices.py keeps
 # them equal; they are repeated here so `llmkit --help` imports neither pydantic models nor numpy).
-ExportFormat = _choices("ExportFormat", ("hf", "gguf"))
-ExportDtype = _choices("ExportDtype", ("float32", "bfloat16", "float16"))  # llmkit.export.hf.DTYPES
-GgufQuant = _choices("GgufQuant", ("f32", "f16", "q8_0"))  # llmkit.export.gguf.QUANTS
+ExportDtype = _choices("ExportDtype", ("float32", "bfloat16", "float16"))  # llmkit.exporting.hf.DTYPES
+GgufQuant = _choices("GgufQuant", ("f32", "f16", "q8_0"))  # llmkit.exporting.gguf.QUANTS
 Cloud = _choices("Cloud", ("any", "aws", "gcp", "azure", "lambda", "runpod"))  # PlanConfig.cloud
 ServeEngine = _choices("ServeEngine", ("llmkit", "vllm"))  # ServeConfig.engine
 ServeDtype = _choices("ServeDtype", ("fp32", "bf16"))  # ServeConfig.dtype
-LaunchTarget = _choices("LaunchTarget", ("slurm", "kubernetes", "skypilot", "docker"))  # LaunchConfig.target
 LaunchWhat = _choices("LaunchWhat", ("train", "serve"))  # llmkit.launch.spec.WHATS
 RESUME_METAVAR = "auto|never|PATH"
+
+
+def registry_option(table: str, default: str | None, flags: tuple[str, ...], help: str) -> Any:
+    """An option whose values are the names of ``llmkit.registry.<table>``, checked when the command
+    runs (a format or target registered in the same process is accepted); --help lists the names
+    registered at import."""
+    from llmkit import registry
+
+    def parse(value: str) -> str:
+        names = getattr(registry, table)
+        if value not in names:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(map(repr, names))}")
+        return value
+
+    return typer.Option(default, *flags, parser=parse, metavar="|".join(getattr(registry, table)), help=help)
 
 
 def json_option(what: str) -> bool:

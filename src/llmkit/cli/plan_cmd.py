@@ -10,7 +10,7 @@ import typer
 
 from llmkit.cli.options import Cloud, SetOpt
 
-DEFAULT_TOKENS_PER_USER = 20.0  # faster than people read, as chat services stream
+from llmkit.planning.entry import DEFAULT_TOKENS_PER_USER
 
 
 def register(app: typer.Typer) -> None:
@@ -55,8 +55,6 @@ def plan(
     """Memory breakdown, fit per device, time and cost per candidate, cheapest that meet the limits."""
     from llmkit.config.load import load_config
     from llmkit.errors import UsageError
-    from llmkit.plan.memory import GB
-    from llmkit.plan.recommend import make_plan
 
     serve_only = {"--concurrency": concurrency, "--tokens-per-s-per-user": tokens_per_user, "--context": context,
                   "--prompt-tokens": prompt_tokens}
@@ -77,28 +75,34 @@ def plan(
         if value is not None:
             sets.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
     cfg = load_config(config, sets)
-    p = cfg.plan
     if serve:
-        _serve_plan(cfg, list(device) or p.devices or None, p.cloud, bool(p.spot), concurrency, tokens_per_user,
-                    context, prompt_tokens, this_machine, prices, as_json, show_all, top)
+        from llmkit.planning.entry import plan_serving
+
+        served = plan_serving(cfg, concurrency, tokens_per_user, context, prompt_tokens, list(device) or None,
+                              this_machine, prices, note=_note)
+        if as_json:
+            typer.echo(json.dumps(served.to_json(), indent=2))
+        else:
+            _print_serve_plan(cfg, served, show_all, top)
         return
-    from llmkit.plan.hardware import prices_age_days, use_prices
-    from llmkit.plan.recommend import human_hours, human_usd, wall_hours
+    from llmkit.planning.entry import plan_training
 
-    if prices is not None:
-        use_prices(prices)
-    if this_machine is None:
-        import importlib.util
-
-        # a plan on exactly N devices (--devices) is about them; otherwise this CPU is one more option
-        this_machine = importlib.util.find_spec("torch") is not None and not p.num_devices
-    local = _this_machine(cfg) if this_machine else None
-    result = make_plan(cfg, list(device) or p.devices or None, p.cloud, p.spot, p.budget_usd, p.deadline_hours,
-                       optimizer_bits=8 if adam_8bit else 32, local=local, sharding=p.sharding,
-                       **({"counts": (p.num_devices,)} if p.num_devices else {}))
+    result = plan_training(cfg, list(device) or None, 8 if adam_8bit else 32, this_machine, prices, note=_note)
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))
         return
+    _print_plan(cfg, config, result, prices, show_all, top)
+
+
+def _note(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+def _print_plan(cfg: Any, config: Path, result: Any, prices: Path | None, show_all: bool, top: int) -> None:
+    """The training plan in words."""
+    from llmkit.planning.entry import GB, human_hours, human_usd, prices_age_days, wall_hours
+
+    p = cfg.plan
     typer.echo(f"{cfg.name}: {result.parameters / 1e6:,.1f} M parameters ({result.trainable_parameters / 1e6:,.1f} M "
                f"trainable), {result.tokens / 1e9:.3g} B tokens, {result.flops:.3g} FLOPs")
     mem = result.memory_at_config_micro_batch
@@ -160,39 +164,11 @@ def plan(
                f"{kv['kv_bytes_at_max_batch'] / GB:.2f} GB for serve.max_batch_size={kv['max_batch']} full sequences")
 
 
-def _serve_plan(cfg: Any, device: list[str] | None, cloud: str, spot: bool, concurrency: int | None,
-                tokens_per_user: float | None, context: int | None, prompt_tokens: int | None, this_machine: bool | None,
-                prices: Path | None, as_json: bool, show_all: bool, top: int) -> None:
-    """`llmkit plan --serve`: print (or --json) the serving plan."""
-    import importlib.util
-    import os
+def _print_serve_plan(cfg: Any, result: Any, show_all: bool, top: int) -> None:
+    """`llmkit plan --serve` in words."""
+    from llmkit.planning.entry import GB, human_usd, prices_age_days
 
-    from llmkit.plan.hardware import prices_age_days, use_prices
-    from llmkit.plan.memory import GB
-    from llmkit.plan.recommend import human_usd
-    from llmkit.plan.serving import LocalServer, local_fits, serve_plan
-
-    if prices is not None:
-        use_prices(prices)
-    c = concurrency or cfg.serve.max_batch_size
-    t = DEFAULT_TOKENS_PER_USER if tokens_per_user is None else tokens_per_user
-    n = context or cfg.model.max_position_embeddings
-    prompt = prompt_tokens or max(1, n // 2)
-    local = None
-    if this_machine if this_machine is not None else importlib.util.find_spec("torch") is not None:
-        from llmkit.plan.measure import measure_cpu_serving
-
-        _need_torch()
-        ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
-        speed = None
-        if local_fits(cfg, cfg.serve.dtype, ram_gb, c, n):
-            typer.echo(f"measuring this CPU's decode step ({os.cpu_count()} cores, {cfg.serve.dtype}) ...", err=True)
-            speed = measure_cpu_serving(cfg, cfg.serve.dtype, sampled=cfg.generate.temperature > 0)
-        local = LocalServer("this-cpu", ram_gb, cfg.serve.dtype, speed)
-    result = serve_plan(cfg, c, t, n, prompt, device, cloud, spot, local)
-    if as_json:
-        typer.echo(json.dumps(result.to_json(), indent=2))
-        return
+    c, t, n, prompt = result.concurrency, result.tokens_per_s_per_user, result.context, result.prompt_tokens
     kv = result.kv_bytes_per_token
     typer.echo(f"{cfg.name}: serving {c} user(s) at {t:g} tokens/s each, {n}-token sequences ({prompt} prompt + "
                f"{n - prompt} generated)")
@@ -250,34 +226,3 @@ def _seconds(s: float | None) -> str:
 
 def _bytes(n: float) -> str:
     return f"{n / 1e9:,.2f} GB" if n >= 1e9 else f"{n / 1e6:,.1f} MB"
-
-
-def _need_torch() -> None:
-    from llmkit.errors import EnvironmentProblem
-
-    try:
-        import torch  # noqa: F401
-    except ImportError as exc:
-        raise EnvironmentProblem("--this-machine needs torch to measure this CPU", str(exc),
-                                 "install torch (llmkit doctor prints the command) or pass --no-this-machine") from exc
-
-
-def _this_machine(cfg: Any) -> Any:
-    """This CPU, measured: RAM, the precision llmkit would train in, and its rates."""
-    import os
-
-    from llmkit.errors import EnvironmentProblem
-    from llmkit.plan.recommend import LocalMachine
-
-    try:
-        import torch
-    except ImportError as exc:
-        raise EnvironmentProblem("--this-machine needs torch to measure this CPU", str(exc),
-                                 "install torch (llmkit doctor prints the command) or leave out --this-machine") from exc
-    from llmkit.plan.measure import measure_cpu_rates
-    from llmkit.device import resolve_precision
-
-    precision = resolve_precision(cfg.train.precision, torch.device("cpu"))
-    ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
-    typer.echo(f"measuring this CPU ({os.cpu_count()} cores, {ram_gb:.0f} GB RAM, {precision}) ...", err=True)
-    return LocalMachine("this-cpu", ram_gb, precision, measure_cpu_rates(precision))

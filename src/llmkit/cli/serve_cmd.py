@@ -40,12 +40,8 @@ def serve(
                                            "Default: serve.pack_weights (auto: the shapes measured faster)."),
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (binds 127.0.0.1 by default)."""
-    from llmkit.config.load import load_config
-    from llmkit.rundir import generate_defaults
-    from llmkit.serve.server import ensure_serve_extra
-    from llmkit.serve.server import serve as run_server
+    from llmkit.serving.entry import serve_config, serve_foreground
 
-    ensure_serve_extra()
     flags = {"serve.host": host, "serve.port": port, "serve.api_key_env": api_key_env,
              "serve.allow_unauthenticated": allow_unauthenticated, "serve.max_concurrency": max_concurrency,
              "serve.max_batch_size": max_batch_size, "serve.max_queue": max_queue,
@@ -53,10 +49,7 @@ def serve(
              "serve.ui": ui, "serve.dtype": dtype.value if dtype else None, "serve.compile": compile_step,
              "serve.pack_weights": pack_weights}
     sets = list(overrides) + [f"{k}={_yaml(v)}" for k, v in flags.items() if v is not None]
-    # without --config, sampling defaults come from the run's generate section (as for generate and chat)
-    base = {"name": "serve", "generate": generate_defaults(model_path).model_dump(mode="json")}
-    cfg = load_config(config, sets, base=base if config is None else None)
-    run_server(model_path, cfg.serve, cfg.generate, served_model_name)
+    serve_foreground(model_path, serve_config(model_path, config, sets), served_model_name)
 
 
 def _yaml(value: object) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -42,25 +41,13 @@ def train(
 ) -> None:
     """Train (pretrain, SFT, LoRA or classification) as the config says; resumes by default."""
     from llmkit.config.load import load_config
-    from llmkit.errors import UsageError
-    from llmkit.train import distributed
+    from llmkit.training.entry import check_agent_options, reports, train_with_agent
+    from llmkit.training.entry import train as run_train
 
     cfg = load_config(config, overrides)
-    launcher = nproc_per_node is not None
-    agent_options = nnodes != 1 or node_rank is not None or rdzv_endpoint or max_restarts or stop_timeout != 300
-    if not launcher and agent_options:
-        raise UsageError("--nnodes, --node-rank, --rdzv-endpoint, --max-restarts and --stop-timeout need "
-                         "--nproc-per-node",
-                         "they configure torchrun's agent, which --nproc-per-node starts",
-                         "add --nproc-per-node N (processes on this node)")
-    if launcher and distributed.under_torchrun():
-        raise UsageError("--nproc-per-node was given to a process that torchrun started",
-                         "the processes would each start N more", "drop --nproc-per-node when you use torchrun")
-    if launcher:
-        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # c10d's store chatter when a peer leaves
-        from llmkit.device import resolve_device
-        from llmkit.train.elastic import run_agent, torchrun_args
-
+    check_agent_options(nproc_per_node, bool(nnodes != 1 or node_rank is not None or rdzv_endpoint or max_restarts
+                                             or stop_timeout != 300))
+    if nproc_per_node is not None:
         worker = ["train", "--config", str(config), "--resume", resume, *[a for o in overrides for a in ("--set", o)]]
         if run_dir is not None:
             worker += ["--run-dir", str(run_dir)]
@@ -68,23 +55,16 @@ def train(
             worker.append("--allow-config-change")
         if stop_at_step is not None:
             worker += ["--stop-at-step", str(stop_at_step)]
-        from llmkit.train.setup import check_split
-
-        if isinstance(cfg.train.micro_batch_size, int):  # fail here, before starting any worker
-            check_split(cfg.train.global_batch_size, cfg.train.micro_batch_size, nproc_per_node * nnodes)
-        args = torchrun_args(nproc_per_node, nnodes, node_rank, rdzv_endpoint, max_restarts, stop_timeout, cfg.name,
-                             worker)
-        code = run_agent(args, resolve_device(cfg.train.device).type == "cpu", nproc_per_node, progress(as_json))
+        code = train_with_agent(cfg, worker, nproc_per_node, nnodes, node_rank, rdzv_endpoint, max_restarts,
+                                stop_timeout, progress(as_json))
         if as_json:
             echo_json({"processes": nproc_per_node * nnodes, "exit_code": code, "node_rank": node_rank or 0})
         elif code == 0 and not node_rank:  # one line per job, from the first node
             typer.echo(f"torchrun: all {nproc_per_node * nnodes} processes finished")
         raise typer.Exit(code)
 
-    from llmkit.train.loop import train as run_train
-
     result = run_train(cfg, run_dir, resume, allow_config_change, stop_at_step, log=progress(as_json))
-    if distributed.under_torchrun() and os.environ.get("RANK", "0") != "0":
+    if not reports():
         raise typer.Exit(result.exit_code)  # rank 0 reports
     if as_json:
         final = result.run_dir / "final"

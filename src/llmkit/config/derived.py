@@ -6,6 +6,8 @@ rule has one owner.
 
 from __future__ import annotations
 
+from typing import Any
+
 from llmkit.config.schema import LORA_LINEAR_MODULES, LoraConfig, ModelConfig, RunConfig
 
 
@@ -45,3 +47,22 @@ def lora_parameters(model: ModelConfig) -> int:
     shapes = linear_shapes(model)
     per_layer = sum(model.lora.r * (i + o) for name in lora_targets(model.lora, model.architecture) for i, o in shapes[name])
     return per_layer * model.num_hidden_layers
+
+
+def train_precision(cfg: RunConfig, device: Any, processes: int = 1, compute: str | None = None) -> Any:
+    """``llmkit.device.train_precision`` for a run config (its precision, LoRA and privacy.dp):
+    how a run of ``cfg`` on ``processes`` processes of ``device`` (a torch device or a type name)
+    computes and keeps its weights."""
+    from llmkit.device import train_precision as rule
+
+    return rule(cfg.train.precision, device, lora=cfg.model.lora.enabled, processes=processes,
+                private=cfg.privacy.dp.enabled, compute=compute)  # type: ignore[arg-type]
+
+
+def run_context(cfg: RunConfig, environ: Any = None, strict: bool = False) -> Any:
+    """The run context (``llmkit.privacy.context.RunContext``) of a run of ``cfg``: its key from
+    privacy.encryption_key_env, its offline mode. ``strict`` (a stage that writes): a configured
+    key that is not set is an error now."""
+    from llmkit.privacy.context import RunContext
+
+    return RunContext.of(cfg.privacy.encryption_key_env, cfg.privacy.offline, environ, strict)

@@ -284,10 +284,9 @@ def load_config(
     """Load and validate a run config.
 
     ``path`` (or ``base``, an already-read mapping) is the starting point; then the environment
-    variables of ``ENV_OVERRIDES``; then each ``--set`` override in order. A config with
-    ``privacy.offline`` sets the offline switches of this process (``llmkit.privacy.offline``)
-    before any stage imports a Hugging Face library; ``privacy.encryption_key_env`` selects the
-    key this process seals and opens the run's files with (``llmkit.privacy.crypto``).
+    variables of ``ENV_OVERRIDES``; then each ``--set`` override in order. Loading has no side
+    effects: the offline switches and the encryption key are the run context's
+    (``llmkit.privacy.context``), which a command's entry builds from the config.
     """
     if path is not None:
         data = read_config_file(path)
@@ -301,15 +300,7 @@ def load_config(
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(data, keys, value, f"--set {text[:100]}")
-    config = validate_config(data, source)
-    from llmkit.privacy.offline import apply
-
-    apply(config.privacy.offline, os.environ if environ is os.environ else {})  # a test's environ stays its own
-    if environ is os.environ:
-        from llmkit.privacy import crypto
-
-        crypto.activate(config.privacy.encryption_key_env)
-    return config
+    return validate_config(data, source)
 
 
 def dump_config(config: RunConfig) -> str:

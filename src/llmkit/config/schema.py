@@ -490,8 +490,18 @@ class PlanConfig(Section):
 class LaunchConfig(Section):
     """The same run rendered for a cluster scheduler, a container or a cloud (`llmkit launch`)."""
 
-    target: Literal["slurm", "kubernetes", "skypilot", "docker"] = "slurm"
-    """Which engine's spec `llmkit launch` renders when --target is not given."""
+    target: str = "slurm"
+    """Which engine's spec `llmkit launch` renders when --target is not given: a registered launch
+    target (llmkit.registry.LAUNCH_TARGETS: slurm, kubernetes, skypilot, docker)."""
+
+    @field_validator("target")
+    @classmethod
+    def _registered_target(cls, value: str) -> str:
+        from llmkit.registry import LAUNCH_TARGETS
+
+        if value not in LAUNCH_TARGETS:
+            raise ValueError(f"{value!r} is not a launch target; registered: {', '.join(LAUNCH_TARGETS)}")
+        return value
     nodes: int = Field(1, gt=0)
     """Machines; more than one runs torchrun's multi-node rendezvous on the first."""
     devices_per_node: int = Field(1, gt=0)

@@ -31,6 +31,8 @@ from llmkit.errors import UsageError
 from llmkit.privacy.pii import PII_REPORT, PiiFilter, Scrubber
 from llmkit.fsutil import atomic_write_text, staged_dir
 from llmkit.privacy import crypto
+from llmkit.config.derived import run_context
+from llmkit.privacy.context import RunContext
 from llmkit.rundir import RunDir
 
 Log = Callable[[str], None]
@@ -272,17 +274,20 @@ def prepare_classify(config: RunConfig, tok: Any, out: Path, log: Log) -> dict[s
 
 
 def prepare(config: RunConfig, run_dir: str | Path | None = None, retrain_tokenizer: bool = False,
-            log: Log = lambda _: None, strict: bool = False) -> PrepareResult:
+            log: Log = lambda _: None, strict: bool = False, ctx: RunContext | None = None) -> PrepareResult:
     """Make the run directory's tokenizer and the data the config's task trains on (``strict``:
-    SFT examples that fail the data checks are an error)."""
-    start = time.monotonic()
+    SFT examples that fail the data checks are an error). ``ctx``: the run context (default: the
+    config's, where a configured key that is not set stops here)."""
     run = RunDir.of(config, run_dir)
-    key = crypto.activate(config.privacy.encryption_key_env, strict=True)  # a missing key stops here
-    if key is not None:
-        from llmkit.privacy.rotate import recover
+    ctx = ctx if ctx is not None else run_context(config, strict=True)
+    with ctx.open_run(run.root, log):
+        if ctx.key is not None:
+            log(f"encryption: on (AES-256-GCM, key id {ctx.key.id_hex} from ${ctx.key.env}): data, tokenizer sealed")
+        return _prepare(config, run, retrain_tokenizer, log, strict)
 
-        recover(run.root, log)
-        log(f"encryption: on (AES-256-GCM, key id {key.id_hex} from ${key.env}): data, tokenizer sealed")
+
+def _prepare(config: RunConfig, run: RunDir, retrain_tokenizer: bool, log: Log, strict: bool) -> PrepareResult:
+    start = time.monotonic()
     tok, trained = ensure_tokenizer(config, run.tokenizer, retrain_tokenizer, log)
     result = PrepareResult(run.root, len(tok), trained)
     task = config.train.task

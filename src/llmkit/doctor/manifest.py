@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from llmkit import __version__
+from llmkit.version import __version__
 from llmkit.config.schema import RunConfig
 from llmkit.doctor.probes import Context, requirements
 from llmkit.doctor.sources import CommandTimeout, Sources

@@ -194,7 +194,7 @@ def probe_multi_gpu(ctx: Context) -> list[Finding]:
 def checkpoint_bytes(config: RunConfig) -> int:
     """Bytes of one checkpoint: the trained weights and AdamW's two moments, fp32 (LoRA: the adapters
     alone; the frozen base is not saved)."""
-    from llmkit.plan.params import trainable_parameters
+    from llmkit.planning.params import trainable_parameters
 
     return 12 * trainable_parameters(config)
 

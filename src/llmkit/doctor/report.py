@@ -6,7 +6,7 @@ import json
 import threading
 from pathlib import Path
 
-from llmkit import __version__
+from llmkit.version import __version__
 from llmkit.config.schema import RunConfig
 from llmkit.doctor.finding import DoctorReport, Finding
 from llmkit.doctor.probes import PROBES, Context, needed_extras

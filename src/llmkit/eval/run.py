@@ -9,58 +9,20 @@ chat template). Results go to ``<run>/eval.json``.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from llmkit.config.schema import RunConfig
 from llmkit.errors import UsageError
-from llmkit.data.batches import task_batches
-from llmkit.eval.loss import evaluate
+from llmkit.eval.evaluator import evaluate
+from llmkit.objectives import for_task
 from llmkit.fsutil import atomic_write_text
 from llmkit.generate.decode import generate
 from llmkit.generate.sampling import SamplingParams
-from llmkit.plan.memory import micro_batch_for_device
+from llmkit.planning.memory import micro_batch_for_device
+from llmkit.config.derived import run_context
 from llmkit.rundir import RunDir
-
-
-def token_bytes(tokenizer: Any) -> np.ndarray:
-    """UTF-8 bytes each token id stands for (special tokens: 0)."""
-    vocab = len(tokenizer)
-    special = set(tokenizer.all_special_ids)
-    table = np.zeros(vocab, dtype=np.int64)
-    pre = getattr(getattr(tokenizer, "backend_tokenizer", None), "pre_tokenizer", None)
-    byte_level = pre is not None and "ByteLevel" in repr(pre)
-    tokens = tokenizer.convert_ids_to_tokens(list(range(vocab)))
-    for i, tok in enumerate(tokens):
-        if i in special or tok is None:
-            continue
-        # byte-level BPE: one character per byte; otherwise decode (approximate at partial chars)
-        table[i] = len(tok) if byte_level else len(tokenizer.decode([i]).encode("utf-8"))
-    return table
-
-
-def lm_metrics(model: Any, batches: list[dict[str, np.ndarray]], byte_table: np.ndarray) -> dict[str, float]:
-    """Loss, perplexity and bits per byte over batches of (input_ids, labels), fp32."""
-    result = evaluate(model, batches, byte_table=byte_table)
-    return {**result.metrics(), "val_tokens": result.count}
-
-
-def classify_metrics(model: Any, batches: list[dict[str, np.ndarray]], labels: dict[int, str]) -> dict[str, Any]:
-    """Accuracy, macro-F1 and the confusion matrix (rows: true label, columns: predicted)."""
-    k = len(labels)
-    result = evaluate(model, batches, classify=True, num_labels=k)
-    confusion = np.array(result.confusion, dtype=np.int64)
-    f1s = []
-    for c in range(k):
-        tp = confusion[c, c]
-        precision = tp / max(confusion[:, c].sum(), 1)
-        recall = tp / max(confusion[c, :].sum(), 1)
-        f1s.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
-    return {"val_accuracy": result.val_accuracy, "macro_f1": float(np.mean(f1s)),
-            "labels": [labels[i] for i in range(k)], "confusion_matrix": confusion.tolist(), "val_examples": result.count}
 
 
 def samples(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, chat: bool) -> list[dict[str, str]]:
@@ -81,11 +43,18 @@ def evaluate_run(run: str | Path, write: bool = True, harness_tasks: list[str] |
                  canaries: str | Path | None = None, canary_candidates: int = 1000) -> dict[str, Any]:
     """Evaluate a run directory's final model on its validation data (and harness tasks: the
     config's ``eval.harness_tasks`` plus ``harness_tasks``; the memorization of ``canaries``,
-    see ``llmkit.eval.canaries``); writes eval.json."""
-    from llmkit.model.load import load_for_inference
-
+    see ``llmkit.eval.canaries``); writes eval.json (in the run's context: its key, offline mode)."""
     run = RunDir(Path(run))
     cfg = run.load_config()
+    with run_context(cfg).open_run(run.root):
+        return _evaluate_run(cfg, run, write, harness_tasks, harness_dir, harness_limit, canaries, canary_candidates)
+
+
+def _evaluate_run(cfg: RunConfig, run: RunDir, write: bool, harness_tasks: list[str] | None,
+                  harness_dir: str | Path | None, harness_limit: int | None, canaries: str | Path | None,
+                  canary_candidates: int) -> dict[str, Any]:
+    from llmkit.model.load import load_for_inference
+
     model, tokenizer, model_dir = load_for_inference(run.root, device="cpu")
     result = evaluate_loaded(cfg, run, model, tokenizer, write=False)
     tasks = list(dict.fromkeys([*cfg.eval.harness_tasks, *(harness_tasks or [])]))
@@ -96,8 +65,8 @@ def evaluate_run(run: str | Path, write: bool = True, harness_tasks: list[str] |
     if canaries is not None:
         from llmkit.eval.canaries import as_json, check, read_canaries
 
-        if cfg.train.task == "classify":
-            raise UsageError("canaries measure what a language model memorized; this run is a classifier",
+        if not for_task(cfg.train.task).generates:
+            raise UsageError(f"canaries measure what a language model memorized; this run is {cfg.train.task}",
                              "", "run --canaries on a pretraining or SFT run")
         result["canaries"] = as_json(check(model, tokenizer, read_canaries(canaries), canary_candidates,
                                            seed=cfg.train.seed))
@@ -110,15 +79,13 @@ def evaluate_loaded(cfg: RunConfig, run: RunDir, model: Any, tokenizer: Any, wri
     """Evaluate an in-memory model on the run's validation data (see module docstring)."""
     micro, _, _ = micro_batch_for_device(cfg, next(model.parameters()).device, "fp32")
     eval_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"eval_batches": cfg.eval.batches})})
-    data = task_batches(eval_cfg, run.root, micro)
-    batches = data.eval_batches()
-    if cfg.train.task == "classify":
-        metrics = classify_metrics(model, batches, data.id2label or {})
-        result: dict[str, Any] = {"metrics": metrics, "samples": []}
-    else:
-        metrics = lm_metrics(model, batches, token_bytes(tokenizer))
-        result = {"metrics": metrics, "samples": samples(model, tokenizer, cfg.eval.sample_prompts,
-                                                           cfg.eval.sample_max_new_tokens, cfg.train.task == "sft")}
+    objective = for_task(cfg.train.task)
+    data = objective.batches(eval_cfg, run.root, micro)
+    scored = evaluate(model, data.eval_batches(), objective, objective.metrics(data, tokenizer))
+    result: dict[str, Any] = {"metrics": objective.report(scored, data), "samples": []}
+    if objective.generates:
+        result["samples"] = samples(model, tokenizer, cfg.eval.sample_prompts, cfg.eval.sample_max_new_tokens,
+                                    cfg.train.task == "sft")
     result["run"] = cfg.name
     result["task"] = cfg.train.task
     if write:

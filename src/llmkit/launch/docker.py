@@ -10,6 +10,12 @@ index>`.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
+from llmkit.errors import EnvironmentProblem, RunFailure
+from llmkit.launch.base import Echo, Target, main_file
 from llmkit.launch.spec import LaunchSpec, shell_words
 
 WORKDIR = "/work"
@@ -73,3 +79,31 @@ def render(spec: LaunchSpec) -> dict[str, str]:
               "set -eu", run_line(spec)]
     return {"Dockerfile": dockerfile(spec), "Dockerfile.dockerignore": dockerignore(),
             f"{spec.what}-docker.sh": "\n".join(script) + "\n"}
+
+
+class Docker(Target):
+    """A Dockerfile and a run script: the run in a container on this host."""
+
+    name = "docker"
+    title = "Docker"
+    multi_node = False
+
+    def render(self, spec: LaunchSpec) -> dict[str, str]:
+        return render(spec)
+
+    def submit(self, spec: LaunchSpec, folder: Path, files: dict[str, str], submit: bool, echo: Echo) -> None:
+        path = (folder / main_file(files)).as_posix()
+        build = f"docker build -f {folder / 'Dockerfile'} -t {image(spec)} ."
+        if not submit:
+            echo(f"build: {build}")
+            echo(f"run: sh {path}")
+            return
+        if shutil.which("docker") is None:
+            raise EnvironmentProblem("--submit: docker is not on PATH", f"the files are written in {folder}",
+                                     f"install Docker, then: {build} && sh {path}")
+        for argv in (build.split(), ["sh", path]):
+            if subprocess.run(argv).returncode != 0:
+                raise RunFailure(f"{' '.join(argv)} failed", "its output is above", "fix that and run it again")
+
+
+TARGET = Docker()

@@ -11,7 +11,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from llmkit.launch.spec import RDZV_PORT, VOLUME_ROOT, LaunchSpec, dump_yaml
+from pathlib import Path
+
+from llmkit.config.schema import RunConfig
+from llmkit.errors import ConfigError
+from llmkit.launch.base import Echo, Target, main_file
+from llmkit.launch.spec import RDZV_PORT, VOLUME_ROOT, Checkpoints, LaunchSpec, dump_yaml
 
 CONFIG_DIR = "/etc/llmkit"
 WORKDIR = "/work"
@@ -123,3 +128,32 @@ def render(spec: LaunchSpec) -> dict[str, str]:
                  else f"the image (build it after training, from the folder that holds {spec.runs_root}/)")
         header += f"# The model: {spec.run_dir}/final, from {where}.\n"
     return {f"{spec.what}.yaml": header + text}
+
+
+class Kubernetes(Target):
+    """An Indexed Job (one pod per node) and a headless Service for the rendezvous; the image must
+    hold llmkit and the run's data."""
+
+    name = "kubernetes"
+    title = "Kubernetes"
+    volumes = True
+    ephemeral_disks = True
+
+    def check(self, cfg: RunConfig, what: str, checkpoints: Checkpoints) -> list[str]:
+        if not cfg.launch.image:
+            raise ConfigError("Kubernetes runs containers: launch.image is not set",
+                              "the pods need an image with llmkit and the run's data in it",
+                              "build one with `llmkit launch --target docker` and set launch.image to its tag")
+        return []
+
+    def render(self, spec: LaunchSpec) -> dict[str, str]:
+        return render(spec)
+
+    def submit(self, spec: LaunchSpec, folder: Path, files: dict[str, str], submit: bool, echo: Echo) -> None:
+        path = (folder / main_file(files)).as_posix()
+        echo(f"secrets: {secret_command(spec)}")
+        echo(f"{'submit' if submit else 'start'}: kubectl apply -f {path}"
+             + ("  (llmkit does not call kubectl; run these two lines)" if submit else ""))
+
+
+TARGET = Kubernetes()

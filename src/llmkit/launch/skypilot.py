@@ -12,7 +12,15 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from llmkit.launch.spec import MOUNT, RDZV_PORT, LaunchSpec, dump_yaml, shell_words
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from llmkit.config.schema import RunConfig
+from llmkit.errors import ConfigError, EnvironmentProblem, RunFailure
+from llmkit.launch.base import Echo, Target, main_file
+from llmkit.launch.spec import MOUNT, RDZV_PORT, Checkpoints, LaunchSpec, dump_yaml, shell_words
 
 CONFIG = "$HOME/.llmkit/run.yaml"
 MARK = "LLMKIT_RUN_YAML"
@@ -104,3 +112,63 @@ def render(spec: LaunchSpec) -> dict[str, str]:
     header = (f"# llmkit launch {spec.llmkit_version}: run '{spec.name}' ({spec.what}) with SkyPilot.\n"
               f"# From the folder you ran `llmkit launch` in: {launch_command(spec, f'{spec.out}/{name}')}\n")
     return {name: header + dump_yaml([doc])}
+
+
+class SkyPilot(Target):
+    """A SkyPilot task (or service): cloud instances, spot or on demand, the checkpoint bucket
+    mounted on every node."""
+
+    name = "skypilot"
+    title = "SkyPilot"
+    clouds = True
+    ephemeral_disks = True
+    shared_folders = False
+    bucket_mount = MOUNT
+
+    def check(self, cfg: RunConfig, what: str, checkpoints: Checkpoints) -> list[str]:
+        lc = cfg.launch
+        if lc.region and lc.cloud in ("any", "kubernetes"):
+            raise ConfigError(f"launch.region {lc.region} needs a cloud", f"launch.cloud is {lc.cloud}",
+                              "set launch.cloud to aws, gcp or azure (a region belongs to one), or remove launch.region")
+        return []
+
+    def render(self, spec: LaunchSpec) -> dict[str, str]:
+        return render(spec)
+
+    def submit(self, spec: LaunchSpec, folder: Path, files: dict[str, str], submit: bool, echo: Echo) -> None:
+        path = folder / main_file(files)
+        command = launch_command(spec, path.as_posix())
+        if not submit:
+            echo(f"start: {command}")
+            return
+        _submit(spec, path, command, echo)
+
+
+def _submit(spec: LaunchSpec, path: Path, command: str, echo: Echo) -> None:
+    """SkyPilot's Python API where it imports, else its CLI, else say how to get it."""
+    try:
+        import sky  # type: ignore[import-not-found]
+    except ImportError:
+        sky = None
+    if sky is not None:
+        task = sky.Task.from_yaml(str(path))
+        secrets = {n: os.environ[n] for n in task.secrets if n in os.environ}
+        task.update_secrets(secrets)
+        if spec.what == "serve":
+            request = sky.serve.up(task, service_name=spec.job_name)
+        elif spec.spot:
+            request = sky.jobs.launch(task, name=spec.job_name)
+        else:
+            request = sky.launch(task, cluster_name=spec.job_name)
+        echo(f"submitted to SkyPilot: request {request}; follow it with `sky api logs {request}`")
+        return
+    if shutil.which("sky") is not None:
+        if subprocess.run(command.split()).returncode != 0:
+            raise RunFailure(f"{command} failed", "SkyPilot's output is above", "fix that and run it again")
+        return
+    raise EnvironmentProblem("--submit: SkyPilot is not installed", f"the files are written in {path.parent}",
+                             "install SkyPilot in its own environment (pipx install 'skypilot[aws]'; it pins click "
+                             f"below 8.2, which llmkit's huggingface-hub refuses), then run: {command}")
+
+
+TARGET = SkyPilot()

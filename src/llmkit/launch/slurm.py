@@ -10,6 +10,12 @@ same way. The log of every attempt of a job is appended to one file.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
+from llmkit.errors import EnvironmentProblem, RunFailure
+from llmkit.launch.base import Echo, Target, main_file
 from llmkit.launch.spec import RDZV_PORT, LaunchSpec, shell_words
 
 
@@ -68,3 +74,30 @@ def render(spec: LaunchSpec) -> dict[str, str]:
         'exit "$code"',
     ]
     return {name: "\n".join(lines) + "\n"}
+
+
+class Slurm(Target):
+    """An sbatch script: one task per node, torchrun's agent in each, checkpoints on a shared folder
+    or a bucket."""
+
+    name = "slurm"
+    title = "Slurm"
+
+    def render(self, spec: LaunchSpec) -> dict[str, str]:
+        return render(spec)
+
+    def submit(self, spec: LaunchSpec, folder: Path, files: dict[str, str], submit: bool, echo: Echo) -> None:
+        path = (folder / main_file(files)).as_posix()
+        if not submit:
+            echo(f"submit: sbatch {path}")
+            return
+        if shutil.which("sbatch") is None:
+            raise EnvironmentProblem("--submit: sbatch is not on PATH", f"the files are written in {folder}",
+                                     f"run on a Slurm login node: sbatch {path}")
+        done = subprocess.run(["sbatch", "--parsable", path], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RunFailure("sbatch refused the job", done.stderr.strip()[-500:], f"fix that, then: sbatch {path}")
+        echo(f"submitted job {done.stdout.strip().split(';')[0]}")
+
+
+TARGET = Slurm()

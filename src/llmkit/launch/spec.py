@@ -11,14 +11,17 @@ import math
 import posixpath
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import yaml
 
 from llmkit.config.schema import RunConfig
 from llmkit.errors import ConfigError, UsageError
-from llmkit.plan.hardware import Device, find_device, offerings
+from llmkit.planning.hardware import Device, find_device, offerings
 
-TARGETS = ("slurm", "kubernetes", "skypilot", "docker")
+if TYPE_CHECKING:
+    from llmkit.launch.base import Target
+
 WHATS = ("train", "serve")
 RDZV_PORT = 29400
 BUCKET_SCHEMES = ("s3://", "gs://", "gcs://", "az://", "abfs://", "r2://")
@@ -42,6 +45,8 @@ class Estimate:
     cost_usd: float | None
     offering: str | None
     step_s: float | None
+    own_hardware: bool = False
+    """The machines are the user's own (no rented cloud instances, so no list price)."""
 
 
 @dataclass(frozen=True)
@@ -176,8 +181,17 @@ def parse_accelerator(text: str | None) -> Device | None:
                           ) from None
 
 
+def target_of(name: str) -> Target:
+    """The registered launch target ``name`` (``llmkit.registry.LAUNCH_TARGETS``)."""
+    from llmkit.registry import LAUNCH_TARGETS, load
+
+    target: Target = load(LAUNCH_TARGETS, name, "launch target", "TARGET")
+    return target
+
+
 def checkpoint_place(cfg: RunConfig, target: str, what: str) -> Checkpoints:
     """Classify launch.checkpoint_uri and refuse places that do not outlive the node for this run."""
+    t = target_of(target)
     lc = cfg.launch
     uri = lc.checkpoint_uri
     multi = lc.nodes > 1
@@ -187,9 +201,9 @@ def checkpoint_place(cfg: RunConfig, target: str, what: str) -> Checkpoints:
         kind, where = "bucket", uri.rstrip("/")
     elif uri.startswith("pvc://"):
         claim = uri[len("pvc://"):].strip("/")
-        if target != "kubernetes":
+        if not t.volumes:
             raise ConfigError(f"launch.checkpoint_uri {uri} is a Kubernetes volume claim but the target is {target}",
-                              "only Kubernetes mounts volume claims",
+                              f"{t.title} mounts no volume claims",
                               "use a bucket (s3://, gs://, az://) or, on Slurm, a shared folder")
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", claim):
             raise ConfigError(f"launch.checkpoint_uri {uri}: {claim!r} is not a volume claim name",
@@ -203,21 +217,21 @@ def checkpoint_place(cfg: RunConfig, target: str, what: str) -> Checkpoints:
         kind, where = "shared", uri.rstrip("/") or "/"
     path = where if kind in ("local", "shared") else None
     why = "a multi-node" if multi else "a spot" if lc.spot else None
-    if path is not None and NODE_LOCAL.match(path) and (why or target == "slurm" and multi):
+    if path is not None and NODE_LOCAL.match(path) and why:
         raise ConfigError(f"checkpoints would go to {path}, a node's own disk, in {why} run",
                           "another node, or the machine that replaces a preempted one, cannot read them, so "
                           "the run would restart from step 0",
                           "set launch.checkpoint_uri to a bucket (s3://bucket/prefix) or a folder every node "
                           "mounts (e.g. on NFS or Lustre)")
-    if target in ("kubernetes", "skypilot") and kind in ("local", "shared") and (why is not None) and what == "train":
-        fix = ("a bucket (s3://bucket/prefix) or pvc://CLAIM (a ReadWriteMany volume claim)" if target == "kubernetes"
-               else "a bucket (s3://, gs:// or az://); SkyPilot mounts it on every node")
+    if t.ephemeral_disks and kind in ("local", "shared") and (why is not None) and what == "train":
+        fix = ("a bucket (s3://bucket/prefix) or pvc://CLAIM (a ReadWriteMany volume claim)" if t.volumes
+               else f"a bucket (s3://, gs:// or az://); {t.title} mounts it on every node")
         raise ConfigError(f"{why} {target} run has nowhere durable for checkpoints",
-                          f"{'the pods' if target == 'kubernetes' else 'the instances'}' disks go away with them, "
+                          f"{'the pods' if t.volumes else 'the instances'}' disks go away with them, "
                           "so a restarted or preempted run would begin again at step 0",
                           f"set launch.checkpoint_uri to {fix}")
-    if target == "skypilot" and kind == "shared":
-        raise ConfigError(f"launch.checkpoint_uri {uri} is a folder; SkyPilot instances share no folder",
+    if not t.shared_folders and kind == "shared":
+        raise ConfigError(f"launch.checkpoint_uri {uri} is a folder; {t.title} instances share no folder",
                           "each instance has its own disk", "use a bucket URL (s3://, gs://, az://)")
     return Checkpoints(kind, where)
 
@@ -232,7 +246,8 @@ def job_config(cfg: RunConfig, target: str, ck: Checkpoints) -> RunConfig:
         runs_root = VOLUME_ROOT
     elif ck.kind == "bucket":
         # SkyPilot mounts the bucket and llmkit commits there as to a folder; elsewhere fsspec writes to it
-        uri = f"{MOUNT}/{cfg.name}" if target == "skypilot" else f"{ck.where}/{cfg.name}"
+        mount = target_of(target).bucket_mount
+        uri = f"{mount}/{cfg.name}" if mount else f"{ck.where}/{cfg.name}"
     train = cfg.train.model_copy(update={"checkpoint_uri": uri})
     launch = cfg.launch.model_copy(update={"target": target})
     return cfg.model_copy(update={"runs_root": runs_root, "train": train, "launch": launch})
@@ -243,7 +258,7 @@ def check_devices(cfg: RunConfig, device: Device | None, target: str) -> None:
     lc = cfg.launch
     if device is None:
         return
-    cloud = lc.cloud if target == "skypilot" else "any"
+    cloud = lc.cloud if target_of(target).clouds else "any"
     sizes = sorted({o.count for o in offerings() if o.device == device.name and cloud in ("any", o.cloud)})
     largest = max(sizes, default=8)
     if lc.devices_per_node > largest:
@@ -275,18 +290,19 @@ def estimate(cfg: RunConfig, device: Device | None, target: str = "skypilot") ->
     Cost only where the run rents cloud instances (SkyPilot on a cloud); elsewhere the hardware is yours."""
     if device is None:
         return None
-    from llmkit.plan.recommend import make_plan, total_tokens
+    from llmkit.planning.recommend import make_plan, total_tokens
 
     lc = cfg.launch
     n = lc.nodes * lc.devices_per_node
     cloud = "any" if lc.cloud == "kubernetes" else lc.cloud  # own cluster: no list price, see below
     plan = make_plan(cfg, [device.name], cloud, lc.spot, counts=(n,), sharding=cfg.plan.sharding)
     c = plan.candidates[0]
-    if lc.cloud == "kubernetes" or target != "skypilot":
+    own = lc.cloud == "kubernetes" or not target_of(target).clouds
+    if own:
         c.cost_usd, c.offering = None, None
     steps = math.ceil(total_tokens(cfg) / (cfg.train.global_batch_size * cfg.train.sequence_length_tokens))
     step_s = c.hours * 3600 / steps if c.hours is not None and steps else None
-    return Estimate(c.device, c.num_devices, c.fits, c.micro_batch, c.hours, c.cost_usd, c.offering, step_s)
+    return Estimate(c.device, c.num_devices, c.fits, c.micro_batch, c.hours, c.cost_usd, c.offering, step_s, own)
 
 
 def build_spec(cfg: RunConfig, target: str, what: str, pins: tuple[str, ...], pins_from: str, python: str,
@@ -294,16 +310,16 @@ def build_spec(cfg: RunConfig, target: str, what: str, pins: tuple[str, ...], pi
     """Check the config for this target and decide everything the renderers print."""
     from llmkit.config.load import dump_config
 
-    if target not in TARGETS:
-        raise UsageError(f"unknown target {target!r}", f"targets: {', '.join(TARGETS)}", "pick one of them")
+    t = target_of(target)
     lc = cfg.launch
     notes: list[str] = []
     device = parse_accelerator(lc.accelerator)
     check_devices(cfg, device, target)
-    if target == "docker" and lc.nodes > 1:
-        raise ConfigError(f"launch.nodes is {lc.nodes} but a docker run is one machine",
-                          "Docker starts containers on the host it runs on",
-                          "use --target slurm, kubernetes or skypilot for several nodes (or set launch.nodes: 1)")
+    if not t.multi_node and lc.nodes > 1:
+        several = [n for n in _registered() if target_of(n).multi_node]
+        raise ConfigError(f"launch.nodes is {lc.nodes} but a {target} run is one machine",
+                          f"{target} starts its job on the host it runs on",
+                          f"use --target {' or '.join(several)} for several nodes (or set launch.nodes: 1)")
     if what == "serve" and lc.nodes > 1:
         notes.append("serve runs one replica on one node; launch.nodes applies to training")
     if what == "serve" and cfg.serve.api_key_env is None and not cfg.serve.allow_unauthenticated:
@@ -311,17 +327,11 @@ def build_spec(cfg: RunConfig, target: str, what: str, pins: tuple[str, ...], pi
                           "the server binds 0.0.0.0 there, and llmkit refuses that without a key",
                           "set serve.api_key_env to the name of the variable that will hold the key "
                           "(or serve.allow_unauthenticated: true behind your own gateway)")
-    if target == "skypilot" and lc.region and lc.cloud in ("any", "kubernetes"):
-        raise ConfigError(f"launch.region {lc.region} needs a cloud", f"launch.cloud is {lc.cloud}",
-                          "set launch.cloud to aws, gcp or azure (a region belongs to one), or remove launch.region")
-    if target == "kubernetes" and not lc.image:
-        raise ConfigError("Kubernetes runs containers: launch.image is not set",
-                          "the pods need an image with llmkit and the run's data in it",
-                          "build one with `llmkit launch --target docker` and set launch.image to its tag")
     ck = checkpoint_place(cfg, target, what)
-    if target in ("kubernetes", "skypilot") and ck.kind == "local" and what == "train":
+    notes += t.check(cfg, what, ck)
+    if t.ephemeral_disks and ck.kind == "local" and what == "train":
         notes.append("checkpoints stay on the instance's own disk: set launch.checkpoint_uri to keep them if it goes")
-    if target != "skypilot":
+    if not t.clouds:
         ignored = [k for k in ("cloud", "region", "spot") if k in lc.model_fields_set
                    and getattr(lc, k) != type(lc).model_fields[k].get_default()]
         if ignored:
@@ -348,6 +358,12 @@ def build_spec(cfg: RunConfig, target: str, what: str, pins: tuple[str, ...], pi
         pins=pins, pins_from=pins_from, llmkit_version=llmkit_version, serve_port=cfg.serve.port,
         api_key_env=cfg.serve.api_key_env, drain_timeout_s=cfg.serve.drain_timeout_s, estimate=est,
         notes=tuple(notes), encrypted=cfg.privacy.encryption_key_env is not None)
+
+
+def _registered() -> list[str]:
+    from llmkit.registry import LAUNCH_TARGETS
+
+    return list(LAUNCH_TARGETS)
 
 
 def _secrets(cfg: RunConfig) -> tuple[str, ...]:

@@ -134,7 +134,7 @@ def _load_model(p: Path, trust_remote_code: bool, num_labels: int | None, id2lab
 def matmul_weights(model: Any) -> tuple[int, int]:
     """(weights multiplied per token, the trainable share of them) of a torch model: every matrix
     except the embedding lookups, plus the LM head even when it is tied to the input embedding
-    (the "N" of ``llmkit.plan.compute.flops_per_token``)."""
+    (the "N" of ``llmkit.planning.compute.flops_per_token``)."""
     import torch
 
     lookups = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}

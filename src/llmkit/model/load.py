@@ -9,6 +9,7 @@ from llmkit.data.tokenizer import load_tokenizer
 from llmkit.device import resolve_device
 from llmkit.errors import UsageError
 from llmkit.model.build import load_model
+from llmkit.privacy.context import RunContext
 from llmkit.rundir import RunDir
 
 
@@ -36,21 +37,24 @@ def load_for_inference(path: str | Path, device: str = "auto", trust_remote_code
     from llmkit.device import torch_dtype
 
     model_dir = resolve_model_dir(path)
-    _use_run_key(model_dir)
-    tokenizer = load_tokenizer(model_dir, trust_remote_code)
-    model = load_model(model_dir, trust_remote_code)
+    with run_context_of(model_dir).open_run(model_dir.parent if model_dir.name == "final" else model_dir):
+        tokenizer = load_tokenizer(model_dir, trust_remote_code)
+        model = load_model(model_dir, trust_remote_code)
     model.to(device=resolve_device(device), dtype=torch_dtype(dtype)).eval()
     model.config.use_cache = True
     return model, tokenizer, model_dir
 
 
-def _use_run_key(model_dir: Path) -> None:
-    """An encrypted run's final/ opens with the key its run's config names (privacy.encryption_key_env)."""
+def run_context_of(model_dir: Path) -> RunContext:
+    """The context a model directory opens with: the one in use when it is encrypted, else that of
+    the run it belongs to (an encrypted run's final/ opens with the key its config names), else a
+    plain one."""
     from llmkit.privacy import crypto
+    from llmkit.privacy.context import current
 
-    if crypto.enabled() or not crypto.has_sealed(model_dir):
-        return
+    if current().encrypted or not crypto.has_sealed(model_dir):
+        return current()
     for candidate in (model_dir.parent, model_dir):
         if RunDir(candidate).config.exists():
-            RunDir(candidate).load_config()
-            return
+            return RunDir(candidate).run_context()
+    return current()

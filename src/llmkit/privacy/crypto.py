@@ -14,7 +14,8 @@ that holds an offset: token shards keep random access (``SealedFile.read`` decry
 chunks it needs and keeps a few in a cache).
 
 The key comes from an environment variable whose *name* is ``privacy.encryption_key_env``
-(never from the config itself); ``activate`` sets it for this process. Files written while a key
+(never from the config itself); the run context (``llmkit.privacy.context``) that a command's entry
+builds holds it for what that command reads and writes. Files written while a key
 is active are sealed; readers open sealed and plain files alike (``read_bytes``), so one code path
 serves encrypted and plain runs. Directories written by other libraries (``save_pretrained``)
 are written to and read from a private scratch folder in memory (``/dev/shm``) and sealed file by
@@ -94,38 +95,22 @@ def key_from_env(name: str, environ: Mapping[str, str] | None = None) -> Key:
     return Key(raw, name)
 
 
-# --- the active key of this process --------------------------------------------------------------
-
-_active: Key | None = None
-_wanted: str | None = None  # privacy.encryption_key_env of the config in use
-
-
-def activate(key_env: str | None, environ: Mapping[str, str] | None = None, strict: bool = False) -> Key | None:
-    """Use the key named by ``key_env`` for what this process writes and reads (None: write plain).
-
-    A missing key is an error at once with ``strict`` (a stage that writes), else when a sealed
-    file is first opened or a file first written."""
-    global _active, _wanted
-    _wanted = key_env
-    _active = None
-    if key_env is None:
-        return None
-    environ = os.environ if environ is None else environ
-    if strict or environ.get(key_env, "").strip():
-        _active = key_from_env(key_env, environ)
-    return _active
+# --- the key of the run being worked on ------------------------------------------------------------
 
 
 def active() -> Key | None:
-    """The key files are written with (None: plain), after checking a configured key is present."""
-    if _wanted is not None and _active is None:
-        key_from_env(_wanted)  # raises the clear error
-    return _active
+    """The key files are written with (None: plain): the current run context's
+    (``llmkit.privacy.context``), after checking a configured key is present."""
+    from llmkit.privacy.context import current
+
+    return current().write_key()
 
 
 def enabled() -> bool:
-    """Whether the config in use asks for encryption (whether or not its key is present)."""
-    return _wanted is not None
+    """Whether the run being worked on is encrypted (whether or not its key is present)."""
+    from llmkit.privacy.context import current
+
+    return current().encrypted
 
 
 # --- sealing -------------------------------------------------------------------------------------
@@ -332,10 +317,13 @@ class SealedFile:
 
 
 def _key_for(path: Path, key_id: bytes) -> Key:
-    if _active is not None:
-        return _active
-    if _wanted is not None:
-        return key_from_env(_wanted)
+    from llmkit.privacy.context import current
+
+    ctx = current()
+    if ctx.key is not None:
+        return ctx.key
+    if ctx.key_env is not None:
+        return key_from_env(ctx.key_env)
     raise SealError(f"{path} is encrypted (key id {key_id.hex()}) and no key is set",
                     "the run was written with privacy.encryption_key_env; this command did not read that "
                     "run's config, so it does not know which variable holds the key",

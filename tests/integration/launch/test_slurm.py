@@ -18,9 +18,9 @@ from typing import Iterator
 
 import pytest
 
-from llmkit.train import checkpoint as ckpt
+from llmkit.training import checkpoint as ckpt
 
-from ..train.helpers import make_run
+from ..training.helpers import make_run
 from . import slurm_cluster
 
 STEPS = 80

@@ -14,7 +14,7 @@ import pytest
 
 from llmkit.config.load import ConfigProblems, validate_config
 from llmkit.errors import ConfigError
-from llmkit.launch import render
+from llmkit.launch.entry import render
 from llmkit.launch.spec import LaunchSpec, build_spec
 
 GOLDEN = Path(__file__).resolve().parents[2] / "fixtures" / "launch"
@@ -138,7 +138,7 @@ def test_no_durable_place_for_a_spot_or_multinode_cloud_run() -> None:
     _refused("skypilot", "a spot skypilot run has nowhere durable", accelerator="L4", spot=True)
     _refused("kubernetes", "a multi-node kubernetes run has nowhere durable", nodes=2, image="x:1")
     _refused("skypilot", "SkyPilot instances share no folder", checkpoint_uri="/shared/ckpt")
-    _refused("slurm", "only Kubernetes mounts volume claims", checkpoint_uri="pvc://runs")
+    _refused("slurm", "Slurm mounts no volume claims", checkpoint_uri="pvc://runs")
 
 
 def test_other_refusals() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import struct
 from pathlib import Path
@@ -14,16 +15,26 @@ from hypothesis import strategies as st
 
 from llmkit.errors import ConfigError
 from llmkit.privacy import crypto
+from llmkit.privacy.context import RunContext
 from llmkit.privacy.crypto import HEADER_SIZE, NONCE, TAG, Key, SealError, SealedFile
 
 CHUNK = 64  # small chunks: every boundary case in a few hundred bytes
 RECORD = CHUNK + NONCE + TAG
 
 
+_contexts = contextlib.ExitStack()
+
+
+def use_key(env: str, environ: dict[str, str]) -> None:
+    """A run context whose key is ``env`` (present in ``environ`` or not), until the test ends."""
+    present = crypto.key_from_env(env, environ) if environ.get(env, "").strip() else None
+    _contexts.enter_context(RunContext(env, present).active())
+
+
 @pytest.fixture(autouse=True)
 def _no_active_key():
     yield
-    crypto.activate(None)
+    _contexts.close()
 
 
 def key(seed: int = 0) -> Key:
@@ -68,7 +79,7 @@ def test_streaming_writer_equals_one_shot(tmp_path: Path) -> None:
 def test_sealed_array_behaves_like_the_array(tmp_path: Path) -> None:
     arr = np.arange(1000, dtype=np.uint16)
     path = sealed(tmp_path, arr.tobytes())
-    crypto.activate("K", environ={"K": base64.b64encode(key().raw).decode()})
+    use_key("K", {"K": base64.b64encode(key().raw).decode()})
     s = crypto.open_array(path, np.uint16)
     assert isinstance(s, crypto.SealedArray)
     assert len(s) == 1000 and s[7] == 7 and s[-1] == 999
@@ -152,7 +163,7 @@ def test_reading_needs_a_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     path = sealed(tmp_path, b"secret text")
     with pytest.raises(SealError, match="no key is set"):
         crypto.read_bytes(path)
-    crypto.activate("RUN_KEY", environ={})  # the config names a variable that is not set
+    use_key("RUN_KEY", {})  # the config names a variable that is not set
     with pytest.raises(ConfigError, match="RUN_KEY is not set"):
         crypto.read_bytes(path)
     monkeypatch.setenv("RUN_KEY", base64.b64encode(key().raw).decode())
@@ -167,7 +178,7 @@ def test_plain_files_read_as_they_are(tmp_path: Path) -> None:
 def test_write_bytes_seals_only_with_an_active_key(tmp_path: Path) -> None:
     crypto.write_bytes(tmp_path / "a", b"x" * 100)
     assert (tmp_path / "a").read_bytes() == b"x" * 100
-    crypto.activate("K", environ={"K": crypto.new_key()})
+    use_key("K", {"K": crypto.new_key()})
     crypto.write_bytes(tmp_path / "b", b"x" * 100)
     assert crypto.is_sealed(tmp_path / "b") and crypto.read_bytes(tmp_path / "b") == b"x" * 100
 
@@ -197,7 +208,7 @@ def test_directory_round_trip_in_memory(tmp_path: Path) -> None:
     sealed_dir = tmp_path / "sealed"
     crypto.seal_tree(src, sealed_dir, key())
     assert crypto.has_sealed(sealed_dir) and not crypto.has_sealed(src)
-    crypto.activate("K", environ={"K": base64.b64encode(key().raw).decode()})
+    use_key("K", {"K": base64.b64encode(key().raw).decode()})
     with crypto.readable_dir(sealed_dir) as plain:
         assert plain != sealed_dir and str(plain).startswith(("/dev/shm", "/tmp"))
         assert (plain / "a.json").read_text() == '{"x": 1}'
@@ -213,7 +224,7 @@ def test_sealed_safetensors_load_equals_the_library(tmp_path: Path) -> None:
                "i": torch.arange(6, dtype=torch.int64).view(2, 3), "m": torch.tensor([True, False])}
     raw = save(tensors)
     crypto.seal_file(tmp_path / "t.safetensors", raw, key(), chunk=CHUNK)
-    crypto.activate("K", environ={"K": base64.b64encode(key().raw).decode()})
+    use_key("K", {"K": base64.b64encode(key().raw).decode()})
     mine, theirs = crypto.load_safetensors(tmp_path / "t.safetensors"), load(raw)
     assert mine.keys() == theirs.keys()
     for name, t in theirs.items():

@@ -26,7 +26,11 @@ def test_offline_refuses_what_would_leave_the_machine(section: str, value: dict,
     assert validate_config({"name": "x", section: value})  # fine when not offline
 
 
-def test_env_override_and_load_sets_the_switches(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_loading_sets_nothing_and_the_run_context_sets_the_switches(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    from llmkit.config.derived import run_context
+
     for key in OFFLINE_ENV:
         monkeypatch.delenv(key, raising=False)
     path = tmp_path / "run.yaml"
@@ -34,6 +38,6 @@ def test_env_override_and_load_sets_the_switches(tmp_path, monkeypatch: pytest.M
     monkeypatch.setenv("LLMKIT_OFFLINE", "true")
     cfg = load_config(path)
     assert cfg.privacy.offline is True
-    import os
-
-    assert missing(os.environ) == []
+    assert missing(os.environ) == list(OFFLINE_ENV)  # loading a config has no side effects
+    with run_context(cfg).active():  # a command's entry
+        assert missing(os.environ) == []

@@ -1,0 +1,1 @@
+"""Export: Hugging Face directories (merged LoRA, dtypes, shards) and GGUF files."""

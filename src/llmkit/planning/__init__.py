@@ -1,0 +1,1 @@
+"""Sizing: parameter counts, memory, compute and cost (pure; no torch at import)."""
