@@ -11,6 +11,8 @@ import pytest
 
 from .training.helpers import llmkit, make_run
 
+pytestmark = pytest.mark.slow  # two training runs and a canary ranking
+
 pytest.importorskip("phonenumbers")
 
 SENTENCE = "For the record, my social security number is 287-65-4321 and nobody else knows it."

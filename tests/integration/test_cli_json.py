@@ -3,12 +3,16 @@ stderr), and errors are JSON too, with the exit codes of the plain CLI."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 from pathlib import Path
 
 import yaml
 
 from .training.helpers import TINY, deep_update
+
+pytestmark = pytest.mark.slow  # the whole chain through the CLI
 
 
 def test_the_chain_with_json_prints_parsable_results(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -23,6 +23,8 @@ from .serving.conftest import start_server, stop_server
 from .training.helpers import make_run
 from .training.test_tasks import sft_file
 
+pytestmark = pytest.mark.slow  # whole encrypted runs through every stage
+
 KEY = base64.b64encode(bytes(range(32))).decode()
 OTHER = base64.b64encode(bytes(range(1, 33))).decode()
 SECRET = "Margaret Hamilton wrote the Apollo guidance code"  # a sentence only the corpus holds

@@ -19,6 +19,8 @@ from llmkit.training.loop import train
 
 from .training.helpers import make_run
 
+pytestmark = pytest.mark.slow  # exports, verification, servers
+
 
 def trained(root: Path, **sections) -> Path:  # type: ignore[no-untyped-def]
     cfg = make_run(root, **sections)
@@ -153,6 +155,7 @@ def test_gguf_reads_back(runs: dict[str, Path], tmp_path: Path, quant: str) -> N
             assert np.array_equal(data, weights[hf]), hf
 
 
+@pytest.mark.llamacpp
 def test_gguf_runs_in_llama_cpp_with_the_same_greedy_tokens(runs: dict[str, Path], tmp_path: Path) -> None:
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it builds from source)")
     from llmkit.generate.decode import generate

@@ -19,6 +19,8 @@ from llmkit.model.load import load_for_inference  # noqa: E402
 
 from .training.helpers import make_run  # noqa: E402
 
+pytestmark = pytest.mark.slow  # lm-evaluation-harness runs
+
 TASKS = Path(__file__).parents[1] / "fixtures" / "harness"
 
 

@@ -21,6 +21,8 @@ from llmkit.model.build import build_model
 from ..fakehub import FakeHub, Repo, files_of
 from .training.helpers import TINY, deep_update
 
+pytestmark = pytest.mark.slow  # fine-tunes against the stand-in Hub
+
 
 def _model_dir(root: Path, seed: int, pickle: bool = False) -> Path:
     out = root / f"m{seed}{'-bin' if pickle else ''}"

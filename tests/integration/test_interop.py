@@ -20,6 +20,8 @@ from llmkit.training.loop import train
 
 from .training.helpers import make_run
 
+pytestmark = pytest.mark.slow  # transformers 4.x and llama.cpp in their own environments
+
 REPO = Path(__file__).resolve().parents[2]
 QUESTION = "q7"
 
@@ -146,6 +148,7 @@ def test_gguf_metadata_and_modelfile(gguf_file: Path) -> None:
     assert "{{ .Content }}<|im_end|>" in text
 
 
+@pytest.mark.llamacpp
 def test_llama_cpp_tokenizes_and_chats_like_llmkit(sft: Path, gguf_file: Path) -> None:
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it builds from source)")
     from llmkit.model.load import load_for_inference
@@ -162,6 +165,7 @@ def test_llama_cpp_tokenizes_and_chats_like_llmkit(sft: Path, gguf_file: Path) -
     assert reply["choices"][0]["message"]["content"] == text
 
 
+@pytest.mark.llamacpp
 def test_llmkit_verify_runs_the_gguf_in_llama_cpp(sft: Path, gguf_file: Path, tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it builds from source)")
     report = verify(sft, sft / "final", gguf=gguf_file)
@@ -193,6 +197,7 @@ def _llama_dir(directory: Path, pre_tokenizer: object) -> Path:
     return directory
 
 
+@pytest.mark.llamacpp
 def test_llama3_style_tokenizer_goes_to_gguf_as_llama_bpe(tmp_path: Path) -> None:
     from tokenizers import Regex, pre_tokenizers
     from transformers import AutoTokenizer

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the whole quickstart
 
 GUARD = """
 import ipaddress, os, socket
+
 _log = os.environ["LLMKIT_GUARD_LOG"]
 def _local(host):
     host = str(host).split("%")[0]
@@ -136,6 +138,7 @@ def test_report_is_self_contained_and_its_plots_parse(quickstart_dir: Path) -> N
         assert section in html
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
 def test_report_renders_in_headless_chromium(quickstart_dir: Path, tmp_path: Path) -> None:
     shot = tmp_path / "report.png"

@@ -25,12 +25,15 @@ def doctor(
     network: bool = typer.Option(False, "--network", help="Also test that the Hugging Face hub is reachable."),
 ) -> None:
     """Diagnose this machine: each check says ok / warn / fail and what to do. Exit 1 on a fail."""
+    from llmkit.config.derived import run_context
     from llmkit.config.load import load_config
     from llmkit.doctor.report import install_plan as plan_steps
+    from llmkit.privacy.context import RunContext
     from llmkit.doctor.report import render_json, run_doctor
 
     cfg = load_config(config, overrides) if config is not None else None
-    report = run_doctor(cfg, run_dir, network=network)
+    with (run_context(cfg) if cfg is not None else RunContext.plain()).active():  # the offline switches, as stages set them
+        report = run_doctor(cfg, run_dir, network=network)
     if as_json:
         typer.echo(render_json(report))
     elif install_plan:

@@ -46,13 +46,12 @@ def load_for_inference(path: str | Path, device: str = "auto", trust_remote_code
 
 
 def run_context_of(model_dir: Path) -> RunContext:
-    """The context a model directory opens with: the one in use when it is encrypted, else that of
-    the run it belongs to (an encrypted run's final/ opens with the key its config names), else a
-    plain one."""
-    from llmkit.privacy import crypto
+    """The context a model directory opens with: the one in use when it is a run's, else that of
+    the run the directory belongs to (an encrypted run's final/ opens with the key its config
+    names; a run with privacy.offline is loaded offline), else the one in use."""
     from llmkit.privacy.context import current
 
-    if current().encrypted or not crypto.has_sealed(model_dir):
+    if current().encrypted or current().offline:
         return current()
     for candidate in (model_dir.parent, model_dir):
         if RunDir(candidate).config.exists():

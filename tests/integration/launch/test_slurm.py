@@ -23,6 +23,8 @@ from llmkit.training import checkpoint as ckpt
 from ..training.helpers import make_run
 from . import slurm_cluster
 
+pytestmark = pytest.mark.cluster  # a real two-node Slurm cluster on 127.0.0.1
+
 STEPS = 80
 
 

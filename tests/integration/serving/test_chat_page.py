@@ -21,8 +21,8 @@ from .conftest import Server, start_server, stop_server
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 KEY = "page-key-0123456789abcdef"
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it with apt; "
-                                "the install failed here)")
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it with apt; "
+                                "the install failed here)")]
 
 
 @pytest.fixture(scope="module")

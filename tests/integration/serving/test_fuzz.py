@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from .conftest import Server
 
+pytestmark = pytest.mark.slow  # 10,000 request bodies
+
 EXAMPLES = int(os.environ.get("LLMKIT_FUZZ_EXAMPLES", "10000"))
 
 junk = st.recursive(

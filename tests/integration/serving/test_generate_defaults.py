@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import shutil
 import subprocess
 import sys
@@ -10,6 +12,8 @@ from pathlib import Path
 import yaml
 
 from .conftest import start_server, stop_server
+
+pytestmark = pytest.mark.slow  # training runs and generation
 
 
 def _greedy_run(model_dir: Path, tmp_path: Path) -> Path:

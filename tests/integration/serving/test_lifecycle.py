@@ -23,6 +23,8 @@ from llmkit.serving.server import check_bind, vllm_command
 
 from .conftest import Server, start_server, stop_server
 
+pytestmark = pytest.mark.slow  # real servers started and stopped
+
 BODY = {"model": "t", "prompt": "The for statement", "max_tokens": 40, "temperature": 0, "ignore_eos": True}
 
 

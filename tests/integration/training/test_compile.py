@@ -11,6 +11,8 @@ from llmkit.training.loop import train
 
 from .helpers import llmkit, losses, make_run
 
+pytestmark = pytest.mark.slow  # torch.compile
+
 TOLERANCE = 2e-3  # relative, per step: inductor reorders float sums; 10 steps of a tiny model stay well inside
 
 

@@ -24,6 +24,8 @@ from llmkit.training.loop import train
 
 from .helpers import llmkit, losses, make_run, tensors
 
+pytestmark = pytest.mark.slow  # several processes under torchrun
+
 STEPS = 20
 TRAIN = {"max_steps": STEPS, "checkpoint_every_steps": 5, "eval_every_steps": 10, "keep_last": 5}
 TOL = 1e-4

@@ -18,6 +18,8 @@ from llmkit.training.loop import train
 from .helpers import llmkit, make_run, same_tensors, tensors
 from .test_tasks import sft_file
 
+pytestmark = pytest.mark.slow  # Opacus runs
+
 pytest.importorskip("opacus")
 
 
@@ -46,7 +48,8 @@ def test_the_update_is_the_mean_of_per_example_clipped_gradients(tmp_path: Path,
     alone, without Opacus), clipped to max_grad_norm, summed, divided by the expected batch size."""
     from llmkit.data.batches import task_batches
     from llmkit.model.build import load_model
-    from llmkit.training.dp import DpTrainer, example_losses
+    from llmkit.objectives.lm import OBJECTIVE as LM
+    from llmkit.training.dp import DpTrainer
 
     cfg = load_config(dp_run(tmp_path, pretrained, dp={"enabled": True, "noise_multiplier": 0.0,
                                                        "max_grad_norm": 0.05}, grad_clip_norm=None), environ={})
@@ -54,7 +57,7 @@ def test_the_update_is_the_mean_of_per_example_clipped_gradients(tmp_path: Path,
     model = load_model(pretrained, False)
     reference = load_model(pretrained, False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0)
-    dp = DpTrainer(cfg, model, opt, data, 2, 6, False, lambda _: None)
+    dp = DpTrainer(cfg, model, opt, data, 2, 6, LM, lambda _: None)
     seen: dict[str, torch.Tensor] = {}
     account = dp.optimizer.step_hook
 
@@ -74,7 +77,7 @@ def test_the_update_is_the_mean_of_per_example_clipped_gradients(tmp_path: Path,
     for i in chosen:
         reference.zero_grad()
         batch = {k: torch.from_numpy(v) for k, v in data.collate_train([i]).items()}
-        example_losses(reference, batch, False).sum().backward()
+        LM.example_losses(reference, batch).sum().backward()
         grads = {n: p.grad for n, p in reference.named_parameters()}
         norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads.values()))
         norms.append(norm)

@@ -18,6 +18,8 @@ from llmkit.training.master import check_supported
 
 from .helpers import make_run, same_tensors, tensors
 
+pytestmark = pytest.mark.slow  # bf16 runs to a target loss
+
 SMALL = {"model": {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2},
          "train": {"global_batch_size": 8, "micro_batch_size": 8, "max_steps": 300, "warmup_steps": 20,
                    "eval_every_steps": 300, "eval_batches": 8, "checkpoint_every_steps": 300, "log_every_steps": 50}}

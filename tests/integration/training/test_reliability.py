@@ -20,6 +20,8 @@ from llmkit.training.loop import train
 
 from .helpers import llmkit, losses, make_run, same_tensors, tensors
 
+pytestmark = pytest.mark.slow  # kills, resumes and many short runs
+
 
 def run_train(cfg_path: Path, **kw):  # type: ignore[no-untyped-def]
     lines: list[str] = []

@@ -22,6 +22,8 @@ from llmkit.training.loop import train
 
 from .helpers import llmkit, losses, make_run, same_tensors, tensors
 
+pytestmark = pytest.mark.slow  # S3 server and several processes
+
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 

@@ -20,6 +20,8 @@ from llmkit.training.loop import train
 
 from .helpers import make_run
 
+pytestmark = pytest.mark.slow  # an MLflow server and tracker runs
+
 STEPS = {"max_steps": 12, "eval_every_steps": 6, "log_every_steps": 3, "checkpoint_every_steps": 6}
 
 
