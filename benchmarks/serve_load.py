@@ -13,7 +13,8 @@ serves a ~100M-parameter Llama (16 layers, hidden 768) instead of `tiny`. --pack
 serve.pack_weights (default auto, as the server's default).
 
 Each row also shows what `llmkit plan --serve` predicts for it on this machine
-(``llmkit.planning.measure.measure_cpu_serving``: the eager step timed piece by piece, no model built)
+(``llmkit.planning.measure.measure_cpu_serving``: the server's own decode step and forward, timed on a model
+of the same shapes with a few layers)
 and the ratio measured / predicted; the issue's bound is within +-30% at concurrency 1 and 16.
 
 Usage: python benchmarks/serve_load.py [--requests-per-client 3] [--compile] [--model tiny|100m]

@@ -38,7 +38,7 @@ def plan(
                                            "attention, loss and memory speeds (~3 s). Default: on where torch is "
                                            "installed, unless --devices asks for a device count."),
     prices: Path = typer.Option(None, "--prices", help="Your own price list (the schema of llmkit's "
-                                "plan/data/prices.yaml) instead of llmkit's."),
+                                "planning/data/prices.yaml) instead of llmkit's."),
     adam_8bit: bool = typer.Option(False, "--adam-8bit", help="Count 8-bit AdamW states (as bitsandbytes' "
                                    "AdamW8bit keeps them) instead of 32-bit."),
     serve: bool = typer.Option(False, "--serve", help="Plan serving the model instead of training it: memory, "

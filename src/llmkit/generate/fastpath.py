@@ -159,31 +159,36 @@ class DecodeStep:
         cos, sin = body.rotary_emb(x, positions)  # (B, 1, D)
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, 1, D): broadcast over heads
         mask = valid[:, None, None, :]  # (B, 1, 1, span)
-        b = tokens.shape[0]
-        for i, layer in enumerate(body.layers):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q_proj, k_proj, v_proj, o_proj = self.proj[i]
-            q = q_proj(h).view(b, 1, -1, attn.head_dim)
-            k = k_proj(h).view(b, 1, -1, attn.head_dim)
-            v = v_proj(h).view(b, 1, -1, attn.head_dim)
-            if self.qk_norm:
-                q, k = attn.q_norm(q), attn.k_norm(k)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, 1, D)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            keys[i][:, :, -1:] = k
-            values[i][:, :, -1:] = v
-            o = F.scaled_dot_product_attention(q, keys[i], values[i], attn_mask=mask, scale=attn.scaling,
-                                               enable_gqa=self.gqa)
-            x = x + o_proj(o.transpose(1, 2).reshape(b, 1, -1))
-            h = layer.post_attention_layernorm(x)
-            if self.mlp[i] is None:
-                x = x + layer.mlp(h)
-            else:
-                gate, up, down, act = self.mlp[i]
-                x = x + down(act(gate(h)) * up(h))
+        for i in range(len(body.layers)):
+            x = self.layer(i, x, cos, sin, keys[i], values[i], mask)
         return self.head_fn(body.norm(x))[:, 0]
+
+    def layer(self, i: int, x: Any, cos: Any, sin: Any, keys: Any, values: Any, mask: Any) -> Any:
+        """Decoder layer ``i`` over x (B, 1, hidden): its keys and values written at the last position
+        of ``keys`` / ``values`` (B, kv_heads, span, D), attention over the span where ``mask``
+        (B, 1, 1, span) is True. ``llmkit plan --serve`` times this same method."""
+        layer = self.body.layers[i]
+        attn = layer.self_attn
+        b = x.shape[0]
+        h = layer.input_layernorm(x)
+        q_proj, k_proj, v_proj, o_proj = self.proj[i]
+        q = q_proj(h).view(b, 1, -1, attn.head_dim)
+        k = k_proj(h).view(b, 1, -1, attn.head_dim)
+        v = v_proj(h).view(b, 1, -1, attn.head_dim)
+        if self.qk_norm:
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, 1, D)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        keys[:, :, -1:] = k
+        values[:, :, -1:] = v
+        o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling, enable_gqa=self.gqa)
+        x = x + o_proj(o.transpose(1, 2).reshape(b, 1, -1))
+        h = layer.post_attention_layernorm(x)
+        if self.mlp[i] is None:
+            return x + layer.mlp(h)
+        gate, up, down, act = self.mlp[i]
+        return x + down(act(gate(h)) * up(h))
 
     def compile(self) -> bool:
         """Use a ``torch.compile``d step from now on; False (and one warning) when it cannot be built.

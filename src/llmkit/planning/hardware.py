@@ -76,7 +76,7 @@ _PRICES: list[Path] = [DATA / "prices.yaml"]
 
 
 def use_prices(path: Path) -> None:
-    """Price from a user's file (the schema of ``plan/data/prices.yaml``) from now on (--prices)."""
+    """Price from a user's file (the schema of ``planning/data/prices.yaml``) from now on (--prices)."""
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         for key in ("date", "clouds", "startup", "offerings"):
@@ -86,7 +86,7 @@ def use_prices(path: Path) -> None:
         Startup(**data["startup"])
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
         raise UsageError(f"cannot use {path} as a price list", f"{type(exc).__name__}: {exc}",
-                         "copy llmkit's own (plan/data/prices.yaml in the package) and edit its figures") from None
+                         "copy llmkit's own (planning/data/prices.yaml in the package) and edit its figures") from None
     _PRICES[0] = Path(path)
     price_table.cache_clear()
     offerings.cache_clear()

@@ -144,10 +144,6 @@ def _last_level_cache_bytes() -> int:
 ROW_PYTHON_S = 1e-4
 STEP_PYTHON_S = 1.0e-3
 REQUEST_PYTHON_S = 8e-3
-# Architectures without llmkit's decode step (gpt2) decode through transformers' forward, whose
-# per-call work (4-D mask, cache object, output classes) the layer replica does not do: measured
-# on the `tiny` shape as gpt2 (4 x 192) on the same CPU, ~0.6 ms a step more than the replica.
-FORWARD_CALL_S = 6e-4
 SPAN_CAP = 1024  # longer spans are timed at 512 and 1,024 positions and extrapolated (linear)
 PREFILL_CAP = 512  # longer prompts: timed at 256 and 512 tokens, extrapolated (linear + quadratic)
 
@@ -170,180 +166,182 @@ def measure_cpu_serving(cfg: Any, dtype: str = "fp32", sampled: bool = True, bud
     spans and prompts are timed at ``SPAN_CAP`` / ``PREFILL_CAP`` and extrapolated, so a plan for
     long contexts stays a few seconds.
     """
-    import torch
-    import torch.nn.functional as F
+    from llmkit.planning.serving import StepSpeed
 
-    from llmkit.config.derived import intermediate_size, vocab_size
-    from llmkit.planning.params import count_parameters
-    from llmkit.planning.serving import StepSpeed, element_bytes
-
-    torch_type = torch.float32 if dtype == "fp32" else torch.bfloat16
-    m = cfg.model
-    h, layers, heads = m.hidden_size, m.num_hidden_layers, m.num_attention_heads
-    kv_heads = m.num_key_value_heads or heads
-    head_dim, inter, vocab = h // heads, intermediate_size(m), vocab_size(cfg)
-    gpt2 = m.architecture == "gpt2"
-    e = element_bytes(dtype)
-    llc = _last_level_cache_bytes()
-    pc = count_parameters(m, vocab)
-    layer_bytes = (pc.matmul - h * vocab) * e // layers
-    streams = pc.matmul * e > llc
-    copies = min(layers, max(1, -(-2 * llc // max(1, layer_bytes)))) if streams else min(layers, 4)
-    timings: dict[tuple[Any, ...], float] = {}
-
-    def best(fn: Callable[[], Any]) -> float:
-        return _best_seconds(fn, budget_s=budget_s, max_runs=5)
-
-    def linear(k: int, n: int) -> Any:
-        return torch.nn.Linear(k, n, bias=gpt2, dtype=torch_type)
-
-    class Norm(torch.nn.Module):  # the Hugging Face RMSNorm's operations
-        def __init__(self) -> None:
-            super().__init__()
-            self.weight = torch.nn.Parameter(torch.ones(h, dtype=torch_type))
-
-        def forward(self, x: Any) -> Any:
-            f = x.to(torch.float32)
-            f = f * torch.rsqrt(f.pow(2).mean(-1, keepdim=True) + 1e-6)
-            return self.weight * f.to(x.dtype)
-
-    class Layer(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            kv = kv_heads * head_dim
-            self.q, self.k, self.v, self.o = linear(h, h), linear(h, kv), linear(h, kv), linear(h, h)
-            self.gate, self.up, self.down = linear(h, inter), (None if gpt2 else linear(h, inter)), linear(inter, h)
-            self.norm1, self.norm2 = Norm(), Norm()
-            # what the products go through: the modules, or their packed copies where serve.pack_weights
-            # has the server pack them (its decode step and its model's forward, a prefill, use them)
-            self.fn: dict[str, Any] = {"q": self.q, "k": self.k, "v": self.v, "o": self.o, "gate": self.gate,
-                                       "up": self.up, "down": self.down}
-
-        def mlp(self, x: Any) -> Any:
-            f = self.fn
-            if self.up is None:
-                return f["down"](F.gelu(f["gate"](x), approximate="tanh"))
-            return f["down"](F.silu(f["gate"](x)) * f["up"](x))
+    timer = _ServingTimer(cfg, dtype, sampled, budget_s)
+    return StepSpeed(timer.step_seconds, timer.prefill_seconds, timer.parts)
 
 
-        def forward(self, x: Any, cos: Any, sin: Any, keys: Any, values: Any, mask: Any) -> Any:
-            b, t = x.shape[:2]
-            y = self.norm1(x)
-            f = self.fn
-            q = f["q"](y).view(b, t, -1, head_dim).transpose(1, 2)
-            k = f["k"](y).view(b, t, -1, head_dim).transpose(1, 2)
-            v = f["v"](y).view(b, t, -1, head_dim).transpose(1, 2)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
-            keys[:, :, -t:] = k
-            values[:, :, -t:] = v
-            if t == 1:
-                o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=0.125,
-                                                   enable_gqa=kv_heads != heads)
-            else:
-                o = F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=kv_heads != heads)
-            x = x + f["o"](o.transpose(1, 2).reshape(b, t, -1))
-            return x + self.mlp(self.norm2(x))
+class _ServingTimer:
+    """The timings behind ``measure_cpu_serving``, each measured once when first asked for, on a
+    model of the config's shapes with ``copies`` decoder layers and a slice of its vocabulary,
+    through the server's own code: ``llmkit.generate.fastpath.DecodeStep.layer`` (packed as
+    serve.pack_weights has the server pack it) for a decode step, the model's forward (as
+    ``generate.batch`` prefills, and decodes architectures without a decode step) otherwise."""
 
-    def rotate_half(x: Any) -> Any:
-        half = x.shape[-1] // 2
-        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    def __init__(self, cfg: Any, dtype: str, sampled: bool, budget_s: float) -> None:
+        import torch
 
-    with torch.inference_mode():
-        stack = [Layer() for _ in range(copies)]
+        from llmkit.config.derived import vocab_size
+        from llmkit.generate.batch import cache_argument
+        from llmkit.generate.fastpath import DecodeStep, supports
+        from llmkit.model.build import build_model
+        from llmkit.planning.params import count_parameters
+        from llmkit.planning.serving import element_bytes
 
-    def layer_seconds(rows: int, length: int, span: int) -> float:
-        """One decoder layer: ``rows`` sequences of ``length`` new positions over a ``span``."""
-        key = ("layer", rows, length, span)
-        if key not in timings:
-            x = torch.randn(rows, length, h, dtype=torch_type)
-            cos = torch.randn(rows, 1, length, head_dim, dtype=torch_type)
-            sin = torch.randn(rows, 1, length, head_dim, dtype=torch_type)
-            buffers = [(torch.zeros(rows, kv_heads, 2 * span, head_dim, dtype=torch_type),
-                        torch.zeros(rows, kv_heads, 2 * span, head_dim, dtype=torch_type)) for _ in stack]
-            valid = torch.ones(rows, 2 * span, dtype=torch.long)
+        self.torch_type = torch.float32 if dtype == "fp32" else torch.bfloat16
+        m = cfg.model
+        h, self.layers, vocab = m.hidden_size, m.num_hidden_layers, vocab_size(cfg)
+        self.h, self.sampled, self.budget_s = h, sampled, budget_s
+        e = element_bytes(dtype)
+        llc = _last_level_cache_bytes()
+        pc = count_parameters(m, vocab)
+        layer_bytes = (pc.matmul - h * vocab) * e // self.layers
+        streams = pc.matmul * e > llc  # then enough layers that they stream from memory, as in the step
+        self.copies = min(self.layers, max(1, -(-2 * llc // max(1, layer_bytes)))) if streams else min(self.layers, 4)
+        kept = min(vocab, max(1, 256 * 2**20 // (h * e)))  # a slice of a huge vocabulary, its time scaled
+        self.head_scale = vocab / kept
+        replica = m.model_copy(update={"num_hidden_layers": self.copies, "vocab_size": None})
+        with torch.no_grad():
+            self.model = build_model(replica, kept, 0, None, seed=0).to(self.torch_type).eval()
+        self.model.config.use_cache = True
+        self.cache_kw = cache_argument(self.model)
+        pack = getattr(getattr(cfg, "serve", None), "pack_weights", False)
+        # as serving.engine.decode_step builds the server's step: packed as asked, its forward too
+        self.step = DecodeStep(self.model, pack=pack, pack_forward=True) if supports(self.model) else None
+        self.timings: dict[tuple[Any, ...], float] = {}
+
+    def _best(self, fn: Callable[[], Any]) -> float:
+        return _best_seconds(fn, budget_s=self.budget_s, max_runs=5)
+
+    def _forward_seconds(self, rows: int, length: int, span: int) -> float:
+        """The model's forward (all its layers) over ``length`` new positions of ``rows`` sequences
+        whose cache already holds ``span - length``, as ``generate.batch`` calls it."""
+        import torch
+        from transformers import DynamicCache
+
+        held = span - length
+        mask = torch.ones(rows, span, dtype=torch.long)
+        ids = torch.randint(0, self.model.config.vocab_size, (rows, span))
+        with torch.inference_mode():
+            cache = DynamicCache()
+            if held:
+                self.model(input_ids=ids[:, :held], attention_mask=mask[:, :held], use_cache=True, logits_to_keep=1,
+                           **{self.cache_kw: cache})
+            positions = torch.arange(held, span).expand(rows, length)
 
             def run() -> None:
-                mask = valid[:, :span].bool()[:, None, None, :]
-                for layer, (k, v) in zip(stack, buffers):
-                    layer(x, cos, sin, k[:, :, :span], v[:, :, :span], mask)
+                self.model(input_ids=ids[:, held:], attention_mask=mask, position_ids=positions, use_cache=True,
+                           logits_to_keep=1, **{self.cache_kw: cache})
+                cache.crop(held)  # the next run sees the same span
+
+            return self._best(run)
+
+    def layer_seconds(self, rows: int, length: int, span: int) -> float:
+        """One decoder layer: ``rows`` sequences of ``length`` new positions over a ``span``."""
+        key = ("layer", rows, length, span)
+        if key not in self.timings:
+            if length == 1 and self.step is not None:
+                self.timings[key] = self._step_layers_seconds(rows, span) / self.copies
+            else:  # a prefill, or a decode step through transformers' forward (the head's row aside)
+                outside = self._outside_seconds(rows) if length == 1 else 0.0
+                self.timings[key] = max(0.0, self._forward_seconds(rows, length, span) - outside) / self.copies
+        return self.timings[key]
+
+    def _step_layers_seconds(self, rows: int, span: int) -> float:
+        """The decode step's layers (``DecodeStep.layer``, every copy) for ``rows`` rows over ``span``."""
+        import torch
+
+        step, t = self.step, self.torch_type
+        heads = self.model.config.num_attention_heads
+        kv_heads = self.model.config.num_key_value_heads or heads
+        head_dim = self.h // heads
+        x = torch.randn(rows, 1, self.h, dtype=t)
+        cos = torch.randn(rows, 1, 1, head_dim, dtype=t)
+        sin = torch.randn(rows, 1, 1, head_dim, dtype=t)
+        buffers = [(torch.zeros(rows, kv_heads, 2 * span, head_dim, dtype=t),
+                    torch.zeros(rows, kv_heads, 2 * span, head_dim, dtype=t)) for _ in range(self.copies)]
+        valid = torch.ones(rows, 2 * span, dtype=torch.long)
+
+        def run() -> None:
+            mask = valid[:, :span].bool()[:, None, None, :]
+            for i, (k, v) in enumerate(buffers):
+                step.layer(i, x, cos, sin, k[:, :, :span], v[:, :, :span], mask)
+
+        with torch.inference_mode():
+            return self._best(run)
+
+    def _outside_seconds(self, rows: int) -> float:
+        """The forward's work outside its layers for one new position of ``rows`` sequences:
+        embedding, final norm, head (the model's own modules; the head as the step multiplies)."""
+        import torch
+
+        key = ("outside", rows)
+        if key not in self.timings:
+            embed, head = self.model.get_input_embeddings(), self.model.get_output_embeddings()
+            head_fn = self.step.head_fn if self.step is not None else head
+            body = self.model.base_model
+            norm = getattr(body, "norm", None) or getattr(body, "ln_f")
+            tokens = torch.randint(0, embed.num_embeddings, (rows, 1))
+
+            def run() -> Any:
+                return head_fn(norm(embed(tokens)))[:, 0].float()
 
             with torch.inference_mode():
-                timings[key] = best(run) / len(stack)
-        return timings[key]
+                self.timings[key] = self._best(run)
+        return self.timings[key]
 
-    with torch.inference_mode():
-        head = linear(h, min(vocab, max(1, 256 * 2**20 // (h * e))))  # a slice of a huge head, scaled
-    head_scale = vocab / head.out_features
-    head_fn = head
-    pack = getattr(getattr(cfg, "serve", None), "pack_weights", False)
-    if pack and not gpt2:  # the server's decode step packs as serve.pack_weights says; so is it timed
-        from llmkit.packing import PackedLinear, available_memory, faster_packed, packable, shape_of
-
-        free = available_memory()
-        if packable(head) and not (free is not None and pc.matmul * e > free // 2):
-            linears = [m for m in (*stack[0].fn.values(), head) if m is not None]
-            faster = {shape_of(m): True for m in linears} if pack is True else faster_packed(linears)
-            for layer in stack:
-                layer.fn = {k: PackedLinear(m) if m is not None and faster.get(shape_of(m)) else m
-                            for k, m in layer.fn.items()}
-            head_fn = PackedLinear(head) if faster.get(shape_of(head)) else head
-    embedding = torch.nn.Embedding(min(vocab, 65536), h, dtype=torch_type)
-    norm = Norm()
-    inv_freq = torch.rand(head_dim // 2)
-
-    def step_other_seconds(rows: int) -> float:
+    def step_other_seconds(self, rows: int) -> float:
         """The step's work outside the layers: embedding, rotary angles, final norm, head, sampling."""
+        import torch
+
         key = ("step", rows)
-        if key not in timings:
-            tokens = torch.randint(0, embedding.num_embeddings, (rows,))
+        if key not in self.timings:
+            embed, head = self.model.get_input_embeddings(), self.model.get_output_embeddings()
+            head_fn = self.step.head_fn if self.step is not None else head
+            body = self.model.base_model
+            norm = getattr(body, "norm", None) or getattr(body, "ln_f")
+            rotary = getattr(body, "rotary_emb", None)
+            tokens = torch.randint(0, embed.num_embeddings, (rows,))
             positions = torch.randint(0, 100, (rows, 1))
-            x = torch.randn(rows, 1, h, dtype=torch_type)
             generators = [torch.Generator().manual_seed(i) for i in range(rows)]
 
             def run() -> None:
-                embedding(tokens[:, None])
-                freqs = positions[..., None].float() * inv_freq
-                emb = torch.cat((freqs, freqs), dim=-1)
-                (emb.cos() * 1.0).to(torch_type), (emb.sin() * 1.0).to(torch_type)
+                x = embed(tokens[:, None])
+                if rotary is not None:
+                    rotary(x, positions)
                 logits = head_fn(norm(x))[:, 0].float()
                 chosen = logits.argmax(-1)
-                if sampled:
+                if self.sampled:
                     probs = (logits / 0.8).softmax(-1)
                     for r in range(rows):
                         chosen[r] = torch.multinomial(probs[r], 1, generator=generators[r])[0]
                 chosen.tolist()
-                positions + 1
 
             with torch.inference_mode():
-                timings[key] = best(run) * (head_scale if head_scale > 1 else 1.0)
-        return timings[key]
+                self.timings[key] = self._best(run) * (self.head_scale if self.head_scale > 1 else 1.0)
+        return self.timings[key]
 
-    def decode_layer(rows: int, span: int) -> float:
+    def decode_layer(self, rows: int, span: int) -> float:
         if span <= SPAN_CAP:
-            return layer_seconds(rows, 1, span)
-        low, high = layer_seconds(rows, 1, SPAN_CAP // 2), layer_seconds(rows, 1, SPAN_CAP)
+            return self.layer_seconds(rows, 1, span)
+        low, high = self.layer_seconds(rows, 1, SPAN_CAP // 2), self.layer_seconds(rows, 1, SPAN_CAP)
         return high + max(0.0, high - low) * (span - SPAN_CAP) / (SPAN_CAP // 2)  # attention: linear in span
 
-    def prefill_layer(tokens: int) -> float:
+    def prefill_layer(self, tokens: int) -> float:
         if tokens <= PREFILL_CAP:
-            return layer_seconds(1, tokens, tokens)
+            return self.layer_seconds(1, tokens, tokens)
         c = PREFILL_CAP
-        half, full = layer_seconds(1, c // 2, c // 2), layer_seconds(1, c, c)
+        half, full = self.layer_seconds(1, c // 2, c // 2), self.layer_seconds(1, c, c)
         quadratic = max(0.0, 2 * (full - 2 * half) / c**2)  # causal attention; the rest is linear in tokens
         return (full - quadratic * c**2) / c * tokens + quadratic * tokens**2
 
-    def parts(rows: int, span: int) -> dict[str, float]:
-        out = {"layers": layers * decode_layer(rows, span), "head and sampling": step_other_seconds(rows),
-               "python": STEP_PYTHON_S + rows * ROW_PYTHON_S}
-        if gpt2:
-            out["transformers forward"] = FORWARD_CALL_S
-        return out
+    def parts(self, rows: int, span: int) -> dict[str, float]:
+        return {"layers": self.layers * self.decode_layer(rows, span), "head and sampling": self.step_other_seconds(rows),
+                "python": STEP_PYTHON_S + rows * ROW_PYTHON_S}
 
-    def step_seconds(rows: int, span: int) -> float:
-        return sum(parts(rows, span).values())
+    def step_seconds(self, rows: int, span: int) -> float:
+        return sum(self.parts(rows, span).values())
 
-    def prefill_seconds(tokens: int) -> float:
-        return layers * prefill_layer(tokens) + step_other_seconds(1) + REQUEST_PYTHON_S
-
-    return StepSpeed(step_seconds, prefill_seconds, parts)
+    def prefill_seconds(self, tokens: int) -> float:
+        return self.layers * self.prefill_layer(tokens) + self.step_other_seconds(1) + REQUEST_PYTHON_S
