@@ -1,7 +1,7 @@
 """llmkit: from a bare machine to a trained, evaluated and served language model.
 
-The Python API: ``llmkit.load_config``, ``prepare``, ``train``, ``evaluate``, ``export``, ``launch``,
-``serve``, ``plan`` and ``plan_serving`` are the plain functions of
+The Python API: ``llmkit.load_config``, ``prepare``, ``train``, ``evaluate``, ``export``,
+``verify``, ``launch``, ``serve``, ``plan`` and ``plan_serving`` are the plain functions of
 ``llmkit.api``, loaded on first use so that ``import llmkit`` stays light. The stages' own
 packages have other names (``llmkit.training``, ``llmkit.exporting``, ``llmkit.serving``,
 ``llmkit.planning``), so an import of one never shadows an API function.
@@ -14,7 +14,8 @@ from llmkit.version import __version__
 
 __all__ = ["__version__"]
 
-API = ("load_config", "prepare", "train", "evaluate", "export", "launch", "serve", "plan", "plan_serving")
+API = ("load_config", "prepare", "train", "evaluate", "export", "verify", "launch", "serve", "plan",
+       "plan_serving")
 
 
 def __getattr__(name: str) -> Any:

@@ -28,13 +28,13 @@ from typing import Any
 from llmkit.config.schema import RunConfig
 from llmkit.data.prepare import PrepareResult
 from llmkit.exporting.base import Exported
-from llmkit.launch.entry import Launched
+from llmkit.launching.entry import Launched
 from llmkit.planning.recommend import Plan
 from llmkit.planning.serving import ServePlan
 from llmkit.serving.entry import Server
 from llmkit.training.loop import TrainResult
 
-__all__ = ["load_config", "prepare", "train", "evaluate", "export", "launch", "serve", "plan", "plan_serving",
+__all__ = ["load_config", "prepare", "train", "evaluate", "export", "verify", "launch", "serve", "plan", "plan_serving",
            "Evaluation", "Exported", "Launched", "Server", "PrepareResult", "TrainResult", "Plan", "ServePlan",
            "RunConfig"]
 
@@ -110,11 +110,22 @@ def export(run: str | Path, out: str | Path, format: str = "hf", dtype: str = "f
                  log=_log(log))
 
 
+def verify(run: str | Path, exported: str | Path | None = None, endpoint: str | None = None,
+           endpoint_model: str | None = None, tolerance: float = 1e-4, api_key: str | None = None,
+           gguf: str | Path | None = None, bf16: bool = False) -> Any:
+    """`llmkit verify`: the run's model against its export (default its final/) in plain
+    transformers, an OpenAI-compatible ``endpoint`` and a ``gguf`` file in llama.cpp; the report
+    (``report.ok``, ``report.checks``)."""
+    from llmkit.exporting.entry import verify_export
+
+    return verify_export(run, exported, endpoint, endpoint_model, tolerance, api_key, gguf, bf16)[0]
+
+
 def launch(config: RunConfig, target: str | None = None, what: str = "train", out: str | Path | None = None,
            overwrite: bool = False) -> Launched:
     """Render the run for a launch target (`llmkit launch`, default ``launch.target``) into ``out``;
     ``result.start(submit=True, echo=print)`` then submits it as the CLI's ``--submit`` does."""
-    from llmkit.launch.entry import launch as entry
+    from llmkit.launching.entry import launch as entry
 
     return entry(config, target, what, out, overwrite)
 

@@ -4,7 +4,7 @@ Only names and module paths live here (nothing is imported): the config validate
 ``launch.target`` against them, the CLI builds its choice lists from them, and ``--help`` stays
 light. The implementations are imported on first use (:func:`load`).
 
-To add a launch target or an export format: write its module (see ``llmkit.launch.base`` and
+To add a launch target or an export format: write its module (see ``llmkit.launching.base`` and
 ``llmkit.exporting.base`` for what it exposes) and add one line below.
 """
 
@@ -16,10 +16,10 @@ from typing import Any
 from llmkit.errors import UsageError
 
 LAUNCH_TARGETS: dict[str, str] = {  # name -> module with TARGET (render, check, submit)
-    "slurm": "llmkit.launch.slurm",
-    "kubernetes": "llmkit.launch.kubernetes",
-    "skypilot": "llmkit.launch.skypilot",
-    "docker": "llmkit.launch.docker",
+    "slurm": "llmkit.launching.slurm",
+    "kubernetes": "llmkit.launching.kubernetes",
+    "skypilot": "llmkit.launching.skypilot",
+    "docker": "llmkit.launching.docker",
 }
 EXPORT_FORMATS: dict[str, str] = {  # name -> module with FORMAT (export, verify)
     "hf": "llmkit.exporting.hf",

@@ -60,10 +60,19 @@ def test_the_chain_through_the_api_prints_nothing(tmp_path: Path, capfd: pytest.
     assert any(r.name.startswith("llmkit") for r in caplog.records)  # without a callback, the logger has it
 
 
-def test_api_names_are_the_subpackages_too_and_errors_are_llmkit_errors(tmp_path: Path) -> None:
-    import llmkit.training.loop as loop  # the subpackage imports as ever
+def test_api_names_are_plain_functions_and_errors_are_llmkit_errors(tmp_path: Path) -> None:
+    import inspect
+    import pickle
 
-    assert callable(llmkit.train) and loop.__name__ == "llmkit.training.loop"
+    import llmkit.training.loop as loop  # a stage package imports without touching the API name
+
+    assert loop.__name__ == "llmkit.training.loop" and inspect.isfunction(llmkit.train)
+    for name in llmkit.API:
+        function = getattr(llmkit, name)
+        assert inspect.isfunction(function) and function is getattr(llmkit.api, name), name
+        assert function.__doc__ and function.__module__ == "llmkit.api", name
+        assert pickle.loads(pickle.dumps(function)) is function, name  # a spawn target works
+    assert list(inspect.signature(llmkit.train).parameters)[:3] == ["config", "run_dir", "resume"]
     from llmkit import load_config, plan, serve
 
     assert callable(plan) and callable(serve) and load_config is llmkit.api.load_config

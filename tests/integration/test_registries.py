@@ -18,7 +18,7 @@ from llmkit.cli.main import main
 from llmkit.config.load import load_config
 from llmkit.errors import ConfigError
 from llmkit.exporting.base import ExportFormat, Exported, ExportRequest
-from llmkit.launch.base import Target, main_file
+from llmkit.launching.base import Target, main_file
 from llmkit.training.loop import train
 
 from .training.helpers import make_run

@@ -9,7 +9,7 @@ from typing import get_args
 from llmkit.cli import options
 from llmkit.config.schema import PlanConfig, ServeConfig
 from llmkit.registry import EXPORT_FORMATS, LAUNCH_TARGETS
-from llmkit.launch.spec import WHATS
+from llmkit.launching.spec import WHATS
 from llmkit.exporting.gguf import QUANTS
 from llmkit.exporting.hf import DTYPES
 

@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, set[str]]] = [  # top to bottom; a layer imports only la
     ("the package: `llmkit.train(...)` and the other API names, loaded on first use", {"__init__"}),
     ("the CLI: one thin module per command; the Python API", {"cli", "api"}),
     ("the whole chain on the embedded corpus", {"quickstart"}),
-    ("stages that use a trained run, and launch", {"serving", "exporting", "launch"}),
+    ("stages that use a trained run, and launch", {"serving", "exporting", "launching"}),
     ("the training loop", {"training"}),
     ("the evaluator, `llmkit eval`, lm-eval adapter, canaries", {"eval"}),
     ("training objectives: batches, loss, metrics, what they refuse", {"objectives"}),

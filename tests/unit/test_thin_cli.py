@@ -18,7 +18,7 @@ ENTRY = {
     "export_cmd": "llmkit.exporting.entry",
     "serve_cmd": "llmkit.serving.entry",
     "plan_cmd": "llmkit.planning.entry",
-    "launch_cmd": "llmkit.launch.entry",
+    "launch_cmd": "llmkit.launching.entry",
 }
 
 

@@ -29,7 +29,7 @@ def launch(
 ) -> None:
     """Render the run as an sbatch script, Kubernetes manifests, a SkyPilot task or a Dockerfile."""
     from llmkit.config.load import load_config
-    from llmkit.launch.entry import launch as run_launch
+    from llmkit.launching.entry import launch as run_launch
 
     launched = run_launch(load_config(config, overrides), target, what.value, out, overwrite)
     spec = launched.spec

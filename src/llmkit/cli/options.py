@@ -25,7 +25,7 @@ GgufQuant = _choices("GgufQuant", ("f32", "f16", "q8_0"))  # llmkit.exporting.gg
 Cloud = _choices("Cloud", ("any", "aws", "gcp", "azure", "lambda", "runpod"))  # PlanConfig.cloud
 ServeEngine = _choices("ServeEngine", ("llmkit", "vllm"))  # ServeConfig.engine
 ServeDtype = _choices("ServeDtype", ("fp32", "bf16"))  # ServeConfig.dtype
-LaunchWhat = _choices("LaunchWhat", ("train", "serve"))  # llmkit.launch.spec.WHATS
+LaunchWhat = _choices("LaunchWhat", ("train", "serve"))  # llmkit.launching.spec.WHATS
 RESUME_METAVAR = "auto|never|PATH"
 
 

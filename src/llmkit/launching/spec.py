@@ -20,7 +20,7 @@ from llmkit.errors import ConfigError, UsageError
 from llmkit.planning.hardware import Device, find_device, offerings
 
 if TYPE_CHECKING:
-    from llmkit.launch.base import Target
+    from llmkit.launching.base import Target
 
 WHATS = ("train", "serve")
 RDZV_PORT = 29400

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from llmkit.config.schema import RunConfig
-    from llmkit.launch.spec import Checkpoints, LaunchSpec
+    from llmkit.launching.spec import Checkpoints, LaunchSpec
 
 Echo = Callable[[str], None]
 

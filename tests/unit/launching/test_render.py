@@ -14,8 +14,8 @@ import pytest
 
 from llmkit.config.load import ConfigProblems, validate_config
 from llmkit.errors import ConfigError
-from llmkit.launch.entry import render
-from llmkit.launch.spec import LaunchSpec, build_spec
+from llmkit.launching.entry import render
+from llmkit.launching.spec import LaunchSpec, build_spec
 
 GOLDEN = Path(__file__).resolve().parents[2] / "fixtures" / "launch"
 PINS = ("torch==2.13.0", "llmkit==0.1.0", "transformers==5.24.0", "tokenizers==0.23.3")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from llmkit.config.schema import RunConfig
 from llmkit.errors import ConfigError
-from llmkit.launch.base import Echo, Target, main_file
-from llmkit.launch.spec import RDZV_PORT, VOLUME_ROOT, Checkpoints, LaunchSpec, dump_yaml
+from llmkit.launching.base import Echo, Target, main_file
+from llmkit.launching.spec import RDZV_PORT, VOLUME_ROOT, Checkpoints, LaunchSpec, dump_yaml
 
 CONFIG_DIR = "/etc/llmkit"
 WORKDIR = "/work"

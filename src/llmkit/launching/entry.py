@@ -13,8 +13,8 @@ from pathlib import Path
 from llmkit.config.schema import RunConfig
 from llmkit.errors import UsageError
 from llmkit.fsutil import atomic_write_text
-from llmkit.launch.base import Echo
-from llmkit.launch.spec import LaunchSpec, build_spec, target_of
+from llmkit.launching.base import Echo
+from llmkit.launching.spec import LaunchSpec, build_spec, target_of
 from llmkit.version import __version__
 
 

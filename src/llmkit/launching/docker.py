@@ -15,8 +15,8 @@ import subprocess
 from pathlib import Path
 
 from llmkit.errors import EnvironmentProblem, RunFailure
-from llmkit.launch.base import Echo, Target, main_file
-from llmkit.launch.spec import LaunchSpec, shell_words
+from llmkit.launching.base import Echo, Target, main_file
+from llmkit.launching.spec import LaunchSpec, shell_words
 
 WORKDIR = "/work"
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from llmkit.config.schema import RunConfig
 from llmkit.errors import ConfigError, EnvironmentProblem, RunFailure
-from llmkit.launch.base import Echo, Target, main_file
-from llmkit.launch.spec import MOUNT, RDZV_PORT, Checkpoints, LaunchSpec, dump_yaml, shell_words
+from llmkit.launching.base import Echo, Target, main_file
+from llmkit.launching.spec import MOUNT, RDZV_PORT, Checkpoints, LaunchSpec, dump_yaml, shell_words
 
 CONFIG = "$HOME/.llmkit/run.yaml"
 MARK = "LLMKIT_RUN_YAML"
