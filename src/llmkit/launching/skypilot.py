@@ -28,8 +28,7 @@ MARK = "LLMKIT_RUN_YAML"
 
 def _resources(spec: LaunchSpec) -> dict[str, Any]:
     res: dict[str, Any] = {}
-    if spec.gpu:
-        assert spec.device is not None
+    if spec.device is not None:  # a GPU run
         res["accelerators"] = f"{spec.device.skypilot or spec.device.name}:{spec.per_node}"
     else:
         res["cpus"] = f"{max(2, 2 * spec.per_node)}+"

@@ -271,6 +271,14 @@ class _ServingTimer:
         with torch.inference_mode():
             return self._best(run)
 
+    def _ends(self) -> tuple[Any, Any, Any, Any]:
+        """The model's modules outside its layers, as the step calls them: (embedding, final norm,
+        the head's product (packed where the step packed it), rotary embedding or None)."""
+        body = self.model.base_model
+        head_fn = self.step.head_fn if self.step is not None else self.model.get_output_embeddings()
+        norm = getattr(body, "norm", None) or getattr(body, "ln_f")
+        return self.model.get_input_embeddings(), norm, head_fn, getattr(body, "rotary_emb", None)
+
     def _outside_seconds(self, rows: int) -> float:
         """The forward's work outside its layers for one new position of ``rows`` sequences:
         embedding, final norm, head (the model's own modules; the head as the step multiplies)."""
@@ -278,10 +286,7 @@ class _ServingTimer:
 
         key = ("outside", rows)
         if key not in self.timings:
-            embed, head = self.model.get_input_embeddings(), self.model.get_output_embeddings()
-            head_fn = self.step.head_fn if self.step is not None else head
-            body = self.model.base_model
-            norm = getattr(body, "norm", None) or getattr(body, "ln_f")
+            embed, norm, head_fn, _ = self._ends()
             tokens = torch.randint(0, embed.num_embeddings, (rows, 1))
 
             def run() -> Any:
@@ -297,11 +302,7 @@ class _ServingTimer:
 
         key = ("step", rows)
         if key not in self.timings:
-            embed, head = self.model.get_input_embeddings(), self.model.get_output_embeddings()
-            head_fn = self.step.head_fn if self.step is not None else head
-            body = self.model.base_model
-            norm = getattr(body, "norm", None) or getattr(body, "ln_f")
-            rotary = getattr(body, "rotary_emb", None)
+            embed, norm, head_fn, rotary = self._ends()
             tokens = torch.randint(0, embed.num_embeddings, (rows,))
             positions = torch.randint(0, 100, (rows, 1))
             generators = [torch.Generator().manual_seed(i) for i in range(rows)]

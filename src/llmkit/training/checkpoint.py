@@ -430,7 +430,9 @@ def load_flat_into_wrapped(found: Checkpoint, model: Any, inner: Any, optimizer:
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                          set_optimizer_state_dict)
 
-    assert found.tensors is not None and found.optimizer_tensors is not None
+    if found.tensors is None or found.optimizer_tensors is None:  # read_checkpoint(check=True) loads both
+        raise RunFailure(f"{found.path} was read without its tensors", "a flat checkpoint resumes from its files",
+                         "report this as a bug; the checkpoint is intact")
     full = StateDictOptions(full_state_dict=True, strict=False)
     set_model_state_dict(model, found.tensors, options=full)
     names = {id(p): n for n, p in inner.named_parameters()}

@@ -66,7 +66,10 @@ def setup(cfg: RunConfig, examples: int, steps: int | None) -> DpSetup:
     else:
         from opacus.accountants.utils import get_noise_multiplier
 
-        assert dp.target_epsilon is not None and steps is not None  # the config validator guarantees both
+        if dp.target_epsilon is None or steps is None:  # the config validator refuses both already
+            raise ConfigError("privacy.dp needs noise_multiplier, or target_epsilon with train.max_steps",
+                              "the noise is computed for a privacy budget over a known number of steps",
+                              "set privacy.dp.noise_multiplier, or target_epsilon and train.max_steps")
         sigma = float(get_noise_multiplier(target_epsilon=dp.target_epsilon, target_delta=delta, sample_rate=q,
                                            steps=steps, accountant="rdp"))
     return DpSetup(sigma, q, delta, examples)

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from llmkit.version import __version__
 from llmkit.config.load import dump_config
 from llmkit.config.schema import RunConfig, TrainConfig
 from llmkit.config.derived import run_context, train_precision
 from llmkit.device import autocast, resolve_device, torch_dtype
-from llmkit.errors import ConfigError, RunFailure, UsageError
+from llmkit.errors import ConfigError, RunFailure
 from llmkit.eval.evaluator import evaluate
 from llmkit.objectives import EvalResult, Objective, for_task
 from llmkit.faults import fault_point, nan_loss_at
@@ -37,7 +36,8 @@ from llmkit.training.final import write_final
 from llmkit.training.metrics import MetricsWriter
 from llmkit.training.optim import lr_at, make_optimizer
 from llmkit.training.progress import Progress
-from llmkit.training.remote import RemoteCheckpoints, remote_for, sync_for_resume
+from llmkit.training.remote import RemoteCheckpoints, remote_for
+from llmkit.training.resume import resume_state
 from llmkit.training.signals import StopSignals
 
 Log = Callable[[str], None]
@@ -124,7 +124,7 @@ class _Setup:
 def _train(cfg: RunConfig, d: Any, device: Any, run: RunDir, resume: str, allow_config_change: bool,
            stop_at_step: int | None, log: Log, bar: bool | None = None) -> TrainResult:
     s = _set_up(cfg, d, device, run, log)
-    state, found = _resume(cfg, s, run, resume, allow_config_change, d, log)
+    state, found = resume_state(cfg, s, run, resume, allow_config_change, d, log)
     if d.is_main:
         from llmkit.doctor.manifest import write_manifest
 
@@ -205,47 +205,6 @@ def _set_up(cfg: RunConfig, d: Any, device: Any, run: RunDir, log: Log) -> _Setu
         dp = DpTrainer(cfg, model, optimizer, data, micro, total_steps, objective, log)
     return _Setup(objective, precision, wrapper, micro, accum, data, inner, model, masters, chunked, optimizer,
                   scaler, total_steps, dp)
-
-
-def _resume(cfg: RunConfig, s: _Setup, run: RunDir, resume: str, allow_config_change: bool, d: Any,
-            log: Log) -> tuple[TrainerState, ckpt.Checkpoint | None]:
-    """The newest committed checkpoint that verifies, restored; or a fresh state."""
-    import torch
-
-    from llmkit.training import distributed as dist_
-
-    if d.local_rank == 0:
-        for partial in ckpt.remove_partial(run.checkpoints):
-            log(f"removed partial checkpoint {partial.name} (left by an interrupted save)")
-    dist_.barrier(d)
-    state = TrainerState(step=0, tokens_seen=0, train_time_s=0.0, nonfinite_skipped=0,
-                         config=cfg.model_dump(mode="json"), data=s.data.fingerprint, data_position={},
-                         param_groups=[], scaler=None, llmkit_version=__version__)
-    remote = remote_for(cfg.train.checkpoint_uri)
-    if remote is not None and resume == "auto":
-        # rank 0 first (it also drops partial uploads), then the first rank of every other node: on
-        # node-local disks each node needs its own copy; on shared storage they find it already there
-        if d.is_main:
-            sync_for_resume(remote, run.checkpoints, log, remove_partial=True)
-        dist_.barrier(d)
-        if d.local_rank == 0 and not d.is_main:
-            sync_for_resume(remote, run.checkpoints, _quiet, remove_partial=False)
-        dist_.barrier(d)
-    if d.restart and resume == "never":
-        resume = "auto"  # torchrun restarted the workers: continue, never start over
-    found = _find_resume(run.checkpoints, resume, log, d)
-    if found is not None:
-        _check_resumable(found, state, allow_config_change)
-        _restore(found, s.model, s.inner, s.optimizer, s.data, s.scaler, state, d)
-        if s.masters is not None:
-            s.masters.load(found.tensors)
-        if s.dp is not None:
-            s.dp.load_state_dict(found.state.dp)
-            state.dp = found.state.dp
-        log(f"resumed from {found.path} (step {state.step})")
-    else:
-        torch.manual_seed(cfg.train.seed + d.rank)  # dropout: its own stream per rank
-    return state, found
 
 
 def _announce(cfg: RunConfig, s: _Setup, d: Any, device: Any, log: Log) -> tuple[float, float]:
@@ -474,28 +433,6 @@ def _accumulate_gradients(model: Any, s: _Setup, device: Any, step: int) -> tupl
     return dist_.all_reduce([loss_sum])[0] / max(total, 1.0), int(all_tokens)
 
 
-def _restore(found: ckpt.Checkpoint, model: Any, inner: Any, optimizer: Any, data: Any, scaler: Any,
-             state: TrainerState, d: Any) -> None:
-    """Load a checkpoint (either layout, written by any number of ranks) into the model, optimizer,
-    data position, RNGs, loss scaler and counters."""
-    if found.sharded:
-        ckpt.load_sharded(found.path, model, optimizer)
-    elif d.enabled:
-        ckpt.load_flat_into_wrapped(found, model, inner, optimizer)
-    else:
-        setup.load_trainable(model, found.tensors)
-        setup.load_optimizer(optimizer, found.optimizer_tensors, found.state.param_groups)
-    data.load_state_dict(found.state.data_position)
-    rng = found.rng
-    if isinstance(rng, list):  # one per rank; another world size takes rank 0's
-        rng = rng[d.rank] if len(rng) == d.world_size else rng[0]
-    setup.set_rng_state(rng)
-    if scaler is not None and found.state.scaler is not None:
-        scaler.load_state_dict(found.state.scaler)
-    state.step, state.tokens_seen = found.state.step, found.state.tokens_seen
-    state.train_time_s, state.nonfinite_skipped = found.state.train_time_s, found.state.nonfinite_skipped
-
-
 def _budget_spent(tc: TrainConfig, state: TrainerState, total_steps: int | None) -> bool:
     """Whether the run has reached its step, token or time budget."""
     return ((total_steps is not None and state.step >= total_steps)
@@ -534,53 +471,3 @@ def _evaluate(s: _Setup, step: int, metrics: MetricsWriter | None) -> EvalResult
     if metrics is not None:
         metrics.write({"kind": "eval", "step": step, **result.metrics()})
     return result
-
-
-def _check_resumable(found: ckpt.Checkpoint, fresh: TrainerState, allow_config_change: bool) -> None:
-    """Refuse to resume a checkpoint made with another config or other data, unless allowed."""
-    diff = setup.config_diff(found.state.config, fresh.config)
-    if found.state.data != fresh.data:
-        diff.append("data: the prepared data changed since this checkpoint")
-    if diff and not allow_config_change:
-        raise UsageError(f"the config differs from the one {found.path.name} was trained with",
-                         "changed:\n  " + "\n  ".join(diff),
-                         "restore the old values, start a new run (new name), or pass --allow-config-change")
-
-
-def _find_resume(root: Path, resume: str, log: Log, d: Any) -> ckpt.Checkpoint | None:
-    """The checkpoint to resume: rank 0 chooses and verifies it; the other ranks read the same one."""
-    from llmkit.training import distributed as dist_
-
-    if d.world_size == 1:
-        return _choose_resume(root, resume, log)
-    found, message = None, ("ok", None)
-    if d.is_main:
-        try:
-            found = _choose_resume(root, resume, log)
-            message = ("ok", str(found.path) if found is not None else None)
-        except Exception as exc:
-            dist_.broadcast_object(("error", str(exc)))
-            raise
-    message = dist_.broadcast_object(message)
-    if message[0] == "error":
-        raise UsageError("rank 0 could not choose a checkpoint to resume", message[1].splitlines()[0])
-    if d.is_main or message[1] is None:
-        return found
-    return ckpt.read_checkpoint(Path(message[1]), check=False)
-
-
-def _choose_resume(root: Path, resume: str, log: Log) -> ckpt.Checkpoint | None:
-    if resume == "never":
-        if ckpt.committed(root):
-            raise UsageError(f"{root} already holds checkpoints",
-                             "--resume never would start over and overwrite them",
-                             "use --resume auto to continue, or a new run name")
-        return None
-    if resume == "auto":
-        return ckpt.newest_valid(root, log)
-    path = Path(resume)
-    if not (path / ckpt.COMMITTED).exists():
-        found = ", ".join(p.name for _, p in ckpt.committed(root)) or "none"
-        raise UsageError(f"{path} is not a committed checkpoint", f"committed checkpoints in {root}: {found}",
-                         "pass one of those, or --resume auto")
-    return ckpt.read_checkpoint(path)
