@@ -237,7 +237,8 @@ def main() -> None:
                   f"{r['itl_p99_ms']:7.1f}ms {r['tokens_per_s']:8.0f} {r['errors']:6d} {plan:8.0f} "
                   f"{r['tokens_per_s'] / plan:13.2f}")
         spread = max(abs(first[k] - second[k]) / predicted[k] for k in predicted)
-        print(f"plan: llmkit plan --serve's CPU model (the server's decode step and forward timed on a few-layer model, {measure_s:.1f} s), "
+        print("plan: llmkit plan --serve's CPU model (the server's decode step and forward timed on a few-layer "
+              f"model, {measure_s:.1f} s), "
               f"the mean of a measurement before and one after the load (they differ by up to {100 * spread:.0f}%)"
               f"{'; the server ran the compiled step' if args.compile else ''}")
         by = {r["concurrency"]: r["tokens_per_s"] for r in rows}
