@@ -14,18 +14,6 @@ def register(app: typer.Typer) -> None:
     app.command("chat")(chat)
 
 
-def _params(model_path: Path, max_tokens: int | None, temperature: float | None, top_k: int | None,
-            top_p: float | None, repetition_penalty: float | None, stop: list[str] | None,
-            seed: int | None):  # type: ignore[no-untyped-def]
-    """The run's `generate` section (built-in defaults for a bare model directory), flags overriding."""
-    from llmkit.generate.sampling import SamplingParams
-    from llmkit.rundir import generate_defaults
-
-    return SamplingParams.from_config(generate_defaults(model_path), max_new_tokens=max_tokens, temperature=temperature,
-                                      top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                                      stop=stop or None, seed=seed)
-
-
 _FROM_RUN = " (default: the run's generate section)"
 MaxTokens = typer.Option(None, "--max-tokens", help="Most new tokens" + _FROM_RUN + ".")
 Temperature = typer.Option(None, "--temperature", help="0 = greedy" + _FROM_RUN + ".")
@@ -36,14 +24,13 @@ Stop = typer.Option([], "--stop", help="Stop string, repeatable" + _FROM_RUN + "
 Seed = typer.Option(None, "--seed", help="Sampling seed" + _FROM_RUN + ".")
 
 
-def _stream(model, tokenizer, ids, params) -> str:  # type: ignore[no-untyped-def]
-    from llmkit.generate.decode import stream
-
+def _show(pieces) -> str:  # type: ignore[no-untyped-def]
+    """Write streamed text as it comes; the whole of it."""
     text = ""
-    for ev in stream(model, tokenizer, [ids], [params]):
-        sys.stdout.write(ev.text)
+    for piece in pieces:
+        sys.stdout.write(piece)
         sys.stdout.flush()
-        text += ev.text
+        text += piece
     sys.stdout.write("\n")
     return text
 
@@ -58,19 +45,15 @@ def generate(
 ) -> None:
     """Continue a prompt, streaming tokens to the terminal."""
     from llmkit.errors import UsageError
-    from llmkit.model.load import load_for_inference
+    from llmkit.generate.session import open_session
 
     if not prompt.strip():
         raise UsageError("the prompt is empty", "", "pass --prompt 'some text'")
-    params = _params(model_path, max_tokens, temperature, top_k, top_p, repetition_penalty, stop, seed)
-    model, tokenizer, _ = load_for_inference(model_path)
-    if chat_mode:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            tokenize=True, return_dict=False)
-    else:
-        ids = tokenizer.encode(prompt, add_special_tokens=False)
+    session = open_session(model_path, max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                           repetition_penalty=repetition_penalty, stop=stop or None, seed=seed)
+    if not chat_mode:
         sys.stdout.write(prompt)
-    _stream(model, tokenizer, ids, params)
+    _show(session.complete(prompt, chat_mode))
 
 
 def chat(
@@ -80,17 +63,11 @@ def chat(
     top_p: float | None = TopP, repetition_penalty: float | None = RepPenalty, seed: int | None = Seed,
 ) -> None:
     """Talk to a model turn by turn (chat template, streaming). Ctrl-D or Ctrl-C ends."""
-    from llmkit.errors import UsageError
-    from llmkit.model.load import load_for_inference
+    from llmkit.generate.session import open_session
 
-    params = _params(model_path, max_tokens, temperature, top_k, top_p, repetition_penalty, None, seed)
-    model, tokenizer, model_dir = load_for_inference(model_path)
-    if not tokenizer.chat_template:
-        raise UsageError(f"the tokenizer in {model_dir} has no chat template", "chat needs one to format turns",
-                         "use `llmkit generate` for plain continuation")
-    history = [{"role": "system", "content": system}] if system else []
-    window = model.config.max_position_embeddings
-    typer.echo(f"chatting with {model_dir} (Ctrl-D or Ctrl-C to quit)")
+    session = open_session(model_path, system, chat=True, max_new_tokens=max_tokens, temperature=temperature,
+                           top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
+    typer.echo(f"chatting with {session.model_dir} (Ctrl-D or Ctrl-C to quit)")
     try:
         while True:
             try:
@@ -100,14 +77,7 @@ def chat(
                 break
             if not line.strip():
                 continue
-            history.append({"role": "user", "content": line})
-            ids = tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=True, return_dict=False)
-            while len(ids) >= window - 8 and len(history) > 1:  # forget the oldest turns that no longer fit
-                history.pop(1 if history[0]["role"] == "system" and len(history) > 2 else 0)
-                ids = tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=True,
-                                                    return_dict=False)
             sys.stdout.write("model> ")
-            answer = _stream(model, tokenizer, ids, params)
-            history.append({"role": "assistant", "content": answer})
+            _show(session.say(line))
     except KeyboardInterrupt:
         typer.echo("\nbye")
