@@ -39,13 +39,16 @@ def linear_shapes(model: ModelConfig) -> dict[str, list[tuple[int, int]]]:
         return {"c_attn": [(h, 3 * h)], "c_proj": [(h, h), (inter, h)], "c_fc": [(h, inter)]}
     kv = (model.num_key_value_heads or model.num_attention_heads) * (h // model.num_attention_heads)
     return {"q_proj": [(h, h)], "k_proj": [(h, kv)], "v_proj": [(h, kv)], "o_proj": [(h, h)],
-            "gate_proj": [(h, inter)], "up_proj": [(h, inter)], "down_proj": [(inter, h)]}
+            "gate_proj": [(h, inter)], "up_proj": [(h, inter)], "down_proj": [(inter, h)],
+            "qkv_proj": [(h, h + 2 * kv)], "gate_up_proj": [(h, 2 * inter)]}  # Phi-3's fused projections
 
 
 def lora_parameters(model: ModelConfig) -> int:
-    """Adapter parameters LoRA adds: r x (in + out) for every adapted projection of every block."""
+    """Adapter parameters LoRA adds: r x (in + out) for every adapted projection of every block
+    (DoRA: plus a magnitude per output feature)."""
     shapes = linear_shapes(model)
-    per_layer = sum(model.lora.r * (i + o) for name in lora_targets(model.lora, model.architecture) for i, o in shapes[name])
+    per = (lambda i, o: model.lora.r * (i + o) + (o if model.lora.dora else 0))
+    per_layer = sum(per(i, o) for name in lora_targets(model.lora, model.architecture) for i, o in shapes.get(name, []))
     return per_layer * model.num_hidden_layers
 
 

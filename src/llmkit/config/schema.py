@@ -24,9 +24,6 @@ LORA_LINEAR_MODULES = {
 }
 """The linear projections of each architecture's blocks, by the module names peft matches."""
 
-NOT_YET = "not implemented yet"
-
-
 def _check_env_name(value: str | None) -> str | None:
     """Accept an environment variable *name*; refuse anything that looks like a secret value."""
     if value is None:
@@ -62,19 +59,18 @@ class LoraConfig(Section):
     dropout: float = Field(0.0, ge=0, lt=1)
     """Dropout on the adapter input."""
     target_modules: list[str] | None = None
-    """Module names to adapt (llama: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj;
-    gpt2: c_attn c_proj c_fc); null adapts all of them."""
+    """Module names to adapt (e.g. q_proj v_proj, or Phi-3's qkv_proj gate_up_proj); null adapts
+    every linear projection of the model's blocks, found in the loaded model itself (not the
+    output head or a classifier head)."""
     base_bits: Literal[4, 8, 16, 32] = 32
-    """Precision of the frozen base weights. Only 32 (fp32, as the loop keeps every weight) is
-    built; a 16-bit or quantized (4/8, QLoRA-style) base is refused."""
-
-    @field_validator("base_bits")
-    @classmethod
-    def _base_bits_implemented(cls, value: int) -> int:
-        if value != 32:
-            raise ValueError(f"a {value}-bit frozen base is {NOT_YET}: llmkit's loop keeps the base in fp32; "
-                             "set base_bits: 32 (or leave it out)")
-        return value
+    """Precision of the frozen base weights: 32 fp32; 16 bf16 (fp16 on a GPU without bf16);
+    8 LLM.int8; 4 NF4 with double quantization and bf16 compute (QLoRA). 8 and 4 quantize the
+    base's linear projections with bitsandbytes (`pip install 'llmkit[qlora]'`; its CUDA backend
+    on GPUs, its CPU backend on CPUs). The adapters and their AdamW state stay fp32, and final/
+    is the adapters merged into the base dequantized to fp32."""
+    dora: bool = False
+    """Weight-decomposed LoRA (DoRA, peft's use_dora): a trained magnitude per output feature on
+    top of the low-rank direction update."""
 
 
 class ModelConfig(Section):
@@ -141,11 +137,6 @@ class ModelConfig(Section):
                 "base would be random weights); set from_pretrained to a local Hugging Face model "
                 "directory (e.g. a finished run's final/), or set lora.enabled: false to train all weights"
             )
-        known = LORA_LINEAR_MODULES[self.architecture]
-        unknown = [t for t in self.lora.target_modules or () if t not in known]
-        if unknown:
-            raise ValueError(f"lora.target_modules {unknown} are not {self.architecture} projections; "
-                             f"choose from {', '.join(known)} (or null for all)")
         return self
 
 
@@ -290,6 +281,11 @@ class TrainConfig(Section):
     """AdamW second-moment decay."""
     adam_eps: float = Field(1e-8, gt=0)
     """AdamW epsilon."""
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
+    """adamw: torch's AdamW, fp32 moments (8 bytes per trainable parameter). adamw_8bit:
+    bitsandbytes' AdamW8bit, block-wise 8-bit moments (~2 bytes per parameter; one process).
+    paged_adamw_8bit: the same with its states in CUDA unified memory, paged to the CPU under
+    memory pressure (CUDA only: a CPU run refuses it and names adamw_8bit)."""
     grad_clip_norm: float | None = Field(1.0, gt=0)
     """Clip the global gradient norm to this (null: no clipping)."""
     precision: Literal["auto", "fp32", "bf16", "bf16-weights", "fp16"] = "auto"

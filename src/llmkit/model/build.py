@@ -101,8 +101,11 @@ def check_model_dir(path: Path, trust_remote_code: bool, allow_pickle: bool = Fa
 
 
 def load_model(path: str | Path, trust_remote_code: bool, num_labels: int | None = None,
-               id2label: dict[int, str] | None = None, allow_pickle: bool = False) -> Any:
-    """A causal LM (or classifier, with ``num_labels``) from a local HF directory, fp32."""
+               id2label: dict[int, str] | None = None, allow_pickle: bool = False, base_bits: int = 32,
+               device: Any = "cpu") -> Any:
+    """A causal LM (or classifier, with ``num_labels``) from a local HF directory, fp32; with
+    ``base_bits`` 16/8/4, a frozen LoRA base in bf16 or quantized on ``device``
+    (``llmkit.model.quantize``)."""
     from transformers.utils import logging as hf_logging
 
     from llmkit.privacy import crypto
@@ -110,25 +113,26 @@ def load_model(path: str | Path, trust_remote_code: bool, num_labels: int | None
     hf_logging.disable_progress_bar()
     if Path(path).is_dir() and crypto.has_sealed(path):  # an encrypted run's model: decrypted in memory
         with crypto.readable_dir(path) as plain:
-            return _load_model(plain, trust_remote_code, num_labels, id2label, allow_pickle)
-    return _load_model(Path(path), trust_remote_code, num_labels, id2label, allow_pickle)
+            return _load_model(plain, trust_remote_code, num_labels, id2label, allow_pickle, base_bits, device)
+    return _load_model(Path(path), trust_remote_code, num_labels, id2label, allow_pickle, base_bits, device)
 
 
 def _load_model(p: Path, trust_remote_code: bool, num_labels: int | None, id2label: dict[int, str] | None,
-                allow_pickle: bool = False) -> Any:
-    import torch
+                allow_pickle: bool = False, base_bits: int = 32, device: Any = "cpu") -> Any:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from llmkit.model.quantize import base_load_options, settle
 
     check_model_dir(p, trust_remote_code, allow_pickle)
     safetensors = any(p.glob("*.safetensors"))
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": safetensors,
-                              "local_files_only": True, "dtype": torch.float32}
+                              "local_files_only": True, **base_load_options(base_bits, device)}
     if num_labels is not None:
         kwargs["num_labels"] = num_labels
         if id2label:
             kwargs["id2label"], kwargs["label2id"] = id2label, {v: k for k, v in id2label.items()}
-        return AutoModelForSequenceClassification.from_pretrained(str(p), **kwargs)
-    return AutoModelForCausalLM.from_pretrained(str(p), **kwargs)
+        return settle(AutoModelForSequenceClassification.from_pretrained(str(p), **kwargs))
+    return settle(AutoModelForCausalLM.from_pretrained(str(p), **kwargs))
 
 
 def matmul_weights(model: Any) -> tuple[int, int]:
@@ -137,12 +141,14 @@ def matmul_weights(model: Any) -> tuple[int, int]:
     (the "N" of ``llmkit.planning.compute.flops_per_token``)."""
     import torch
 
+    from llmkit.model.quantize import logical_numel, logical_shape
+
     lookups = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     total = trainable = 0
     for p in model.parameters():
-        if p.dim() == 2 and id(p) not in lookups:
-            total += p.numel()
-            trainable += p.numel() if p.requires_grad else 0
+        if len(logical_shape(p)) == 2 and id(p) not in lookups:
+            total += logical_numel(p)
+            trainable += logical_numel(p) if p.requires_grad else 0
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None and id(head.weight) in lookups:  # tied: one parameter, two uses
         total += head.weight.numel()

@@ -8,6 +8,7 @@ from llmkit.config.schema import RunConfig
 from llmkit.errors import ConfigError, UsageError
 from llmkit.model.build import build_model, load_model
 from llmkit.model.lora import apply_lora
+from llmkit.model.quantize import is_quantized
 from llmkit.objectives import for_task
 
 
@@ -30,7 +31,9 @@ def build_for_training(cfg: RunConfig, data: Any, device: Any, log: Any) -> Any:
 
         source = resolve(m.from_pretrained, "model", cfg.hub_token_env, m.allow_pickle_weights, log)
         torch.manual_seed(cfg.train.seed)  # a new head (a classifier's): the same in every run and process
-        model = load_model(source.path, m.trust_remote_code, num_labels, data.id2label, m.allow_pickle_weights)
+        bits = m.lora.base_bits if m.lora.enabled else 32
+        model = load_model(source.path, m.trust_remote_code, num_labels, data.id2label, m.allow_pickle_weights,
+                           bits, device)
         positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
         if positions is not None and cfg.train.sequence_length_tokens > positions:
             raise ConfigError(f"train.sequence_length_tokens {cfg.train.sequence_length_tokens} exceeds the "
@@ -52,5 +55,7 @@ def build_for_training(cfg: RunConfig, data: Any, device: Any, log: Any) -> Any:
         import torch
 
         torch.manual_seed(cfg.train.seed)  # the adapters' init: the same in every process and every run
-        model = apply_lora(model, m.lora, m.architecture, classifier)
+        model = apply_lora(model, m.lora, classifier)
+    if is_quantized(model):
+        return model  # placed on the device as it loaded (bitsandbytes' weights do not move with .to)
     return model.to(device)

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from llmkit.config.schema import RunConfig
 from llmkit.data.tokenizer import end_token_ids, portable_tokenizer_config
 from llmkit.fsutil import staged_dir
+from llmkit.model.quantize import merged_fp32
+from llmkit.objectives import for_task
 from llmkit.rundir import RunDir
 
 
-def write_final(cfg: RunConfig, run: RunDir, model: Any, log: Any) -> Path:
-    """Write run/final atomically: config, safetensors, tokenizer, generation_config."""
+def write_final(cfg: RunConfig, run: RunDir, model: Any, log: Any,
+                held_out: Callable[[Any], Any] | None = None) -> Path:
+    """Write run/final atomically: config, safetensors, tokenizer, generation_config.
+    ``held_out(model)``: the model's validation result, to record what merging adapters trained
+    on a bf16 or quantized base cost (``merge_report``)."""
     from transformers import GenerationConfig
     from transformers.utils import logging as hf_logging
 
@@ -23,9 +29,16 @@ def write_final(cfg: RunConfig, run: RunDir, model: Any, log: Any) -> Path:
 
     out = run.final
     with staged_dir(out) as staged, crypto.writable_dir(staged) as tmp:  # sealed file by file with a key
+        merge: dict[str, Any] = {}
         if cfg.model.lora.enabled:
             model.save_pretrained(str(tmp / "adapter"))  # the standard PEFT adapter directory
-            model = model.merge_and_unload()
+            _adapter_names_base(tmp / "adapter", cfg.model.from_pretrained)
+            if cfg.model.lora.base_bits < 32:
+                merged = merged_fp32(model, model.get_base_model().config, for_task(cfg.train.task).head != "causal_lm")
+                merge = merge_report(model, merged, held_out, cfg.model.lora.base_bits, log)
+                model = merged
+            else:
+                model = model.merge_and_unload()
         model.config.use_cache = True
         model.save_pretrained(str(tmp), safe_serialization=True)
         for f in run.tokenizer.iterdir():
@@ -43,6 +56,45 @@ def write_final(cfg: RunConfig, run: RunDir, model: Any, log: Any) -> Path:
                                top_k=g.top_k if g.temperature > 0 else None,
                                repetition_penalty=g.repetition_penalty)
         gen.save_pretrained(str(tmp))
-        (tmp / "llmkit.json").write_text(json.dumps({"run": cfg.name, "task": cfg.train.task}, indent=2) + "\n")
+        info = {"run": cfg.name, "task": cfg.train.task, **({"merge": merge} if merge else {})}
+        (tmp / "llmkit.json").write_text(json.dumps(info, indent=2) + "\n")
     log(f"final model written to {out}")
     return out
+
+
+def _adapter_names_base(adapter: Path, base: str | None) -> None:
+    """adapter_config.json names the base by what the config gave (a Hub id, or a local path),
+    so the adapter loads elsewhere on top of the same base."""
+    path = adapter / "adapter_config.json"
+    if base and path.exists():
+        data = json.loads(path.read_text())
+        data["base_model_name_or_path"] = base
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def merge_report(trained: Any, merged: Any, held_out: Callable[[Any], Any] | None, bits: int, log: Any) -> dict[str, Any]:
+    """What merging cost: the largest logit difference between the adapters on the base they
+    trained on and the merged fp32 model, on the validation batches, and each one's validation
+    result. Merging into the dequantized base changes only the arithmetic (the base's weights are
+    the same values), so the difference is rounding in the base's compute dtype."""
+    report: dict[str, Any] = {"base_bits": bits}
+    if held_out is None:
+        return report
+    captured: dict[str, list[Any]] = {"trained": [], "merged": []}
+
+    def capture(name: str) -> Callable[..., None]:
+        return lambda _m, _args, out: captured[name].append(out.logits.detach().float().cpu())
+
+    hooks = [trained.get_base_model().register_forward_hook(capture("trained")),
+             merged.register_forward_hook(capture("merged"))]
+    try:
+        a, b = held_out(trained), held_out(merged)
+    finally:
+        for h in hooks:
+            h.remove()
+    diff = max((float((x - y).abs().max()) for x, y in zip(captured["trained"], captured["merged"])), default=0.0)
+    report.update({"max_logit_diff": diff, "trained": a.metrics(), "merged": b.metrics()})
+    shown = ", ".join(f"{k} {a.metrics()[k]:.4g} -> {b.metrics()[k]:.4g}" for k in a.metrics())
+    log(f"merged the adapters into the {bits}-bit base dequantized to fp32: max logit difference {diff:.3g} "
+        f"on the validation batches; {shown}")
+    return report

@@ -34,7 +34,7 @@ from llmkit.training import setup
 from llmkit.training.checkpoint import TrainerState
 from llmkit.training.final import write_final
 from llmkit.training.metrics import MetricsWriter
-from llmkit.training.optim import lr_at, make_optimizer
+from llmkit.training.optim import check_optimizer, lr_at, make_optimizer
 from llmkit.training.progress import Progress
 from llmkit.training.remote import RemoteCheckpoints, remote_for
 from llmkit.training.resume import resume_state
@@ -149,7 +149,8 @@ def _train(cfg: RunConfig, d: Any, device: Any, run: RunDir, resume: str, allow_
         if s.masters is not None:
             final_model = s.masters.fp32_model(final_model)  # the fp32 masters, not their bf16 copies
         if d.is_main:
-            write_final(cfg, run, final_model, log)
+            write_final(cfg, run, final_model, log, held_out=lambda m: evaluate(
+                m, s.data.eval_batches(), s.objective, s.objective.metrics(s.data), "fp32", False))
     if metrics is not None:
         artifacts = [run.config, run.manifest, run.metrics]
         if trackers is not None and trackers.active and reason == "completed":
@@ -177,6 +178,11 @@ def _set_up(cfg: RunConfig, d: Any, device: Any, run: RunDir, log: Log) -> _Setu
         from llmkit.training.dp import check_supported
 
         check_supported(cfg, d.enabled, precision)
+    check_optimizer(tc, device.type, d.enabled, private)
+    if cfg.model.lora.enabled and cfg.model.lora.base_bits < 32 and d.enabled:
+        raise ConfigError(f"model.lora.base_bits: {cfg.model.lora.base_bits} is one process only for now",
+                          "DDP/FSDP wrap and checkpoint the model's own fp32 parameters",
+                          "train in one process, or set model.lora.base_bits: 32")
     objective = for_task(tc.task)
     objective.check(cfg)
     device_kind = "cpu" if device.type == "cpu" else "gpu"
@@ -213,13 +219,22 @@ def _announce(cfg: RunConfig, s: _Setup, d: Any, device: Any, log: Log) -> tuple
     from llmkit.planning.compute import flops_per_token
     from llmkit.planning.measure import matmul_peak_flops
 
-    n_params = sum(p.numel() for p in s.inner.parameters())
+    from llmkit.model.quantize import logical_numel
+
+    n_params = sum(logical_numel(p) for p in s.inner.parameters())
     trainable = sum(p.numel() for p in s.inner.parameters() if p.requires_grad)
-    flops_tok = flops_per_token(*matmul_weights(s.inner), cfg.model.num_hidden_layers, cfg.model.hidden_size,
-                                cfg.train.sequence_length_tokens)
+    hf = s.inner.config  # a pretrained base's own shape, not the config's model.* numbers
+    layers = getattr(hf, "num_hidden_layers", None) or cfg.model.num_hidden_layers
+    width = getattr(hf, "hidden_size", None) or cfg.model.hidden_size
+    flops_tok = flops_per_token(*matmul_weights(s.inner), layers, width, cfg.train.sequence_length_tokens)
     peak = matmul_peak_flops(device, torch_dtype(s.precision)) * d.world_size
     where = f"{d.world_size} process(es) ({d.backend}, {s.wrapper})" if d.enabled else device.type
     shown = f"{s.precision} weights, fp32 master weights" if s.masters is not None else s.precision
+    lora = cfg.model.lora
+    if lora.enabled and lora.base_bits < 32:
+        shown += {16: ", a bf16 base", 8: ", an LLM.int8 base", 4: ", an NF4 base"}[lora.base_bits]
+    if cfg.train.optimizer != "adamw":
+        shown += f", {cfg.train.optimizer}"
     log(f"training {n_params:,} parameters ({trainable:,} trainable) on {where}, {shown}, "
         f"micro-batch {s.micro} x {s.accum} accumulation steps" + (f" x {d.world_size} ranks" if d.enabled else ""))
     return flops_tok, peak

@@ -49,6 +49,11 @@ def make_optimizer(model: Any, cfg: TrainConfig, device_type: str, masters: Any 
     groups = param_groups(model, cfg.weight_decay)
     if masters is not None:
         groups = masters.groups(groups)
+    if cfg.optimizer != "adamw":  # bitsandbytes' 8-bit AdamW (check_optimizer refused what cannot run)
+        import bitsandbytes as bnb
+
+        cls = bnb.optim.PagedAdamW8bit if cfg.optimizer == "paged_adamw_8bit" else bnb.optim.AdamW8bit
+        return cls(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
     sharded = any(type(p).__name__ == "DTensor" for g in groups for p in g["params"])
     kwargs = {"lr": cfg.learning_rate, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.adam_eps}
     if device_type in ("cuda", "cpu") and not sharded:
@@ -57,3 +62,25 @@ def make_optimizer(model: Any, cfg: TrainConfig, device_type: str, masters: Any 
         except (RuntimeError, ValueError):  # a torch or device without the fused kernel
             pass
     return torch.optim.AdamW(groups, foreach=True, **kwargs)
+
+
+def check_optimizer(cfg: TrainConfig, device_type: str, distributed: bool, private: bool) -> None:
+    """Refuse, before anything loads, an optimizer this run cannot use, saying what to use instead."""
+    from llmkit.errors import ConfigError
+    from llmkit.optional import require
+
+    if cfg.optimizer == "adamw":
+        return
+    if cfg.optimizer == "paged_adamw_8bit" and device_type != "cuda":
+        raise ConfigError(f"train.optimizer: paged_adamw_8bit needs a CUDA GPU (this run is on {device_type})",
+                          "paged optimizer states live in CUDA unified memory",
+                          "set train.optimizer: adamw_8bit (same 8-bit states, not paged) or adamw")
+    if distributed or private:
+        why = "several processes (DDP/FSDP checkpoints hold torch's AdamW state)" if distributed else "privacy.dp"
+        raise ConfigError(f"train.optimizer: {cfg.optimizer} does not support {why} yet",
+                          "bitsandbytes' 8-bit AdamW is wired into the one-process loop",
+                          "set train.optimizer: adamw")
+    if device_type not in ("cuda", "cpu"):
+        raise ConfigError(f"train.optimizer: {cfg.optimizer} is not available on {device_type}",
+                          "bitsandbytes runs on CUDA GPUs and CPUs", "set train.optimizer: adamw")
+    require("bitsandbytes", "qlora", f"train.optimizer: {cfg.optimizer}", "or set train.optimizer: adamw")

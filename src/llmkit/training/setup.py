@@ -108,18 +108,38 @@ def _jsonable(obj: Any) -> Any:
 
 
 def optimizer_tensors(optimizer: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """AdamW state as flat tensors ('<param index>/<key>') and its param groups as JSON."""
+    """AdamW state as flat tensors ('<param index>/<key>', nested dicts as '<key>/<inner key>':
+    bitsandbytes nests its quantization state) and its param groups as JSON. A plain Python
+    number in the state (bitsandbytes' step counter) is a 0-d tensor named '<key>:int' or
+    '<key>:float', and comes back as that number."""
+    import torch
+
     sd = optimizer.state_dict()
-    tensors = {f"{idx}/{key}": value.detach().cpu().contiguous()
-               for idx, per in sd["state"].items() for key, value in per.items()}
+    tensors: dict[str, Any] = {}
+
+    def flatten(prefix: str, value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensors[prefix] = value.detach().cpu().contiguous()
+        elif isinstance(value, dict):
+            for key, inner in value.items():
+                flatten(f"{prefix}/{key}", inner)
+        elif isinstance(value, (int, float)):
+            tensors[f"{prefix}:{type(value).__name__}"] = torch.tensor(value)
+
+    for idx, per in sd["state"].items():
+        flatten(str(idx), per)
     return tensors, sd["param_groups"]
 
 
 def load_optimizer(optimizer: Any, tensors: dict[str, Any], groups: list[dict[str, Any]]) -> None:
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
-        idx, key = name.split("/", 1)
-        state.setdefault(int(idx), {})[key] = value
+        path, _, number = name.partition(":")
+        idx, *keys = path.split("/")
+        node = state.setdefault(int(idx), {})
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = {"int": int, "float": float}[number](value.item()) if number else value
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
