@@ -84,7 +84,7 @@ if cfg.train.gradient_checkpointing:
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 model.config.use_cache = False
 if cfg.model.lora.enabled:
-    model = apply_lora(model, cfg.model.lora, cfg.model.architecture, False)
+    model = apply_lora(model, cfg.model.lora, False)
 model.train()
 masters = None
 if train_precision(cfg, device, compute=precision).bf16_weights:

@@ -41,19 +41,20 @@ def _cfg(arch: str, task: str = "pretrain", **lora: object) -> RunConfig:
                             "train": {"task": task, "sequence_length_tokens": 32}})
 
 
-@pytest.mark.parametrize(("arch", "task", "targets"), [
-    ("llama", "pretrain", None), ("llama", "pretrain", ["q_proj", "v_proj"]), ("llama", "classify", None),
-    ("gpt2", "pretrain", None), ("gpt2", "pretrain", ["c_proj"]), ("gpt2", "classify", None),
+@pytest.mark.parametrize(("arch", "task", "targets", "dora"), [
+    ("llama", "pretrain", None, False), ("llama", "pretrain", ["q_proj", "v_proj"], False),
+    ("llama", "classify", None, False), ("llama", "pretrain", None, True),
+    ("gpt2", "pretrain", None, False), ("gpt2", "pretrain", ["c_proj"], False), ("gpt2", "classify", None, False),
 ])
-def test_lora_trainable_count_is_exact(arch: str, task: str, targets: list[str] | None) -> None:
+def test_lora_trainable_count_is_exact(arch: str, task: str, targets: list[str] | None, dora: bool) -> None:
     pytest.importorskip("peft")
     from llmkit.model.build import build_model
     from llmkit.model.lora import apply_lora
 
-    cfg = _cfg(arch, task, target_modules=targets)
+    cfg = _cfg(arch, task, target_modules=targets, dora=dora)
     labels = 3 if task == "classify" else None
     model = build_model(cfg.model, vocab_size(cfg), 0, 0, seed=0, num_labels=labels)
-    model = apply_lora(model, cfg.model.lora, arch, classify=task == "classify")
+    model = apply_lora(model, cfg.model.lora, classify=task == "classify")
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable_parameters(cfg) == trained
     assert lora_parameters(cfg.model) <= trained
@@ -75,8 +76,20 @@ def test_flops_weights_of_the_model_and_of_the_config_agree(arch: str) -> None:
 def test_lora_without_a_base_model_is_a_config_error() -> None:
     with pytest.raises(ConfigProblems, match="from_pretrained"):
         validate_config({"name": "t", "model": {"lora": {"enabled": True}}})
-    with pytest.raises(ConfigProblems, match="not llama projections"):
-        validate_config({"name": "t", "model": {"from_pretrained": "b", "lora": {"enabled": True, "target_modules": ["c_attn"]}}})
+
+
+
+def test_lora_targets_the_model_does_not_have_are_refused_naming_those_it_has() -> None:
+    pytest.importorskip("peft")
+    from llmkit.errors import UsageError
+    from llmkit.model.build import build_model
+    from llmkit.model.lora import apply_lora
+
+    cfg = _cfg("llama", target_modules=["c_attn"])
+    model = build_model(cfg.model, vocab_size(cfg), 0, 0, seed=0)
+    with pytest.raises(UsageError, match="c_attn") as info:
+        apply_lora(model, cfg.model.lora, classify=False)
+    assert "q_proj" in info.value.detail and "lm_head" not in info.value.detail
 
 
 def test_trainer_state_refuses_missing_keys(tmp_path: Path) -> None:

@@ -39,14 +39,20 @@ def linear_shapes(model: ModelConfig) -> dict[str, list[tuple[int, int]]]:
         return {"c_attn": [(h, 3 * h)], "c_proj": [(h, h), (inter, h)], "c_fc": [(h, inter)]}
     kv = (model.num_key_value_heads or model.num_attention_heads) * (h // model.num_attention_heads)
     return {"q_proj": [(h, h)], "k_proj": [(h, kv)], "v_proj": [(h, kv)], "o_proj": [(h, h)],
-            "gate_proj": [(h, inter)], "up_proj": [(h, inter)], "down_proj": [(inter, h)],
-            "qkv_proj": [(h, h + 2 * kv)], "gate_up_proj": [(h, 2 * inter)]}  # Phi-3's fused projections
+            "gate_proj": [(h, inter)], "up_proj": [(h, inter)], "down_proj": [(inter, h)]}
+
+
+def fused_shapes(model: ModelConfig) -> dict[str, list[tuple[int, int]]]:
+    """Phi-3's fused projections (q, k, v in one; gate and up in one), for LoRA targets."""
+    h, inter = model.hidden_size, intermediate_size(model)
+    kv = (model.num_key_value_heads or model.num_attention_heads) * (h // model.num_attention_heads)
+    return {"qkv_proj": [(h, h + 2 * kv)], "gate_up_proj": [(h, 2 * inter)]}
 
 
 def lora_parameters(model: ModelConfig) -> int:
     """Adapter parameters LoRA adds: r x (in + out) for every adapted projection of every block
     (DoRA: plus a magnitude per output feature)."""
-    shapes = linear_shapes(model)
+    shapes = {**fused_shapes(model), **linear_shapes(model)} if model.architecture == "llama" else linear_shapes(model)
     per = (lambda i, o: model.lora.r * (i + o) + (o if model.lora.dora else 0))
     per_layer = sum(per(i, o) for name in lora_targets(model.lora, model.architecture) for i, o in shapes.get(name, []))
     return per_layer * model.num_hidden_layers

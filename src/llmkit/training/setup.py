@@ -116,10 +116,13 @@ def optimizer_tensors(optimizer: Any) -> tuple[dict[str, Any], list[dict[str, An
 
     sd = optimizer.state_dict()
     tensors: dict[str, Any] = {}
+    seen: set[int] = set()  # bitsandbytes shares one quantization map between parameters
 
     def flatten(prefix: str, value: Any) -> None:
         if isinstance(value, torch.Tensor):
-            tensors[prefix] = value.detach().cpu().contiguous()
+            t = value.detach().cpu().contiguous()
+            tensors[prefix] = t.clone() if t.untyped_storage().data_ptr() in seen else t
+            seen.add(t.untyped_storage().data_ptr())
         elif isinstance(value, dict):
             for key, inner in value.items():
                 flatten(f"{prefix}/{key}", inner)
