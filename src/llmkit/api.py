@@ -142,8 +142,7 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 0, served_name
 
 
 def plan(config: RunConfig, devices: Sequence[str] | None = None, cloud: str | None = None, spot: bool | None = None,
-         budget_usd: float | None = None, deadline_hours: float | None = None, this_machine: bool = False,
-         optimizer_bits: int = 32) -> Plan:
+         budget_usd: float | None = None, deadline_hours: float | None = None, this_machine: bool = False) -> Plan:
     """Memory, time and cost of training ``config`` per (device, count), with recommendations
     (`llmkit plan`): within the config's ``plan`` section, with the arguments given here taking
     its place. ``this_machine`` measures this CPU (~3 s) and adds it as a candidate."""
@@ -151,7 +150,7 @@ def plan(config: RunConfig, devices: Sequence[str] | None = None, cloud: str | N
 
     return plan_training(_with_plan(config, cloud=cloud, spot=spot, budget_usd=budget_usd,
                                     deadline_hours=deadline_hours), list(devices) if devices else None,
-                         optimizer_bits, this_machine, note=logger.info)
+                         this_machine, note=logger.info)
 
 
 def plan_serving(config: RunConfig, concurrency: int | None = None, tokens_per_s_per_user: float | None = None,

@@ -21,7 +21,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from llmkit.errors import EnvironmentProblem, UsageError
 
@@ -162,3 +162,24 @@ def _check_complete(path: Path, ref: str, what: str, allow_pickle: bool) -> None
                          "can run code",
                          "use a repository with safetensors, or set model.allow_pickle_weights: true to load its "
                          ".bin weights (torch.load with weights_only=True)")
+
+
+def cached_config(ref: str) -> dict[str, Any] | None:
+    """A model's config.json without downloading anything: from its local directory, or from a
+    Hub id's snapshot in the Hugging Face cache; None when neither has it."""
+    if not is_hub_id(ref):
+        path = Path(ref).expanduser() / "config.json"
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return None
+        repo_id, _, revision = ref.partition("@")
+        found = try_to_load_from_cache(repo_id, "config.json", revision=revision or None)
+        if not isinstance(found, str):
+            return None
+        path = Path(found)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None

@@ -39,8 +39,8 @@ def plan(
                                            "installed, unless --devices asks for a device count."),
     prices: Path = typer.Option(None, "--prices", help="Your own price list (the schema of llmkit's "
                                 "planning/data/prices.yaml) instead of llmkit's."),
-    adam_8bit: bool = typer.Option(False, "--adam-8bit", help="Count 8-bit AdamW states (as bitsandbytes' "
-                                   "AdamW8bit keeps them) instead of 32-bit."),
+    adam_8bit: bool = typer.Option(False, "--adam-8bit", help="Plan with train.optimizer: adamw_8bit "
+                                   "(bitsandbytes' 8-bit AdamW states); the same as --set train.optimizer=adamw_8bit."),
     serve: bool = typer.Option(False, "--serve", help="Plan serving the model instead of training it: memory, "
                                "decode and prefill speed, the cheapest hardware that serves every user fast enough."),
     concurrency: int = typer.Option(None, "--concurrency", min=1, help="--serve: users generating at once "
@@ -71,7 +71,7 @@ def plan(
     sets = list(overrides)
     for key, value in (("plan.budget_usd", budget_usd), ("plan.deadline_hours", deadline_hours),
                        ("plan.cloud", cloud.value if cloud else None), ("plan.spot", spot), ("plan.num_devices", num_devices),
-                       ("plan.sharding", sharding)):
+                       ("plan.sharding", sharding), ("train.optimizer", "adamw_8bit" if adam_8bit else None)):
         if value is not None:
             sets.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
     cfg = load_config(config, sets)
@@ -87,7 +87,7 @@ def plan(
         return
     from llmkit.planning.entry import plan_training
 
-    result = plan_training(cfg, list(device) or None, 8 if adam_8bit else 32, this_machine, prices, note=_note)
+    result = plan_training(cfg, list(device) or None, this_machine, prices, note=_note)
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))
         return

@@ -50,7 +50,7 @@ def this_machine(cfg: RunConfig, note: Note = _quiet) -> LocalMachine:
     return LocalMachine("this-cpu", ram_gb, precision, measure_cpu_rates(precision))
 
 
-def plan_training(cfg: RunConfig, devices: list[str] | None = None, optimizer_bits: int = 32,
+def plan_training(cfg: RunConfig, devices: list[str] | None = None,
                   measure_this_machine: bool | None = None, prices: Path | None = None,
                   note: Note = _quiet) -> Plan:
     """Memory, time and cost of training ``cfg`` per (device, count), with recommendations, within
@@ -59,14 +59,17 @@ def plan_training(cfg: RunConfig, devices: list[str] | None = None, optimizer_bi
     ``plan.num_devices`` asks for a device count."""
     from llmkit.planning.hardware import use_prices
 
+    from llmkit.planning.pretrained import with_pretrained_shape
+
     p = cfg.plan
+    cfg = with_pretrained_shape(cfg, note)
     if prices is not None:
         use_prices(prices)
     if measure_this_machine is None:
         measure_this_machine = importlib.util.find_spec("torch") is not None and not p.num_devices
     local = this_machine(cfg, note) if measure_this_machine else None
     return make_plan(cfg, devices or p.devices or None, p.cloud, p.spot, p.budget_usd, p.deadline_hours,
-                     optimizer_bits=optimizer_bits, local=local, sharding=p.sharding,
+                     local=local, sharding=p.sharding,
                      **({"counts": (p.num_devices,)} if p.num_devices else {}))
 
 
@@ -79,6 +82,9 @@ def plan_serving(cfg: RunConfig, concurrency: int | None = None, tokens_per_s_pe
     (default the model's positions) of which ``prompt_tokens`` (default half) are the prompt."""
     from llmkit.planning.hardware import use_prices
 
+    from llmkit.planning.pretrained import with_pretrained_shape
+
+    cfg = with_pretrained_shape(cfg, note)
     if prices is not None:
         use_prices(prices)
     c = concurrency or cfg.serve.max_batch_size

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmkit.config.schema import RunConfig
-from llmkit.config.derived import intermediate_size, train_precision, vocab_size
+from llmkit.config.derived import intermediate_size, linear_shapes, train_precision, vocab_size
 from llmkit.planning.params import count_parameters, trainable_parameters
 
 GB = 1e9
@@ -86,11 +86,12 @@ def activation_bytes_per_token_layer(cfg: RunConfig, precision: str, device_kind
 
 def training_memory(cfg: RunConfig, micro_batch: int, precision: str = "bf16", num_devices: int = 1,
                     sharded: bool = False, gradient_checkpointing: bool | None = None,
-                    overhead_bytes: int = 0, device_kind: str = "gpu", optimizer_bits: int = 32) -> MemoryBreakdown:
+                    overhead_bytes: int = 0, device_kind: str = "gpu") -> MemoryBreakdown:
     """Peak training memory per device for ``micro_batch`` sequences of the config's length.
 
-    ``optimizer_bits`` 8: AdamW with 8-bit moments (bitsandbytes' AdamW8bit: 1 byte per moment plus
-    block-wise scales, ~2 bytes per parameter); llmkit's own loop uses 32-bit AdamW.
+    ``train.optimizer`` adamw_8bit / paged_adamw_8bit: 8-bit moments (bitsandbytes' AdamW8bit: 1
+    byte per moment plus block-wise scales, ~2 bytes per parameter). A LoRA base at
+    ``model.lora.base_bits`` below 32: ``base_weight_bytes``.
     """
     m = cfg.model
     total = count_parameters(m, vocab_size(cfg)).total
@@ -99,14 +100,17 @@ def training_memory(cfg: RunConfig, micro_batch: int, precision: str = "bf16", n
     shard = num_devices if sharded else 1
     private = cfg.privacy.dp.enabled
     keep_bf16 = train_precision(cfg, device_kind, num_devices, compute=precision).bf16_weights
+    bits = m.lora.base_bits if lora else 32
     if keep_bf16:  # bf16 weights and fp32 masters; AdamW on the masters; no autocast copies
         weights, casts = (2 * total + 4 * trainable) // shard, 0
-    else:  # fp32 weights; a LoRA base in model.lora.base_bits (the schema accepts only 32 today), fp32 adapters
-        base_bytes = m.lora.base_bits // 8 if lora else 4
-        weights = (base_bytes * total + (4 * trainable if lora else 0)) // shard
+    elif bits < 32:  # a bf16 or quantized frozen base, fp32 adapters; no cached copies of the base
+        base, cast_elements = base_weight_bytes(cfg, bits)
+        weights, casts = base + 4 * trainable, 0 if precision == "fp32" else ELEMENT[precision] * cast_elements
+    else:  # fp32 weights (and a fp32 LoRA base), fp32 adapters
+        weights = (4 * total + (4 * trainable if lora else 0)) // shard
         casts = 0 if precision == "fp32" else ELEMENT[precision] * total // shard
     grads = 4 * trainable // shard
-    optimizer = (8 if optimizer_bits == 32 else 2) * trainable // shard
+    optimizer = (8 if cfg.train.optimizer == "adamw" else 2) * trainable // shard
     tokens = micro_batch * cfg.train.sequence_length_tokens
     per_layer = activation_bytes_per_token_layer(cfg, precision, device_kind, keep_bf16)
     ckpt = cfg.train.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
@@ -130,6 +134,28 @@ def training_memory(cfg: RunConfig, micro_batch: int, precision: str = "bf16", n
         per_logit = ELEMENT[precision] + 12 if precision != "fp32" else (16 if device_kind == "cpu" else 12)
         logits = tokens * vocab * per_logit
     return MemoryBreakdown(weights, casts, grads, optimizer, acts, logits, overhead_bytes)
+
+
+NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4 bits, an 8-bit absmax per 64, an fp32 scale per 256 blocks
+INT8_BYTES = 1.0  # plus an fp32 scale per output row (counted below)
+
+
+def base_weight_bytes(cfg: RunConfig, bits: int) -> tuple[int, int]:
+    """(bytes, elements autocast caches a half copy of) of a frozen LoRA base at ``bits``
+    (``llmkit.model.quantize``): 16 = everything bf16; 8/4 = the blocks' linear projections
+    quantized (LLM.int8: a byte each and a scale per row; NF4 with double quantization: ~0.516
+    bytes each), the embeddings, norms and output head fp32 (the head's matmul runs under
+    autocast, which caches its half copy)."""
+    m = cfg.model
+    vocab = vocab_size(cfg)
+    counts = count_parameters(m, vocab)
+    if bits == 16:
+        return 2 * counts.total, 0
+    linear = counts.per_layer_matrices * m.num_hidden_layers
+    rows = sum(o for shapes in linear_shapes(m).values() for _i, o in shapes) * m.num_hidden_layers
+    quantized = int(linear * NF4_BYTES) if bits == 4 else int(linear * INT8_BYTES) + 4 * rows
+    head = vocab * m.hidden_size
+    return quantized + 4 * (counts.total - linear), head
 
 
 LOSS_CHUNK_ELEMENTS = 1 << 23  # logits per chunk of the chunked loss (32 MB in fp32)...
@@ -180,15 +206,15 @@ def kv_cache_bytes(cfg: RunConfig, tokens: int, element_bytes: int = 2) -> int:
 
 
 def fitting_micro_batch(cfg: RunConfig, budget_bytes: float, precision: str, num_devices: int = 1,
-                        sharded: bool = False, overhead_bytes: int = 0, device_kind: str = "gpu",
-                        optimizer_bits: int = 32) -> tuple[int | None, MemoryBreakdown]:
+                        sharded: bool = False, overhead_bytes: int = 0,
+                        device_kind: str = "gpu") -> tuple[int | None, MemoryBreakdown]:
     """The largest divisor of the per-device batch whose planned peak fits ``budget_bytes`` (None:
     not even 1 fits), with its memory (or micro-batch 1's when none fits)."""
     per_device = max(1, cfg.train.global_batch_size // num_devices)
 
     def memory(mb: int) -> MemoryBreakdown:
         return training_memory(cfg, mb, precision, num_devices, sharded, overhead_bytes=overhead_bytes,
-                               device_kind=device_kind, optimizer_bits=optimizer_bits)
+                               device_kind=device_kind)
 
     for mb in sorted((d for d in range(1, per_device + 1) if per_device % d == 0), reverse=True):
         mem = memory(mb)

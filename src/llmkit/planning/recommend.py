@@ -91,11 +91,10 @@ def scaling_efficiency(device: Device, n: int) -> float:
 
 
 def largest_micro_batch(cfg: RunConfig, device: Device, n: int, sharded: bool, precision: str,
-                        optimizer_bits: int = 32, device_kind: str = "gpu") -> tuple[int | None, MemoryBreakdown]:
+                        device_kind: str = "gpu") -> tuple[int | None, MemoryBreakdown]:
     """The largest divisor of the per-device batch that fits one of ``device``, and its memory."""
     overhead = CUDA_CONTEXT_BYTES if device_kind == "gpu" else 0
-    return fitting_micro_batch(cfg, device.memory_gb * GB * HEADROOM, precision, n, sharded, overhead, device_kind,
-                               optimizer_bits)
+    return fitting_micro_batch(cfg, device.memory_gb * GB * HEADROOM, precision, n, sharded, overhead, device_kind)
 
 
 def feasible_counts(cfg: RunConfig, counts: tuple[int, ...]) -> tuple[int, ...]:
@@ -162,7 +161,7 @@ def _price(device: str, n: int, cloud: str, spot: bool) -> tuple[float, str, str
 
 def make_plan(cfg: RunConfig, device_names: list[str] | None = None, cloud: str = "any", spot: bool = False,
               budget_usd: float | None = None, deadline_hours: float | None = None,
-              counts: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64), optimizer_bits: int = 32,
+              counts: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64),
               local: LocalMachine | None = None, sharding: bool = True) -> Plan:
     """Every (device, count) candidate, cheapest first among those that fit and meet the limits.
 
@@ -182,7 +181,7 @@ def make_plan(cfg: RunConfig, device_names: list[str] | None = None, cloud: str 
         for n in counts:
             budget = dev.memory_gb * GB * HEADROOM - CUDA_CONTEXT_BYTES
             sharded = sharding and shards(cfg, n, budget, precision)  # what `llmkit train` would run
-            micro, mem = largest_micro_batch(cfg, dev, n, sharded, precision, optimizer_bits)
+            micro, mem = largest_micro_batch(cfg, dev, n, sharded, precision)
             hours = flops / (n * peak * mfu * scaling_efficiency(dev, n)) / 3600 if peak else None
             price = _price(dev.name, n, cloud, spot)
             boot = startup_seconds(cfg, price[2]) if price else 0.0
@@ -193,7 +192,7 @@ def make_plan(cfg: RunConfig, device_names: list[str] | None = None, cloud: str 
                                              hours, cost, price[1] if price else None, boot / 3600, rework / 3600))
     plan.serving = serving_memory(cfg)
     if local is not None:
-        plan.candidates.append(local_candidate(cfg, local, optimizer_bits))
+        plan.candidates.append(local_candidate(cfg, local))
 
     def ok(c: Candidate) -> bool:
         return (c.fits and (budget_usd is None or (c.cost_usd is not None and c.cost_usd <= budget_usd))
@@ -207,7 +206,7 @@ def make_plan(cfg: RunConfig, device_names: list[str] | None = None, cloud: str 
         top = plan.candidates[0] if plan.candidates else None
         mb = top.micro_batch if top is not None and top.micro_batch is not None else 1
     plan.config_micro_batch = mb
-    plan.memory_at_config_micro_batch = asdict(training_memory(cfg, mb, "bf16", optimizer_bits=optimizer_bits))
+    plan.memory_at_config_micro_batch = asdict(training_memory(cfg, mb, "bf16"))
     if not any(c.fits for c in plan.candidates):
         plan.suggestions = suggestions(cfg, chosen, sharding)
     return plan
@@ -286,10 +285,10 @@ class LocalMachine:
     rates: Rates
 
 
-def local_candidate(cfg: RunConfig, local: LocalMachine, optimizer_bits: int = 32) -> Candidate:
+def local_candidate(cfg: RunConfig, local: LocalMachine) -> Candidate:
     """This CPU: the largest micro-batch its RAM holds, hours from the component step-time model."""
     dev = Device(local.name, local.memory_gb, None, None, None, local.rates.bandwidth_bytes_s / 1e9, "none")
-    micro, mem = largest_micro_batch(cfg, dev, 1, False, local.precision, optimizer_bits, device_kind="cpu")
+    micro, mem = largest_micro_batch(cfg, dev, 1, False, local.precision, device_kind="cpu")
     hours = None
     steps = math.ceil(total_tokens(cfg) / (cfg.train.global_batch_size * cfg.train.sequence_length_tokens))
     if micro is not None:

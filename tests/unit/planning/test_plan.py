@@ -198,7 +198,8 @@ def test_interconnect_8bit_adam_and_serving_memory() -> None:
     for n in (2, 4, 8):
         assert scaling_efficiency(rtx, n) < scaling_efficiency(l40s, n) < scaling_efficiency(h100, n)
     cfg = preset("llama-8b")
-    full, eight = training_memory(cfg, 1, "bf16"), training_memory(cfg, 1, "bf16", optimizer_bits=8)
+    eight_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"optimizer": "adamw_8bit"})})
+    full, eight = training_memory(cfg, 1, "bf16"), training_memory(eight_cfg, 1, "bf16")
     assert eight.optimizer_bytes * 4 == full.optimizer_bytes and eight.gradients_bytes == full.gradients_bytes
     serving = make_plan(cfg, ["H100-80GB"]).serving
     # Llama 3 8B: 32 layers x 8 KV heads x 128 dims x (K and V) x 2 bytes = 128 KiB per token
@@ -229,8 +230,15 @@ def test_cli_plan_this_machine(cli, tmp_path) -> None:  # type: ignore[no-untype
 
     local = [c for c in json.loads(out.stdout)["candidates"] if c["device"] == "this-cpu"]
     assert len(local) == 1 and local[0]["fits"] and local[0]["hours"] > 0 and local[0]["offering"] == "this machine"
-    out = cli("plan", "--config", "run.yaml", "--adam-8bit", cwd=tmp_path)
-    assert out.returncode == 0 and "KV cache 1.0 KiB per token" in out.stdout
+    out = cli("plan", "--config", "run.yaml", "--adam-8bit", "--no-this-machine", "--device", "H100-80GB", "--json",
+              cwd=tmp_path)
+    same = cli("plan", "--config", "run.yaml", "--set", "train.optimizer=adamw_8bit", "--no-this-machine",
+               "--device", "H100-80GB", "--json", cwd=tmp_path)
+    assert out.returncode == 0 and json.loads(out.stdout) == json.loads(same.stdout)  # one setting, two spellings
+    eight, full = json.loads(out.stdout)["memory_at_config_micro_batch"], None
+    full = json.loads(cli("plan", "--config", "run.yaml", "--no-this-machine", "--device", "H100-80GB", "--json",
+                          cwd=tmp_path).stdout)["memory_at_config_micro_batch"]
+    assert eight["optimizer_bytes"] * 4 == full["optimizer_bytes"]
 
 
 def test_plan_rows_shard_exactly_when_train_would() -> None:
@@ -354,3 +362,30 @@ def test_spot_rows_pay_the_expected_rework_of_reclaims() -> None:
     assert wall_hours(spot_often[key]) > wall_hours(on_demand[key])
     # the rework is billed: the spot cost is more than the spot rate times the on-demand wall time
     assert spot_often[key].cost_usd > spot_rare[key].cost_usd
+
+
+def test_a_pretrained_model_plans_with_its_own_shape_and_its_base_bits(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The config's model.* numbers are the tiny defaults; the model directory's config.json is
+    an 8B llama: the plan is the 8B's. A 4-bit base holds at most 0.3x the fp32 base's bytes."""
+    import json
+
+    from llmkit.planning.entry import plan_training
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256, "max_position_embeddings": 131072,
+        "tie_word_embeddings": False}))
+    base = validate_config({"name": "t", "model": {"from_pretrained": str(tmp_path), "lora": {"enabled": True, "r": 16}},
+                            "tokenizer": {"kind": "pretrained"},
+                            "train": {"task": "sft", "sequence_length_tokens": 2048, "global_batch_size": 32,
+                                      "micro_batch_size": 4, "gradient_checkpointing": True}})
+    plans = {}
+    for bits in (32, 16, 4):
+        cfg = base.model_copy(update={"model": base.model.model_copy(update={
+            "lora": base.model.lora.model_copy(update={"base_bits": bits})})})
+        plans[bits] = plan_training(cfg, ["RTX4090-24GB"], measure_this_machine=False)
+    assert 8.0e9 < plans[32].parameters < 8.1e9  # Llama 3.1 8B's 8,030 M, not the config's tiny shape
+    w = {bits: p.memory_at_config_micro_batch["weights_bytes"] for bits, p in plans.items()}
+    assert w[4] <= 0.3 * w[32] and w[16] < 0.55 * w[32]
+    fits = {bits: any(c.fits for c in p.candidates if c.num_devices == 1) for bits, p in plans.items()}
+    assert fits == {32: False, 16: False, 4: True}
