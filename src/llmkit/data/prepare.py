@@ -26,7 +26,8 @@ from llmkit.data.corpus import CorpusStats, iter_documents
 from llmkit.data.ragged import write_ragged
 from llmkit.data.fastbpe import choose_encoder
 from llmkit.data.shards import ShardMeta, is_validation, publish_shards, token_dtype, write_token_shards
-from llmkit.data.tokenizer import eos_id, load_tokenizer, portable_tokenizer_config, tokenizer_hash, train_bpe, wrap
+from llmkit.data.tokenizer import (eos_id, load_tokenizer, portable_tokenizer_config, tokenizer_hash, train_bpe,
+                                   turn_end_ids, wrap)
 from llmkit.errors import UsageError
 from llmkit.privacy.pii import PII_REPORT, PiiFilter, Scrubber
 from llmkit.fsutil import atomic_write_text, staged_dir
@@ -196,7 +197,7 @@ def prepare_sft(config: RunConfig, tok: Any, out: Path, log: Log, strict: bool =
         examples = kept
     encoded = [sft_data.encode_example(tok, msgs) for _, msgs in examples]
     seq = config.train.sequence_length_tokens
-    ends = sft_data.turn_end_ids(tok)
+    ends = turn_end_ids(tok)
     failed: dict[str, list[str]] = {name: [] for name in sft_data.CHECKS}
     for (where, msgs), (ids, mask) in zip(examples, encoded):
         for name in sft_data.check_example(msgs, ids, mask, seq, ends, lambda t: tok.decode([t])):

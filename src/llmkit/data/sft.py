@@ -204,18 +204,6 @@ def encode_example(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[np.n
     return np.asarray(ids, dtype=np.int64), np.asarray(mask, dtype=np.uint8)
 
 
-def turn_end_ids(tokenizer: Any) -> set[int]:
-    """Tokens that end an assistant turn: end-of-text, and the template's end-of-turn token."""
-    ends = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    template = getattr(tokenizer, "chat_template", None) or ""
-    for token in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
-        if token in template:
-            tid = tokenizer.convert_tokens_to_ids(token)
-            if isinstance(tid, int) and tid != tokenizer.unk_token_id:
-                ends.add(tid)
-    return ends
-
-
 CHECKS = {
     "empty_assistant": "an assistant turn with no text",
     "completion_cut": "trained tokens beyond train.sequence_length_tokens (the answer is cut)",

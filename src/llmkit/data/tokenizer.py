@@ -29,6 +29,24 @@ CHAT_TEMPLATE = (
 )
 
 
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>")
+"""End-of-turn tokens of the chat formats llmkit fine-tunes: ChatML (llmkit's own, Qwen), Llama 3,
+Phi-3, Gemma. Mistral's turns end with the end-of-text token itself."""
+
+
+def turn_end_ids(tokenizer: Any) -> set[int]:
+    """Tokens that end an assistant turn: end-of-text, and each end-of-turn token the tokenizer
+    has (as one token) and its chat template writes."""
+    ends = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    template = getattr(tokenizer, "chat_template", None) or ""
+    for token in END_OF_TURN:
+        if token in template:
+            tid = tokenizer.convert_tokens_to_ids(token)
+            if isinstance(tid, int) and tid >= 0 and tid != tokenizer.unk_token_id:
+                ends.add(tid)
+    return ends
+
+
 def special_tokens(cfg: TokenizerConfig) -> list[str]:
     """Special tokens of a trained tokenizer; the EOS token gets id 0."""
     return [cfg.eos_token, IM_START, IM_END, PAD]
@@ -120,8 +138,9 @@ def end_token_ids(directory: str | Path, eos: int | None) -> list[int]:
     template = (d / "chat_template.jinja").read_text(encoding="utf-8") if (d / "chat_template.jinja").exists() else ""
     if not template and (d / "tokenizer_config.json").exists():
         template = str(json.loads((d / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template") or "")
-    if IM_END in added and IM_END in template and added[IM_END] not in ends:
-        ends.append(added[IM_END])
+    for token in END_OF_TURN:
+        if token in added and token in template and added[token] not in ends:
+            ends.append(added[token])
     return ends
 
 

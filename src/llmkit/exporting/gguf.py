@@ -1,6 +1,6 @@
 """`llmkit export --format gguf`: a llama.cpp GGUF file, written with the `gguf` package.
 
-Supported: the llama architecture (f32, f16, q8_0). Tensors take llama.cpp's names; the query
+Supported: the llama architecture, Llama and Mistral (f32, f16, q8_0). Tensors take llama.cpp's names; the query
 and key projections are permuted from Hugging Face's rotary layout (halves) to llama.cpp's
 (interleaved pairs), as llama.cpp's own converter does. The byte-level BPE tokenizer goes in as
 ``tokenizer.ggml.model = gpt2`` (vocabulary, merges, token types, special ids) with the
@@ -22,7 +22,7 @@ from llmkit.exporting.base import ExportFormat, Exported, ExportRequest
 from llmkit.fsutil import atomic_write_text
 from llmkit.optional import require
 
-SUPPORTED = ("llama",)
+SUPPORTED = ("llama", "mistral")  # Mistral is llama.cpp's llama architecture (without a sliding window)
 QUANTS = ("f32", "f16", "q8_0")
 
 
@@ -97,8 +97,15 @@ def export_gguf(model_dir: Path, out_file: Path, quant: str = "f32", overwrite: 
     cfg = json.loads((model_dir / "config.json").read_text())
     arch = cfg.get("model_type")
     if arch not in SUPPORTED:
-        raise UsageError(f"GGUF export does not support the {arch} architecture",
-                         f"supported: {', '.join(SUPPORTED)}", "export --format hf instead")
+        raise UsageError(f"GGUF export does not support the {arch} architecture yet",
+                         f"llmkit writes GGUF for: {', '.join(SUPPORTED)}",
+                         "export --format hf instead (transformers, vLLM), or convert it with llama.cpp's "
+                         "convert_hf_to_gguf.py")
+    window = cfg.get("sliding_window")
+    if arch == "mistral" and window and window < cfg["max_position_embeddings"]:
+        raise UsageError(f"GGUF export: this Mistral attends over a sliding window of {window} tokens",
+                         "llama.cpp's llama architecture attends over the whole context",
+                         "export --format hf instead")
     if quant not in QUANTS:
         raise UsageError(f"unknown GGUF quantization {quant!r}", f"choose one of {', '.join(QUANTS)}", "pass --quant f32")
     if out_file.exists() and not overwrite:

@@ -9,7 +9,9 @@ For each of the run's fixed eval prompts (chat-rendered for SFT runs), compares:
 - (c) optionally a running OpenAI-compatible endpoint: same greedy text;
 - (d) optionally a GGUF file run by llama.cpp (``llama-cpp-python``): the same token ids as the HF
   tokenizer on sample texts (punctuation, digits, code, CJK, emoji, special tokens) and the same
-  greedy tokens, stopping at the end tokens the GGUF declares.
+  greedy tokens, stopping at the end tokens the GGUF declares;
+- (e) for a LoRA run on a bf16 or quantized base: the adapters on that base, loaded again, against
+  the merged model (``MergeCheck``, recorded beside the verdict).
 
 The export's ``generate()`` runs with its own generation_config (as a user's would): it must stop
 at the end of an assistant turn by itself.
@@ -67,6 +69,20 @@ class Bf16Check:
 
 
 @dataclass
+class MergeCheck:
+    """A LoRA run on a bf16 or quantized base (model.lora.base_bits < 32): the adapters on the base
+    as it trained (loaded again here, quantized by bitsandbytes) against the merged model the run
+    exports, on the prompts; and the validation result of each, recorded when final/ was written.
+    Recorded, not part of the verdict: merging changes the arithmetic (fp32 instead of the base's
+    compute dtype), not the weights."""
+
+    base_bits: int
+    max_logit_diff: float
+    trained: dict[str, float]
+    merged: dict[str, float]
+
+
+@dataclass
 class VerifyReport:
     checks: list[PromptCheck] = field(default_factory=list)
     special_tokens_equal: bool = True
@@ -74,6 +90,7 @@ class VerifyReport:
     tolerance: float = 1e-4
     gguf: GgufCheck | None = None
     bf16: Bf16Check | None = None
+    merge: MergeCheck | None = None
 
     @property
     def ok(self) -> bool:
@@ -205,7 +222,41 @@ def verify(run: Path, exported: Path, endpoint: str | None = None, endpoint_mode
         report.gguf = check_gguf(gguf, our_tok, [r[0] for r in ran], [r[1] for r in ran], min(r[2] for r in ran))
     if bf16 and ran:
         report.bf16 = check_bf16(ours, our_tok, ran)
+    report.merge = check_merge(run, ours, ran)
     return report
+
+
+def check_merge(run: Path, merged: Any, ran: list[tuple[list[int], list[int], int]]) -> MergeCheck | None:
+    """``MergeCheck`` for a run whose final/ records a merge into a bf16 or quantized base."""
+    import torch
+
+    from llmkit.hub import resolve
+    from llmkit.model.build import load_model
+    from llmkit.optional import require
+
+    paths = RunDir(run)
+    info_file = paths.final / "llmkit.json"
+    if not (info_file.exists() and (paths.final / "adapter").is_dir() and paths.config.exists() and ran):
+        return None
+    try:
+        recorded = json.loads(info_file.read_text(encoding="utf-8")).get("merge")
+    except (UnicodeDecodeError, json.JSONDecodeError):  # an encrypted run's sealed file
+        return None
+    if not recorded:
+        return None
+    cfg = paths.load_config()
+    peft = require("peft", "lora", "verify of a LoRA run")
+    base = resolve(cfg.model.from_pretrained, "model", cfg.hub_token_env, cfg.model.allow_pickle_weights)
+    model = load_model(base.path, cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle_weights,
+                       base_bits=recorded["base_bits"], device="cpu")
+    trained = peft.PeftModel.from_pretrained(model, str(paths.final / "adapter")).eval()
+    worst = 0.0
+    with torch.inference_mode():
+        for ids, _tokens, _new in ran:
+            a = trained(input_ids=torch.tensor([ids])).logits.float()
+            b = merged(input_ids=torch.tensor([ids])).logits.float()
+            worst = max(worst, float((a - b).abs().max()))
+    return MergeCheck(recorded["base_bits"], worst, recorded.get("trained", {}), recorded.get("merged", {}))
 
 
 def check_bf16(model: Any, tokenizer: Any, ran: list[tuple[list[int], list[int], int]]) -> Bf16Check:
@@ -251,5 +302,11 @@ def render(report: VerifyReport) -> str:
         lines.append(f"bf16 decode vs fp32 (serve.dtype bf16; not part of the verdict): max logit diff "
                      f"{b.max_logit_diff:.2e} | greedy same on {b.prompts_same}/{b.prompts} prompts, "
                      f"{b.tokens_same}/{b.tokens} tokens before the first difference")
+    if report.merge is not None:
+        m = report.merge
+        held = ", ".join(f"{k} {m.trained[k]:.4g} -> {m.merged[k]:.4g}" for k in m.trained if k in m.merged)
+        lines.append(f"LoRA merged from a {m.base_bits}-bit base (not part of the verdict): adapters on the "
+                     f"{m.base_bits}-bit base vs the merged fp32 model, max logit diff {m.max_logit_diff:.2e} on the "
+                     f"prompts; validation, trained -> merged: {held or 'not recorded'}")
     lines.append(f"verdict: {'PASS' if report.ok else 'FAIL'} (tolerance {report.tolerance:g} on logits)")
     return "\n".join(lines)

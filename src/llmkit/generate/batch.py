@@ -103,11 +103,9 @@ def prompt_log_probs(logits: Any, prompt: list[int], k: int) -> list[tuple[int, 
 
 def stop_token_ids(tokenizer: Any) -> set[int]:
     """End-of-text and end-of-turn tokens: generation ends when one is produced."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    end_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(end_turn, int) and end_turn != tokenizer.unk_token_id and end_turn >= 0:
-        ids.add(end_turn)
-    return ids
+    from llmkit.data.tokenizer import turn_end_ids
+
+    return turn_end_ids(tokenizer)
 
 
 def context_length(model: Any) -> int:

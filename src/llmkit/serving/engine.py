@@ -72,12 +72,9 @@ def decode_step(model: Any, tokenizer: Any, compiled: bool, pack: bool | str = F
     import time
 
     if not supports(model):
-        if compiled:
-            print(f"serve.compile: no compiled decode step for {model.config.model_type} models; decoding "
-                  "through transformers' forward", file=sys.stderr)
-        if pack is True:
-            print(f"serve.pack_weights: no llmkit decode step for {model.config.model_type} models; decoding "
-                  "through transformers' forward", file=sys.stderr)
+        asked = [what for what, on in (("serve.compile", compiled), ("serve.pack_weights", pack is True)) if on]
+        print(f"decode: llmkit's decode step does not cover {model.config.model_type} models; decoding through "
+              "transformers' forward" + (f" ({' and '.join(asked)} do not apply)" if asked else ""), file=sys.stderr)
         return None
     step = DecodeStep(model, pack=pack, pack_forward=True)  # the server's model is only served
     if pack:
