@@ -23,7 +23,7 @@ from llmkit.config.schema import RunConfig
 from llmkit.data.classify import collate_classify
 from llmkit.data.ragged import Ragged, read_ragged
 from llmkit.data.samplers import ExampleSampler, WindowSampler, eval_windows
-from llmkit.data.sft import collate_padded
+from llmkit.data.sft import collate_packed, collate_padded
 from llmkit.data.shards import open_tokens, read_meta
 from llmkit.errors import UsageError
 from llmkit.rundir import RunDir
@@ -130,15 +130,15 @@ class SftBatches(_ExampleBatches):
                 "attention_mask": batch["attention_mask"]}
 
     def _next_row(self) -> list[int]:
-        """Example indices for one packed row: whole examples while they fit in a window; the one
-        that does not fit starts the next row."""
+        """Example indices for one packed row: whole examples while their inputs (an example of L
+        tokens feeds L - 1) fit in a window; the one that does not fit starts the next row."""
         row: list[int] = []
         used = 0
         while True:
             index = self._carry if self._carry is not None else self.sampler.next_index()
             self._carry = None
-            length = min(len(self.train.example(index)[0]), self.seq + 1)
-            if row and used + length > self.seq + 1:
+            length = min(len(self.train.example(index)[0]), self.seq + 1) - 1
+            if row and used + length > self.seq:
                 self._carry = index
                 return row
             row.append(index)
@@ -150,13 +150,8 @@ class SftBatches(_ExampleBatches):
             chunk_rows = [self._next_row() for _ in range(self.micro)]
             if chunk == self.rank:
                 rows = chunk_rows
-        parts = []
-        for row in rows:
-            ids = np.concatenate([self.train.example(i)[0][: self.seq + 1] for i in row])
-            mask = np.concatenate([self.train.example(i)[1][: self.seq + 1] for i in row])  # type: ignore[index]
-            parts.append((ids, mask))
-        batch = collate_padded(parts, self.seq, self.pad_id)
-        return {"input_ids": batch["input_ids"], "labels": batch["labels"], "attention_mask": batch["attention_mask"]}
+        parts = [[self.train.example(i) for i in row] for row in rows]
+        return collate_packed(parts, self.seq, self.pad_id)  # type: ignore[arg-type]
 
     def collate_train(self, indices: list[int]) -> dict[str, np.ndarray]:
         """A batch of these training examples, one per row (privacy.dp draws its own examples)."""

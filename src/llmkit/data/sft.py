@@ -260,3 +260,28 @@ def collate_padded(examples: list[tuple[np.ndarray, np.ndarray]], seq_len: int, 
         x, y = shift_labels(ids[: seq_len + 1], mask[: seq_len + 1])
         input_ids[row, : len(x)], labels[row, : len(y)], attention[row, : len(x)] = x, y, 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+def collate_packed(rows: list[list[tuple[np.ndarray, np.ndarray]]], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
+    """Several examples per row, kept apart: each example's inputs and labels shifted on their own
+    (no label crosses into the next example), ``position_ids`` restarting at 0 for each, and
+    ``segments`` numbering the examples of a row from 1 (0: padding), from which the model's
+    attention is made block-diagonal (``llmkit.objectives.packed``). T is the longest row (at most
+    ``seq_len``); an example that does not fit the rest of its row is cut."""
+    b = len(rows)
+    width = min(seq_len, max((sum(len(ids) - 1 for ids, _ in row) for row in rows), default=1)) or 1
+    input_ids = np.full((b, width), pad_id, dtype=np.int64)
+    labels = np.full((b, width), IGNORE_INDEX, dtype=np.int64)
+    segments = np.zeros((b, width), dtype=np.int64)
+    positions = np.zeros((b, width), dtype=np.int64)
+    for r, row in enumerate(rows):
+        at = 0
+        for k, (ids, mask) in enumerate(row, start=1):
+            x, y = shift_labels(ids, mask)
+            n = min(len(x), width - at)
+            if n <= 0:
+                break
+            input_ids[r, at:at + n], labels[r, at:at + n] = x[:n], y[:n]
+            segments[r, at:at + n], positions[r, at:at + n] = k, np.arange(n)
+            at += n
+    return {"input_ids": input_ids, "labels": labels, "segments": segments, "position_ids": positions}

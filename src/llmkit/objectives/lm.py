@@ -10,6 +10,7 @@ import numpy as np
 
 from llmkit.data.sft import IGNORE_INDEX as IGNORE
 from llmkit.objectives.base import EvalResult, Objective
+from llmkit.objectives.packed import model_inputs
 
 
 def token_bytes(tokenizer: Any) -> np.ndarray:
@@ -69,11 +70,11 @@ class LanguageModeling(Objective):
         head = output_head(model) if chunked else None
         if head is not None:
             with deferred_head(head):
-                hidden = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+                hidden = model(**model_inputs(model, batch)).logits
             count = int((labels != IGNORE).sum())
             total = linear_cross_entropy(hidden.reshape(-1, hidden.size(-1)), head.weight, labels.reshape(-1))
             return total / max(count, 1), count, None
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits.float()
+        logits = model(**model_inputs(model, batch)).logits.float()
         count = int((labels != IGNORE).sum())
         total = F.cross_entropy(logits.view(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE,
                                 reduction="sum")
@@ -86,7 +87,7 @@ class LanguageModeling(Objective):
         """Each sequence's mean loss over its labelled tokens (B,)."""
         import torch.nn.functional as F
 
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits.float()
+        logits = model(**model_inputs(model, batch)).logits.float()
         labels = batch["labels"]
         per_token = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")  # (B, T)
         counts = (labels != IGNORE).sum(dim=1).clamp(min=1)

@@ -397,6 +397,13 @@ def _save(run: RunDir, keep_last: int, remote: RemoteCheckpoints | None, model: 
     log(f"checkpoint {path.name} committed" + (f" (and uploaded to {remote.uri})" if remote is not None else ""))
 
 
+def _real_tokens(batch: dict[str, Any]) -> int:
+    """Tokens of a micro-batch that are not padding (packed rows: those in an example)."""
+    if "segments" in batch:
+        return int((batch["segments"] != 0).sum())
+    return int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].size)
+
+
 def _gather_final(cfg: RunConfig, model: Any, inner: Any, wrapper: str, data: Any, d: Any) -> Any:
     """The trained model as one plain module on rank 0 (FSDP: the shards gathered into a fresh copy)."""
     if wrapper != "fsdp":
@@ -430,7 +437,7 @@ def _accumulate_gradients(model: Any, s: _Setup, device: Any, step: int) -> tupl
 
     batches = [s.data.next_micro_batch() for _ in range(s.accum)]
     counts = [s.objective.loss_weight(b) for b in batches]
-    tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else int(b["input_ids"].size) for b in batches)
+    tokens = sum(_real_tokens(b) for b in batches)
     total, all_tokens = dist_.all_reduce([float(sum(counts)), float(tokens)])
     world = dist_.world_size()
     loss_sum = 0.0
