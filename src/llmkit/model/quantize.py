@@ -79,6 +79,33 @@ def logical_shape(param: Any) -> tuple[int, ...]:
     return tuple(state.shape) if state is not None else tuple(param.shape)
 
 
+def weight_bytes(model: Any) -> int:
+    """Bytes a model's weights hold in memory: parameters and buffers, and each quantized
+    weight's quantization constants (NF4: block absmax, double-quantized; int8: row scales)."""
+    total = 0
+    seen: set[int] = set()
+    for t in [*model.parameters(), *model.buffers()]:
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        total += t.numel() * t.element_size()
+        state = getattr(t, "quant_state", None)
+        if state is not None:
+            for extra in (state.absmax, getattr(state, "code", None), *(
+                    (state.state2.absmax, state.state2.code) if getattr(state, "state2", None) is not None else ())):
+                if extra is not None:
+                    total += extra.numel() * extra.element_size()
+        scale = getattr(t, "SCB", None)
+        if scale is not None:
+            total += scale.numel() * scale.element_size()
+    for module in model.modules():  # LLM.int8 keeps its row scales on the layer's state after a forward
+        state = getattr(module, "state", None)
+        scb = getattr(state, "SCB", None) if _kind(module) == "int8" else None
+        if scb is not None and getattr(module.weight, "SCB", None) is None:
+            total += scb.numel() * scb.element_size()
+    return total
+
+
 def is_quantized(model: Any) -> bool:
     """Whether any weight of ``model`` is a bitsandbytes quantized tensor."""
     return any(_kind(m) is not None for m in model.modules())

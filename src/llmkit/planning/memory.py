@@ -152,8 +152,10 @@ def base_weight_bytes(cfg: RunConfig, bits: int) -> tuple[int, int]:
     if bits == 16:
         return 2 * counts.total, 0
     linear = counts.per_layer_matrices * m.num_hidden_layers
-    rows = sum(o for shapes in linear_shapes(m).values() for _i, o in shapes) * m.num_hidden_layers
-    quantized = int(linear * NF4_BYTES) if bits == 4 else int(linear * INT8_BYTES) + 4 * rows
+    shapes = [shape for per_name in linear_shapes(m).values() for shape in per_name]
+    rows = sum(o for _i, o in shapes) * m.num_hidden_layers
+    matrices = len(shapes) * m.num_hidden_layers  # each NF4 matrix keeps its 16-value and 256-value code tables
+    quantized = int(linear * NF4_BYTES) + 1088 * matrices if bits == 4 else int(linear * INT8_BYTES) + 4 * rows
     head = vocab * m.hidden_size
     return quantized + 4 * (counts.total - linear), head
 

@@ -113,3 +113,20 @@ def test_paged_optimizer_on_a_cpu_is_refused_before_loading(tmp_path: Path, base
     with pytest.raises(ConfigError, match="paged_adamw_8bit needs a CUDA GPU") as info:
         run(lora_run(tmp_path, base, 4, optimizer="paged_adamw_8bit"))
     assert "adamw_8bit" in info.value.fix
+
+
+@pytest.mark.parametrize("bits", [16, 8, 4])
+def test_the_plan_counts_the_base_as_it_loads(tmp_path: Path, base: Path, bits: int) -> None:
+    """`llmkit plan`'s bytes for a base at ``bits`` are the loaded model's, quantization constants
+    included (within 2%), and the model's shape comes from the directory's config.json."""
+    from llmkit.model.build import load_model
+    from llmkit.model.quantize import weight_bytes
+    from llmkit.planning.memory import base_weight_bytes
+    from llmkit.planning.pretrained import with_pretrained_shape
+
+    cfg = load_config(lora_run(tmp_path, base, bits), environ={})
+    shaped = with_pretrained_shape(cfg)
+    assert shaped.model.hidden_size == 64 and cfg.model.hidden_size == 32  # the model's, not the config's numbers
+    loaded = weight_bytes(load_model(base, False, base_bits=bits))
+    planned, _cached = base_weight_bytes(shaped, bits)
+    assert planned == pytest.approx(loaded, rel=0.02)
