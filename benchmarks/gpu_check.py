@@ -7,11 +7,18 @@
 2. Decode of the trained model: llmkit's batch decoder at batch 1 and 16 (128 new tokens each), and
    Hugging Face ``generate`` at batch 1 for comparison.
 
-The data is the embedded corpus, tokenized by a BPE tokenizer trained here (no download).
+3. QLoRA (issue 31): a random base of Llama 3.1 8B's shape saved in bf16, loaded back at
+   ``model.lora.base_bits`` 4 (NF4, bitsandbytes' CUDA backend), LoRA r 16 on every projection,
+   gradient checkpointing, sequence 2,048, micro-batch 4: tokens/s, and the peak CUDA memory
+   beside what `llmkit plan` predicts for that config (target: within 15%; the lora/llama-8b
+   recipe fits a 24 GB GPU). ``--qlora-shape tiny`` runs it on a small shape (the CPU smoke test).
+
+The data is the embedded corpus, tokenized by a BPE tokenizer trained here (no download); the
+QLoRA rows train on random tokens (memory and speed do not depend on the text).
 On a machine without a GPU, ``--device cpu --preset tiny --steps 3`` runs the same code quickly
 (a smoke test of the script, not a measurement of anything in the issue).
 
-Usage: python benchmarks/gpu_check.py [--device cuda] [--preset gpt2-124m] [--steps 50]
+Usage: python benchmarks/gpu_check.py [--device cuda] [--preset gpt2-124m] [--steps 50] [--qlora-shape llama-8b|tiny]
 """
 
 from __future__ import annotations
@@ -100,6 +107,76 @@ def hf_generate_rate(model_dir: Path, device: str, tokens: int = 128) -> float:
     return best
 
 
+QLORA_SHAPES = {
+    "llama-8b": {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+                 "intermediate_size": 14336, "vocab_size": 128256, "sequence": 2048, "micro": 4},
+    "tiny": {"hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "intermediate_size": 768, "vocab_size": 4096, "sequence": 128, "micro": 2},
+}
+
+
+def qlora_check(root: Path, device: str, shape_name: str, steps: int) -> dict[str, float]:
+    """Train LoRA on a 4-bit base of ``shape_name`` for ``steps`` measured steps: tokens/s, and the
+    peak memory (CUDA: max allocated above the loaded base) beside the plan's."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from llmkit.device import autocast
+    from llmkit.model.build import load_model
+    from llmkit.model.lora import apply_lora
+    from llmkit.model.quantize import weight_bytes
+    from llmkit.objectives.lm import OBJECTIVE as LM
+    from llmkit.planning.memory import training_memory
+    from llmkit.training.optim import make_optimizer
+
+    shape = dict(QLORA_SHAPES[shape_name])
+    seq, micro = shape.pop("sequence"), shape.pop("micro")
+    folder = root / "qlora-base"
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(LlamaConfig(max_position_embeddings=max(seq, 2048),
+                                                        tie_word_embeddings=False, **shape), dtype=torch.bfloat16)
+    base.save_pretrained(str(folder))
+    del base
+    made = time.perf_counter() - t0
+    cfg = validate_config({"name": "qlora", "model": {**{k: v for k, v in shape.items()}, "from_pretrained": str(folder),
+                                                       "max_position_embeddings": max(seq, 2048),
+                                                       "tie_word_embeddings": False,
+                                                       "lora": {"enabled": True, "r": 16, "alpha": 32.0, "base_bits": 4}},
+                           "tokenizer": {"kind": "pretrained", "vocab_size": shape["vocab_size"]},
+                           "train": {"task": "sft", "sequence_length_tokens": seq, "micro_batch_size": micro,
+                                     "global_batch_size": micro, "gradient_checkpointing": True, "precision": "bf16"}})
+    dev = torch.device(device)
+    model = load_model(folder, False, base_bits=4, device=dev)
+    loaded = weight_bytes(model)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    model = apply_lora(model, cfg.model.lora, False).train()
+    optimizer = make_optimizer(model, cfg.train, dev.type)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    times = []
+    for _ in range(steps + 1):
+        x = torch.randint(0, shape["vocab_size"], (micro, seq + 1), device=dev)
+        t = time.perf_counter()
+        with autocast(dev, "bf16"):
+            loss = LM.loss(model, {"input_ids": x[:, :-1], "labels": x[:, 1:]}, chunked=True)[0]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    planned = training_memory(cfg, micro, "bf16", device_kind="gpu" if dev.type == "cuda" else "cpu")
+    row = {"base_made_s": made, "weights_loaded_bytes": loaded, "weights_planned_bytes": planned.weights_bytes,
+           "tokens_per_s": micro * seq / statistics.median(times[1:]),
+           "planned_peak_bytes": planned.peak_bytes - planned.overhead_bytes}
+    if dev.type == "cuda":
+        row["measured_peak_bytes"] = torch.cuda.max_memory_allocated() - before + loaded
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
@@ -107,6 +184,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--micro-batch", type=int, default=16)
     parser.add_argument("--sequence", type=int, default=1024)
+    parser.add_argument("--qlora-shape", default="llama-8b", choices=tuple(QLORA_SHAPES))
+    parser.add_argument("--qlora-steps", type=int, default=10)
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU machine, or --device cpu --preset tiny --steps 3 to try the script")
@@ -159,7 +238,14 @@ def main() -> None:
             print(f"decode, {name}: {rate:.0f} tokens/s")
         print(f"decode batch 16 / batch 1: {decode['llmkit batch 16'] / decode['llmkit batch 1']:.1f}x; "
               f"llmkit batch 1 / HF generate: {decode['llmkit batch 1'] / decode['HF generate batch 1']:.2f}x")
-        print(json.dumps({"train": rows, "decode": decode}))
+        qlora = qlora_check(root, args.device, args.qlora_shape, args.qlora_steps)
+        print(f"QLoRA {args.qlora_shape} (NF4 base, LoRA r 16, checkpointing): {qlora['tokens_per_s']:.0f} tokens/s; "
+              f"base weights loaded {qlora['weights_loaded_bytes'] / 1e9:.2f} GB (planned "
+              f"{qlora['weights_planned_bytes'] / 1e9:.2f} GB); planned peak {qlora['planned_peak_bytes'] / 1e9:.2f} GB"
+              + (f", measured {qlora['measured_peak_bytes'] / 1e9:.2f} GB "
+                 f"({100 * (qlora['planned_peak_bytes'] / qlora['measured_peak_bytes'] - 1):+.0f}%; target within 15%)"
+                 if "measured_peak_bytes" in qlora else " (peak measured on CUDA only)"))
+        print(json.dumps({"train": rows, "decode": decode, "qlora": qlora}))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

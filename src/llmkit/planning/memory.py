@@ -112,7 +112,8 @@ def training_memory(cfg: RunConfig, micro_batch: int, precision: str = "bf16", n
     grads = 4 * trainable // shard
     optimizer = (8 if cfg.train.optimizer == "adamw" else 2) * trainable // shard
     tokens = micro_batch * cfg.train.sequence_length_tokens
-    per_layer = activation_bytes_per_token_layer(cfg, precision, device_kind, keep_bf16)
+    # a bf16 LoRA base computes in bf16 end to end, as bf16 weights do: its activations are bf16
+    per_layer = activation_bytes_per_token_layer(cfg, precision, device_kind, keep_bf16 or bits == 16)
     ckpt = cfg.train.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
     if ckpt:  # keep each block's input; recompute one block at a time in the backward pass
         acts = tokens * (4 * m.hidden_size * m.num_hidden_layers + per_layer)
