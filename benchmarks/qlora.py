@@ -1,6 +1,6 @@
 """LoRA on a frozen base at 32 / 16 / 8 / 4 bits (model.lora.base_bits) on this machine.
 
-A ~150 M llama-style base (width 1024, 12 layers, GQA 16/4 heads, MLP 2816, vocabulary 8192 of a
+A ~150 M llama-style base (width 1024, 12 layers, GQA 16/4 heads, MLP 2816, vocabulary 4096 of a
 BPE trained on the embedded documentation; random weights, seed 0) is saved once; then, for each
 base_bits, `llmkit train` fine-tunes the same LoRA adapters (r 16, every projection, same seed) on
 the embedded documentation for the same steps, each in a fresh process. Printed per row:
@@ -62,7 +62,7 @@ def config(root: Path, name: str, steps: int, **model: object) -> dict[str, obje
 
 
 def make_base(root: Path) -> Path:
-    """Prepare the embedded data with a trained 8192-token BPE; save a random base with it."""
+    """Prepare the embedded data with a trained 4096-token BPE; save a random base with it."""
     import shutil
 
     import torch
@@ -73,11 +73,11 @@ def make_base(root: Path) -> Path:
     from llmkit.data.prepare import prepare
 
     path = root / "tok.yaml"
-    path.write_text(yaml.safe_dump({**config(root, "tok", 1), "tokenizer": {"vocab_size": 8192}}))
+    path.write_text(yaml.safe_dump({**config(root, "tok", 1), "tokenizer": {"vocab_size": 4096}}))
     prepare(load_config(path, environ={}))
     base = root / "base"
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=8192, tie_word_embeddings=True, **SHAPE)).save_pretrained(str(base))
+    LlamaForCausalLM(LlamaConfig(vocab_size=4096, tie_word_embeddings=True, **SHAPE)).save_pretrained(str(base))
     for f in (root / "runs" / "tok" / "tokenizer").iterdir():
         shutil.copy2(f, base / f.name)
     return base

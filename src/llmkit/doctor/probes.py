@@ -281,7 +281,9 @@ def needed_extras(config: RunConfig | None) -> set[str]:
         return set()
     need = set()
     if config.model.lora.enabled:
-        need.add("lora")
+        need.add("qlora" if config.model.lora.base_bits in (4, 8) else "lora")
+    if config.train.optimizer != "adamw":
+        need.add("qlora")  # bitsandbytes' 8-bit AdamW
     need.update(config.train.trackers)  # tensorboard, wandb, mlflow: each its extra
     if config.eval.harness_tasks:
         need.add("eval")

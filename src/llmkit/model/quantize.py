@@ -170,7 +170,12 @@ def merged_fp32(model: Any, base_config: Any, classify: bool) -> Any:
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     cls = AutoModelForSequenceClassification if classify else AutoModelForCausalLM
-    plain = cls.from_config(config, dtype=torch.float32)
+    try:  # every weight is overwritten below: skip the random initialisation (minutes for 8 B)
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        from contextlib import nullcontext as no_init_weights  # type: ignore[assignment]
+    with no_init_weights():
+        plain = cls.from_config(config, dtype=torch.float32)
     result = plain.load_state_dict(base_weights(model.get_base_model()), strict=False)
     if result.missing_keys:
         raise RuntimeError(f"merging the adapters: no base weight for {result.missing_keys[:3]}")

@@ -60,9 +60,12 @@ def activation_element_bytes(precision: str, device_kind: str) -> int:
 def activation_bytes_per_token_layer(cfg: RunConfig, precision: str, device_kind: str = "gpu",
                                      keep_bf16: bool = False) -> int:
     """Bytes the backward pass keeps per token for one transformer block. ``keep_bf16``: the
-    model's own weights are bf16 (``llmkit.training.master``), so are its activations."""
+    model's own weights are bf16 (``llmkit.training.master``), so are its activations. A LoRA
+    run on a bf16 base (``model.lora.base_bits: 16``) computes in bf16 too, without the weight
+    gradients' transient fp32 pieces (measured with benchmarks/plan_accuracy.py: 16 h, not 30 h)."""
     m = cfg.model
-    e = 2 if keep_bf16 else activation_element_bytes(precision, device_kind)
+    bf16_base = m.lora.enabled and m.lora.base_bits == 16
+    e = 2 if keep_bf16 or bf16_base else activation_element_bytes(precision, device_kind)
     h, inter = m.hidden_size, intermediate_size(m)
     kv_width = h * (m.num_key_value_heads or m.num_attention_heads) // m.num_attention_heads
     # fp32 residual stream and the two norms' fp32 internals: 4 tensors of h floats; with bf16
@@ -112,8 +115,7 @@ def training_memory(cfg: RunConfig, micro_batch: int, precision: str = "bf16", n
     grads = 4 * trainable // shard
     optimizer = (8 if cfg.train.optimizer == "adamw" else 2) * trainable // shard
     tokens = micro_batch * cfg.train.sequence_length_tokens
-    # a bf16 LoRA base computes in bf16 end to end, as bf16 weights do: its activations are bf16
-    per_layer = activation_bytes_per_token_layer(cfg, precision, device_kind, keep_bf16 or bits == 16)
+    per_layer = activation_bytes_per_token_layer(cfg, precision, device_kind, keep_bf16)
     ckpt = cfg.train.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
     if ckpt:  # keep each block's input; recompute one block at a time in the backward pass
         acts = tokens * (4 * m.hidden_size * m.num_hidden_layers + per_layer)

@@ -167,6 +167,7 @@ def _set_up(cfg: RunConfig, d: Any, device: Any, run: RunDir, log: Log) -> _Setu
     import torch
 
     from llmkit.device import memory_budget_bytes
+    from llmkit.planning.pretrained import with_pretrained_shape
     from llmkit.training import distributed as dist_
     from llmkit.training.build import build_for_training
 
@@ -186,8 +187,9 @@ def _set_up(cfg: RunConfig, d: Any, device: Any, run: RunDir, log: Log) -> _Setu
     objective = for_task(tc.task)
     objective.check(cfg)
     device_kind = "cpu" if device.type == "cpu" else "gpu"
-    wrapper = dist_.choose_wrapper(cfg, d, memory_budget_bytes(device), precision, device_kind)
-    micro = setup.micro_batch(cfg, device, precision, log, d.world_size, sharded=wrapper == "fsdp")
+    shaped = with_pretrained_shape(cfg)  # the memory plan of a pretrained base is that of its own shape
+    wrapper = dist_.choose_wrapper(shaped, d, memory_budget_bytes(device), precision, device_kind)
+    micro = setup.micro_batch(shaped, device, precision, log, d.world_size, sharded=wrapper == "fsdp")
     accum = tc.global_batch_size // (micro * d.world_size)
     data = objective.batches(cfg, run.root, micro, d.rank, d.world_size)
     inner = build_for_training(cfg, data, device, log)

@@ -78,6 +78,8 @@ def test_adapters_on_a_low_bit_base_merge_into_the_dequantized_base(tmp_path: Pa
         a, b = trained(input_ids=ids).logits.float(), merged(input_ids=ids).logits
     # the same weights (the base dequantized), different arithmetic: bf16 / int8 compute vs fp32
     assert float((a - b).abs().max()) < {16: 0.05, 8: 0.05, 4: 0.05}[bits]
+    adapter = json.loads((final / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(base)  # `export --no-merge-lora` names its base
     report = json.loads((final / "llmkit.json").read_text())["merge"]
     assert report["base_bits"] == bits and report["max_logit_diff"] < 0.05
     assert report["trained"]["val_loss"] == pytest.approx(report["merged"]["val_loss"], rel=1e-3)
@@ -130,3 +132,21 @@ def test_the_plan_counts_the_base_as_it_loads(tmp_path: Path, base: Path, bits: 
     loaded = weight_bytes(load_model(base, False, base_bits=bits))
     planned, _cached = base_weight_bytes(shaped, bits)
     assert planned == pytest.approx(loaded, rel=0.02)
+
+
+def test_a_classifier_on_a_4_bit_base_merges_with_its_trained_head(tmp_path: Path, base: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    f = tmp_path / "cls.jsonl"
+    rows = [{"text": f"item {i} is {'good' if i % 2 else 'bad'}", "label": "pos" if i % 2 else "neg"} for i in range(60)]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = make_run(tmp_path, name="cls", train={"task": "classify", "max_steps": 6, "eval_every_steps": 6,
+                                                "learning_rate": 0.01},
+                   model={"from_pretrained": str(base), "lora": {"enabled": True, "r": 4, "base_bits": 4}},
+                   tokenizer={"kind": "pretrained", "path": str(base)},
+                   data={"classify_path": str(f), "val_fraction": 0.2})
+    result = run(cfg)
+    merged = AutoModelForSequenceClassification.from_pretrained(str(result.run_dir / "final")).eval()
+    report = json.loads((result.run_dir / "final" / "llmkit.json").read_text())["merge"]
+    assert merged.config.num_labels == 2 and report["max_logit_diff"] < 0.05
+    assert report["trained"]["val_accuracy"] == report["merged"]["val_accuracy"]
