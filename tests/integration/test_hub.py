@@ -96,6 +96,15 @@ def test_a_hub_model_fine_tunes_then_resolves_offline_from_the_cache(cli, hub, t
     assert len(hub.downloads) == before  # nothing fetched
     manifest = json.loads((tmp_path / "runs" / "offline" / "manifest.json").read_text())
     assert manifest["hub"]["model"]["commit"] == hub.second
+    # `llmkit plan` sizes the model the Hub id names, read from the cache, not the config's numbers
+    from transformers import AutoModelForCausalLM
+
+    snapshot = next(iter(cached["org/tiny"].revisions)).snapshot_path
+    expected = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(str(snapshot)).parameters())
+    out = cli("plan", "--config", str(cfg), "--set", "model.hidden_size=256", "--no-this-machine", "--device",
+              "H100-80GB", "--json", env=_env(hub, home, offline=True))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["parameters"] == expected
 
 
 def test_a_revision_pins_its_commit_and_the_model_is_that_commits(cli, hub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
