@@ -61,10 +61,10 @@ def activation_bytes_per_token_layer(cfg: RunConfig, precision: str, device_kind
                                      keep_bf16: bool = False) -> int:
     """Bytes the backward pass keeps per token for one transformer block. ``keep_bf16``: the
     model's own weights are bf16 (``llmkit.training.master``), so are its activations. A LoRA
-    run on a bf16 base (``model.lora.base_bits: 16``) computes in bf16 too, without the weight
-    gradients' transient fp32 pieces (measured with benchmarks/plan_accuracy.py: 16 h, not 30 h)."""
+    run on a base below 32 bits (``model.lora.base_bits``) computes in bf16 too, without the
+    weight gradients' transient fp32 pieces (measured with benchmarks/plan_accuracy.py: 16 h, not 30 h)."""
     m = cfg.model
-    bf16_base = m.lora.enabled and m.lora.base_bits == 16
+    bf16_base = m.lora.enabled and m.lora.base_bits < 32  # NF4/int8 layers compute in bf16 between bf16 parts
     e = 2 if keep_bf16 or bf16_base else activation_element_bytes(precision, device_kind)
     h, inter = m.hidden_size, intermediate_size(m)
     kv_width = h * (m.num_key_value_heads or m.num_attention_heads) // m.num_attention_heads
@@ -106,9 +106,8 @@ def training_memory(cfg: RunConfig, micro_batch: int, precision: str = "bf16", n
     bits = m.lora.base_bits if lora else 32
     if keep_bf16:  # bf16 weights and fp32 masters; AdamW on the masters; no autocast copies
         weights, casts = (2 * total + 4 * trainable) // shard, 0
-    elif bits < 32:  # a bf16 or quantized frozen base, fp32 adapters; no cached copies of the base
-        base, cast_elements = base_weight_bytes(cfg, bits)
-        weights, casts = base + 4 * trainable, 0 if precision == "fp32" else ELEMENT[precision] * cast_elements
+    elif bits < 32:  # a bf16 or quantized frozen base (bf16 elsewhere), fp32 adapters; no autocast copies
+        weights, casts = base_weight_bytes(cfg, bits) + 4 * trainable, 0
     else:  # fp32 weights (and a fp32 LoRA base), fp32 adapters
         weights = (4 * total + (4 * trainable if lora else 0)) // shard
         casts = 0 if precision == "fp32" else ELEMENT[precision] * total // shard
@@ -143,24 +142,22 @@ NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4 bits, an 8-bit absmax per 64, an 
 INT8_BYTES = 1.0  # plus an fp32 scale per output row (counted below)
 
 
-def base_weight_bytes(cfg: RunConfig, bits: int) -> tuple[int, int]:
-    """(bytes, elements autocast caches a half copy of) of a frozen LoRA base at ``bits``
+def base_weight_bytes(cfg: RunConfig, bits: int) -> int:
+    """Bytes of a frozen LoRA base at ``bits``
     (``llmkit.model.quantize``): 16 = everything bf16; 8/4 = the blocks' linear projections
     quantized (LLM.int8: a byte each and a scale per row; NF4 with double quantization: ~0.516
-    bytes each), the embeddings, norms and output head fp32 (the head's matmul runs under
-    autocast, which caches its half copy)."""
+    bytes each), the embeddings, norms and output head bf16 (no autocast copies)."""
     m = cfg.model
     vocab = vocab_size(cfg)
     counts = count_parameters(m, vocab)
     if bits == 16:
-        return 2 * counts.total, 0
+        return 2 * counts.total
     linear = counts.per_layer_matrices * m.num_hidden_layers
     shapes = [shape for per_name in linear_shapes(m).values() for shape in per_name]
     rows = sum(o for _i, o in shapes) * m.num_hidden_layers
     matrices = len(shapes) * m.num_hidden_layers  # each NF4 matrix keeps its 16-value and 256-value code tables
     quantized = int(linear * NF4_BYTES) + 1088 * matrices if bits == 4 else int(linear * INT8_BYTES) + 4 * rows
-    head = vocab * m.hidden_size
-    return quantized + 4 * (counts.total - linear), head
+    return quantized + 2 * (counts.total - linear)
 
 
 LOSS_CHUNK_ELEMENTS = 1 << 23  # logits per chunk of the chunked loss (32 MB in fp32)...
