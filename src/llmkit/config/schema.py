@@ -66,7 +66,7 @@ class LoraConfig(Section):
     """Precision of the frozen base weights: 32 fp32; 16 bf16 (fp16 on a GPU without bf16);
     8 LLM.int8; 4 NF4 with double quantization and bf16 compute (QLoRA). 8 and 4 quantize the
     base's linear projections with bitsandbytes (`pip install 'llmkit[qlora]'`; its CUDA backend
-    on GPUs, its CPU backend on CPUs). The adapters and their AdamW state stay fp32, and final/
+    on GPUs, its CPU backend on CPUs) and keep the rest of the base in bf16. The adapters and their AdamW state stay fp32, and final/
     is the adapters merged into the base dequantized to fp32."""
     dora: bool = False
     """Weight-decomposed LoRA (DoRA, peft's use_dora): a trained magnitude per output feature on
