@@ -25,7 +25,7 @@ from typing import Any
 from llmkit.config.load import validate_config
 from llmkit.config.presets import load_preset
 from llmkit.config.schema import RunConfig
-from llmkit.data.corpus import embedded_topics
+from llmkit.data.corpus import embedded_statements
 from llmkit.fsutil import atomic_write_text
 from llmkit.rundir import RunDir
 
@@ -34,26 +34,10 @@ QUESTIONS = ("What is {t}?", "Explain {t}.", "Tell me about {t}.")
 
 
 def qa_pairs(max_answer_chars: int = 320) -> list[dict[str, str]]:
-    """Question/answer pairs from the embedded docs: a topic's title -> its opening paragraph."""
-    pairs = []
-    for _, text in embedded_topics():
-        lines = text.split("\n")
-        if len(lines) < 3 or not set(lines[1].strip()) <= set("*=-"):
-            continue
-        title = lines[0].strip().replace('"', "`")
-        paragraphs = [p.strip() for p in "\n".join(lines[2:]).split("\n\n") if p.strip()]
-        # the opening prose paragraph: not indented grammar/code, not a sub-heading
-        prose = next((p for p in paragraphs if not p.startswith((" ", "*", "=")) and len(p) > 40), None)
-        if prose is None:
-            continue
-        answer = " ".join(prose.split()).replace('"', "`")
-        if len(answer) > max_answer_chars:
-            cut = answer[:max_answer_chars]
-            answer = cut[: cut.rfind(". ") + 1] if ". " in cut else cut.rsplit(" ", 1)[0] + "..."
-        subject = title[0].lower() + title[1:] if title[:4] == "The " else title
-        for q in QUESTIONS:
-            pairs.append({"prompt": q.format(t=subject), "completion": answer})
-    return pairs
+    """Question/answer pairs from the embedded docs: three phrasings of a topic's question, its
+    opening paragraph as the answer."""
+    return [{"prompt": q.format(t=subject), "completion": answer}
+            for subject, answer in embedded_statements(max_answer_chars) for q in QUESTIONS]
 
 
 def _configs(root: Path, pretrain_steps: int, sft_steps: int, budget_s: float,

@@ -22,7 +22,8 @@ def prepare(
                                            help="Replace the run's existing tokenizer."),
     strict: bool = typer.Option(False, "--strict", help="SFT: stop (exit 2, no data written) when an example has an "
                                 "empty answer, an answer cut by the context, or an assistant turn without an "
-                                "end-of-turn token; without it they are reported."),
+                                "end-of-turn token; without it they are reported. Preference: stop when any pair "
+                                "would be dropped (identical or empty answers, an answer longer than the window)."),
     as_json: bool = json_option("what was made (tokenizer, each data set's counts, paths)"),
 ) -> None:
     """Train or load the tokenizer, then tokenize the data the config's task needs."""
@@ -45,6 +46,10 @@ def prepare(
                        f"({meta['train_documents']} / {meta['val_documents']} documents, {meta['dtype']}, "
                        f"encoded by {meta.get('encoder', 'tokenizers')}) "
                        f"-> {result.run_dir / 'data'}")
+        elif kind == "preference":
+            typer.echo(f"preference: {meta['train_pairs']} train / {meta['val_pairs']} val pairs, "
+                       f"{meta['train_unpaired']} / {meta['val_unpaired']} unpaired, {meta['train_tokens']:,} train "
+                       f"tokens -> {result.run_dir / 'data' / kind}")
         else:
             typer.echo(f"{kind}: {meta['train_examples']} train / {meta['val_examples']} val examples, "
                        f"{meta['train_tokens']:,} train tokens -> {result.run_dir / 'data' / kind}")

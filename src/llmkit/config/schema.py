@@ -160,6 +160,7 @@ class TokenizerConfig(Section):
 
 
 SFT_FIELDS = ("prompt", "completion", "instruction", "input", "output", "messages", "conversations", "system")
+PREFERENCE_FIELDS = ("prompt", "chosen", "rejected", "completion", "label", "system")
 
 
 class MixSource(Section):
@@ -232,6 +233,15 @@ class DataConfig(Section):
     """SFT: pack several examples into one context window instead of padding each."""
     classify_path: str | None = None
     """JSONL or CSV with `text` and `label` for task classify."""
+    preference_path: str | None = None
+    """Preference data for task preference: a .jsonl file, or through `datasets` a parquet/arrow/CSV/JSON
+    file, a dataset directory or a Hub dataset id. Pairs {prompt, chosen, rejected} (each a string or a
+    list of chat messages; without a prompt, chosen and rejected are whole conversations whose shared
+    start is the prompt), or KTO's unpaired {prompt, completion, label: true/false}. Null with
+    data.source embedded: pairs generated from the embedded documentation."""
+    preference_fields: dict[str, str] = Field(default_factory=dict)
+    """Rename the dataset's keys to llmkit's, as sft_fields does: {prompt: question, chosen: better,
+    rejected: worse}. Keys: prompt, chosen, rejected, completion, label, system."""
 
     @model_validator(mode="after")
     def _path_for_source(self) -> DataConfig:
@@ -240,14 +250,49 @@ class DataConfig(Section):
         unknown = sorted(set(self.sft_fields) - set(SFT_FIELDS))
         if unknown:
             raise ValueError(f"sft_fields: unknown key(s) {', '.join(unknown)}; llmkit's names are {', '.join(SFT_FIELDS)}")
+        unknown = sorted(set(self.preference_fields) - set(PREFERENCE_FIELDS))
+        if unknown:
+            raise ValueError(f"preference_fields: unknown key(s) {', '.join(unknown)}; llmkit's names are "
+                             f"{', '.join(PREFERENCE_FIELDS)}")
         return self
+
+
+class PreferenceConfig(Section):
+    """Preference tuning (train.task preference): which loss, and how the reference model is had."""
+
+    loss: Literal["dpo", "ipo", "simpo", "orpo", "kto"] = "dpo"
+    """dpo: -log sigmoid(beta x the chosen-minus-rejected log-ratio to the reference); ipo: its squared
+    form on per-token log-ratios; simpo: length-normalised log-likelihoods and a margin, no reference;
+    orpo: SFT loss on the chosen answer plus a weighted odds-ratio term, no reference; kto: unpaired
+    desirable/undesirable answers against a batch KL estimate."""
+    beta: float = Field(0.1, gt=0)
+    """Strength of the preference against the reference (dpo, ipo: its tau; simpo; kto). ORPO uses
+    orpo_alpha instead."""
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    """dpo and simpo: the assumed share of flipped labels (conservative DPO, cDPO); 0: none."""
+    simpo_gamma: float = Field(0.5, ge=0)
+    """simpo: the target reward margin gamma."""
+    orpo_alpha: float = Field(0.1, gt=0)
+    """orpo: weight of the odds-ratio term beside the chosen answer's SFT loss (the paper's lambda)."""
+    kto_desirable_weight: float = Field(1.0, gt=0)
+    """kto: weight of desirable (label true) answers' losses."""
+    kto_undesirable_weight: float = Field(1.0, gt=0)
+    """kto: weight of undesirable (label false) answers' losses."""
+    precompute_reference: bool | Literal["auto"] = "auto"
+    """How the reference model's log-probabilities are had (dpo, ipo, kto). true: computed once before
+    step 1 over the training and validation data and stored in the run (reference/), no reference
+    pass per step. false: a reference forward per step: for LoRA the same model with its adapters
+    disabled (no second copy), for full fine-tuning a frozen copy. auto: LoRA as false; full
+    fine-tuning as false when the frozen copy fits the device by the memory plan, else true."""
+
 
 
 class TrainConfig(Section):
     """The training loop: batch, schedule, precision, checkpoints and stopping rules."""
 
-    task: Literal["pretrain", "sft", "classify"] = "pretrain"
-    """pretrain: next-token on token shards; sft: next-token on completions only; classify: labels."""
+    task: Literal["pretrain", "sft", "classify", "preference"] = "pretrain"
+    """pretrain: next-token on token shards; sft: next-token on completions only; classify: labels;
+    preference: chosen over rejected answers (train.preference)."""
     seed: int = Field(1337, ge=0)
     """Seed of model init, data order and dropout."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -330,6 +375,8 @@ class TrainConfig(Section):
     that fails only warns: training and metrics.jsonl go on."""
     tracker_project: str | None = None
     """W&B project and MLflow experiment name; null: llmkit."""
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    """Preference tuning (task preference): the loss and the reference model."""
 
     @model_validator(mode="before")
     @classmethod
@@ -704,6 +751,10 @@ class RunConfig(Section):
         if tc.task == "pretrain":
             raise ValueError("privacy.dp covers fine-tuning (train.task: sft or classify): pretraining windows cut "
                              "across documents, so no example is one person's record")
+        if tc.task == "preference":
+            raise ValueError("privacy.dp does not cover train.task preference yet: its per-example gradients are "
+                             "taken one row at a time, and a preference loss couples a chosen and a rejected row "
+                             "(and KTO a whole batch); train without privacy.dp, or SFT with it")
         if tc.task == "sft" and self.data.sft_packing:
             raise ValueError("privacy.dp needs one example per row: set data.sft_packing: false (packed rows mix "
                              "examples, and their gradients cannot be clipped one by one)")

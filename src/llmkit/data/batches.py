@@ -208,8 +208,114 @@ class ClassifyBatches(_ExampleBatches):
         return [self._collate("val", list(range(i, min(i + self.micro, n)))) for i in range(0, n, self.micro)]
 
 
+class PreferenceBatches:
+    """Preference examples (``llmkit.data.preference``): pairs as 2P rows (the chosen answers, then
+    the rejected ones in the same order), or for KTO single answers with their labels and the
+    mismatched ``kl_*`` rows (each prompt with the previous row's answer, as TRL's KTO makes them).
+    ``global_batch_size`` and ``micro_batch_size`` count examples (a pair is one). Pairs given to
+    KTO count as a desirable and an undesirable answer. ``reference`` (set by the objective): the
+    precomputed reference log-probabilities per split, added to each batch as ``ref_logps``."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, micro: int, rank: int = 0, world: int = 1):
+        out = RunDir(run_dir).task_data("preference")
+        self.meta = _read_json(out / "meta.json", "preference data")
+        self.vocab_size, self.pad_id = int(self.meta["vocab_size"]), int(self.meta["pad_id"])
+        self.eos_id, self.num_labels, self.id2label = self.pad_id, None, None
+        self.kto = cfg.train.preference.loss == "kto"
+        self.splits = {s: self._read_split(out, s) for s in ("train", "val")}
+        n = self.size("train")
+        if not self.kto and self.meta["train_unpaired"]:
+            raise UsageError(f"the preference data has {self.meta['train_unpaired']} unpaired (prompt, completion, "
+                             f"label) examples; the {cfg.train.preference.loss} loss needs pairs",
+                             "only KTO learns from single labelled answers",
+                             "set train.preference.loss: kto, or give {prompt, chosen, rejected} pairs")
+        if n < micro:
+            raise UsageError(f"the training split has {n} preference examples, fewer than one micro-batch ({micro})",
+                             "", "add examples or lower train.micro_batch_size")
+        if self.kto and micro < 2:
+            raise UsageError("KTO needs at least 2 examples per micro-batch", "its KL term pairs each prompt with "
+                             "another example's answer", "set train.micro_batch_size to 2 or more")
+        self.sampler = ExampleSampler(n, cfg.train.seed)
+        self.micro, self.seq, self.rank, self.world = micro, cfg.train.sequence_length_tokens, rank, world
+        self.eval_limit = cfg.train.eval_batches * micro
+        self.fingerprint = {"meta": self.meta, "kto": self.kto}
+        self.reference: dict[str, np.ndarray] | None = None
+
+    def _read_split(self, out: Path, split: str) -> dict[str, Any]:
+        from llmkit.privacy import crypto
+
+        dtype = self.meta["dtype"]
+        parts = {p: read_ragged(out, f"{split}.{p}", dtype, with_mask=True) for p in ("chosen", "rejected", "completion")}
+        labels = crypto.load_npy(out / f"{split}.labels.npy").astype(bool)
+        if not self.kto:
+            return {"pairs": (parts["chosen"], parts["rejected"])}
+        # KTO examples: the unpaired completions, then each pair's chosen (desirable) and rejected
+        items = [(parts["completion"], i, bool(labels[i])) for i in range(len(parts["completion"]))]
+        for i in range(len(parts["chosen"])):
+            items += [(parts["chosen"], i, True), (parts["rejected"], i, False)]
+        return {"items": items}
+
+    def size(self, split: str) -> int:
+        part = self.splits[split]
+        return len(part["pairs"][0]) if "pairs" in part else len(part["items"])
+
+    def collate(self, split: str, indices: list[int], reference: bool = True) -> dict[str, np.ndarray]:
+        """The batch of these examples of ``split`` (``reference``: with the precomputed reference)."""
+        part = self.splits[split]
+        if "pairs" in part:
+            chosen, rejected = part["pairs"]
+            rows = [chosen.example(i) for i in indices] + [rejected.example(i) for i in indices]
+            batch = collate_padded(rows, self.seq, self.pad_id)  # type: ignore[arg-type]
+            if reference and self.reference is not None:
+                ref = self.reference[split][indices]
+                batch["ref_logps"] = np.concatenate([ref[:, 0], ref[:, 1]]).astype(np.float32)
+            return batch
+        items = [part["items"][i] for i in indices]
+        rows = [store.example(i) for store, i, _ in items]
+        batch = collate_padded(rows, self.seq, self.pad_id)  # type: ignore[arg-type]
+        kl = collate_padded([_swap_answer(rows[k], rows[k - 1], self.seq) for k in range(len(rows))], self.seq,
+                            self.pad_id)
+        batch.update({f"kl_{k}": v for k, v in kl.items()})
+        batch["kto_label"] = np.asarray([label for _, _, label in items], dtype=np.int64)
+        return batch
+
+    def next_micro_batch(self) -> dict[str, np.ndarray]:
+        self.sampler.skip(self.rank * self.micro)
+        mine = self.sampler.take(self.micro)
+        self.sampler.skip((self.world - 1 - self.rank) * self.micro)
+        return self.collate("train", mine)
+
+    def eval_batches(self) -> list[dict[str, np.ndarray]]:
+        n = min(self.size("val"), self.eval_limit)
+        starts = range(0, n, self.micro)
+        batches = [list(range(i, min(i + self.micro, n))) for i in starts]
+        if self.kto and len(batches) > 1 and len(batches[-1]) < 2:  # KTO's KL pairs need two rows
+            batches[-2] += batches.pop()
+        return [self.collate("val", b) for b in batches]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
+
+
+def _swap_answer(own: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray],
+                 seq: int) -> tuple[np.ndarray, np.ndarray]:
+    """``own``'s prompt followed by ``other``'s answer (the prompt cut from its left to fit)."""
+    ids, mask = own
+    o_ids, o_mask = other
+    prompt = ids[: int(np.argmax(mask > 0))] if mask.any() else ids
+    answer = o_ids[o_mask > 0]
+    room = max(1, seq + 1 - len(answer))
+    prompt = prompt[-room:]
+    return (np.concatenate([prompt, answer])[: seq + 1],
+            np.concatenate([np.zeros(len(prompt), np.uint8), np.ones(len(answer), np.uint8)])[: seq + 1])
+
+
 def task_batches(cfg: RunConfig, run_dir: Path, micro: int, rank: int = 0,
-                 world: int = 1) -> PretrainBatches | SftBatches | ClassifyBatches:
+                 world: int = 1) -> PretrainBatches | SftBatches | ClassifyBatches | PreferenceBatches:
     """The batch provider for the config's task (rank ``rank`` of ``world``'s share of each global batch)."""
-    kinds = {"pretrain": PretrainBatches, "sft": SftBatches, "classify": ClassifyBatches}
+    kinds = {"pretrain": PretrainBatches, "sft": SftBatches, "classify": ClassifyBatches,
+             "preference": PreferenceBatches}
     return kinds[cfg.train.task](cfg, run_dir, micro, rank, world)

@@ -133,6 +133,30 @@ def embedded_topics() -> list[tuple[str, str]]:
     return sorted(topics.items())
 
 
+def embedded_statements(max_answer_chars: int = 320) -> list[tuple[str, str]]:
+    """(subject, answer) of each embedded topic that opens with a titled prose paragraph: the
+    subject is the title ("the `for` statement"), the answer the opening paragraph (cut at a
+    sentence within ``max_answer_chars``). The quickstart's chat data and the embedded preference
+    pairs are made from them."""
+    out = []
+    for _, text in embedded_topics():
+        lines = text.split("\n")
+        if len(lines) < 3 or not set(lines[1].strip()) <= set("*=-"):
+            continue
+        title = lines[0].strip().replace('"', "`")
+        paragraphs = [p.strip() for p in "\n".join(lines[2:]).split("\n\n") if p.strip()]
+        # the opening prose paragraph: not indented grammar/code, not a sub-heading
+        prose = next((p for p in paragraphs if not p.startswith((" ", "*", "=")) and len(p) > 40), None)
+        if prose is None:
+            continue
+        answer = " ".join(prose.split()).replace('"', "`")
+        if len(answer) > max_answer_chars:
+            cut = answer[:max_answer_chars]
+            answer = cut[: cut.rfind(". ") + 1] if ". " in cut else cut.rsplit(" ", 1)[0] + "..."
+        out.append((title[0].lower() + title[1:] if title[:4] == "The " else title, answer))
+    return out
+
+
 def _stdlib_files() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
     return sorted(p for p in root.glob("*.py") if p.is_file())

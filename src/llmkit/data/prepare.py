@@ -1,8 +1,8 @@
 """`llmkit prepare`: corpus -> tokenizer -> token shards (or SFT / classification sets).
 
 Writes into the run directory: ``tokenizer/`` (trained or copied), then, by ``train.task``:
-``data/{train,val}.bin`` + ``data/meta.json`` (pretrain), ``data/sft/`` (sft) or
-``data/classify/`` (classify). Everything is built under a temporary name and moved into place
+``data/{train,val}.bin`` + ``data/meta.json`` (pretrain), ``data/sft/`` (sft),
+``data/classify/`` (classify) or ``data/preference/`` (preference). Everything is built under a temporary name and moved into place
 when complete; a failure leaves the previous outputs as they were.
 """
 
@@ -274,6 +274,109 @@ def prepare_classify(config: RunConfig, tok: Any, out: Path, log: Log) -> dict[s
     return meta
 
 
+def _scrubbed(scrub: PiiFilter | None, records: list[Any]) -> list[Any]:
+    """Preference records with privacy.pii applied to every message (dropped ones left out)."""
+    if scrub is None:
+        return records
+    from dataclasses import replace
+
+    kept = []
+    for i, r in enumerate(records):
+        parts = [r.prompt, *r.answers]
+        texts = scrub.example(i, [m["content"] for msgs in parts for m in msgs])
+        if texts is None:
+            continue
+        it = iter(texts)
+        new = [[{**m, "content": next(it)} for m in msgs] for msgs in parts]
+        kept.append(replace(r, prompt=new[0], answers=tuple(new[1:])))
+    return kept
+
+
+def _preference_records(config: RunConfig, log: Log) -> tuple[list[Any], list[Any], str]:
+    """(training, validation) records of the preference data, and where they came from."""
+    from llmkit.data import preference as pref
+    from llmkit.data.sources import example_rows
+
+    d = config.data
+    if d.preference_path:
+        rows = example_rows(d.preference_path, d, "data.preference_path", "preference")
+        records = list(pref.records_of(rows, d.preference_fields))
+        train, val = _split_examples(records, d.val_fraction, "preference examples")
+        return train, val, d.preference_path
+    if d.source != "embedded":
+        raise UsageError("train.task is preference but data.preference_path is not set", "",
+                         "set data.preference_path to a JSONL file of pairs (or a dataset), or use "
+                         "data.source: embedded for pairs made from the embedded documentation")
+    train, val = pref.embedded_records(d.val_fraction, config.train.seed)
+    log(f"preference: {len(train)} training and {len(val)} validation pairs made from the embedded documentation "
+        "(the documentation's answer chosen, another statement's rejected; validation on other statements)")
+    return train, val, "embedded"
+
+
+def prepare_preference(config: RunConfig, tok: Any, out: Path, log: Log, strict: bool = False) -> dict[str, Any]:
+    """Chat-render the preference data into data/preference/: per split, the pairs' chosen and
+    rejected sequences and the unpaired (KTO) completions with their labels, loss masks on the
+    answers. Pairs that cannot be trained as given are dropped and counted (``strict``: an error)."""
+    from collections import Counter
+
+    from llmkit.data import preference as pref
+
+    train, val, source = _preference_records(config, log)
+    scrub = pii_filter(config)
+    train, val = _scrubbed(scrub, train), _scrubbed(scrub, val)
+    shapes = dict(Counter(r.shape for r in train + val).most_common())
+    log(f"preference: {len(train) + len(val)} examples from {source}: " + ", ".join(f"{n} {k}" for k, n in shapes.items()))
+    seq = config.train.sequence_length_tokens
+    dropped: dict[str, list[str]] = {name: [] for name in pref.DROPS}
+    encoded: dict[str, list[tuple[Any, Any]]] = {}
+    for split, records in (("train", train), ("val", val)):
+        encoded[split] = []
+        for r in records:
+            rows, why = pref.encode(tok, r, seq)
+            if why is not None:
+                dropped[why].append(r.where)
+            else:
+                encoded[split].append((r, rows))
+    for name, wheres in dropped.items():
+        if wheres:
+            log(f"preference: dropped {len(wheres)} example(s) with {pref.DROPS[name]}: {'; '.join(wheres[:3])}"
+                + (" ..." if len(wheres) > 3 else ""))
+    if strict and any(dropped.values()):
+        names = [n for n, w in dropped.items() if w]
+        raise UsageError(f"--strict: {sum(len(dropped[n]) for n in names)} preference example(s) would be dropped",
+                         "; ".join(f"{pref.DROPS[n]}: {dropped[n][0]}" for n in names),
+                         "fix or remove them, raise train.sequence_length_tokens for long answers, or run without "
+                         "--strict to train without them")
+    dtype = token_dtype(len(tok))
+    meta: dict[str, Any] = {"format": "llmkit-preference-v1", "source_shapes": shapes, "dtype": dtype.name,
+                            "vocab_size": len(tok), "dropped": {n: len(w) for n, w in dropped.items()},
+                            "pad_id": int(tok.pad_token_id if tok.pad_token_id is not None else eos_id(tok)),
+                            "tokenizer_sha256": tokenizer_hash(RunDir(out.parent.parent).tokenizer),
+                            "pii": finish_pii(scrub, RunDir(out.parent.parent), source, log)}
+    if not encoded["train"] or not encoded["val"]:
+        raise UsageError(f"after dropping, the preference data has {len(encoded['train'])} training and "
+                         f"{len(encoded['val'])} validation examples", "training and validation each need examples",
+                         "add examples, or see the drops above")
+    with staged_dir(out) as tmp:
+        for split in ("train", "val"):
+            _write_preference_split(tmp, split, encoded[split], dtype, meta)
+        atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def _write_preference_split(tmp: Path, split: str, encoded: list[tuple[Any, Any]], dtype: Any,
+                            meta: dict[str, Any]) -> None:
+    """One split's pairs (chosen and rejected sequences, same order) and unpaired completions."""
+    pairs = [rows for r, rows in encoded if len(rows) == 2]
+    single = [(rows[0], r.label) for r, rows in encoded if len(rows) == 1]
+    for part, items in (("chosen", [p[0] for p in pairs]), ("rejected", [p[1] for p in pairs]),
+                        ("completion", [s[0] for s in single])):
+        write_ragged(tmp, f"{split}.{part}", [ids for ids, _ in items], dtype, [m for _, m in items])
+    crypto.save_npy(tmp / f"{split}.labels.npy", np.asarray([bool(s[1]) for s in single], np.bool_))
+    meta[f"{split}_pairs"], meta[f"{split}_unpaired"] = len(pairs), len(single)
+    meta[f"{split}_tokens"] = int(sum(len(ids) for p in pairs for ids, _ in p) + sum(len(s[0][0]) for s in single))
+
+
 def prepare(config: RunConfig, run_dir: str | Path | None = None, retrain_tokenizer: bool = False,
             log: Log = lambda _: None, strict: bool = False, ctx: RunContext | None = None) -> PrepareResult:
     """Make the run directory's tokenizer and the data the config's task trains on (``strict``:
@@ -297,6 +400,8 @@ def _prepare(config: RunConfig, run: RunDir, retrain_tokenizer: bool, log: Log, 
         result.outputs["pretrain"] = prepare_pretrain(config, tok, out, log).model_dump()
     elif task == "sft":
         result.outputs["sft"] = prepare_sft(config, tok, out, log, strict)
+    elif task == "preference":
+        result.outputs["preference"] = prepare_preference(config, tok, out, log, strict)
     else:
         result.outputs["classify"] = prepare_classify(config, tok, out, log)
     result.seconds = time.monotonic() - start

@@ -76,15 +76,20 @@ def text_documents(cfg: DataConfig) -> Iterator[str]:
 
 def sft_rows(cfg: DataConfig) -> Iterator[tuple[str, Any]]:
     """(where, example) of the SFT data: a .jsonl file line by line, anything else via datasets."""
-    ref = cfg.sft_path or ""
+    return example_rows(cfg.sft_path or "", cfg, "data.sft_path", "SFT")
+
+
+def example_rows(ref: str, cfg: DataConfig, key: str, what: str) -> Iterator[tuple[str, Any]]:
+    """(where, example) of a file of examples (``key``: the config key naming it): a .jsonl file
+    line by line, anything else via datasets."""
     if ref.endswith(".jsonl"):
         from llmkit.data.sft import _json_rows
 
         p = Path(ref)
         if not p.is_file():
-            raise UsageError(f"SFT file {p} not found", "", "set data.sft_path to a JSONL file, a parquet/arrow/CSV "
+            raise UsageError(f"{what} file {p} not found", "", f"set {key} to a JSONL file, a parquet/arrow/CSV "
                              "file, a dataset directory or a Hub dataset id")
         yield from _json_rows(p)
         return
-    for i, row in enumerate(load(ref, cfg, "data.sft_path")):
+    for i, row in enumerate(load(ref, cfg, key)):
         yield f"{ref}, row {i}", dict(row)

@@ -81,11 +81,13 @@ def evaluate_loaded(cfg: RunConfig, run: RunDir, model: Any, tokenizer: Any, wri
     eval_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"eval_batches": cfg.eval.batches})})
     objective = for_task(cfg.train.task)
     data = objective.batches(eval_cfg, run.root, micro)
+    device = next(model.parameters()).device
+    objective = objective.for_run(cfg, run.root, model, data, device, "fp32", lambda _: None, starting=False)
     scored = evaluate(model, data.eval_batches(), objective, objective.metrics(data, tokenizer))
     result: dict[str, Any] = {"metrics": objective.report(scored, data), "samples": []}
     if objective.generates:
         result["samples"] = samples(model, tokenizer, cfg.eval.sample_prompts, cfg.eval.sample_max_new_tokens,
-                                    cfg.train.task == "sft")
+                                    cfg.train.task in ("sft", "preference"))
     result["run"] = cfg.name
     result["task"] = cfg.train.task
     if write:

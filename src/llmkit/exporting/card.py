@@ -59,6 +59,10 @@ def _data_lines(cfg: Any, run: RunDir) -> list[str]:
             lines.append(f"- {d.source}" + (f" `{_shown(d.path)}`" if d.path else " (Python's own documentation)"))
     elif cfg.train.task == "sft":
         lines.append(f"- supervised examples: `{_shown(d.sft_path)}`")
+    elif cfg.train.task == "preference":
+        lines.append(f"- preference pairs: `{_shown(d.preference_path)}`" if d.preference_path else
+                     "- preference pairs made from Python's own documentation")
+        lines.append(f"- loss: {cfg.train.preference.loss} (beta {cfg.train.preference.beta:g})")
     else:
         lines.append(f"- labelled texts: `{_shown(d.classify_path)}`")
     for meta_file in sorted(run.data.rglob("meta.json")) if run.data.exists() else []:
@@ -67,7 +71,8 @@ def _data_lines(cfg: Any, run: RunDir) -> list[str]:
         except (OSError, json.JSONDecodeError):
             continue
         counts = [f"{meta[k]:,} {k.replace('_', ' ')}" for k in ("train_tokens", "val_tokens", "train_documents",
-                                                                   "train_examples", "val_examples") if k in meta]
+                                                                   "train_examples", "val_examples", "train_pairs",
+                                                                   "val_pairs") if k in meta]
         if counts:
             lines.append("- " + ", ".join(counts))
         if meta.get("pii"):
@@ -122,7 +127,8 @@ def model_card(run_path: str | Path, repo_id: str) -> str:
     front.append("---")
     t = cfg.train
     what = {"pretrain": "pretrained from scratch" if not base else "further pretrained",
-            "sft": "fine-tuned on supervised examples", "classify": "trained as a text classifier"}[t.task]
+            "sft": "fine-tuned on supervised examples", "classify": "trained as a text classifier",
+            "preference": "preference-tuned"}[t.task]
     body = [f"# {repo_id.split('/')[-1]}", "",
             f"A {cfg.model.architecture} model {what}" + (f" from `{_shown(base)}`" if base else "")
             + (" with LoRA adapters (merged)" if cfg.model.lora.enabled else "")

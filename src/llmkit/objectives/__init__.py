@@ -19,8 +19,9 @@ __all__ = ["REGISTRY", "TASKS", "EvalResult", "Objective", "get", "for_task"]
 REGISTRY: dict[str, str] = {  # objective name -> its module (imported when first used)
     "lm": "llmkit.objectives.lm",
     "classify": "llmkit.objectives.classify",
+    "preference": "llmkit.objectives.preference",
 }
-TASKS: dict[str, str] = {"pretrain": "lm", "sft": "lm", "classify": "classify"}  # train.task -> objective
+TASKS: dict[str, str] = {"pretrain": "lm", "sft": "lm", "classify": "classify", "preference": "preference"}  # train.task -> objective
 
 
 def get(name: str) -> Objective:

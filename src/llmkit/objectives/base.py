@@ -29,11 +29,13 @@ class EvalResult:
     bits_per_byte: float | None = None
     val_accuracy: float | None = None
     confusion: list[list[int]] | None = None
+    extra: dict[str, float] | None = None
+    """An objective's own validation metrics (preference: val_reward_accuracy, ...)."""
 
     def metrics(self) -> dict[str, float]:
         """The scalar metrics, as metrics.jsonl records them."""
         keys = ("val_loss", "val_ppl", "bits_per_byte", "val_accuracy")
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        return {**{k: getattr(self, k) for k in keys if getattr(self, k) is not None}, **(self.extra or {})}
 
 
 class Metrics(Protocol):
@@ -66,6 +68,23 @@ class Objective:
         from llmkit.data.batches import task_batches
 
         return task_batches(cfg, run_root, micro, rank, world)
+
+    def for_run(self, cfg: RunConfig, run_root: Path, model: Any, data: Any, device: Any, precision: str,
+                log: Any, starting: bool = True, is_main: bool = True) -> Objective:
+        """This objective as one run trains or evaluates with it: what it needs beyond the batch (a
+        reference model, say) made from the run's config, its ``model`` (the starting weights when
+        ``starting``, else a trained model) and its data. Default: itself."""
+        return self
+
+    def standalone(self) -> Objective:
+        """The objective that scores a model on its own, without what ``for_run`` attached (the
+        merge check of final/ compares two models with it). Default: itself."""
+        return self
+
+    def step_metrics(self, out: Any) -> dict[str, tuple[float, float]]:
+        """(sum, count) per statistic of one micro-batch's ``loss`` output, which the loop adds up
+        over the step (all ranks) and records as sum / count beside the loss. Default: none."""
+        return {}
 
     def loss(self, model: Any, batch: dict[str, Any], chunked: bool = False) -> tuple[Any, int, Any]:
         """(mean loss over the batch's terms, how many terms, the output the metrics need). The loss

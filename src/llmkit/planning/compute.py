@@ -172,9 +172,29 @@ def config_flops_per_token(cfg: RunConfig) -> float:
     return flops_per_token(matmul, trainable, m.num_hidden_layers, m.hidden_size, cfg.train.sequence_length_tokens)
 
 
+def preference_factor(cfg: RunConfig) -> float:
+    """Compute of a preference run's example over one sequence's training: 2 sequences (a pair's
+    answers; KTO's answer and its mismatched KL row, planned alike), and where the reference takes a
+    forward pass per step (a frozen copy, or the adapters disabled), a third more (a forward is a
+    third of forward + backward). 1 for other tasks."""
+    from llmkit.planning.memory import reference_kind
+
+    if cfg.train.task != "preference":
+        return 1.0
+    return 2 * (4 / 3 if reference_kind(cfg) in ("copy", "adapters_off") else 1.0)
+
+
 def step_breakdown(cfg: RunConfig, micro_batch: int, rates: Rates, precision: str = "bf16",
                    accumulation: int = 1) -> dict[str, float]:
-    """Seconds per optimizer step, by component (see the module docstring)."""
+    """Seconds per optimizer step, by component (see the module docstring). Preference tuning: a
+    micro-batch of pairs is 2 rows each, plus the reference's forward (``preference_factor``)."""
+    if cfg.train.task == "preference":
+        plain = cfg.model_copy(update={"train": cfg.train.model_copy(update={"task": "sft"})})
+        parts = step_breakdown(plain, 2 * micro_batch, rates, precision, accumulation)
+        extra = preference_factor(cfg) / 2 - 1
+        if extra:
+            parts["reference"] = extra * (parts["gemm"] + parts["attention"] + parts["elementwise"])
+        return parts
     passes = 4 if cfg.train.gradient_checkpointing else 3
     lora = cfg.model.lora.enabled
     vocab = vocab_size(cfg)

@@ -35,11 +35,13 @@ class MemoryBreakdown:
     activations_bytes: int
     logits_bytes: int
     overhead_bytes: int
+    reference_bytes: int = 0
+    """Preference tuning: a frozen reference copy of the weights, and its forward's logits."""
 
     @property
     def peak_bytes(self) -> int:
         return (self.weights_bytes + self.autocast_copies_bytes + self.gradients_bytes + self.optimizer_bytes
-                + self.activations_bytes + self.logits_bytes + self.overhead_bytes)
+                + self.activations_bytes + self.logits_bytes + self.overhead_bytes + self.reference_bytes)
 
     @property
     def above_weights_bytes(self) -> int:
@@ -87,15 +89,32 @@ def activation_bytes_per_token_layer(cfg: RunConfig, precision: str, device_kind
     return base
 
 
+def reference_kind(cfg: RunConfig) -> str:
+    """How a preference run has its reference model, as planned: ``none`` (simpo, orpo; and every
+    other task), ``precomputed``, ``adapters_off`` (LoRA) or ``copy`` (full fine-tuning; under
+    ``precompute_reference: auto`` training switches to precomputed when the copy does not fit)."""
+    p = cfg.train.preference
+    if cfg.train.task != "preference" or p.loss in ("simpo", "orpo"):
+        return "none"
+    if p.precompute_reference is True:
+        return "precomputed"
+    return "adapters_off" if cfg.model.lora.enabled else "copy"
+
+
 def training_memory(cfg: RunConfig, micro_batch: int, precision: str = "bf16", num_devices: int = 1,
                     sharded: bool = False, gradient_checkpointing: bool | None = None,
-                    overhead_bytes: int = 0, device_kind: str = "gpu") -> MemoryBreakdown:
+                    overhead_bytes: int = 0, device_kind: str = "gpu", reference: str | None = None) -> MemoryBreakdown:
     """Peak training memory per device for ``micro_batch`` sequences of the config's length.
 
     ``train.optimizer`` adamw_8bit / paged_adamw_8bit: 8-bit moments (bitsandbytes' AdamW8bit: 1
     byte per moment plus block-wise scales, ~2 bytes per parameter). A LoRA base at
-    ``model.lora.base_bits`` below 32: ``base_weight_bytes``.
+    ``model.lora.base_bits`` below 32: ``base_weight_bytes``. Preference tuning: a micro-batch of
+    pairs is two sequences each, with whole logits (no chunked loss), and the reference
+    (``reference``, default ``reference_kind``): a copy's weights, a reference forward's logits.
     """
+    if cfg.train.task == "preference":
+        return _preference_memory(cfg, micro_batch, precision, num_devices, sharded, gradient_checkpointing,
+                                  overhead_bytes, device_kind, reference or reference_kind(cfg))
     m = cfg.model
     total = count_parameters(m, vocab_size(cfg)).total
     lora = m.lora.enabled
@@ -136,6 +155,27 @@ def training_memory(cfg: RunConfig, micro_batch: int, precision: str = "bf16", n
         per_logit = ELEMENT[precision] + 12 if precision != "fp32" else (16 if device_kind == "cpu" else 12)
         logits = tokens * vocab * per_logit
     return MemoryBreakdown(weights, casts, grads, optimizer, acts, logits, overhead_bytes)
+
+
+def _preference_memory(cfg: RunConfig, pairs: int, precision: str, num_devices: int, sharded: bool,
+                       checkpointing: bool | None, overhead: int, device_kind: str, reference: str) -> MemoryBreakdown:
+    """``training_memory`` of a preference run: 2 rows a pair, unchunked logits, the reference."""
+    from dataclasses import replace
+
+    rows = 2 * pairs
+    base = training_memory(cfg.model_copy(update={"train": cfg.train.model_copy(update={"task": "sft"})}), rows,
+                           precision, num_devices, sharded, checkpointing, overhead, device_kind)
+    vocab, tokens = vocab_size(cfg), rows * cfg.train.sequence_length_tokens
+    per_logit = ELEMENT[precision] + 12 if precision != "fp32" else (16 if device_kind == "cpu" else 12)
+    logits = tokens * vocab * per_logit  # the loss needs every token's log-probability: whole logits
+    ref = 0
+    if reference in ("copy", "adapters_off"):  # the reference forward's fp32 logits and log-softmax, no grad
+        ref = tokens * vocab * 8
+    if reference == "copy":
+        total = count_parameters(cfg.model, vocab).total
+        keep_bf16 = train_precision(cfg, device_kind, num_devices, compute=precision).bf16_weights
+        ref += (2 if keep_bf16 else 4) * total // (num_devices if sharded else 1)
+    return replace(base, logits_bytes=logits, reference_bytes=ref)
 
 
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4 bits, an 8-bit absmax per 64, an fp32 scale per 256 blocks

@@ -78,7 +78,9 @@ def total_tokens(cfg: RunConfig) -> int:
 
 def training_flops(cfg: RunConfig) -> float:
     """FLOPs of the whole run: ``config_flops_per_token`` x the tokens it trains on."""
-    return config_flops_per_token(cfg) * total_tokens(cfg)
+    from llmkit.planning.compute import preference_factor
+
+    return config_flops_per_token(cfg) * total_tokens(cfg) * preference_factor(cfg)
 
 
 def scaling_efficiency(device: Device, n: int) -> float:

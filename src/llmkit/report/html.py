@@ -57,6 +57,17 @@ def _charts(stages: list[tuple[str, list[dict[str, Any]]]]) -> str:
               line_chart(series("train", "tokens_per_s"), "Throughput", "step", "tokens/s")]
     if series("eval", "val_ppl"):
         charts.append(line_chart(series("eval", "val_ppl"), "Validation perplexity", "step", "ppl", log_y=True))
+    if series("train", "rewards_chosen"):  # preference tuning
+        charts += [line_chart(series("train", "rewards_chosen") + series("train", "rewards_rejected")
+                              + series("eval", "val_rewards_chosen") + series("eval", "val_rewards_rejected"),
+                              "Rewards", "step", "reward"),
+                   line_chart(series("train", "reward_accuracy") + series("eval", "val_reward_accuracy"),
+                              "Reward accuracy", "step", "share"),
+                   line_chart(series("train", "reward_margin") + series("eval", "val_reward_margin"),
+                              "Reward margin", "step", "reward"),
+                   line_chart(series("train", "logp_chosen") + series("eval", "val_logp_chosen")
+                              + series("eval", "val_logp_rejected"),
+                              "Answer log-likelihood (per token)", "step", "nats")]
     return '<div class="grid">' + "".join(charts) + "</div>"
 
 
@@ -122,7 +133,7 @@ def _privacy(run: RunDir) -> str:
                   if spent else "no step yet")]
     else:
         rows.append(("differential privacy", "off"))
-    for task in ("pretrain", "sft", "classify"):
+    for task in ("pretrain", "sft", "classify", "preference"):
         meta = run.task_data(task) / "meta.json"
         pii = json.loads(meta.read_text()).get("pii") if meta.exists() else None
         if pii:

@@ -149,8 +149,9 @@ def _train(cfg: RunConfig, d: Any, device: Any, run: RunDir, resume: str, allow_
         if s.masters is not None:
             final_model = s.masters.fp32_model(final_model)  # the fp32 masters, not their bf16 copies
         if d.is_main:
+            check = s.objective.standalone()
             write_final(cfg, run, final_model, log, held_out=lambda m: evaluate(
-                m, s.data.eval_batches(), s.objective, s.objective.metrics(s.data), "fp32", False))
+                m, s.data.eval_batches(), check, check.metrics(s.data), "fp32", False))
     if metrics is not None:
         artifacts = [run.config, run.manifest, run.metrics]
         if trackers is not None and trackers.active and reason == "completed":
@@ -197,6 +198,8 @@ def _set_up(cfg: RunConfig, d: Any, device: Any, run: RunDir, log: Log) -> _Setu
     if policy.bf16_weights:
         master_.check_supported(cfg.model.lora.enabled, d.enabled, private, device.type)
         masters = master_.MasterWeights(inner)
+    # the objective's own needs (a preference run's reference) from the starting weights, as trained
+    objective = objective.for_run(cfg, run.root, inner, data, device, precision, log, True, d.is_main)
     model = dist_.wrap(inner, wrapper, d, precision, device)
     # the loss over the vocabulary in chunks of tokens (llmkit.objectives.head_loss), except where
     # the wrapper must see the head's weight used inside the forward (FSDP gathers it there; Opacus
@@ -292,14 +295,14 @@ def _loop(cfg: RunConfig, s: _Setup, step_model: Any, state: TrainerState, run: 
             lr = lr_at(state.step, tc, s.total_steps)
             for group in s.optimizer.param_groups:
                 group["lr"] = lr
-            step_loss, step_tokens, grad_norm = _step(s, step_model, tc, state, last_saved, device, log)
+            step_loss, step_tokens, grad_norm, stats = _step(s, step_model, tc, state, last_saved, device, log)
             state.step += 1
             state.tokens_seen += step_tokens
             # every rank stops after the same step and counts the same time (the slowest rank's)
             dt, stop = dist_.all_reduce([time.perf_counter() - t0, float(signals.received is not None)], "max")
             state.train_time_s += dt
             last_loss = step_loss
-            record = _train_record(s, state, step_loss, lr, grad_norm, step_tokens / dt, flops_tok, peak)
+            record = {**_train_record(s, state, step_loss, lr, grad_norm, step_tokens / dt, flops_tok, peak), **stats}
             progress.update(state.step, record)
             if metrics is not None and state.step % tc.log_every_steps == 0:
                 metrics.write(record)
@@ -324,8 +327,8 @@ def _loop(cfg: RunConfig, s: _Setup, step_model: Any, state: TrainerState, run: 
 
 
 def _step(s: _Setup, step_model: Any, tc: TrainConfig, state: TrainerState, last_saved: int, device: Any,
-          log: Log) -> tuple[float, int, float]:
-    """One optimizer step: (its mean loss, its tokens, the gradient norm)."""
+          log: Log) -> tuple[float, int, float, dict[str, float]]:
+    """One optimizer step: (its mean loss, its tokens, the gradient norm, the objective's step metrics)."""
     import torch
 
     from llmkit.training import distributed as dist_
@@ -337,8 +340,8 @@ def _step(s: _Setup, step_model: Any, tc: TrainConfig, state: TrainerState, last
             s.dp.discard()
         _apply_update(s.dp.optimizer, None, step_loss, 0.0, tc, state, last_saved, log)  # noise, then AdamW
         state.dp = s.dp.state_dict()
-        return step_loss, step_tokens, s.dp.last_grad_norm  # of the clipped, noised, averaged gradient
-    step_loss, step_tokens = _accumulate_gradients(step_model, s, device, state.step + 1)
+        return step_loss, step_tokens, s.dp.last_grad_norm, {}  # of the clipped, noised, averaged gradient
+    step_loss, step_tokens, stats = _accumulate_gradients(step_model, s, device, state.step + 1)
     fault_point("step")
     if s.scaler is not None:
         s.scaler.unscale_(s.optimizer)
@@ -349,7 +352,7 @@ def _step(s: _Setup, step_model: Any, tc: TrainConfig, state: TrainerState, last
     _apply_update(s.optimizer, s.scaler, step_loss, grad_norm, tc, state, last_saved, log)
     if s.masters is not None:
         s.masters.masters_to_model()
-    return step_loss, step_tokens, grad_norm
+    return step_loss, step_tokens, grad_norm, stats
 
 
 def _train_record(s: _Setup, state: TrainerState, loss: float, lr: float, grad_norm: float, tok_s: float,
@@ -428,11 +431,11 @@ def _gather_final(cfg: RunConfig, model: Any, inner: Any, wrapper: str, data: An
     return plain
 
 
-def _accumulate_gradients(model: Any, s: _Setup, device: Any, step: int) -> tuple[float, int]:
+def _accumulate_gradients(model: Any, s: _Setup, device: Any, step: int) -> tuple[float, int, dict[str, float]]:
     """Forward and backward over this rank's ``s.accum`` micro-batches. The gradient is that of the
     mean loss over every term of the global batch (all ranks: the objective's ``loss_weight``), so
     it does not depend on how the batch is split. Returns (that mean loss, the tokens of the step
-    over all ranks, padding excluded)."""
+    over all ranks, padding excluded, the objective's step metrics over all ranks)."""
     import torch
 
     from llmkit.training import distributed as dist_
@@ -443,18 +446,26 @@ def _accumulate_gradients(model: Any, s: _Setup, device: Any, step: int) -> tupl
     total, all_tokens = dist_.all_reduce([float(sum(counts)), float(tokens)])
     world = dist_.world_size()
     loss_sum = 0.0
+    sums: dict[str, list[float]] = {}
     for i, np_batch in enumerate(batches):
         batch = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in np_batch.items()}
         with dist_.no_grad_sync(model, sync=i == s.accum - 1):
             with autocast(device, s.precision):
-                loss = s.objective.loss(model, batch, s.chunked)[0]
+                loss, _, out = s.objective.loss(model, batch, s.chunked)
+            for name, (num, den) in s.objective.step_metrics(out).items():
+                acc = sums.setdefault(name, [0.0, 0.0])
+                acc[0], acc[1] = acc[0] + num, acc[1] + den
+            del out
             if nan_loss_at(step):
                 loss = loss * float("nan")
             # DDP and FSDP average the ranks' gradients: the world size turns that mean into the sum
             scaled = loss * (counts[i] * world / max(total, 1.0))
             (s.scaler.scale(scaled) if s.scaler is not None else scaled).backward()
         loss_sum += float(loss.detach()) * counts[i]
-    return dist_.all_reduce([loss_sum])[0] / max(total, 1.0), int(all_tokens)
+    names = sorted(sums)
+    reduced = dist_.all_reduce([loss_sum, *(v for n in names for v in sums[n])])
+    stats = {n: reduced[1 + 2 * k] / reduced[2 + 2 * k] for k, n in enumerate(names) if reduced[2 + 2 * k]}
+    return reduced[0] / max(total, 1.0), int(all_tokens), stats
 
 
 def _budget_spent(tc: TrainConfig, state: TrainerState, total_steps: int | None) -> bool:

@@ -39,8 +39,11 @@ class Progress:
             self._bar.__exit__(*exc)
 
     def update(self, step: int, record: dict[str, Any]) -> None:
-        info = (f"loss {record['loss']:.4f} | lr {record['lr']:.2e} | {record['tokens_per_s'] / 1000:.1f}k tok/s"
-                f" | MFU {100 * record['mfu']:.0f}%")
+        info = f"loss {record['loss']:.4f}"
+        if "reward_accuracy" in record:  # preference tuning
+            info += f" | reward acc {record['reward_accuracy']:.2f} | margin {record['reward_margin']:.3g}"
+        info += (f" | lr {record['lr']:.2e} | {record['tokens_per_s'] / 1000:.1f}k tok/s"
+                 f" | MFU {100 * record['mfu']:.0f}%")
         if self._bar is not None:
             self._bar.update(self._task, completed=step, info=info)
             return
