@@ -2,7 +2,8 @@
 
 ```
 runs/<name>/
-  config.yaml  manifest.json  tokenizer/  data/ (train.bin, val.bin, meta.json; sft/; classify/)
+  config.yaml  manifest.json  tokenizer/  data/ (train.bin, val.bin, meta.json; sft/; classify/; preference/)
+  reference/ (a preference run's precomputed reference log-probabilities)
   checkpoints/step-NNNNNN/  metrics.jsonl  tensorboard/  final/  eval.json  report.html
 ```
 
@@ -51,8 +52,13 @@ class RunDir:
         return self.root / "data"
 
     def task_data(self, task: str) -> Path:
-        """Where `prepare` writes a task's data: data/ (pretrain), data/sft/, data/classify/."""
+        """Where `prepare` writes a task's data: data/ (pretrain), data/sft/, data/classify/, data/preference/."""
         return self.data if task == "pretrain" else self.data / task
+
+    @property
+    def reference(self) -> Path:
+        """A preference run's reference log-probabilities, computed before step 1 ({train,val}.npy, meta.json)."""
+        return self.root / "reference"
 
     @property
     def checkpoints(self) -> Path:

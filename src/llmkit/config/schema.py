@@ -354,6 +354,9 @@ class TrainConfig(Section):
     """Evaluate on the validation set every this many steps."""
     eval_batches: int = Field(20, gt=0)
     """Validation micro-batches per evaluation."""
+    eval_at_start: bool = False
+    """Also evaluate before step 1 (a fresh run, not a resumed one), recorded at step 0: the starting
+    point of every validation curve (a preference run's reward accuracy starts at 0.5 there)."""
     log_every_steps: int = Field(10, gt=0)
     """Write a metrics line every this many steps."""
     checkpoint_every_steps: int = Field(200, gt=0)

@@ -214,10 +214,13 @@ def encode(tokenizer: Any, record: Record, seq_len: int) -> tuple[list[tuple[np.
     return out, None
 
 
+REJECTED_PER_QUESTION = 2
+
+
 def embedded_records(val_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
     """(training, validation) pairs from the embedded documentation: each question about a
     statement (three phrasings), the documentation's answer chosen, another statement's answer
-    rejected (drawn with ``seed``). Validation pairs are on statements not in any training pair,
+    rejected (``REJECTED_PER_QUESTION`` pairs a question, each with another answer, drawn with ``seed``). Validation pairs are on statements not in any training pair,
     and their rejected answers come from other validation statements."""
     from llmkit.data.corpus import embedded_statements
 
@@ -232,8 +235,9 @@ def embedded_records(val_fraction: float, seed: int) -> tuple[list[Record], list
         for k, (subject, answer) in enumerate(part):
             others = [a for a in dict.fromkeys(a for _, a in part) if a != answer]  # distinct, in order
             for q in questions:
-                other = others[int(rng.integers(len(others)))]
-                records.append(Record(f"embedded: {subject}", "pair", [{"role": "user", "content": q.format(t=subject)}],
-                                      ([{"role": "assistant", "content": answer}],
-                                       [{"role": "assistant", "content": other}])))
+                for j in rng.choice(len(others), size=min(REJECTED_PER_QUESTION, len(others)), replace=False):
+                    records.append(Record(f"embedded: {subject}", "pair",
+                                          [{"role": "user", "content": q.format(t=subject)}],
+                                          ([{"role": "assistant", "content": answer}],
+                                           [{"role": "assistant", "content": others[int(j)]}])))
     return out

@@ -17,13 +17,11 @@ the reference) as half right, so an untrained policy scores 0.5.
 
 from __future__ import annotations
 
-import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
-import numpy as np
 
 from llmkit.config.schema import PreferenceConfig, RunConfig
 from llmkit.data.sft import IGNORE_INDEX as IGNORE
@@ -39,7 +37,6 @@ USES = {  # the train.preference settings each loss reads (others must keep thei
     "kto": {"beta", "kto_desirable_weight", "kto_undesirable_weight", "precompute_reference"},
 }
 REFERENCE_LOSSES = ("dpo", "ipo", "kto")
-REFERENCE_DIR = "reference"
 
 
 def sequence_logps(model: Any, ids: Any, labels: Any, attention: Any) -> tuple[Any, Any]:
@@ -85,7 +82,7 @@ class Reference:
     def describe(self) -> str:
         return {"none": "none (the loss has no reference)", "adapters_off": "the model with its LoRA adapters disabled",
                 "copy": "a frozen copy of the starting weights",
-                "precomputed": f"log-probabilities computed before step 1 ({REFERENCE_DIR}/)"}[self.kind]
+                "precomputed": "log-probabilities computed before step 1 (reference/)"}[self.kind]
 
 
 class PreferenceMetrics:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
 from llmkit.config.schema import RunConfig
 from llmkit.errors import UsageError
+from llmkit.rundir import RunDir
 
 Log = Callable[[str], None]
 
@@ -97,7 +99,7 @@ def _fingerprint(cfg: RunConfig, data: Any) -> dict[str, Any]:
 def _read(cfg: RunConfig, run_root: Path, data: Any) -> dict[str, np.ndarray] | None:
     from llmkit.privacy import crypto
 
-    where = Path(run_root) / "reference"
+    where = RunDir(Path(run_root)).reference
     if not (where / "meta.json").exists():
         return None
     meta = json.loads((where / "meta.json").read_text(encoding="utf-8"))
@@ -124,7 +126,7 @@ def load_or_compute(cfg: RunConfig, run_root: Path, model: Any, data: Any, devic
     log(f"preference: reference log-probabilities of {sum(len(a) for a in arrays.values())} examples computed in "
         f"{time.perf_counter() - t0:.1f} s (stored in reference/)")
     if is_main:
-        with staged_dir(Path(run_root) / "reference") as tmp:
+        with staged_dir(RunDir(Path(run_root)).reference) as tmp:
             for split, values in arrays.items():
                 crypto.save_npy(tmp / f"{split}.npy", values)
             atomic_write_text(tmp / "meta.json", json.dumps({"fingerprint": _fingerprint(cfg, data)}, indent=2) + "\n")

@@ -287,6 +287,9 @@ def _loop(cfg: RunConfig, s: _Setup, step_model: Any, state: TrainerState, run: 
     progress = Progress(s.total_steps, state.step, log, every=tc.log_every_steps,
                         interactive=bar if d.is_main else False)
     with StopSignals() as signals, progress:
+        if tc.eval_at_start and state.step == 0:
+            last_eval, eval_step = _evaluate(s, 0, metrics), 0
+            progress.note("step 0: " + ", ".join(f"{k} {v:.4g}" for k, v in last_eval.metrics().items()))
         while not _budget_spent(tc, state, s.total_steps):
             if stop_at_step is not None and state.step >= stop_at_step:
                 reason = "stop_at_step"
