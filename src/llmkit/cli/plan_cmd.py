@@ -98,6 +98,23 @@ def _note(line: str) -> None:
     typer.echo(line, err=True)
 
 
+def _preference_line(cfg: Any) -> str:
+    """How the plan counts a preference run: two sequences a pair, and the reference model."""
+    from llmkit.planning.entry import reference_kind
+
+    kind = reference_kind(cfg)
+    what = {"none": "no reference model (the loss has none)",
+            "precomputed": "the reference's log-probabilities computed once before step 1 (one forward pass over "
+                           "the data, not counted per step)",
+            "adapters_off": "the reference is the model with its adapters disabled: no second copy, a forward pass "
+                            "a step (+1/3 compute; its logits counted as reference)",
+            "copy": "the reference is a frozen copy of the weights (counted as reference, with its logits) and a "
+                    "forward pass a step (+1/3 compute); precompute_reference: auto precomputes instead when it "
+                    "does not fit"}[kind]
+    return (f"preference ({cfg.train.preference.loss}): the batch counts pairs, two sequences each (activations and "
+            f"whole logits for both); {what}")
+
+
 def _print_plan(cfg: Any, config: Path, result: Any, prices: Path | None, show_all: bool, top: int) -> None:
     """The training plan in words."""
     from llmkit.planning.entry import GB, human_hours, human_usd, prices_age_days, wall_hours
@@ -108,6 +125,8 @@ def _print_plan(cfg: Any, config: Path, result: Any, prices: Path | None, show_a
     mem = result.memory_at_config_micro_batch
     typer.echo(f"memory per device at the config's micro-batch {result.config_micro_batch} (bf16, 1 device): " + ", ".join(
         f"{k.removesuffix('_bytes')} {v / GB:.2f} GB" for k, v in mem.items() if v) + f"; peak {sum(mem.values()) / GB:.2f} GB")
+    if cfg.train.task == "preference":
+        typer.echo(_preference_line(cfg))
     written, age = prices_age_days()
     if show_all:
         typer.echo(f"{'device':14} {'n':>3} {'fits':5} {'micro':>5} {'peak GB':>8} {'train':>9} {'start-up':>9} "

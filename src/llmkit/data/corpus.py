@@ -138,22 +138,29 @@ def embedded_statements(max_answer_chars: int = 320) -> list[tuple[str, str]]:
     subject is the title ("the `for` statement"), the answer the opening paragraph (cut at a
     sentence within ``max_answer_chars``). The quickstart's chat data and the embedded preference
     pairs are made from them."""
-    out = []
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
     for _, text in embedded_topics():
         lines = text.split("\n")
         if len(lines) < 3 or not set(lines[1].strip()) <= set("*=-"):
             continue
         title = lines[0].strip().replace('"', "`")
         paragraphs = [p.strip() for p in "\n".join(lines[2:]).split("\n\n") if p.strip()]
-        # the opening prose paragraph: not indented grammar/code, not a sub-heading
-        prose = next((p for p in paragraphs if not p.startswith((" ", "*", "=")) and len(p) > 40), None)
+        # the opening prose paragraph: not indented code, not grammar (`::=`), not a sub-heading
+        # (a line underlined with = or -)
+        prose = next((p for p in paragraphs if not p.startswith((" ", "*", "=")) and len(p) > 40 and "::=" not in p
+                      and not any(len(ln.strip()) >= 3 and set(ln.strip()) <= set("=-*~") for ln in p.split("\n"))),
+                     None)
         if prose is None:
             continue
         answer = " ".join(prose.split()).replace('"', "`")
         if len(answer) > max_answer_chars:
             cut = answer[:max_answer_chars]
             answer = cut[: cut.rfind(". ") + 1] if ". " in cut else cut.rsplit(" ", 1)[0] + "..."
-        out.append((title[0].lower() + title[1:] if title[:4] == "The " else title, answer))
+        subject = title[0].lower() + title[1:] if title[:4] == "The " else title
+        if subject not in seen:  # two topics may share a title (`if` and `elif`): the first
+            seen.add(subject)
+            out.append((subject, answer))
     return out
 
 
