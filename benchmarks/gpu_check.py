@@ -13,6 +13,12 @@
    beside what `llmkit plan` predicts for that config (target: within 15%; the lora/llama-8b
    recipe fits a 24 GB GPU). ``--qlora-shape tiny`` runs it on a small shape (the CPU smoke test).
 
+4. DPO (issue 32) on the same 4-bit base: LoRA adapters, the reference = the adapters disabled,
+   micro-batch 2 pairs (4 sequences) of the QLoRA sequence length, random tokens, the second half of
+   each row the answer: the step time beside an SFT step on the same 4 sequences (target <= 1.6x:
+   one more forward), and the peak CUDA memory of each (target: DPO within 10% of SFT's: no second
+   copy of the base, the log-probabilities through the head in chunks as SFT's loss).
+
 The data is the embedded corpus, tokenized by a BPE tokenizer trained here (no download); the
 QLoRA rows train on random tokens (memory and speed do not depend on the text).
 On a machine without a GPU, ``--device cpu --preset tiny --steps 3`` runs the same code quickly
@@ -177,6 +183,52 @@ def qlora_check(root: Path, device: str, shape_name: str, steps: int) -> dict[st
     return row
 
 
+def preference_check(root: Path, device: str, shape_name: str, steps: int) -> dict[str, float]:
+    """DPO vs SFT step time and peak memory on the 4-bit base ``qlora_check`` saved."""
+    from llmkit.config.schema import LoraConfig, PreferenceConfig
+    from llmkit.device import autocast
+    from llmkit.model.build import load_model
+    from llmkit.model.lora import apply_lora
+    from llmkit.objectives.lm import OBJECTIVE as LM
+    from llmkit.objectives.preference import Preference, Reference
+
+    shape = dict(QLORA_SHAPES[shape_name])
+    seq, vocab = shape["sequence"], shape["vocab_size"]
+    dev = torch.device(device)
+    model = load_model(root / "qlora-base", False, base_bits=4, device=dev)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    model = apply_lora(model, LoraConfig(enabled=True, r=16, alpha=32.0, base_bits=4), False).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    dpo = Preference(settings=PreferenceConfig(loss="dpo"), reference=Reference("adapters_off"))
+    row: dict[str, float] = {}
+    for name in ("sft", "dpo"):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        times = []
+        for _ in range(steps + 1):
+            x = torch.randint(0, vocab, (4, seq + 1), device=dev)
+            labels = x[:, 1:].clone()
+            labels[:, : seq // 2] = -100
+            batch = {"input_ids": x[:, :-1], "labels": labels, "attention_mask": torch.ones_like(labels)}
+            t = time.perf_counter()
+            with autocast(dev, "bf16"):
+                loss = (LM.loss(model, batch, chunked=True) if name == "sft" else dpo.loss(model, batch, True))[0]
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        row[f"{name}_step_s"] = statistics.median(times[1:])
+        if dev.type == "cuda":
+            row[f"{name}_peak_bytes"] = torch.cuda.max_memory_allocated() - before
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
@@ -245,7 +297,13 @@ def main() -> None:
               + (f", measured {qlora['measured_peak_bytes'] / 1e9:.2f} GB "
                  f"({100 * (qlora['planned_peak_bytes'] / qlora['measured_peak_bytes'] - 1):+.0f}%; target within 15%)"
                  if "measured_peak_bytes" in qlora else " (peak measured on CUDA only)"))
-        print(json.dumps({"train": rows, "decode": decode, "qlora": qlora}))
+        pref = preference_check(root, args.device, args.qlora_shape, args.qlora_steps)
+        print(f"DPO on the NF4 base (reference: adapters disabled), 2 pairs x {QLORA_SHAPES[args.qlora_shape]['sequence']} "
+              f"tokens: step {pref['dpo_step_s']:.3f} s vs SFT on the same 4 sequences {pref['sft_step_s']:.3f} s "
+              f"({pref['dpo_step_s'] / pref['sft_step_s']:.2f}x; target <= 1.6x)"
+              + (f"; peak {pref['dpo_peak_bytes'] / 1e9:.2f} GB vs {pref['sft_peak_bytes'] / 1e9:.2f} GB"
+                 if "dpo_peak_bytes" in pref else ""))
+        print(json.dumps({"train": rows, "decode": decode, "qlora": qlora, "preference": pref}))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

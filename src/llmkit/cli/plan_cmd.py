@@ -111,8 +111,7 @@ def _preference_line(cfg: Any) -> str:
             "copy": "the reference is a frozen copy of the weights (counted as reference, with its logits) and a "
                     "forward pass a step (+1/3 compute); precompute_reference: auto precomputes instead when it "
                     "does not fit"}[kind]
-    return (f"preference ({cfg.train.preference.loss}): the batch counts pairs, two sequences each (activations and "
-            f"whole logits for both); {what}")
+    return (f"preference ({cfg.train.preference.loss}): the batch counts pairs, two sequences each; {what}")
 
 
 def _print_plan(cfg: Any, config: Path, result: Any, prices: Path | None, show_all: bool, top: int) -> None:

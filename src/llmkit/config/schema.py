@@ -272,6 +272,10 @@ class PreferenceConfig(Section):
     """dpo and simpo: the assumed share of flipped labels (conservative DPO, cDPO); 0: none."""
     simpo_gamma: float = Field(0.5, ge=0)
     """simpo: the target reward margin gamma."""
+    sft_weight: float = Field(0.0, ge=0)
+    """dpo, ipo, simpo: add this times the chosen answers' SFT loss (their mean token NLL), which keeps
+    the chosen answers' likelihood from falling with the rejected ones (RPO; TRL's DPO loss type sft,
+    CPO's cpo_alpha). 0: the pure loss. ORPO always has it (weight 1)."""
     orpo_alpha: float = Field(0.1, gt=0)
     """orpo: weight of the odds-ratio term beside the chosen answer's SFT loss (the paper's lambda)."""
     kto_desirable_weight: float = Field(1.0, gt=0)

@@ -156,3 +156,70 @@ def linear_cross_entropy(hidden: Any, weight: Any, labels: Any, chunk: int | Non
         for s in range(0, hidden.size(0), chunk):
             total += _chunk_loss(hidden[s:s + chunk].to(dtype), w, labels[s:s + chunk])[0]
     return total
+
+
+def _chunk_logprobs(h: Any, weight: Any, labels: Any) -> tuple[Any, Any]:
+    """(log-probability of each row's label (0 where unlabelled), fp32 softmax) of one chunk."""
+    logits = (h @ weight.t()).float()
+    lse = logits.logsumexp(-1)
+    safe = labels.clamp(min=0)
+    picked = (logits.gather(1, safe[:, None])[:, 0] - lse) * (labels != IGNORE)
+    return picked, logits.sub_(lse[:, None]).exp_()
+
+
+@functools.cache
+def _logprob_function() -> Any:
+    """Per-token log-probabilities through the head in chunks; the backward recomputes each chunk's
+    softmax (the gradient of a per-token output needs its incoming gradient, not known ahead)."""
+    import torch
+
+    class LinearLogprobs(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, hidden: Any, weight: Any, labels: Any, chunk: int) -> Any:  # type: ignore[override]
+            dtype = _compute_dtype(hidden)
+            with torch.autocast(hidden.device.type, enabled=False):
+                w = weight.to(dtype)
+                out = torch.cat([_chunk_logprobs(hidden[s:s + chunk].to(dtype), w, labels[s:s + chunk])[0]
+                                 for s in range(0, hidden.size(0), chunk)])
+            ctx.save_for_backward(hidden, weight, labels)
+            ctx.chunk, ctx.dtype = chunk, dtype
+            return out
+
+        @staticmethod
+        def backward(ctx: Any, grad_out: Any) -> Any:  # type: ignore[override]
+            hidden, weight, labels = ctx.saved_tensors
+            chunk, dtype = ctx.chunk, ctx.dtype
+            grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+                if ctx.needs_input_grad[1] else None
+            with torch.autocast(hidden.device.type, enabled=False):
+                w = weight.to(dtype)
+                for s in range(0, hidden.size(0), chunk):
+                    h, y = hidden[s:s + chunk].to(dtype), labels[s:s + chunk]
+                    _, probs = _chunk_logprobs(h, w, y)
+                    # d log p(y) / d logits = one-hot - softmax, on labelled rows, times the incoming gradient
+                    probs.neg_()[torch.arange(len(y), device=y.device), y.clamp(min=0)] += 1.0
+                    probs.mul_(((y != IGNORE) * grad_out[s:s + chunk].float())[:, None])
+                    g = probs.to(dtype)
+                    if grad_h is not None:
+                        grad_h[s:s + chunk] = g @ w
+                    if grad_w is not None:
+                        grad_w += (g.t() @ h).float()
+            return grad_h, (grad_w.to(weight.dtype) if grad_w is not None else None), None, None
+
+    return LinearLogprobs
+
+
+def linear_token_logprobs(hidden: Any, weight: Any, labels: Any, chunk: int | None = None) -> Any:
+    """log p(label) of each row of ``hidden @ weight.T`` (N,), 0 where the label is ``IGNORE``,
+    without the (N x V) logits at once. Differentiable in ``hidden`` and ``weight``."""
+    import torch
+
+    chunk = chunk or chunk_tokens(weight.size(0))
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _logprob_function().apply(hidden, weight, labels, chunk)
+    dtype = _compute_dtype(hidden)
+    with torch.autocast(hidden.device.type, enabled=False):
+        w = weight.to(dtype)
+        return torch.cat([_chunk_logprobs(hidden[s:s + chunk].to(dtype), w, labels[s:s + chunk])[0]
+                          for s in range(0, hidden.size(0), chunk)])

@@ -12,6 +12,7 @@ tokens (P,), ``n_c``/``n_r`` their token counts, ``ref_*`` the reference's. Each
 - simpo: the dpo form on b (lp_c / n_c - lp_r / n_r - gamma / b), no reference. Rewards b lp / n.
 - orpo: the chosen answers' mean token NLL - a * mean log s(log odds(c) - log odds(r)), odds of the
   per-token mean probability p: p / (1 - p). No reference. Rewards a lp / n.
+- dpo, ipo and simpo may add ``sft_weight`` x the chosen answers' mean token NLL (RPO); the caller does.
 - kto: desirable w_d (1 - s(b (r - z))), undesirable w_u (1 - s(b (z - r))), r = lp - ref, z the
   batch's mean KL estimate (mismatched prompt/answer pairs), detached and clamped at 0.
 """

@@ -30,21 +30,31 @@ from llmkit.objectives import losses
 from llmkit.objectives.base import EvalResult, Objective
 
 USES = {  # the train.preference settings each loss reads (others must keep their defaults)
-    "dpo": {"beta", "label_smoothing", "precompute_reference"},
-    "ipo": {"beta", "precompute_reference"},
-    "simpo": {"beta", "label_smoothing", "simpo_gamma"},
+    "dpo": {"beta", "label_smoothing", "precompute_reference", "sft_weight"},
+    "ipo": {"beta", "precompute_reference", "sft_weight"},
+    "simpo": {"beta", "label_smoothing", "simpo_gamma", "sft_weight"},
     "orpo": {"orpo_alpha"},
     "kto": {"beta", "kto_desirable_weight", "kto_undesirable_weight", "precompute_reference"},
 }
 REFERENCE_LOSSES = ("dpo", "ipo", "kto")
 
 
-def sequence_logps(model: Any, ids: Any, labels: Any, attention: Any) -> tuple[Any, Any]:
-    """(summed log-probability of each row's labelled tokens (R,), their count (R,)), in fp32."""
+def sequence_logps(model: Any, ids: Any, labels: Any, attention: Any, chunked: bool = False) -> tuple[Any, Any]:
+    """(summed log-probability of each row's labelled tokens (R,), their count (R,)), in fp32.
+    ``chunked``: through the output head in chunks of tokens where the model allows it
+    (``head_loss.linear_token_logprobs``: the (R, T, V) logits are never made)."""
     import torch
 
-    logits = model(input_ids=ids, attention_mask=attention).logits.float()
+    from llmkit.objectives.head_loss import deferred_head, linear_token_logprobs, output_head
+
     valid = labels != IGNORE
+    head = output_head(model) if chunked else None
+    if head is not None:
+        with deferred_head(head):
+            hidden = model(input_ids=ids, attention_mask=attention).logits
+        picked = linear_token_logprobs(hidden.reshape(-1, hidden.size(-1)), head.weight, labels.reshape(-1))
+        return picked.view(labels.shape).sum(-1), valid.sum(-1)
+    logits = model(input_ids=ids, attention_mask=attention).logits.float()
     picked = torch.gather(logits.log_softmax(-1), -1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (picked * valid).sum(-1), valid.sum(-1)
 
@@ -67,17 +77,18 @@ class Reference:
     kind: str = "none"
     model: Any = None
 
-    def logps(self, policy: Any, ids: Any, labels: Any, attention: Any, batch: dict[str, Any], key: str) -> Any:
+    def logps(self, policy: Any, ids: Any, labels: Any, attention: Any, batch: dict[str, Any], key: str,
+              chunked: bool = False) -> Any:
         import torch
 
         if self.kind == "precomputed":
             return batch[key]
         with torch.no_grad():
             if self.kind == "copy":
-                return sequence_logps(self.model, ids, labels, attention)[0]
+                return sequence_logps(self.model, ids, labels, attention, chunked)[0]
             peft = peft_model(policy)
             with peft.disable_adapter():
-                return sequence_logps(peft, ids, labels, attention)[0]
+                return sequence_logps(peft, ids, labels, attention, chunked)[0]
 
     def describe(self) -> str:
         return {"none": "none (the loss has no reference)", "adapters_off": "the model with its LoRA adapters disabled",
@@ -160,15 +171,16 @@ class Preference(Objective):
 
     def loss(self, model: Any, batch: dict[str, Any], chunked: bool = False) -> tuple[Any, int, Any]:
         if self.settings.loss == "kto":
-            return self._kto(model, batch)
+            return self._kto(model, batch, chunked)
         s = self.settings
-        lp, n = sequence_logps(model, batch["input_ids"], batch["labels"], batch["attention_mask"])
+        lp, n = sequence_logps(model, batch["input_ids"], batch["labels"], batch["attention_mask"], chunked)
         half = lp.shape[0] // 2
         (lp_c, lp_r), (n_c, n_r) = (lp[:half], lp[half:]), (n[:half], n[half:])
-        extra = 0.0
+        chosen_nll = -lp_c.sum() / n_c.sum().clamp(min=1)  # the chosen answers' SFT loss, a token mean
+        extra = s.sft_weight * chosen_nll if s.sft_weight else 0.0
         if s.loss in ("dpo", "ipo"):
             ref = self.reference.logps(model, batch["input_ids"], batch["labels"], batch["attention_mask"], batch,
-                                       "ref_logps")
+                                       "ref_logps", chunked)
             ref_c, ref_r = ref[:half].float(), ref[half:].float()
             if s.loss == "dpo":
                 per, rc, rr = losses.dpo(lp_c, lp_r, ref_c, ref_r, s.beta, s.label_smoothing)
@@ -178,21 +190,21 @@ class Preference(Objective):
             per, rc, rr = losses.simpo(lp_c, lp_r, n_c, n_r, s.beta, s.simpo_gamma, s.label_smoothing)
         else:
             per, rc, rr = losses.orpo(lp_c, lp_r, n_c, n_r, s.orpo_alpha)
-            extra = -lp_c.sum() / n_c.sum().clamp(min=1)  # the chosen answers' SFT loss, a token mean
+            extra = chosen_nll
         out = {"rc": rc, "rr": rr, "lp_c": lp_c.detach(), "n_c": n_c, "lp_r": lp_r.detach(), "n_r": n_r}
         return per.mean() + extra, half, out
 
-    def _kto(self, model: Any, batch: dict[str, Any]) -> tuple[Any, int, Any]:
+    def _kto(self, model: Any, batch: dict[str, Any], chunked: bool) -> tuple[Any, int, Any]:
         import torch
 
         s = self.settings
         ids, labels, attention = batch["input_ids"], batch["labels"], batch["attention_mask"]
-        lp, n = sequence_logps(model, ids, labels, attention)
-        ref = self.reference.logps(model, ids, labels, attention, batch, "ref_logps").float()
+        lp, n = sequence_logps(model, ids, labels, attention, chunked)
+        ref = self.reference.logps(model, ids, labels, attention, batch, "ref_logps", chunked).float()
         kl_args = (batch["kl_input_ids"], batch["kl_labels"], batch["kl_attention_mask"])
         with torch.no_grad():
-            kl_policy = sequence_logps(model, *kl_args)[0]
-        kl_ref = self.reference.logps(model, *kl_args, batch, "ref_kl_logps").float()
+            kl_policy = sequence_logps(model, *kl_args, chunked)[0]
+        kl_ref = self.reference.logps(model, *kl_args, batch, "ref_kl_logps", chunked).float()
         kl = (kl_policy - kl_ref).mean().clamp(min=0)
         good = batch["kto_label"].bool()
         per, rewards = losses.kto(lp, ref, good, kl, s.beta, s.kto_desirable_weight, s.kto_undesirable_weight)

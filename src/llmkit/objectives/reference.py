@@ -152,7 +152,7 @@ def _compute(model: Any, data: Any, split: str, device: Any, precision: str) -> 
         for start in range(0, n, micro):
             batch = {k: torch.from_numpy(v).to(device) for k, v in
                      data.collate(split, list(range(start, min(start + micro, n))), reference=False).items()}
-            lp = sequence_logps(model, batch["input_ids"], batch["labels"], batch["attention_mask"])[0]
+            lp = sequence_logps(model, batch["input_ids"], batch["labels"], batch["attention_mask"], True)[0]
             half = lp.shape[0] // 2
             out.append(torch.stack([lp[:half], lp[half:]], dim=1).double().cpu().numpy())
     model.train(was)

@@ -109,8 +109,8 @@ def training_memory(cfg: RunConfig, micro_batch: int, precision: str = "bf16", n
     ``train.optimizer`` adamw_8bit / paged_adamw_8bit: 8-bit moments (bitsandbytes' AdamW8bit: 1
     byte per moment plus block-wise scales, ~2 bytes per parameter). A LoRA base at
     ``model.lora.base_bits`` below 32: ``base_weight_bytes``. Preference tuning: a micro-batch of
-    pairs is two sequences each, with whole logits (no chunked loss), and the reference
-    (``reference``, default ``reference_kind``): a copy's weights, a reference forward's logits.
+    pairs is two sequences each, and the reference (``reference``, default ``reference_kind``): a
+    copy's weights, its forward's logits.
     """
     if cfg.train.task == "preference":
         return _preference_memory(cfg, micro_batch, precision, num_devices, sharded, gradient_checkpointing,
@@ -166,11 +166,12 @@ def _preference_memory(cfg: RunConfig, pairs: int, precision: str, num_devices: 
     base = training_memory(cfg.model_copy(update={"train": cfg.train.model_copy(update={"task": "sft"})}), rows,
                            precision, num_devices, sharded, checkpointing, overhead, device_kind)
     vocab, tokens = vocab_size(cfg), rows * cfg.train.sequence_length_tokens
-    per_logit = ELEMENT[precision] + 12 if precision != "fp32" else (16 if device_kind == "cpu" else 12)
-    logits = tokens * vocab * per_logit  # the loss needs every token's log-probability: whole logits
+    # per-token log-probabilities through the head in chunks, as the SFT loss (sharded or private
+    # runs: whole logits, as SFT's); the backward recomputes a chunk: one more chunk's fp32 logits
+    logits = base.logits_bytes + (chunk_tokens(vocab) * vocab * 4 if not sharded else 0)
     ref = 0
-    if reference in ("copy", "adapters_off"):  # the reference forward's fp32 logits and log-softmax, no grad
-        ref = tokens * vocab * 8
+    if reference in ("copy", "adapters_off"):  # the reference's forward: one chunk's fp32 logits, no grad
+        ref = min(tokens, chunk_tokens(vocab)) * vocab * 8 if not sharded else tokens * vocab * 8
     if reference == "copy":
         total = count_parameters(cfg.model, vocab).total
         keep_bf16 = train_precision(cfg, device_kind, num_devices, compute=precision).bf16_weights

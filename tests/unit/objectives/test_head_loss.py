@@ -98,3 +98,29 @@ def test_models_with_a_transform_after_the_head_keep_full_logits() -> None:
     ids = torch.randint(0, 50, (2, 8))
     loss, count, logits = LM.loss(model, {"input_ids": ids, "labels": ids}, chunked=True)
     assert logits is not None and logits.shape == (2, 8, 50) and count == 16
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1000])
+def test_token_logprobs_and_gradients_match_full_logits_in_fp32(chunk: int) -> None:
+    """Per-token log-probabilities (the preference losses' input): values, and gradients under an
+    arbitrary per-token incoming gradient (the backward recomputes each chunk)."""
+    from llmkit.objectives.head_loss import linear_token_logprobs
+
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(50, 16, generator=g, requires_grad=True)
+    weight = torch.randn(300, 16, generator=g, requires_grad=True)
+    labels = torch.randint(0, 300, (50,), generator=g)
+    labels[::3] = IGNORE
+    upstream = torch.randn(50, generator=g)
+    ours = linear_token_logprobs(hidden, weight, labels, chunk)
+    ours.backward(upstream)
+    gh, gw = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    ref = -F.cross_entropy((hidden @ weight.t()).float(), labels, ignore_index=IGNORE, reduction="none")
+    ref.backward(upstream)
+    assert torch.allclose(ours, ref, rtol=1e-5, atol=1e-6)
+    assert bool((ours[::3] == 0).all())
+    assert torch.allclose(gh, hidden.grad, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(gw, weight.grad, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(linear_token_logprobs(hidden, weight, labels, chunk), ref, rtol=1e-5, atol=1e-6)

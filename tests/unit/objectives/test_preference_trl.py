@@ -4,11 +4,13 @@ TRL is the oracle: its trainers compute the loss with their own forward, log-pro
 code; llmkit's ``Preference.loss`` must give the same value and the same gradients within 1e-5 in
 fp32. Where each variant lives in the installed TRL (1.16):
 
-- DPO (sigmoid) and IPO: ``trl.DPOTrainer`` (stable), loss types ``sigmoid`` and ``ipo``.
+- DPO (sigmoid) and IPO: ``trl.DPOTrainer`` (stable), loss types ``sigmoid`` and ``ipo``; with
+  ``sft_weight`` (RPO) the loss types ``[sigmoid, sft]`` weighted ``[1, sft_weight]``.
 - cDPO (label smoothing): TRL 1.16's DPO ``sigmoid`` no longer smooths; the smoothed sigmoid is
   ``trl.experimental.cpo.CPOTrainer.cpo_loss`` (loss type ``sigmoid``), fed the policy-minus-reference
   log-ratios that CPO's own ``concatenated_forward`` computes on the policy and on the reference.
-- SimPO: ``trl.experimental.cpo.CPOTrainer`` with loss type ``simpo`` (``cpo_alpha`` 0: no NLL term).
+- SimPO: ``trl.experimental.cpo.CPOTrainer`` with loss type ``simpo`` (``cpo_alpha`` = llmkit's
+  ``sft_weight``, 0 and 0.5).
 - ORPO: ``trl.experimental.orpo.ORPOTrainer``'s forward, log-probabilities and ``odds_ratio_loss``
   (its ``beta`` is ORPO's lambda, llmkit's ``orpo_alpha``); the SFT term on the answer tokens (TRL's
   trainer adds the prompt's tokens to it; llmkit never trains on prompts).
@@ -64,7 +66,7 @@ def setup() -> dict[str, Any]:
 
 
 def _llmkit(s: dict[str, Any], settings: PreferenceConfig, kl: dict[str, Any] | None = None,
-            labels: Any = None) -> tuple[float, dict[str, Any]]:
+            labels: Any = None, chunked: bool = False) -> tuple[float, dict[str, Any]]:
     """llmkit's loss and gradients on the batch (inputs are the rows without their last token)."""
     ids, attention, completion = s["ids"], s["attention"], s["completion"]
     batch = {"input_ids": ids[:, :-1], "attention_mask": attention[:, :-1],
@@ -74,7 +76,7 @@ def _llmkit(s: dict[str, Any], settings: PreferenceConfig, kl: dict[str, Any] | 
         batch["kto_label"] = labels
     objective = Preference(settings=settings, reference=Reference("copy", s["ref"]))
     s["policy"].zero_grad()
-    loss = objective.loss(s["policy"], batch)[0]
+    loss = objective.loss(s["policy"], batch, chunked)[0]
     loss.backward()
     return float(loss), {n: p.grad.clone() for n, p in s["policy"].named_parameters() if p.grad is not None}
 
@@ -101,17 +103,22 @@ def _args(kind: Any, tmp: Path, **kw: Any) -> Any:
     return kind(output_dir=str(tmp), report_to=[], use_cpu=True, bf16=False, **kw)
 
 
-@pytest.mark.parametrize("loss_type,ours", [("sigmoid", "dpo"), ("ipo", "ipo")])
-def test_dpo_and_ipo_equal_trl_dpo_trainer(setup: dict[str, Any], tmp_path: Path, loss_type: str, ours: str) -> None:
+@pytest.mark.parametrize("loss_type,ours,sft", [("sigmoid", "dpo", 0.0), ("ipo", "ipo", 0.0), ("sigmoid", "dpo", 0.7)])
+def test_dpo_and_ipo_equal_trl_dpo_trainer(setup: dict[str, Any], tmp_path: Path, loss_type: str, ours: str,
+                                           sft: float) -> None:
+    """sft_weight: TRL's DPO loss types [sigmoid, sft] weighted [1, sft_weight] (RPO)."""
     s = setup
+    types, weights = ([loss_type, "sft"], [1.0, sft]) if sft else ([loss_type], None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = trl.DPOTrainer(model=s["policy"], ref_model=s["ref"], train_dataset=_dataset(),
                                  processing_class=s["tok"],
-                                 args=_args(trl.DPOConfig, tmp_path, beta=0.3, loss_type=[loss_type]))
+                                 args=_args(trl.DPOConfig, tmp_path, beta=0.3, loss_type=types, loss_weights=weights))
         inputs = {"input_ids": s["ids"], "attention_mask": s["attention"], "completion_mask": s["completion"]}
         theirs = _trl_grads(s, trainer._compute_loss(trainer.model, inputs, False))
-    _same(_llmkit(s, PreferenceConfig(loss=ours, beta=0.3)), theirs)
+    _same(_llmkit(s, PreferenceConfig(loss=ours, beta=0.3, sft_weight=sft)), theirs)
+    # through the head in chunks of tokens (no whole logits), as the training loop runs it
+    _same(_llmkit(s, PreferenceConfig(loss=ours, beta=0.3, sft_weight=sft), chunked=True), theirs)
 
 
 def _cpo_batch(s: dict[str, Any]) -> dict[str, Any]:
@@ -133,9 +140,11 @@ def _cpo(s: dict[str, Any], tmp: Path, **kw: Any) -> Any:
 
 def test_simpo_equals_trl_cpo_simpo(setup: dict[str, Any], tmp_path: Path) -> None:
     s = setup
-    trainer = _cpo(s, tmp_path, loss_type="simpo", beta=2.0, simpo_gamma=0.7, cpo_alpha=0.0, label_smoothing=0.1)
-    theirs = _trl_grads(s, trainer.get_batch_loss_metrics(s["policy"], _cpo_batch(s))[0])
-    _same(_llmkit(s, PreferenceConfig(loss="simpo", beta=2.0, simpo_gamma=0.7, label_smoothing=0.1)), theirs)
+    for sft in (0.0, 0.5):  # sft_weight: CPO's cpo_alpha (its NLL on the chosen answers)
+        trainer = _cpo(s, tmp_path, loss_type="simpo", beta=2.0, simpo_gamma=0.7, cpo_alpha=sft, label_smoothing=0.1)
+        theirs = _trl_grads(s, trainer.get_batch_loss_metrics(s["policy"], _cpo_batch(s))[0])
+        ours = PreferenceConfig(loss="simpo", beta=2.0, simpo_gamma=0.7, label_smoothing=0.1, sft_weight=sft)
+        _same(_llmkit(s, ours), theirs)
 
 
 def test_conservative_dpo_equals_trl_smoothed_sigmoid(setup: dict[str, Any], tmp_path: Path) -> None:
@@ -192,3 +201,4 @@ def test_kto_equals_trl_kto_trainer(setup: dict[str, Any], tmp_path: Path) -> No
     settings = PreferenceConfig(loss="kto", beta=0.2, kto_desirable_weight=1.3, kto_undesirable_weight=0.8)
     ids_all = {"ids": ids, "attention": attention, "completion": completion}
     _same(_llmkit({**s, **ids_all}, settings, kl, labels), theirs)
+    _same(_llmkit({**s, **ids_all}, settings, kl, labels, chunked=True), theirs)
