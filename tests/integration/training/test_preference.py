@@ -117,7 +117,7 @@ def test_resume_after_kill_9_is_exact(tmp_path: Path) -> None:
     extra = {"preference": {"precompute_reference": True}}
     whole, _ = run(pref_run(tmp_path, "whole", extra))
     cfg = pref_run(tmp_path, "killed", extra)
-    out = llmkit("train", "--config", str(cfg), env={"LLMKIT_FAULT": "save:kill@2"})
+    out = llmkit("train", "--config", str(cfg), env={"LLMKIT_FAULT": "save:kill@10"})
     assert out.returncode == -9
     assert [s for s, _ in ckpt.committed(tmp_path / "runs" / "killed" / "checkpoints")] == [4]
     again = llmkit("train", "--config", str(cfg))
