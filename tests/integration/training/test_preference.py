@@ -131,17 +131,63 @@ def test_resume_after_kill_9_is_exact(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_two_processes_equal_one(tmp_path: Path) -> None:
+    """DDP and FSDP2, a pair a rank per micro-batch (its chosen and rejected answers together)."""
     one, _ = run(pref_run(tmp_path, "one"))
-    cfg = pref_run(tmp_path, "two", {"distributed": "ddp", "micro_batch_size": 1})
-    out = llmkit("train", "--config", str(cfg), "--nproc-per-node", "2")
-    assert out.returncode == 0, out.stderr[-3000:]
-    a, b = losses(one.run_dir), losses(tmp_path / "runs" / "two")
-    worst = max(abs(a[s] - b[s]) for s in a)
-    print(f"\nDPO, 2 processes vs 1: largest loss difference {worst:.2e}")
-    assert worst < 1e-4
-    wa = tensors(one.run_dir / "final" / "model.safetensors")
-    wb = tensors(tmp_path / "runs" / "two" / "final" / "model.safetensors")
-    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
+    for wrapper in ("ddp", "fsdp"):
+        cfg = pref_run(tmp_path, wrapper, {"distributed": wrapper, "micro_batch_size": 1})
+        out = llmkit("train", "--config", str(cfg), "--nproc-per-node", "2")
+        assert out.returncode == 0, out.stderr[-3000:]
+        a, b = losses(one.run_dir), losses(tmp_path / "runs" / wrapper)
+        worst = max(abs(a[s] - b[s]) for s in a)
+        wa = tensors(one.run_dir / "final" / "model.safetensors")
+        wb = tensors(tmp_path / "runs" / wrapper / "final" / "model.safetensors")
+        weights = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+        print(f"\nDPO, {wrapper}, 2 processes vs 1: largest loss difference {worst:.2e}, weights {weights:.2e}")
+        assert worst < 1e-4 and weights < 1e-4
+
+
+@pytest.mark.slow
+def test_compiled_equals_eager(tmp_path: Path) -> None:
+    eager, _ = run(pref_run(tmp_path, "eager", {"max_steps": 4}))
+    compiled, lines = run(pref_run(tmp_path, "compiled", {"max_steps": 4, "compile": True}))
+    assert not any("falling back" in line for line in lines), lines
+    a, b = losses(eager.run_dir), losses(compiled.run_dir)
+    assert max(abs(a[s] - b[s]) for s in a) < 1e-4
+
+
+def test_encrypted_run_seals_the_reference(tmp_path: Path) -> None:
+    import base64
+    import os
+
+    import numpy as np
+
+    key = base64.b64encode(bytes(range(32))).decode()
+    cfg = pref_run(tmp_path, "sealed", {"max_steps": 2, "preference": {"precompute_reference": True}},
+                   prepared=False, privacy={"encryption_key_env": "PREF_KEY"})
+    env = {"PREF_KEY": key}
+    for stage in ("prepare", "train"):
+        out = llmkit(stage, "--config", str(cfg), env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+    stored = tmp_path / "runs" / "sealed" / "reference" / "train.npy"
+    assert stored.exists()
+    with pytest.raises(ValueError):
+        np.load(stored, allow_pickle=False)  # sealed, not a plain .npy
+    again = llmkit("train", "--config", str(cfg), "--set", "train.max_steps=3", "--allow-config-change", env=env)
+    assert again.returncode == 0 and "read from the run's reference/" in again.stdout, again.stderr[-2000:]
+    assert "PREF_KEY" not in os.environ
+
+
+def test_pairs_from_parquet_with_renamed_fields(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    rows = [{"question": p["prompt"], "good": p["chosen"], "bad": p["rejected"]} for p in PAIRS]
+    path = tmp_path / "pairs.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(str(path))
+    cfg = make_run(tmp_path, name="pq", prepared=False, data={"preference_path": str(path), "val_fraction": 0.2,
+                   "preference_fields": {"prompt": "question", "chosen": "good", "rejected": "bad"}},
+                   train=PREF["train"])
+    out = llmkit("prepare", "--config", str(cfg))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"preference: {len(PAIRS)} examples from {path}: {len(PAIRS)} pair" in out.stdout
 
 
 @pytest.mark.parametrize("setting,message", [
