@@ -214,13 +214,14 @@ def encode(tokenizer: Any, record: Record, seq_len: int) -> tuple[list[tuple[np.
     return out, None
 
 
-REJECTED_PER_QUESTION = 2
+REJECTED_PER_QUESTION = 4
 
 
 def embedded_records(val_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
     """(training, validation) pairs from the embedded documentation: each question about a
     statement (three phrasings), the documentation's answer chosen, another statement's answer
-    rejected (``REJECTED_PER_QUESTION`` pairs a question, each with another answer, drawn with ``seed``). Validation pairs are on statements not in any training pair,
+    rejected (``REJECTED_PER_QUESTION`` pairs a question, each with another answer, drawn with ``seed``:
+    more pairs a statement teach the held-out preference better than more passes over fewer). Validation pairs are on statements not in any training pair,
     and their rejected answers come from other validation statements."""
     from llmkit.data.corpus import embedded_statements
 

@@ -98,6 +98,17 @@ def test_precomputed_reference_equals_the_frozen_copy(tmp_path: Path) -> None:
     assert abs(first["rewards_chosen"]) < 1e-5 and abs(first["reward_margin"]) < 1e-5
     assert first["reward_accuracy"] == 0.5  # ties count half
     assert (pre_run.run_dir / "reference" / "train.npy").exists()
+    # `llmkit eval` scores the final model against the same reference: the stored one, or the starting
+    # weights (a frozen copy run has none stored: its base is rebuilt from model.from_pretrained, or
+    # refused without one)
+    out = llmkit("eval", str(pre_run.run_dir), "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    metrics = json.loads(out.stdout)["metrics"]
+    assert metrics["reference"] == "precomputed" and metrics["loss"] == "dpo"
+    last = records(pre_run.run_dir, "eval")[-1]
+    assert abs(metrics["val_reward_accuracy"] - last["val_reward_accuracy"]) < 1e-6
+    refused = llmkit("eval", str(copy_run.run_dir))
+    assert refused.returncode != 0 and "no model.from_pretrained base" in refused.stderr
 
 
 def test_lora_reference_is_the_base_with_adapters_disabled(tmp_path: Path) -> None:
@@ -110,6 +121,10 @@ def test_lora_reference_is_the_base_with_adapters_disabled(tmp_path: Path) -> No
     assert first["rewards_chosen"] == 0.0 and first["reward_margin"] == 0.0  # lora_B starts at 0: policy = reference
     assert records(result.run_dir, "train")[-1]["reward_margin"] != 0.0
     assert (result.run_dir / "final" / "adapter" / "adapter_model.safetensors").exists()
+    out = llmkit("eval", str(result.run_dir), "--json")  # the merged model against its 4-bit base
+    assert out.returncode == 0, out.stderr[-2000:]
+    metrics = json.loads(out.stdout)["metrics"]
+    assert metrics["reference"] == "copy" and 0.0 <= metrics["val_reward_accuracy"] <= 1.0
 
 
 @pytest.mark.slow
