@@ -121,15 +121,35 @@ QLORA_SHAPES = {
 }
 
 
+def nf4_lora(folder: Path, dev: torch.device, lora: object) -> tuple[object, int]:
+    """The saved base loaded at 4 bits on ``dev`` with gradient checkpointing and LoRA ``lora``,
+    and the loaded base's bytes."""
+    from llmkit.model.build import load_model
+    from llmkit.model.lora import apply_lora
+    from llmkit.model.quantize import weight_bytes
+
+    model = load_model(folder, False, base_bits=4, device=dev)
+    loaded = weight_bytes(model)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    return apply_lora(model, lora, False).train(), loaded
+
+
+def reset_peak(dev: torch.device) -> int:
+    """CUDA: the peak-memory counter reset, and the memory allocated now (0 elsewhere)."""
+    if dev.type != "cuda":
+        return 0
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated()
+
+
 def qlora_check(root: Path, device: str, shape_name: str, steps: int) -> dict[str, float]:
     """Train LoRA on a 4-bit base of ``shape_name`` for ``steps`` measured steps: tokens/s, and the
     peak memory (CUDA: max allocated above the loaded base) beside the plan's."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from llmkit.device import autocast
-    from llmkit.model.build import load_model
-    from llmkit.model.lora import apply_lora
-    from llmkit.model.quantize import weight_bytes
     from llmkit.objectives.lm import OBJECTIVE as LM
     from llmkit.planning.memory import training_memory
     from llmkit.training.optim import make_optimizer
@@ -152,16 +172,9 @@ def qlora_check(root: Path, device: str, shape_name: str, steps: int) -> dict[st
                            "train": {"task": "sft", "sequence_length_tokens": seq, "micro_batch_size": micro,
                                      "global_batch_size": micro, "gradient_checkpointing": True, "precision": "bf16"}})
     dev = torch.device(device)
-    model = load_model(folder, False, base_bits=4, device=dev)
-    loaded = weight_bytes(model)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-    model = apply_lora(model, cfg.model.lora, False).train()
+    model, loaded = nf4_lora(folder, dev, cfg.model.lora)
     optimizer = make_optimizer(model, cfg.train, dev.type)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
+    before = reset_peak(dev)
     times = []
     for _ in range(steps + 1):
         x = torch.randint(0, shape["vocab_size"], (micro, seq + 1), device=dev)
@@ -187,27 +200,19 @@ def preference_check(root: Path, device: str, shape_name: str, steps: int) -> di
     """DPO vs SFT step time and peak memory on the 4-bit base ``qlora_check`` saved."""
     from llmkit.config.schema import LoraConfig, PreferenceConfig
     from llmkit.device import autocast
-    from llmkit.model.build import load_model
-    from llmkit.model.lora import apply_lora
     from llmkit.objectives.lm import OBJECTIVE as LM
     from llmkit.objectives.preference import Preference, Reference
 
     shape = dict(QLORA_SHAPES[shape_name])
     seq, vocab = shape["sequence"], shape["vocab_size"]
     dev = torch.device(device)
-    model = load_model(root / "qlora-base", False, base_bits=4, device=dev)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-    model = apply_lora(model, LoraConfig(enabled=True, r=16, alpha=32.0, base_bits=4), False).train()
+    model = nf4_lora(root / "qlora-base", dev, LoraConfig(enabled=True, r=16, alpha=32.0, base_bits=4))[0]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     dpo = Preference(settings=PreferenceConfig(loss="dpo"), reference=Reference("adapters_off"))
     row: dict[str, float] = {}
     for name in ("sft", "dpo"):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
+        before = reset_peak(dev)
         times = []
         for _ in range(steps + 1):
             x = torch.randint(0, vocab, (4, seq + 1), device=dev)

@@ -69,27 +69,13 @@ def run_config(root: Path, name: str, base: Path, task: str, steps: int, batch: 
 
 
 def make_base(root: Path) -> Path:
-    """A trained BPE (with llmkit's chat template) and a random base saved with it; the SFT file
-    of the preference pairs' answers."""
-    import shutil
+    """A random base with a trained BPE (llmkit's chat template), and the SFT file of the
+    preference pairs' answers."""
+    from bases import random_llama  # benchmarks/bases.py
 
-    import torch
-    import yaml
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from llmkit.config.load import load_config
-    from llmkit.data.prepare import prepare
     from llmkit.data.preference import embedded_records
 
-    path = root / "tok.yaml"
-    path.write_text(yaml.safe_dump({"name": "tok", "runs_root": str(root / "runs"), "tokenizer": {"vocab_size": 4096},
-                                    "data": {"source": "embedded"}}))
-    prepare(load_config(path, environ={}))
-    base = root / "base"
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=4096, tie_word_embeddings=True, **SHAPE)).save_pretrained(str(base))
-    for f in (root / "runs" / "tok" / "tokenizer").iterdir():
-        shutil.copy(f, base / f.name)
+    base = random_llama(root, SHAPE)
     train, val = embedded_records(0.1, seed=1337)  # the pairs `prepare` makes for these configs
     with open(root / "sft.jsonl", "w") as out:
         for r in train + val:

@@ -63,24 +63,9 @@ def config(root: Path, name: str, steps: int, **model: object) -> dict[str, obje
 
 def make_base(root: Path) -> Path:
     """Prepare the embedded data with a trained 4096-token BPE; save a random base with it."""
-    import shutil
+    from bases import random_llama  # benchmarks/bases.py
 
-    import torch
-    import yaml
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from llmkit.config.load import load_config
-    from llmkit.data.prepare import prepare
-
-    path = root / "tok.yaml"
-    path.write_text(yaml.safe_dump({**config(root, "tok", 1), "tokenizer": {"vocab_size": 4096}}))
-    prepare(load_config(path, environ={}))
-    base = root / "base"
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=4096, tie_word_embeddings=True, **SHAPE)).save_pretrained(str(base))
-    for f in (root / "runs" / "tok" / "tokenizer").iterdir():
-        shutil.copy2(f, base / f.name)
-    return base
+    return random_llama(root, SHAPE)
 
 
 def main() -> None:
