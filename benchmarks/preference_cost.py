@@ -1,6 +1,6 @@
 """What preference tuning costs over SFT on the same tokens, on this machine.
 
-A ~40 M llama-style base (width 512, 8 layers, GQA 8/2 heads, MLP 1408, a 4096-token BPE trained on
+A ~25 M llama-style base (width 512, 8 layers, GQA 8/2 heads, MLP 1408, a 4096-token BPE trained on
 the embedded documentation; random weights, seed 0) is saved once. The embedded preference pairs
 (``llmkit prepare`` makes them) are trained as:
 
