@@ -226,3 +226,19 @@ def test_pairs_are_required_outside_kto_and_dp_is_refused(tmp_path: Path) -> Non
     assert ok.returncode == 0, ok.stderr[-2000:]
     dp = llmkit("config", "validate", str(cfg), "--set", "privacy.dp.enabled=true", "--set", "privacy.dp.noise_multiplier=1.0")
     assert dp.returncode != 0 and "does not cover train.task preference" in " ".join(dp.stderr.split())
+
+
+def test_auto_reference_precomputes_when_a_copy_would_not_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import llmkit.device
+    from llmkit.objectives import reference
+
+    cfg = load_config(pref_run(tmp_path, "auto", prepared=False), environ={})
+    cpu = torch.device("cpu")
+    assert reference._kind(cfg, cpu, "fp32", 2) == "copy"  # a few MB: it fits
+    monkeypatch.setattr(llmkit.device, "memory_budget_bytes", lambda _device: 1e6)
+    assert reference._kind(cfg, cpu, "fp32", 2) == "precomputed"
+    lora = cfg.model_copy(update={"model": cfg.model.model_copy(update={"lora": cfg.model.lora.model_copy(
+        update={"enabled": True})})})
+    assert reference._kind(lora, cpu, "fp32", 2) == "adapters_off"  # never a copy for LoRA
