@@ -175,7 +175,7 @@ def _preference_memory(cfg: RunConfig, pairs: int, precision: str, num_devices: 
     if reference == "copy":
         total = count_parameters(cfg.model, vocab).total
         keep_bf16 = train_precision(cfg, device_kind, num_devices, compute=precision).bf16_weights
-        ref += (2 if keep_bf16 else 4) * total // (num_devices if sharded else 1)
+        ref += (2 if keep_bf16 else 4) * total  # whole on every rank: FSDP does not shard the frozen copy
     return replace(base, logits_bytes=logits, reference_bytes=ref)
 
 
