@@ -114,6 +114,20 @@ def _preference_line(cfg: Any) -> str:
     return (f"preference ({cfg.train.preference.loss}): the batch counts pairs, two sequences each; {what}")
 
 
+def _rl_line(cfg: Any) -> str:
+    """How the plan counts an RL run: answers, their sampling, the KV cache and the reference."""
+    from llmkit.planning.entry import GB, reference_kind
+    from llmkit.planning.memory import kv_cache_bytes, rollout_rows
+
+    rl, rows = cfg.train.rl, rollout_rows(cfg)
+    kv = kv_cache_bytes(cfg, rows, cfg.train.sequence_length_tokens, "bf16")
+    ref = {"none": "no KL reference", "copy": "a frozen copy of the weights as the KL reference (+1/3 compute)",
+           "adapters_off": "the KL reference is the model with its adapters disabled (+1/3 compute)"}[reference_kind(cfg)]
+    return (f"rl ({rl.loss}): the batch counts answers ({rl.group_size} a prompt); a generation samples {rows} answers "
+            f"together every {rl.steps_per_generation} step(s): KV cache {kv / GB:.3f} GB (counted as rollout where it "
+            f"exceeds the training activations), sampling counted as a forward pass; {ref}")
+
+
 def _print_plan(cfg: Any, config: Path, result: Any, prices: Path | None, show_all: bool, top: int) -> None:
     """The training plan in words."""
     from llmkit.planning.entry import GB, human_hours, human_usd, prices_age_days, wall_hours
@@ -126,6 +140,8 @@ def _print_plan(cfg: Any, config: Path, result: Any, prices: Path | None, show_a
         f"{k.removesuffix('_bytes')} {v / GB:.2f} GB" for k, v in mem.items() if v) + f"; peak {sum(mem.values()) / GB:.2f} GB")
     if cfg.train.task == "preference":
         typer.echo(_preference_line(cfg))
+    if cfg.train.task == "rl":
+        typer.echo(_rl_line(cfg))
     written, age = prices_age_days()
     if show_all:
         typer.echo(f"{'device':14} {'n':>3} {'fits':5} {'micro':>5} {'peak GB':>8} {'train':>9} {'start-up':>9} "

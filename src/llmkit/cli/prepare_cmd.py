@@ -46,6 +46,10 @@ def prepare(
                        f"({meta['train_documents']} / {meta['val_documents']} documents, {meta['dtype']}, "
                        f"encoded by {meta.get('encoder', 'tokenizers')}) "
                        f"-> {result.run_dir / 'data'}")
+        elif kind == "rl":
+            typer.echo(f"rl: {meta['train_prompts']} train / {meta['val_prompts']} val prompts"
+                       + (f", {len(meta['reward_files'])} reward file(s)" if meta["reward_files"] else "")
+                       + f" -> {result.run_dir / 'data' / kind}")
         elif kind == "preference":
             typer.echo(f"preference: {meta['train_pairs']} train / {meta['val_pairs']} val pairs, "
                        f"{meta['train_unpaired']} / {meta['val_unpaired']} unpaired, {meta['train_tokens']:,} train "

@@ -242,6 +242,12 @@ class DataConfig(Section):
     preference_fields: dict[str, str] = Field(default_factory=dict)
     """Rename the dataset's keys to llmkit's, as sft_fields does: {prompt: question, chosen: better,
     rejected: worse}. Keys: prompt, chosen, rejected, completion, label, system."""
+    prompts_path: str | None = None
+    """Prompts for task rl: a .jsonl file, or through `datasets` a parquet/arrow/CSV/JSON file, a dataset
+    directory or a Hub dataset id. Each example has `prompt` (a string, or a list of chat messages) or
+    `messages` (chat messages ending with a user turn), plus any fields its rewards read (`answer`,
+    `asserts`); optional `system`. Null with source embedded: questions about the embedded
+    documentation's statements, each with the statement's name as `answer`."""
 
     @model_validator(mode="after")
     def _path_for_source(self) -> DataConfig:
@@ -290,13 +296,103 @@ class PreferenceConfig(Section):
     fine-tuning as false when the frozen copy fits the device by the memory plan, else true."""
 
 
+REWARD_OPTIONS = {  # the options of each built-in reward (a user function takes none)
+    "exact_match": {"pattern"},
+    "regex": {"pattern"},
+    "contains": set(),
+    "length": {"min_tokens", "max_tokens"},
+    "python_asserts": {"timeout_s", "memory_mb", "allow_unsandboxed"},
+}
+
+
+class RewardConfig(Section):
+    """One reward of an RL run: a built-in by name, or `module:function` from train.rl.reward_files."""
+
+    function: str = Field(min_length=1)
+    """A built-in (exact_match, regex, contains, length, python_asserts) or `module:function`, a
+    function of a file in train.rl.reward_files taking (prompt, completion, example) -> float."""
+    weight: float = 1.0
+    """The reward's weight in the sum that makes each answer's reward."""
+    pattern: str | None = None
+    """exact_match: a regex whose first group (or whole match) is the answer, compared with the
+    example's `answer` (default: the last number in the text); regex: the pattern the answer must
+    contain (Python `re.search`)."""
+    min_tokens: int = Field(0, ge=0)
+    """length: the fewest tokens an answer may have."""
+    max_tokens: int | None = Field(None, gt=0)
+    """length: the most tokens an answer may have (null: train.rl.max_new_tokens). An answer counts
+    only when it ended by itself (its end-of-turn token), not when cut at max_new_tokens."""
+    timeout_s: float = Field(5.0, gt=0, le=600)
+    """python_asserts: wall-clock limit of one answer's run (its CPU time too)."""
+    memory_mb: int = Field(256, ge=16)
+    """python_asserts: address-space limit of one answer's run."""
+    allow_unsandboxed: bool = False
+    """python_asserts: run answers without the Linux namespace sandbox where namespaces are not
+    available (only the resource limits and a temporary directory then). Without it such a
+    machine refuses the reward."""
+
+    @model_validator(mode="after")
+    def _options(self) -> RewardConfig:
+        name = self.function
+        if name not in REWARD_OPTIONS and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", name):
+            raise ValueError(f"reward function {name!r} is neither a built-in ({', '.join(REWARD_OPTIONS)}) nor "
+                             "`module:function`")
+        allowed = REWARD_OPTIONS.get(name, set())
+        defaults = RewardConfig.model_construct()
+        for key in ("pattern", "min_tokens", "max_tokens", "timeout_s", "memory_mb", "allow_unsandboxed"):
+            if key not in allowed and getattr(self, key) != getattr(defaults, key, None):
+                raise ValueError(f"reward {name!r} has no option {key}" +
+                                 (f" (its options: {', '.join(sorted(allowed))})" if allowed else " (it takes none)"))
+        if name == "regex" and not self.pattern:
+            raise ValueError("reward 'regex' needs a pattern")
+        for pattern in [self.pattern] if self.pattern else []:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"reward {name!r}: pattern {pattern!r} is not a valid regex ({exc})") from None
+        if self.max_tokens is not None and self.max_tokens < self.min_tokens:
+            raise ValueError("reward 'length': max_tokens is below min_tokens")
+        return self
+
+
+class RlConfig(Section):
+    """Reinforcement learning with verifiable rewards (train.task rl): rollouts, rewards and the loss."""
+
+    group_size: int = Field(8, ge=2, le=256)
+    """Answers sampled per prompt; each answer's advantage is its reward against its group's."""
+    max_new_tokens: int = Field(64, gt=0)
+    """The longest answer sampled."""
+    temperature: float = Field(1.0, gt=0, le=2)
+    """Sampling temperature of the rollouts (the loss scores the tokens at the same temperature)."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling of the rollouts."""
+    loss: Literal["grpo", "dr_grpo"] = "grpo"
+    """grpo: advantages normalised by the group's standard deviation, each answer's loss a mean over
+    its tokens; dr_grpo (Dr. GRPO): no standard-deviation scaling, token losses summed and divided by
+    max_new_tokens (no length bias)."""
+    clip_epsilon: float = Field(0.2, gt=0, lt=1)
+    """The importance ratio is clipped to [1 - clip_epsilon, 1 + clip_epsilon] (PPO's clip)."""
+    kl_beta: float = Field(0.0, ge=0)
+    """Weight of the per-token KL estimate to the reference (the model with its LoRA adapters
+    disabled, or a frozen copy of the starting weights); 0: no reference."""
+    steps_per_generation: int = Field(1, ge=1, le=64)
+    """Optimizer steps per batch of rollouts: more than 1 reuses them with the importance ratio."""
+    rewards: list[RewardConfig] = Field(default_factory=list)
+    """The rewards summed (with their weights) into each answer's reward; at least one."""
+    allow_user_rewards: bool = False
+    """Allow `module:function` rewards: code from train.rl.reward_files runs in the training process."""
+    reward_files: list[str] = Field(default_factory=list)
+    """Python files defining the user reward functions; `prepare` copies them into the run (rewards/)
+    and records their hashes in the manifest, and the run loads them from there."""
+
 
 class TrainConfig(Section):
     """The training loop: batch, schedule, precision, checkpoints and stopping rules."""
 
-    task: Literal["pretrain", "sft", "classify", "preference"] = "pretrain"
+    task: Literal["pretrain", "sft", "classify", "preference", "rl"] = "pretrain"
     """pretrain: next-token on token shards; sft: next-token on completions only; classify: labels;
-    preference: chosen over rejected answers (train.preference)."""
+    preference: chosen over rejected answers (train.preference); rl: answers sampled and scored by
+    rewards (train.rl)."""
     seed: int = Field(1337, ge=0)
     """Seed of model init, data order and dropout."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -384,6 +480,8 @@ class TrainConfig(Section):
     """W&B project and MLflow experiment name; null: llmkit."""
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     """Preference tuning (task preference): the loss and the reference model."""
+    rl: RlConfig = Field(default_factory=RlConfig)
+    """Reinforcement learning (task rl): rollouts, rewards, loss."""
 
     @model_validator(mode="before")
     @classmethod
@@ -762,6 +860,10 @@ class RunConfig(Section):
             raise ValueError("privacy.dp does not cover train.task preference yet: its per-example gradients are "
                              "taken one row at a time, and a preference loss couples a chosen and a rejected row "
                              "(and KTO a whole batch); train without privacy.dp, or SFT with it")
+        if tc.task == "rl":
+            raise ValueError("privacy.dp does not cover train.task rl: its answers are sampled from the model "
+                             "itself, and their group-relative advantages couple the examples of a group; train "
+                             "without privacy.dp")
         if tc.task == "sft" and self.data.sft_packing:
             raise ValueError("privacy.dp needs one example per row: set data.sft_packing: false (packed rows mix "
                              "examples, and their gradients cannot be clipped one by one)")
@@ -775,6 +877,34 @@ class RunConfig(Section):
                              "steps); or set privacy.dp.noise_multiplier instead")
         if self.launch.nodes * self.launch.devices_per_node > 1:
             raise ValueError("privacy.dp runs in one process: set launch.nodes and launch.devices_per_node to 1")
+        return self
+
+    @model_validator(mode="after")
+    def _rl_is_possible(self) -> RunConfig:
+        tc, rl = self.train, self.train.rl
+        if tc.task != "rl":
+            return self
+        if not rl.rewards:
+            raise ValueError("train.task is rl but train.rl.rewards is empty: a run with no reward learns nothing; "
+                             "add one, e.g. rewards: [{function: contains}]")
+        user = [r.function for r in rl.rewards if ":" in r.function]
+        if user and not rl.allow_user_rewards:
+            raise ValueError(f"reward {user[0]!r} is user code, which runs inside the training process: set "
+                             "train.rl.allow_user_rewards: true to allow it (and list its file in train.rl.reward_files)")
+        if user and not rl.reward_files:
+            raise ValueError(f"reward {user[0]!r} is user code, but train.rl.reward_files names no file to load it from")
+        if tc.global_batch_size % rl.group_size:
+            raise ValueError(f"train.global_batch_size {tc.global_batch_size} counts answers and must be a multiple "
+                             f"of train.rl.group_size {rl.group_size} (whole groups of answers a step)")
+        if tc.compile is True:
+            raise ValueError("train.compile: true does not apply to train.task rl (its step alternates sampling and "
+                             "training, with shapes that change every step); set compile: false or auto")
+        if tc.distributed == "fsdp":
+            raise ValueError("train.task rl runs one process or DDP: FSDP would gather the model for every "
+                             "sampled token; set train.distributed: ddp or auto")
+        if self.data.sft_packing:
+            raise ValueError("data.sft_packing does not apply to train.task rl (sampled answers are padded one a "
+                             "row); remove it")
         return self
 
     @model_validator(mode="after")

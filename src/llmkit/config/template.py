@@ -12,7 +12,10 @@ _WIDTH = 96
 
 
 def _scalar(value: Any) -> str:
-    """One value in YAML flow style on a single line (lists included)."""
+    """One value in YAML flow style on a single line (lists included; a list of sections, such as
+    train.rl.rewards, as their settings that differ from the defaults)."""
+    if isinstance(value, list):
+        value = [v.model_dump(mode="json", exclude_defaults=True) if isinstance(v, BaseModel) else v for v in value]
     text = yaml.safe_dump(value, default_flow_style=True, width=10_000, allow_unicode=True)
     return text.removesuffix("...\n").strip()
 

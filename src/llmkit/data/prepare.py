@@ -377,6 +377,97 @@ def _write_preference_split(tmp: Path, split: str, encoded: list[tuple[Any, Any]
     meta[f"{split}_tokens"] = int(sum(len(ids) for p in pairs for ids, _ in p) + sum(len(s[0][0]) for s in single))
 
 
+def _rl_prompts(config: RunConfig, log: Log) -> tuple[list[Any], list[Any], str]:
+    """(training, validation) prompts of an RL run, and where they came from."""
+    from llmkit.data import prompts as prompts_
+    from llmkit.data.sources import example_rows
+
+    d = config.data
+    if d.prompts_path:
+        found = list(prompts_.prompts_of(example_rows(d.prompts_path, d, "data.prompts_path", "prompts")))
+        train, val = _split_examples(found, d.val_fraction, "prompts")
+        return train, val, d.prompts_path
+    if d.source != "embedded":
+        raise UsageError("train.task is rl but data.prompts_path is not set", "",
+                         "set data.prompts_path to a JSONL file of prompts (or a dataset), or use data.source: "
+                         "embedded for questions about the embedded documentation")
+    train, val = prompts_.embedded_prompts(d.val_fraction, config.train.seed)
+    log(f"rl: {len(train)} training and {len(val)} validation prompts made from the embedded documentation "
+        "(the statement's name as `answer`; validation on other statements)")
+    return train, val, "embedded"
+
+
+def _copy_reward_files(config: RunConfig, out: Path) -> dict[str, str]:
+    """Copy train.rl.reward_files into ``out``/rewards/; their sha256 by file name."""
+    import hashlib
+
+    hashes: dict[str, str] = {}
+    for name in config.train.rl.reward_files:
+        src = Path(name).expanduser()
+        if src.suffix != ".py" or not src.is_file():
+            raise UsageError(f"train.rl.reward_files: {name} is not a Python file", "",
+                             "name .py files that define the reward functions")
+        if src.name in hashes:
+            raise UsageError(f"train.rl.reward_files names two files called {src.name}", "",
+                             "give the reward files distinct names")
+        data = src.read_bytes()
+        (out / "rewards").mkdir(parents=True, exist_ok=True)
+        crypto.write_bytes(out / "rewards" / src.name, data)
+        hashes[src.name] = hashlib.sha256(data).hexdigest()
+    return hashes
+
+
+def prepare_rl(config: RunConfig, tok: Any, out: Path, log: Log, strict: bool = False) -> dict[str, Any]:
+    """Render the prompts into data/rl/{train,val}.jsonl (token ids, text, the example) and copy
+    the reward files into data/rl/rewards/. Prompts that leave no room for train.rl.max_new_tokens
+    in train.sequence_length_tokens are dropped and counted (``strict``: an error)."""
+    from llmkit.data import prompts as prompts_
+
+    train, val, source = _rl_prompts(config, log)
+    scrub = pii_filter(config)
+    room = config.train.sequence_length_tokens + 1 - config.train.rl.max_new_tokens
+    if room < 1:
+        raise UsageError(f"train.rl.max_new_tokens {config.train.rl.max_new_tokens} leaves no room for a prompt in "
+                         f"train.sequence_length_tokens {config.train.sequence_length_tokens}", "",
+                         "raise sequence_length_tokens or lower max_new_tokens")
+    rows: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
+    too_long: list[str] = []
+    for split, found in (("train", train), ("val", val)):
+        for i, p in enumerate(found):
+            if scrub is not None:
+                texts = scrub.example(i, [m["content"] for m in p.messages])
+                if texts is None:
+                    continue
+                p = prompts_.Prompt(p.where, [{**m, "content": t} for m, t in zip(p.messages, texts)], p.example)
+            ids, text = prompts_.render(tok, p)
+            if len(ids) > room:
+                too_long.append(p.where)
+                continue
+            rows[split].append({"where": p.where, "prompt_ids": ids, "prompt": text, "example": p.example})
+    if too_long:
+        log(f"rl: dropped {len(too_long)} prompt(s) longer than {room} tokens (sequence_length_tokens + 1 - "
+            f"max_new_tokens): {'; '.join(too_long[:3])}" + (" ..." if len(too_long) > 3 else ""))
+        if strict:
+            raise UsageError(f"--strict: {len(too_long)} prompt(s) would be dropped as too long", too_long[0],
+                             "shorten them, or raise train.sequence_length_tokens")
+    if not rows["train"] or not rows["val"]:
+        raise UsageError(f"the RL data has {len(rows['train'])} training and {len(rows['val'])} validation prompts",
+                         "training and validation each need prompts", "add prompts, or see the drops above")
+    meta: dict[str, Any] = {"format": "llmkit-rl-v1", "source": source, "vocab_size": len(tok),
+                            "pad_id": int(tok.pad_token_id if tok.pad_token_id is not None else eos_id(tok)),
+                            "train_prompts": len(rows["train"]), "val_prompts": len(rows["val"]),
+                            "dropped_too_long": len(too_long),
+                            "tokenizer_sha256": tokenizer_hash(RunDir(out.parent.parent).tokenizer),
+                            "pii": finish_pii(scrub, RunDir(out.parent.parent), source, log)}
+    with staged_dir(out) as tmp:
+        meta["reward_files"] = _copy_reward_files(config, tmp)
+        for split in ("train", "val"):
+            crypto.write_text(tmp / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows[split]))
+        atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
+    log(f"rl: {meta['train_prompts']} training and {meta['val_prompts']} validation prompts from {source}")
+    return meta
+
+
 def prepare(config: RunConfig, run_dir: str | Path | None = None, retrain_tokenizer: bool = False,
             log: Log = lambda _: None, strict: bool = False, ctx: RunContext | None = None) -> PrepareResult:
     """Make the run directory's tokenizer and the data the config's task trains on (``strict``:
@@ -402,6 +493,8 @@ def _prepare(config: RunConfig, run: RunDir, retrain_tokenizer: bool, log: Log, 
         result.outputs["sft"] = prepare_sft(config, tok, out, log, strict)
     elif task == "preference":
         result.outputs["preference"] = prepare_preference(config, tok, out, log, strict)
+    elif task == "rl":
+        result.outputs["rl"] = prepare_rl(config, tok, out, log, strict)
     else:
         result.outputs["classify"] = prepare_classify(config, tok, out, log)
     result.seconds = time.monotonic() - start

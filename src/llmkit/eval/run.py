@@ -87,7 +87,7 @@ def evaluate_loaded(cfg: RunConfig, run: RunDir, model: Any, tokenizer: Any, wri
     result: dict[str, Any] = {"metrics": objective.report(scored, data), "samples": []}
     if objective.generates:
         result["samples"] = samples(model, tokenizer, cfg.eval.sample_prompts, cfg.eval.sample_max_new_tokens,
-                                    cfg.train.task in ("sft", "preference"))
+                                    cfg.train.task in ("sft", "preference", "rl"))
     result["run"] = cfg.name
     result["task"] = cfg.train.task
     if write:

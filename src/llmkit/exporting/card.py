@@ -63,6 +63,12 @@ def _data_lines(cfg: Any, run: RunDir) -> list[str]:
         lines.append(f"- preference pairs: `{_shown(d.preference_path)}`" if d.preference_path else
                      "- preference pairs made from Python's own documentation")
         lines.append(f"- loss: {cfg.train.preference.loss} (beta {cfg.train.preference.beta:g})")
+    elif cfg.train.task == "rl":
+        rl = cfg.train.rl
+        lines.append(f"- prompts: `{_shown(d.prompts_path)}`" if d.prompts_path else
+                     "- prompts made from Python's own documentation")
+        lines.append(f"- reinforcement learning: {rl.loss}, {rl.group_size} sampled answers a prompt, rewards: "
+                     + ", ".join(f"{r.function} (weight {r.weight:g})" for r in rl.rewards))
     else:
         lines.append(f"- labelled texts: `{_shown(d.classify_path)}`")
     for meta_file in sorted(run.data.rglob("meta.json")) if run.data.exists() else []:
@@ -72,7 +78,8 @@ def _data_lines(cfg: Any, run: RunDir) -> list[str]:
             continue
         counts = [f"{meta[k]:,} {k.replace('_', ' ')}" for k in ("train_tokens", "val_tokens", "train_documents",
                                                                    "train_examples", "val_examples", "train_pairs",
-                                                                   "val_pairs") if k in meta]
+                                                                   "val_pairs", "train_prompts", "val_prompts")
+                  if k in meta]
         if counts:
             lines.append("- " + ", ".join(counts))
         if meta.get("pii"):

@@ -103,7 +103,7 @@ def _prompts(run: Path, tokenizer: Any) -> tuple[list[str], bool]:
     paths = RunDir(run)
     if paths.config.exists():
         cfg = paths.load_config()
-        return list(cfg.eval.sample_prompts), cfg.train.task in ("sft", "preference")
+        return list(cfg.eval.sample_prompts), cfg.train.task in ("sft", "preference", "rl")
     return ["The", "A class is"], False
 
 

@@ -20,8 +20,10 @@ REGISTRY: dict[str, str] = {  # objective name -> its module (imported when firs
     "lm": "llmkit.objectives.lm",
     "classify": "llmkit.objectives.classify",
     "preference": "llmkit.objectives.preference",
+    "rl": "llmkit.objectives.rl",
 }
-TASKS: dict[str, str] = {"pretrain": "lm", "sft": "lm", "classify": "classify", "preference": "preference"}  # train.task -> objective
+TASKS: dict[str, str] = {"pretrain": "lm", "sft": "lm", "classify": "classify", "preference": "preference",
+                        "rl": "rl"}  # train.task -> objective
 
 
 def get(name: str) -> Objective:

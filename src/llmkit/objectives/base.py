@@ -59,6 +59,8 @@ class Objective:
     """Whether the trained model generates text (eval samples, canaries)."""
     section: ClassVar[str | None] = None
     """The config section holding this objective's own settings (None: it has none)."""
+    compiles: ClassVar[bool] = True
+    """Whether train.compile may compile its training step (False: it always trains eager)."""
 
     def check(self, cfg: RunConfig) -> None:
         """Refuse, with a ConfigError, what this objective cannot train (nothing by default)."""

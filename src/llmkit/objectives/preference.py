@@ -39,10 +39,11 @@ USES = {  # the train.preference settings each loss reads (others must keep thei
 REFERENCE_LOSSES = ("dpo", "ipo", "kto")
 
 
-def sequence_logps(model: Any, ids: Any, labels: Any, attention: Any, chunked: bool = False) -> tuple[Any, Any]:
-    """(summed log-probability of each row's labelled tokens (R,), their count (R,)), in fp32.
-    ``chunked``: through the output head in chunks of tokens where the model allows it
-    (``head_loss.linear_token_logprobs``: the (R, T, V) logits are never made)."""
+def token_logps(model: Any, ids: Any, labels: Any, attention: Any, chunked: bool = False,
+                temperature: float = 1.0) -> Any:
+    """The log-probability of each labelled token (R, T), 0 elsewhere, in fp32, from the logits
+    divided by ``temperature``. ``chunked``: through the output head in chunks of tokens where the
+    model allows it (``head_loss.linear_token_logprobs``: the (R, T, V) logits are never made)."""
     import torch
 
     from llmkit.objectives.head_loss import deferred_head, linear_token_logprobs, output_head
@@ -52,11 +53,21 @@ def sequence_logps(model: Any, ids: Any, labels: Any, attention: Any, chunked: b
     if head is not None:
         with deferred_head(head):
             hidden = model(input_ids=ids, attention_mask=attention).logits
+        if temperature != 1.0:
+            hidden = hidden / temperature  # (h / t) W^T = (h W^T) / t: the head has no bias
         picked = linear_token_logprobs(hidden.reshape(-1, hidden.size(-1)), head.weight, labels.reshape(-1))
-        return picked.view(labels.shape).sum(-1), valid.sum(-1)
+        return picked.view(labels.shape)
     logits = model(input_ids=ids, attention_mask=attention).logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
     picked = torch.gather(logits.log_softmax(-1), -1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (picked * valid).sum(-1), valid.sum(-1)
+    return picked * valid
+
+
+def sequence_logps(model: Any, ids: Any, labels: Any, attention: Any, chunked: bool = False) -> tuple[Any, Any]:
+    """(summed log-probability of each row's labelled tokens (R,), their count (R,)), in fp32
+    (``token_logps`` summed)."""
+    return token_logps(model, ids, labels, attention, chunked).sum(-1), (labels != IGNORE).sum(-1)
 
 
 def peft_model(model: Any) -> Any:

@@ -179,9 +179,25 @@ def preference_factor(cfg: RunConfig) -> float:
     third of forward + backward). 1 for other tasks."""
     from llmkit.planning.memory import reference_kind
 
+    if cfg.train.task == "rl":
+        return rl_factor(cfg)
     if cfg.train.task != "preference":
         return 1.0
     return 2 * (4 / 3 if reference_kind(cfg) in ("copy", "adapters_off") else 1.0)
+
+
+def rl_factor(cfg: RunConfig) -> float:
+    """Compute of an RL run's answer over one sequence's training, in FLOPs: sampling it is a forward
+    pass (a third of forward + backward) once per ``steps_per_generation`` steps, and so is the old
+    policy's scoring when rollouts are reused; the KL reference adds a forward a step. Sampling is
+    one token at a time, bound by memory bandwidth rather than FLOPs: measure it
+    (benchmarks/rl_cost.py prints the share of a step spent sampling)."""
+    from llmkit.planning.memory import reference_kind
+
+    rl = cfg.train.rl
+    per_step = 1.0 + (1 / 3 if reference_kind(cfg) in ("copy", "adapters_off") else 0.0)
+    per_generation = 1 / 3 + (1 / 3 if rl.steps_per_generation > 1 else 0.0)
+    return per_step + per_generation / rl.steps_per_generation
 
 
 def step_breakdown(cfg: RunConfig, micro_batch: int, rates: Rates, precision: str = "bf16",
@@ -194,6 +210,11 @@ def step_breakdown(cfg: RunConfig, micro_batch: int, rates: Rates, precision: st
         extra = preference_factor(cfg) / 2 - 1
         if extra:
             parts["reference"] = extra * (parts["gemm"] + parts["attention"] + parts["elementwise"])
+        return parts
+    if cfg.train.task == "rl":
+        plain = cfg.model_copy(update={"train": cfg.train.model_copy(update={"task": "sft"})})
+        parts = step_breakdown(plain, micro_batch, rates, precision, accumulation)
+        parts["sampling"] = (rl_factor(cfg) - 1) * (parts["gemm"] + parts["attention"] + parts["elementwise"])
         return parts
     passes = 4 if cfg.train.gradient_checkpointing else 3
     lora = cfg.model.lora.enabled

@@ -36,12 +36,25 @@ class MemoryBreakdown:
     logits_bytes: int
     overhead_bytes: int
     reference_bytes: int = 0
-    """Preference tuning: a frozen reference copy of the weights, and its forward's logits."""
+    """Preference tuning and RL: a frozen reference copy of the weights, and its forward's logits."""
+    rollout_bytes: int = 0
+    """RL: the KV cache and sampling logits of one generation's answers, all decoded together. It
+    exists between training passes, so the peak counts the larger of it and activations + logits."""
 
     @property
     def peak_bytes(self) -> int:
         return (self.weights_bytes + self.autocast_copies_bytes + self.gradients_bytes + self.optimizer_bytes
-                + self.activations_bytes + self.logits_bytes + self.overhead_bytes + self.reference_bytes)
+                + max(self.activations_bytes + self.logits_bytes, self.rollout_bytes) + self.overhead_bytes
+                + self.reference_bytes)
+
+    def parts(self) -> dict[str, int]:
+        """Bytes by part, summing to the peak: the rollouts count only what they need beyond the
+        activations and logits, whose memory they reuse."""
+        from dataclasses import asdict
+
+        out = asdict(self)
+        out["rollout_bytes"] = max(0, self.rollout_bytes - self.activations_bytes - self.logits_bytes)
+        return out
 
     @property
     def above_weights_bytes(self) -> int:
@@ -90,9 +103,12 @@ def activation_bytes_per_token_layer(cfg: RunConfig, precision: str, device_kind
 
 
 def reference_kind(cfg: RunConfig) -> str:
-    """How a preference run has its reference model, as planned: ``none`` (simpo, orpo; and every
-    other task), ``precomputed``, ``adapters_off`` (LoRA) or ``copy`` (full fine-tuning; under
-    ``precompute_reference: auto`` training switches to precomputed when the copy does not fit)."""
+    """How a preference or RL run has its reference model, as planned: ``none`` (simpo, orpo, RL
+    without kl_beta; and every other task), ``precomputed``, ``adapters_off`` (LoRA) or ``copy``
+    (full fine-tuning; under ``precompute_reference: auto`` training switches to precomputed when the
+    copy does not fit)."""
+    if cfg.train.task == "rl":
+        return "none" if not cfg.train.rl.kl_beta else ("adapters_off" if cfg.model.lora.enabled else "copy")
     p = cfg.train.preference
     if cfg.train.task != "preference" or p.loss in ("simpo", "orpo"):
         return "none"
@@ -115,6 +131,9 @@ def training_memory(cfg: RunConfig, micro_batch: int, precision: str = "bf16", n
     if cfg.train.task == "preference":
         return _preference_memory(cfg, micro_batch, precision, num_devices, sharded, gradient_checkpointing,
                                   overhead_bytes, device_kind, reference or reference_kind(cfg))
+    if cfg.train.task == "rl":
+        return _rl_memory(cfg, micro_batch, precision, num_devices, gradient_checkpointing, overhead_bytes,
+                          device_kind)
     m = cfg.model
     total = count_parameters(m, vocab_size(cfg)).total
     lora = m.lora.enabled
@@ -177,6 +196,44 @@ def _preference_memory(cfg: RunConfig, pairs: int, precision: str, num_devices: 
         keep_bf16 = train_precision(cfg, device_kind, num_devices, compute=precision).bf16_weights
         ref += (2 if keep_bf16 else 4) * total  # whole on every rank: FSDP does not shard the frozen copy
     return replace(base, logits_bytes=logits, reference_bytes=ref)
+
+
+def rollout_rows(cfg: RunConfig, num_devices: int = 1) -> int:
+    """Answers one rank decodes together in a generation: its prompts of ``steps_per_generation``
+    steps, ``group_size`` answers each."""
+    rl = cfg.train.rl
+    return cfg.train.global_batch_size // max(1, num_devices) * rl.steps_per_generation
+
+
+def kv_cache_bytes(cfg: RunConfig, rows: int, tokens: int, precision: str) -> int:
+    """Keys and values of ``rows`` sequences of ``tokens`` positions, every layer, in the compute dtype."""
+    m = cfg.model
+    head_dim = m.hidden_size // m.num_attention_heads
+    return 2 * m.num_hidden_layers * m.num_key_value_heads * head_dim * rows * tokens * ELEMENT[precision]
+
+
+def _rl_memory(cfg: RunConfig, rows: int, precision: str, num_devices: int, checkpointing: bool | None,
+               overhead: int, device_kind: str) -> MemoryBreakdown:
+    """``training_memory`` of an RL run: a micro-batch of answers trains as SFT rows (their
+    log-probabilities through the head in chunks, one more chunk for the backward); a generation
+    decodes all of this rank's answers at once (``rollout_rows``) in a KV cache of the whole
+    sequence length, with each step's fp32 logits; the KL reference as a preference run's."""
+    from dataclasses import replace
+
+    sft = cfg.model_copy(update={"train": cfg.train.model_copy(update={"task": "sft"})})
+    base = training_memory(sft, rows, precision, num_devices, False, checkpointing, overhead, device_kind)
+    vocab, seq = vocab_size(cfg), cfg.train.sequence_length_tokens
+    logits = base.logits_bytes + chunk_tokens(vocab) * vocab * 4
+    together = rollout_rows(cfg, num_devices)
+    rollout = kv_cache_bytes(cfg, together, seq, precision) + together * vocab * 8  # logits + log-probs, fp32
+    ref = 0
+    kind = reference_kind(cfg)
+    if kind in ("copy", "adapters_off"):
+        ref = min(rows * seq, chunk_tokens(vocab)) * vocab * 8
+    if kind == "copy":
+        keep_bf16 = train_precision(cfg, device_kind, num_devices, compute=precision).bf16_weights
+        ref += (2 if keep_bf16 else 4) * count_parameters(cfg.model, vocab).total
+    return replace(base, logits_bytes=logits, reference_bytes=ref, rollout_bytes=rollout)
 
 
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4 bits, an 8-bit absmax per 64, an fp32 scale per 256 blocks

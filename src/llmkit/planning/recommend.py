@@ -190,7 +190,7 @@ def make_plan(cfg: RunConfig, device_names: list[str] | None = None, cloud: str 
             rework = preemption_seconds(cfg, hours * 3600, boot, price[3]) if spot and price and hours else 0.0
             cost = (billed_cost(price[0], hours * 3600 + boot + rework, price[2])
                     if hours is not None and price and math.isfinite(rework) else None)
-            plan.candidates.append(Candidate(dev.name, n, sharded, precision, micro, asdict(mem), micro is not None,
+            plan.candidates.append(Candidate(dev.name, n, sharded, precision, micro, mem.parts(), micro is not None,
                                              hours, cost, price[1] if price else None, boot / 3600, rework / 3600))
     plan.serving = serving_memory(cfg)
     if local is not None:
@@ -208,7 +208,7 @@ def make_plan(cfg: RunConfig, device_names: list[str] | None = None, cloud: str 
         top = plan.candidates[0] if plan.candidates else None
         mb = top.micro_batch if top is not None and top.micro_batch is not None else 1
     plan.config_micro_batch = mb
-    plan.memory_at_config_micro_batch = asdict(training_memory(cfg, mb, "bf16"))
+    plan.memory_at_config_micro_batch = training_memory(cfg, mb, "bf16").parts()
     if not any(c.fits for c in plan.candidates):
         plan.suggestions = suggestions(cfg, chosen, sharding)
     return plan

@@ -68,7 +68,38 @@ def _charts(stages: list[tuple[str, list[dict[str, Any]]]]) -> str:
                    line_chart(series("train", "logp_chosen") + series("eval", "val_logp_chosen")
                               + series("eval", "val_logp_rejected"),
                               "Answer log-likelihood (per token)", "step", "nats")]
+    if series("train", "zero_spread_groups"):  # RL
+        rewards = sorted({k for _, recs in stages for r in recs for k in r
+                          if k.startswith("reward_") and not k.endswith("_std") and r.get("kind") == "train"})
+        charts += [line_chart(series("train", "reward") + series("eval", "val_reward")
+                              + [s for k in rewards for s in series("train", k) + series("eval", f"val_{k}")],
+                              "Rewards (mean over the answers)", "step", "reward"),
+                   line_chart(series("train", "reward_std") + series("train", "zero_spread_groups"),
+                              "Reward spread, groups without signal", "step", "std / share"),
+                   line_chart(series("train", "length") + series("eval", "val_length"), "Answer length", "step",
+                              "tokens"),
+                   line_chart(series("train", "clip_fraction") + series("train", "kl"), "Clipped tokens, KL", "step",
+                              "share / nats"),
+                   line_chart(series("train", "rollout_tokens_per_s"), "Sampling throughput", "step", "tokens/s")]
     return '<div class="grid">' + "".join(charts) + "</div>"
+
+
+def _rollouts(run: RunDir, rounds: int = 3) -> str:
+    """The sampled answers of an RL run's last rounds (rollouts.jsonl) with their rewards."""
+    f = run.root / "rollouts.jsonl"
+    if not f.exists():
+        return ""
+    kept: dict[int, dict[str, Any]] = {}
+    for line in f.read_text().splitlines():
+        r = json.loads(line)
+        kept.setdefault(r["round"], {})[r["completion"]] = r  # a resumed round is written again: once
+    parts = ["<h3>Rollouts (the last rounds' first prompt)</h3>"]
+    for round_ in sorted(kept)[-rounds:]:
+        for r in kept[round_].values():
+            scores = ", ".join(f"{k} {v:.3g}" for k, v in r["rewards"].items())
+            parts.append(f"<pre><b>round {round_}: {escape(str(r['prompt']))}</b>\n{escape(r['completion'])}\n"
+                         f"<i>reward {r['reward']:.3g} ({escape(scores)})</i></pre>")
+    return "".join(parts)
 
 
 def _eval_section(run: RunDir) -> str:
@@ -133,7 +164,7 @@ def _privacy(run: RunDir) -> str:
                   if spent else "no step yet")]
     else:
         rows.append(("differential privacy", "off"))
-    for task in ("pretrain", "sft", "classify", "preference"):
+    for task in ("pretrain", "sft", "classify", "preference", "rl"):
         meta = run.task_data(task) / "meta.json"
         pii = json.loads(meta.read_text()).get("pii") if meta.exists() else None
         if pii:
@@ -160,7 +191,7 @@ def build_report(run: str | Path) -> Path:
     html = (f"<!doctype html><html><head><meta charset='utf-8'><title>llmkit report: {escape(run.root.name)}</title>"
             f"<style>{CSS}</style></head><body><h1>llmkit run report: {escape(run.root.name)}</h1>"
             f"<h2>Summary</h2>{_table(summary)}<h2>Curves</h2>{_charts(stages)}"
-            f"<h2>Evaluation and samples</h2>{_eval_section(run)}"
+            f"<h2>Evaluation and samples</h2>{_eval_section(run)}{_rollouts(run)}"
             f"<h2>Privacy</h2>{_privacy(run)}<h2>Environment</h2>{_environment(run)}<h2>Config</h2><pre>{escape(config)}</pre></body></html>")
     out = run.report
     atomic_write_text(out, html)

@@ -250,9 +250,11 @@ def _step_model(cfg: RunConfig, s: _Setup, state: TrainerState, d: Any, device: 
     import torch
 
     tc = cfg.train
-    if tc.compile is False or s.dp is not None:
+    if tc.compile is False or s.dp is not None or not s.objective.compiles:
         if tc.compile == "auto" and s.dp is not None:
             log("compile: auto -> eager (privacy.dp's per-example gradient hooks)")
+        elif tc.compile == "auto" and not s.objective.compiles:
+            log(f"compile: auto -> eager (the {s.objective.name} objective trains eager)")
         return s.model
     if d.enabled and tc.compile is True:
         raise ConfigError("train.compile: true runs in one process here",

@@ -42,6 +42,11 @@ class Progress:
         info = f"loss {record['loss']:.4f}"
         if "reward_accuracy" in record:  # preference tuning
             info += f" | reward acc {record['reward_accuracy']:.2f} | margin {record['reward_margin']:.3g}"
+        if "zero_spread_groups" in record:  # RL: the answers' mean reward, length, groups without signal
+            info += (f" | reward {record['reward']:.3f} | length {record['length']:.1f}"
+                     f" | flat groups {record['zero_spread_groups']:.2f}")
+            if "generation_s" in record:
+                info += f" | sampling {record['generation_s']:.1f}s"
         info += (f" | lr {record['lr']:.2e} | {record['tokens_per_s'] / 1000:.1f}k tok/s"
                  f" | MFU {100 * record['mfu']:.0f}%")
         if self._bar is not None:
