@@ -116,11 +116,10 @@ def _preference_line(cfg: Any) -> str:
 
 def _rl_line(cfg: Any) -> str:
     """How the plan counts an RL run: answers, their sampling, the KV cache and the reference."""
-    from llmkit.planning.entry import GB, reference_kind
-    from llmkit.planning.memory import kv_cache_bytes, rollout_rows
+    from llmkit.planning.entry import GB, kv_cache_bytes, reference_kind, rollout_rows
 
     rl, rows = cfg.train.rl, rollout_rows(cfg)
-    kv = kv_cache_bytes(cfg, rows, cfg.train.sequence_length_tokens, "bf16")
+    kv = rows * kv_cache_bytes(cfg, cfg.train.sequence_length_tokens, 2)
     ref = {"none": "no KL reference", "copy": "a frozen copy of the weights as the KL reference (+1/3 compute)",
            "adapters_off": "the KL reference is the model with its adapters disabled (+1/3 compute)"}[reference_kind(cfg)]
     return (f"rl ({rl.loss}): the batch counts answers ({rl.group_size} a prompt); a generation samples {rows} answers "

@@ -12,13 +12,13 @@ from pathlib import Path
 from llmkit.config.schema import RunConfig
 from llmkit.errors import EnvironmentProblem
 from llmkit.planning.hardware import prices_age_days
-from llmkit.planning.memory import GB, reference_kind
+from llmkit.planning.memory import GB, kv_cache_bytes, reference_kind, rollout_rows
 from llmkit.planning.recommend import LocalMachine, Plan, human_hours, human_usd, make_plan, wall_hours
 from llmkit.planning.serving import LocalServer, ServePlan, local_fits, serve_plan
 
 # what `llmkit plan` prints a plan with: units and the price list's age
 __all__ = ["DEFAULT_TOKENS_PER_USER", "GB", "Plan", "ServePlan", "human_hours", "human_usd", "plan_serving",
-           "reference_kind",
+           "kv_cache_bytes", "reference_kind", "rollout_rows",
            "plan_training", "prices_age_days", "this_machine", "wall_hours"]
 
 DEFAULT_TOKENS_PER_USER = 20.0  # faster than people read, as chat services stream

@@ -205,13 +205,6 @@ def rollout_rows(cfg: RunConfig, num_devices: int = 1) -> int:
     return cfg.train.global_batch_size // max(1, num_devices) * rl.steps_per_generation
 
 
-def kv_cache_bytes(cfg: RunConfig, rows: int, tokens: int, precision: str) -> int:
-    """Keys and values of ``rows`` sequences of ``tokens`` positions, every layer, in the compute dtype."""
-    m = cfg.model
-    head_dim = m.hidden_size // m.num_attention_heads
-    return 2 * m.num_hidden_layers * m.num_key_value_heads * head_dim * rows * tokens * ELEMENT[precision]
-
-
 def _rl_memory(cfg: RunConfig, rows: int, precision: str, num_devices: int, checkpointing: bool | None,
                overhead: int, device_kind: str) -> MemoryBreakdown:
     """``training_memory`` of an RL run: a micro-batch of answers trains as SFT rows (their
@@ -225,7 +218,7 @@ def _rl_memory(cfg: RunConfig, rows: int, precision: str, num_devices: int, chec
     vocab, seq = vocab_size(cfg), cfg.train.sequence_length_tokens
     logits = base.logits_bytes + chunk_tokens(vocab) * vocab * 4
     together = rollout_rows(cfg, num_devices)
-    rollout = kv_cache_bytes(cfg, together, seq, precision) + together * vocab * 8  # logits + log-probs, fp32
+    rollout = together * kv_cache_bytes(cfg, seq, ELEMENT[precision]) + together * vocab * 8  # + fp32 logits, log-probs
     ref = 0
     kind = reference_kind(cfg)
     if kind in ("copy", "adapters_off"):

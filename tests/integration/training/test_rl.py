@@ -24,7 +24,7 @@ from families import make_family  # noqa: E402
 
 PROMPTS = [{"prompt": f"What is {a} plus {b}?", "answer": str(a + b)} for a in range(2, 9) for b in range(2, 7)]
 REWARDS = [{"function": "contains", "weight": 0.5}, {"function": "length", "weight": 0.5, "max_tokens": 6}]
-RL = {"task": "rl", "sequence_length_tokens": 32, "max_steps": 6, "checkpoint_every_steps": 3, "eval_every_steps": 3,
+RL = {"task": "rl", "sequence_length_tokens": 48, "max_steps": 6, "checkpoint_every_steps": 3, "eval_every_steps": 3,
       "global_batch_size": 8, "micro_batch_size": 4, "eval_batches": 2,
       "rl": {"group_size": 4, "max_new_tokens": 8, "rewards": REWARDS}}
 USER_REWARD = '''
@@ -51,6 +51,7 @@ def rl_run(root: Path, name: str, rl: dict[str, Any] | None = None, extra: dict[
     data = root / f"{name}.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in (prompts or PROMPTS)))
     train_section = {**RL, **(extra or {}), "rl": {**RL["rl"], **(rl or {})}}
+    sections.setdefault("model", {"max_position_embeddings": 64})
     return make_run(root, name=name, prepared=prepared, data={"prompts_path": str(data), "val_fraction": 0.2},
                     train=train_section, **sections)
 
@@ -66,7 +67,7 @@ def test_prepare_renders_prompts_copies_reward_files_and_drops_long_prompts(tmp_
     rewards.write_text(USER_REWARD)
     chat = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}],
              "answer": "hello"}]
-    long = [{"prompt": "word " * 60, "answer": "x"}]
+    long = [{"prompt": "word " * 80, "answer": "x"}]
     cfg = rl_run(tmp_path, "p", {"allow_user_rewards": True, "reward_files": [str(rewards)],
                                   "rewards": [{"function": "my_rewards:digits"}]}, prompts=PROMPTS + chat + long,
                  prepared=False)
@@ -123,7 +124,8 @@ def test_user_rewards_are_opt_in_copied_and_fail_loudly(tmp_path: Path) -> None:
     assert "reward_my_rewards:digits" in records(good.run_dir, "train")[0]
     rewards.write_text("def digits(p, c, e):\n    return 1.0\n")  # editing the original does not reach the run
     with pytest.raises(ConfigError, match="user code"):
-        rl_run(tmp_path, "off", {"rewards": [{"function": "my_rewards:digits"}], "reward_files": [str(rewards)]})
+        load_config(rl_run(tmp_path, "off", {"rewards": [{"function": "my_rewards:digits"}],
+                                             "reward_files": [str(rewards)]}, prepared=False), environ={})
     for name, why in (("broken", "raised KeyError"), ("not_a_number", "returned nan, not a finite number")):
         rewards.write_text(USER_REWARD)
         with pytest.raises(RunFailure, match=why) as err:
@@ -133,15 +135,16 @@ def test_user_rewards_are_opt_in_copied_and_fail_loudly(tmp_path: Path) -> None:
     copy = tmp_path / "runs" / "good" / "data" / "rl" / "rewards" / "my_rewards.py"
     copy.write_text(USER_REWARD + "\n# edited\n")
     with pytest.raises(ConfigError, match="changed since prepare"):
-        run(rl_run(tmp_path, "good", {**user, "rewards": [{"function": "my_rewards:digits"}], "max_steps": 8},
-                   prepared=False))
+        run(rl_run(tmp_path, "good", {**user, "rewards": [{"function": "my_rewards:digits"}]},
+                   extra={"max_steps": 8}, prepared=False))
 
 
 def test_reused_rollouts_clip_and_the_kl_reference(tmp_path: Path) -> None:
     """steps_per_generation 2: the second step's ratios move off 1 (some clipped); kl_beta: a frozen
     copy of the starting weights (full fine-tuning), KL 0 at step 1."""
+    varied = [{"function": "regex", "pattern": "[ae]"}]  # a random model's answers differ on it
     cfg = rl_run(tmp_path, "reuse", {"steps_per_generation": 2, "kl_beta": 0.1, "clip_epsilon": 0.05,
-                                     "loss": "dr_grpo"}, extra={"learning_rate": 0.03})
+                                     "loss": "dr_grpo", "rewards": varied}, extra={"learning_rate": 0.01, "warmup_steps": 0})
     result, lines = run(cfg)
     assert any("KL reference: a frozen copy" in line for line in lines)
     recs = records(result.run_dir, "train")
@@ -155,7 +158,7 @@ def test_resume_after_kill_9_is_exact(tmp_path: Path) -> None:
     rl = {"steps_per_generation": 2}
     whole, _ = run(rl_run(tmp_path, "whole", rl))
     cfg = rl_run(tmp_path, "killed", rl)
-    out = llmkit("train", "--config", str(cfg), env={"LLMKIT_FAULT": "save:kill@6"})
+    out = llmkit("train", "--config", str(cfg), env={"LLMKIT_FAULT": "save:kill@10"})
     assert out.returncode == -9
     assert [s for s, _ in ckpt.committed(tmp_path / "runs" / "killed" / "checkpoints")] == [3]
     again = llmkit("train", "--config", str(cfg))
@@ -172,7 +175,7 @@ def test_lora_on_a_4bit_base_with_adapters_off_reference(tmp_path: Path) -> None
     base = make_family("qwen2.5", tmp_path / "base")
     sections = {"model": {"from_pretrained": str(base), "lora": {"enabled": True, "r": 4, "base_bits": 4}},
                 "tokenizer": {"kind": "pretrained", "path": str(base)}}
-    result, lines = run(rl_run(tmp_path, "lora", {"kl_beta": 0.05}, extra={"max_steps": 2, "precision": "auto"},
+    result, lines = run(rl_run(tmp_path, "lora", {"kl_beta": 0.05}, extra={"max_steps": 2, "precision": "auto", "sequence_length_tokens": 96},
                                **sections))
     assert result.reason == "completed"
     assert any("KL reference: adapters disabled" in line for line in lines)
@@ -190,11 +193,14 @@ def test_lora_on_a_4bit_base_with_adapters_off_reference(tmp_path: Path) -> None
 def test_refusals(tmp_path: Path, change: dict[str, Any], message: str) -> None:
     train_section = {**RL, **{k: v for k, v in change.items() if k != "rl"},
                      "rl": {**RL["rl"], **change.get("rl", {})}}
+    cfg = make_run(tmp_path, name="x", prepared=False, data={"prompts_path": "p.jsonl"}, train=train_section,
+                   model={"max_position_embeddings": 64})
     with pytest.raises(ConfigError, match=message):
-        make_run(tmp_path, name="x", prepared=False, data={"prompts_path": "p.jsonl"}, train=train_section)
+        load_config(cfg, environ={})
 
 
 def test_privacy_dp_refuses_rl(tmp_path: Path) -> None:
+    cfg = make_run(tmp_path, name="x", prepared=False, data={"prompts_path": "p.jsonl"}, train=RL,
+                   model={"max_position_embeddings": 64}, privacy={"dp": {"enabled": True, "noise_multiplier": 1.0}})
     with pytest.raises(ConfigError, match="privacy.dp does not cover train.task rl"):
-        make_run(tmp_path, name="x", prepared=False, data={"prompts_path": "p.jsonl"}, train=RL,
-                 privacy={"dp": {"enabled": True, "noise_multiplier": 1.0}})
+        load_config(cfg, environ={})
