@@ -19,6 +19,11 @@
    one more forward), and the peak CUDA memory of each (target: DPO within 10% of SFT's: no second
    copy of the base, the log-probabilities through the head in chunks as SFT's loss).
 
+5. GRPO (issue 33) on the same 4-bit base with LoRA: 4 prompts x 8 answers x 64 new tokens sampled
+   by llmkit's batch decoder (RL's rollouts) and by Hugging Face ``generate`` (num_return_sequences
+   8), tokens/s of each (target: llmkit >= 2x), then one GRPO step on those answers (the loss of
+   ``llmkit.objectives.rl``) and its time beside the sampling's.
+
 The data is the embedded corpus, tokenized by a BPE tokenizer trained here (no download); the
 QLoRA rows train on random tokens (memory and speed do not depend on the text).
 On a machine without a GPU, ``--device cpu --preset tiny --steps 3`` runs the same code quickly
@@ -234,6 +239,64 @@ def preference_check(root: Path, device: str, shape_name: str, steps: int) -> di
     return row
 
 
+def rl_check(root: Path, device: str, shape_name: str) -> dict[str, float]:
+    """Rollout tokens/s (llmkit's batch decoder vs HF generate) and a GRPO step on the 4-bit base."""
+    from llmkit.config.schema import LoraConfig, RlConfig
+    from llmkit.data.rollouts import collate_rows
+    from llmkit.device import autocast
+    from llmkit.generate.batch import BatchDecoder
+    from llmkit.generate.sampling import SamplingParams
+    from llmkit.objectives.rl import Rl
+
+    class _Tok:  # the decoder's tokenizer needs: stop ids, decode, pad id
+        pad_token_id, eos_token_id, unk_token_id, chat_template = 0, None, None, ""
+
+        def decode(self, ids, skip_special_tokens=True):  # type: ignore[no-untyped-def]
+            return " ".join(map(str, ids))
+
+        def convert_tokens_to_ids(self, _t):  # type: ignore[no-untyped-def]
+            return None
+
+        def __len__(self) -> int:
+            return int(QLORA_SHAPES[shape_name]["vocab_size"])
+
+    vocab, prompts, group, new = QLORA_SHAPES[shape_name]["vocab_size"], 4, 8, 64
+    dev = torch.device(device)
+    model = nf4_lora(root / "qlora-base", dev, LoraConfig(enabled=True, r=16, alpha=32.0, base_bits=4))[0]
+    lm = model.get_base_model()
+    batch = torch.randint(1, vocab, (prompts, 128)).tolist()
+    rows = [p for p in batch for _ in range(group)]
+    out: dict[str, float] = {}
+    with torch.no_grad(), autocast(dev, "bf16"):
+        t = time.perf_counter()
+        decoder = BatchDecoder(lm, _Tok())
+        params = [SamplingParams(max_new_tokens=new, temperature=1.0, seed=i, ignore_eos=True) for i in range(len(rows))]
+        decoder.add(rows, params, list(range(len(rows))))
+        while len(decoder):
+            decoder.step()
+        out["llmkit_rollout_tok_s"] = len(rows) * new / (time.perf_counter() - t)
+        ids = torch.tensor(batch, device=dev)
+        t = time.perf_counter()
+        lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, max_new_tokens=new,
+                    min_new_tokens=new, num_return_sequences=group, pad_token_id=0)
+        out["hf_rollout_tok_s"] = len(rows) * new / (time.perf_counter() - t)
+    completions = torch.randint(1, vocab, (len(rows), new)).tolist()
+    data = collate_rows([{"ids": r + c, "prompt_len": len(r), "advantage": float(i % 3 - 1), "old": None,
+                          "stats": {}} for i, (r, c) in enumerate(zip(rows, completions))], 0)
+    objective = Rl(settings=RlConfig(rewards=[{"function": "contains"}], max_new_tokens=new))
+    t = time.perf_counter()
+    for s in range(0, len(rows), 8):
+        part = {k: torch.from_numpy(v[s:s + 8]).to(dev) for k, v in data.items()}
+        with autocast(dev, "bf16"):
+            loss = objective.loss(model, part, True)[0]
+        loss.backward()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    out["grpo_update_s"] = time.perf_counter() - t
+    out["sampling_s"] = len(rows) * new / out["llmkit_rollout_tok_s"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
@@ -308,7 +371,12 @@ def main() -> None:
               f"({pref['dpo_step_s'] / pref['sft_step_s']:.2f}x; target <= 1.6x)"
               + (f"; peak {pref['dpo_peak_bytes'] / 1e9:.2f} GB vs {pref['sft_peak_bytes'] / 1e9:.2f} GB"
                  if "dpo_peak_bytes" in pref else ""))
-        print(json.dumps({"train": rows, "decode": decode, "qlora": qlora, "preference": pref}))
+        rl = rl_check(root, args.device, args.qlora_shape)
+        print(f"GRPO rollouts on the NF4 base (4 prompts x 8 answers x 64 tokens): llmkit "
+              f"{rl['llmkit_rollout_tok_s']:.0f} tokens/s vs HF generate {rl['hf_rollout_tok_s']:.0f} "
+              f"({rl['llmkit_rollout_tok_s'] / rl['hf_rollout_tok_s']:.2f}x; target >= 2x); the update on them "
+              f"{rl['grpo_update_s']:.2f} s beside {rl['sampling_s']:.2f} s of sampling")
+        print(json.dumps({"train": rows, "decode": decode, "qlora": qlora, "preference": pref, "rl": rl}))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -89,7 +89,9 @@ def throughput(root: Path, args: argparse.Namespace) -> None:
 
     print(f"part 1: {args.prompts} prompts x {args.group} answers x {args.tokens} tokens, fp32, sampled")
     for name, shape in SHAPES.items():
-        base = random_llama(root / name.split()[0], shape)
+        folder = root / name.split()[0]
+        folder.mkdir(parents=True, exist_ok=True)
+        base = random_llama(folder, shape)
         tok = load_tokenizer(base)
         model = AutoModelForCausalLM.from_pretrained(str(base)).eval()
         batch = prompts(tok, args.prompts)

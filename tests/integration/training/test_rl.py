@@ -204,3 +204,22 @@ def test_privacy_dp_refuses_rl(tmp_path: Path) -> None:
                    model={"max_position_embeddings": 64}, privacy={"dp": {"enabled": True, "noise_multiplier": 1.0}})
     with pytest.raises(ConfigError, match="privacy.dp does not cover train.task rl"):
         load_config(cfg, environ={})
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_prompts(tmp_path: Path) -> None:
+    """DDP: each rank samples its own prompts' groups; the step's metrics are over both ranks, the
+    run completes and resumes at the same world size."""
+    cfg = rl_run(tmp_path, "ddp", extra={"distributed": "ddp", "micro_batch_size": 4})
+    out = llmkit("train", "--config", str(cfg), "--nproc-per-node", "2", "--stop-at-step", "3")
+    assert out.returncode == 0, out.stderr[-3000:]
+    again = llmkit("train", "--config", str(cfg), "--nproc-per-node", "2")
+    assert again.returncode == 0 and "resumed from" in again.stdout, again.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "ddp"
+    recs = records(run_dir, "train")
+    assert [r["step"] for r in recs] == list(range(1, 7))
+    assert all(r["rollout_tokens"] > 0 and 0 <= r["zero_spread_groups"] <= 1 for r in recs)
+    # 8 answers a step over 2 ranks: 1 prompt's group of 4 each; both ranks' first prompts are sampled
+    samples = [json.loads(x) for x in (run_dir / "rollouts.jsonl").read_text().splitlines()]
+    assert {s["round"] for s in samples} == set(range(6))
+    assert (run_dir / "final" / "model.safetensors").exists()
