@@ -148,6 +148,20 @@ def apply_top_p(logits: Any, p: Any) -> Any:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def sample_rows(probs: Any, generators: list[Any]) -> Any:
+    """One token for each row of (R, V) probabilities, row r drawn with ``generators[r]``: one
+    uniform a row from its own generator (so a row's draw does not depend on the rest of the batch),
+    then the inverse of the row's cumulative distribution (float64), for all rows in one search.
+    The same distribution as ``torch.multinomial`` row by row, at one small RNG call a row instead
+    of a multinomial call a row (which was a third of an RL rollout's time on a CPU at 64 rows)."""
+    import torch
+
+    u = torch.stack([torch.rand((), generator=g, device=probs.device, dtype=torch.float64) for g in generators])
+    cdf = probs.double().cumsum(-1)
+    picked = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+    return picked.clamp(max=probs.size(-1) - 1)
+
+
 def next_tokens(logits: Any, params: list[SamplingParams], seen: Any, generators: list[Any],
                 counts: Any = None) -> Any:
     """Choose each row's next token from (B, V) logits under its own parameters.
@@ -180,7 +194,8 @@ def next_tokens(logits: Any, params: list[SamplingParams], seen: Any, generators
     if any(sp.top_p < 1 for sp in params):
         logits = apply_top_p(logits, torch.tensor([sp.top_p for sp in params], device=device))
     probs = logits.softmax(-1)
-    for row, sp in enumerate(params):
-        if not greedy[row]:
-            out[row] = torch.multinomial(probs[row], 1, generator=generators[row])[0]
+    rows = [r for r, g in enumerate(greedy) if not g]
+    if len(rows) == len(params):
+        return sample_rows(probs, generators)
+    out[torch.tensor(rows, device=device)] = sample_rows(probs[rows], [generators[r] for r in rows])
     return out

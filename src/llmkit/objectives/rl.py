@@ -27,7 +27,6 @@ negative), each reward's mean, the answers' length and the share that ended by t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,6 @@ from llmkit.config.schema import RlConfig, RunConfig
 from llmkit.errors import ConfigError
 from llmkit.objectives.base import EvalResult, Objective
 from llmkit.objectives.preference import peft_model, token_logps
-from llmkit.objectives.rewards import Answer, Rewards
 
 Log = Callable[[str], None]
 STD_EPS = 1e-4  # added to a group's standard deviation (TRL's value)

@@ -300,6 +300,8 @@ class _ServingTimer:
         """The step's work outside the layers: embedding, rotary angles, final norm, head, sampling."""
         import torch
 
+        from llmkit.generate.sampling import sample_rows
+
         key = ("step", rows)
         if key not in self.timings:
             embed, norm, head_fn, rotary = self._ends()
@@ -314,9 +316,7 @@ class _ServingTimer:
                 logits = head_fn(norm(x))[:, 0].float()
                 chosen = logits.argmax(-1)
                 if self.sampled:
-                    probs = (logits / 0.8).softmax(-1)
-                    for r in range(rows):
-                        chosen[r] = torch.multinomial(probs[r], 1, generator=generators[r])[0]
+                    chosen = sample_rows((logits / 0.8).softmax(-1), generators)
                 chosen.tolist()
 
             with torch.inference_mode():

@@ -67,3 +67,37 @@ def same_tensors(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def llmkit(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "llmkit", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def records(run: Path, kind: str) -> list[dict[str, Any]]:
+    """The run's metrics.jsonl records of one kind (train, eval, ...)."""
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+def train_logged(cfg: Path, **kw: Any) -> tuple[Any, list[str]]:
+    """Train the config in this process: (the result, the lines it logged)."""
+    from llmkit.training.loop import train
+
+    lines: list[str] = []
+    result = train(load_config(cfg, environ={}), log=lines.append, **kw)
+    return result, lines
+
+
+def sft_tiny_from_scratch(tmp_path: Path, runs: str) -> str:
+    """The learning tests' starting model: the `tiny` preset SFT'd from scratch on the embedded
+    question/answer pairs through the CLI (300 steps, fp32: the same numbers on every CPU); its final/."""
+    from llmkit.quickstart import qa_pairs
+
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps(p) + "\n" for p in qa_pairs()))
+    assert llmkit("init", "--preset", "tiny", str(tmp_path / "sft.yaml")).returncode == 0
+    sft = ["--config", str(tmp_path / "sft.yaml"), "--set", f"runs_root={runs}", "--set", "name=sft",
+           "--set", "train.task=sft", "--set", f"data.sft_path={qa}", "--set", "train.max_steps=300",
+           "--set", "train.learning_rate=0.003", "--set", "train.min_learning_rate=0.0003",
+           "--set", "train.warmup_steps=10", "--set", "train.global_batch_size=8", "--set", "train.micro_batch_size=8",
+           "--set", "train.eval_every_steps=300", "--set", "train.checkpoint_every_steps=300",
+           "--set", "train.precision=fp32"]
+    for stage in ("prepare", "train"):
+        out = llmkit(stage, *sft, timeout=900)
+        assert out.returncode == 0, out.stderr[-3000:]
+    return f"{runs}/sft/final"

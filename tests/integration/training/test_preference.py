@@ -14,9 +14,9 @@ import pytest
 from llmkit.config.load import load_config
 from llmkit.errors import ConfigError
 from llmkit.training import checkpoint as ckpt
-from llmkit.training.loop import train
 
-from .helpers import llmkit, losses, make_run, same_tensors, tensors
+from .helpers import llmkit, losses, make_run, records, same_tensors, tensors
+from .helpers import train_logged as run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from families import make_family  # noqa: E402
@@ -27,10 +27,6 @@ PREF = {"train": {"task": "preference", "sequence_length_tokens": 32, "max_steps
                   "eval_every_steps": 6, "global_batch_size": 4, "micro_batch_size": 2}}
 
 
-def records(run: Path, kind: str) -> list[dict[str, Any]]:
-    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
-
-
 def pref_run(root: Path, name: str, extra: dict[str, Any] | None = None, pairs: list[dict[str, Any]] | None = None,
              prepared: bool = True, **sections: Any) -> Path:
     data = root / f"{name}.jsonl"
@@ -39,12 +35,6 @@ def pref_run(root: Path, name: str, extra: dict[str, Any] | None = None, pairs: 
     return make_run(root, name=name, prepared=prepared, data={"preference_path": str(data), "val_fraction": 0.2,
                                                               **sections.pop("data", {})},
                     train=train_section, **sections)
-
-
-def run(cfg: Path, **kw: Any) -> tuple[Any, list[str]]:
-    lines: list[str] = []
-    result = train(load_config(cfg, environ={}), log=lines.append, **kw)
-    return result, lines
 
 
 def test_prepare_reports_shapes_and_drops_and_strict_refuses(tmp_path: Path) -> None:

@@ -16,30 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import llmkit
+from .helpers import llmkit, sft_tiny_from_scratch
 
 pytestmark = pytest.mark.slow  # two training runs (about 2 minutes on 2 cores)
 
 
 def test_dpo_recipe_learns_held_out_preferences(tmp_path: Path) -> None:
-    from llmkit.quickstart import qa_pairs
-
-    qa = tmp_path / "qa.jsonl"
-    qa.write_text("".join(json.dumps(p) + "\n" for p in qa_pairs()))
     runs = str(tmp_path / "runs")
-    # fp32 throughout: the same numbers on every CPU (bf16 matmuls round differently on AVX512-BF16
-    # and AMX, and a few held-out pairs sit near the line)
-    precision = ["--set", "train.precision=fp32"]
-    assert llmkit("init", "--preset", "tiny", str(tmp_path / "sft.yaml")).returncode == 0
-    sft = ["--config", str(tmp_path / "sft.yaml"), "--set", f"runs_root={runs}", "--set", "name=sft",
-           "--set", "train.task=sft", "--set", f"data.sft_path={qa}", "--set", "train.max_steps=300",
-           "--set", "train.learning_rate=0.003", "--set", "train.min_learning_rate=0.0003",
-           "--set", "train.warmup_steps=10", "--set", "train.global_batch_size=8", "--set", "train.micro_batch_size=8",
-           "--set", "train.eval_every_steps=300", "--set", "train.checkpoint_every_steps=300", *precision]
-    for stage in ("prepare", "train"):
-        out = llmkit(stage, *sft, timeout=900)
-        assert out.returncode == 0, out.stderr[-3000:]
-    base = f"{runs}/sft/final"
+    base = sft_tiny_from_scratch(tmp_path, runs)
+    precision = ["--set", "train.precision=fp32"]  # the same numbers on every CPU
     assert llmkit("init", "--preset", "dpo/tiny", str(tmp_path / "dpo.yaml")).returncode == 0
     dpo = ["--config", str(tmp_path / "dpo.yaml"), "--set", f"runs_root={runs}", "--set", f"model.from_pretrained={base}",
            "--set", f"tokenizer.path={base}", "--set", "train.eval_at_start=true", *precision]

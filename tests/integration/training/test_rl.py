@@ -15,9 +15,9 @@ import pytest
 from llmkit.config.load import load_config
 from llmkit.errors import ConfigError, RunFailure
 from llmkit.training import checkpoint as ckpt
-from llmkit.training.loop import train
 
-from .helpers import llmkit, losses, make_run, same_tensors, tensors
+from .helpers import llmkit, losses, make_run, records, same_tensors, tensors
+from .helpers import train_logged as run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from families import make_family  # noqa: E402
@@ -42,10 +42,6 @@ def not_a_number(prompt, completion, example):
 '''
 
 
-def records(run: Path, kind: str) -> list[dict[str, Any]]:
-    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
-
-
 def rl_run(root: Path, name: str, rl: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
            prompts: list[dict[str, Any]] | None = None, prepared: bool = True, **sections: Any) -> Path:
     data = root / f"{name}.jsonl"
@@ -54,12 +50,6 @@ def rl_run(root: Path, name: str, rl: dict[str, Any] | None = None, extra: dict[
     sections.setdefault("model", {"max_position_embeddings": 64})
     return make_run(root, name=name, prepared=prepared, data={"prompts_path": str(data), "val_fraction": 0.2},
                     train=train_section, **sections)
-
-
-def run(cfg: Path, **kw: Any) -> tuple[Any, list[str]]:
-    lines: list[str] = []
-    result = train(load_config(cfg, environ={}), log=lines.append, **kw)
-    return result, lines
 
 
 def test_prepare_renders_prompts_copies_reward_files_and_drops_long_prompts(tmp_path: Path) -> None:
