@@ -161,9 +161,19 @@ def test_resume_after_kill_9_is_exact(tmp_path: Path) -> None:
                         tensors(whole.run_dir / "final" / "model.safetensors"))
 
 
-def test_lora_on_a_4bit_base_with_adapters_off_reference(tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["bf16", "bf16-weights"])
+def test_bf16_runs(tmp_path: Path, precision: str) -> None:
+    """bf16 autocast, and bf16 weights with fp32 masters: the rollouts decode the bf16 model."""
+    result, lines = run(rl_run(tmp_path, "b", {"kl_beta": 0.05}, extra={"max_steps": 2, "precision": precision}))
+    assert result.reason == "completed" and any(precision.replace("-", " ") in line for line in lines)
+    recs = records(result.run_dir, "train")
+    assert all(r["rollout_tokens"] > 0 for r in recs) and abs(recs[0]["kl"]) < 1e-3
+
+
+@pytest.mark.parametrize("bits", [4, 16])
+def test_lora_on_a_quantized_base_with_adapters_off_reference(tmp_path: Path, bits: int) -> None:
     base = make_family("qwen2.5", tmp_path / "base")
-    sections = {"model": {"from_pretrained": str(base), "lora": {"enabled": True, "r": 4, "base_bits": 4}},
+    sections = {"model": {"from_pretrained": str(base), "lora": {"enabled": True, "r": 4, "base_bits": bits}},
                 "tokenizer": {"kind": "pretrained", "path": str(base)}}
     result, lines = run(rl_run(tmp_path, "lora", {"kl_beta": 0.05}, extra={"max_steps": 2, "precision": "auto", "sequence_length_tokens": 96},
                                **sections))
