@@ -80,3 +80,22 @@ def test_python_asserts_reward_scores_answers() -> None:
     totals, per = rewards.score(answers)
     assert totals == [1.0, 0.0, 0.0]
     assert program_of(good, example["asserts"]).startswith("def add(a, b):")
+
+
+def test_without_namespaces_python_asserts_is_refused_unless_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where namespaces do not work, the reward is refused with the reason; allow_unsandboxed runs
+    the code with the limits and a temporary directory only (it then passes or fails as its asserts say)."""
+    from llmkit.errors import ConfigError
+    from llmkit.objectives.rewards import check_sandbox
+
+    monkeypatch.setattr(sandbox, "available", lambda: "unprivileged user namespaces are disabled")
+    strict = RlConfig(rewards=[RewardConfig(function="python_asserts")])
+    with pytest.raises(ConfigError, match="cannot sandbox") as err:
+        check_sandbox(strict)
+    assert "namespaces are disabled" in err.value.detail
+    loose = RlConfig(rewards=[RewardConfig(function="python_asserts", allow_unsandboxed=True)])
+    check_sandbox(loose)
+    example = {"asserts": "assert f() == 1"}
+    totals, _ = Rewards(loose).score([Answer("p", "def f():\n    return 1\n", example, 5, True),
+                                      Answer("p", "def f():\n    return 2\n", example, 5, True)])
+    assert totals == [1.0, 0.0]
