@@ -57,7 +57,7 @@ def llmkit_decode(model, tok, batch: list[list[int]], group: int, tokens: int, s
               for i in range(len(rows))]
     start = time.perf_counter()
     with torch.no_grad():
-        decoder = BatchDecoder(model, tok)
+        decoder = BatchDecoder(model, tok, stream=False)  # as RL's rollouts decode
         decoder.add(rows, params, list(range(len(rows))))
         while len(decoder):
             decoder.step()

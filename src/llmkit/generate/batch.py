@@ -124,11 +124,13 @@ def cache_argument(model: Any) -> str:
 class BatchDecoder:
     """Live sequences decoded together; see the module docstring."""
 
-    def __init__(self, model: Any, tokenizer: Any, fast: DecodeStep | None | bool = True):
+    def __init__(self, model: Any, tokenizer: Any, fast: DecodeStep | None | bool = True, stream: bool = True):
         """``fast``: True builds a :class:`~llmkit.generate.fastpath.DecodeStep` when the model's
         architecture has one, a step passes one already built (a server's compiled step), False
-        decodes through ``model.forward``."""
-        self.model, self.tokenizer = model, tokenizer
+        decodes through ``model.forward``. ``stream``: each event carries the text its token adds;
+        False (RL's rollouts): a sequence without stop strings is detokenized once, its whole text
+        on its last event."""
+        self.model, self.tokenizer, self.stream = model, tokenizer, stream
         self.fast = (DecodeStep(model) if supports(model) else None) if fast is True else (fast or None)
         self.window = context_length(model)
         self.stops = stop_token_ids(tokenizer)
@@ -306,7 +308,8 @@ class BatchDecoder:
                 seq.counts[token] += 1
             if len(seq.ids) >= seq.limit:
                 finish = "length"
-        seq.detokenize(self.tokenizer, flush=finish is not None)
+        if self.stream or finish is not None or seq.params.stop:
+            seq.detokenize(self.tokenizer, flush=finish is not None)
         hit = first_stop(seq.text, seq.params.stop, seq.emitted)
         if hit >= 0:
             seq.text, finish = seq.text[:hit], "stop"

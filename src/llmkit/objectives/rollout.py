@@ -61,7 +61,7 @@ class Rollouts:
         texts, ended = [""] * len(prompts), [False] * len(prompts)
         try:
             with torch.no_grad(), autocast(self.device, self.precision):
-                decoder = BatchDecoder(lm, self.tokenizer)
+                decoder = BatchDecoder(lm, self.tokenizer, stream=False)
                 params = [SamplingParams(max_new_tokens=self.rl.max_new_tokens, temperature=self.rl.temperature,
                                          top_p=self.rl.top_p, seed=int(s), logprobs=0) for s in seeds]
                 events = decoder.add(prompts, params, list(range(len(prompts))))

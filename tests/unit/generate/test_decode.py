@@ -230,3 +230,33 @@ def test_slot_cache_keeps_each_rows_history_through_compaction() -> None:
     for _ in range(3):
         step()
     assert cache.rows == 2 and set(names) == {"d", "f"}
+
+
+def test_unstreamed_decoding_ends_with_the_same_text(model_and_tokenizer) -> None:
+    """stream=False (RL's rollouts): no text until a row ends, then all of it; the same tokens and
+    the same text as streaming; a row with stop strings still streams (they are found in the text)."""
+    model, tok = model_and_tokenizer
+
+    def run(stream: bool) -> tuple[dict[int, list[int]], dict[int, list[str]]]:
+        prompts = [tok.encode("The"), tok.encode("A long prompt about"), tok.encode("x")]
+        params = [SamplingParams(max_new_tokens=12, temperature=1.0, seed=s) for s in (1, 2)]
+        params.append(SamplingParams(max_new_tokens=12, temperature=1.0, seed=3, stop=("zz",)))
+        d = BatchDecoder(model, tok, stream=stream)
+        ids: dict[int, list[int]] = {0: [], 1: [], 2: []}
+        texts: dict[int, list[str]] = {0: [], 1: [], 2: []}
+        events = d.add(prompts, params, [0, 1, 2])
+        while True:
+            for e in events:
+                if e.token_id is not None:
+                    ids[e.key].append(e.token_id)
+                texts[e.key].append(e.text)
+            if not len(d):
+                return ids, texts
+            events = d.step()
+
+    streamed, unstreamed = run(True), run(False)
+    assert streamed[0] == unstreamed[0]
+    assert {k: "".join(v) for k, v in streamed[1].items()} == {k: "".join(v) for k, v in unstreamed[1].items()}
+    for key in (0, 1):
+        assert all(t == "" for t in unstreamed[1][key][:-1]) and unstreamed[1][key][-1]
+    assert unstreamed[1][2] == streamed[1][2]
