@@ -3,10 +3,11 @@
 The README's recipe, through the CLI: SFT the `tiny` preset (from scratch, as the quickstart's chat
 stage and the DPO learning test do) on the embedded question/answer pairs, then `llmkit init
 --preset grpo/tiny` on that model with the prompts `prepare` makes from the embedded documentation
-(validation prompts on statements no training prompt has). The reward, in [0, 1]: half for naming
-the statement asked about, half for ending by itself within 24 tokens. Evaluation answers each
-held-out prompt once, seeded per prompt. Required: the mean held-out reward rises by at least 0.3
-within the recipe's 40 steps (about a minute of training on 2 cores; measured 0.094 -> 0.50).
+(validation prompts on statements no training prompt has). The reward, in [0, 1]: a quarter for
+naming the statement asked about, three quarters for ending by itself within 24 tokens. Evaluation
+answers each held-out prompt once, seeded per prompt. Required: the mean held-out reward rises by
+at least 0.3 within the recipe's 40 steps (about a minute of training on 2 cores; measured
+0.255 -> 0.662).
 """
 
 from __future__ import annotations
