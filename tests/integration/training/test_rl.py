@@ -161,6 +161,29 @@ def test_resume_after_kill_9_is_exact(tmp_path: Path) -> None:
                         tensors(whole.run_dir / "final" / "model.safetensors"))
 
 
+def test_encrypted_run_seals_prompts_and_reward_files(tmp_path: Path) -> None:
+    """Under encryption at rest the prompts and the copied reward files are sealed, the user reward
+    still loads (its hash checked on the plain text), and no plain rollouts.jsonl is written."""
+    import base64
+
+    from llmkit.privacy import crypto
+
+    rewards = tmp_path / "my_rewards.py"
+    rewards.write_text(USER_REWARD)
+    cfg = rl_run(tmp_path, "sealed", {"allow_user_rewards": True, "reward_files": [str(rewards)],
+                                      "rewards": [{"function": "my_rewards:digits"}]}, extra={"max_steps": 2},
+                 prepared=False, privacy={"encryption_key_env": "RL_KEY"})
+    env = {"RL_KEY": base64.b64encode(bytes(range(32))).decode()}
+    for stage in ("prepare", "train"):
+        out = llmkit(stage, "--config", str(cfg), env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+    data = tmp_path / "runs" / "sealed" / "data" / "rl"
+    for f in (data / "train.jsonl", data / "val.jsonl", data / "rewards" / "my_rewards.py"):
+        assert crypto.is_sealed(f), f
+        assert b"What is" not in f.read_bytes() and b"def digits" not in f.read_bytes()
+    assert not (tmp_path / "runs" / "sealed" / "rollouts.jsonl").exists()
+
+
 @pytest.mark.parametrize("precision", ["bf16", "bf16-weights"])
 def test_bf16_runs(tmp_path: Path, precision: str) -> None:
     """bf16 autocast, and bf16 weights with fp32 masters: the rollouts decode the bf16 model."""
