@@ -26,7 +26,7 @@
 
 The data is the embedded corpus, tokenized by a BPE tokenizer trained here (no download); the
 QLoRA rows train on random tokens (memory and speed do not depend on the text).
-On a machine without a GPU, ``--device cpu --preset tiny --steps 3`` runs the same code quickly
+On a machine without a GPU, ``--device cpu --preset tiny --steps 3 --sequence 256 --qlora-shape tiny`` runs the same code quickly
 (a smoke test of the script, not a measurement of anything in the issue).
 
 Usage: python benchmarks/gpu_check.py [--device cuda] [--preset gpt2-124m] [--steps 50] [--qlora-shape llama-8b|tiny]
@@ -308,7 +308,7 @@ def main() -> None:
     parser.add_argument("--qlora-steps", type=int, default=10)
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("no CUDA device: run on a GPU machine, or --device cpu --preset tiny --steps 3 to try the script")
+        raise SystemExit("no CUDA device: run on a GPU machine, or --device cpu --preset tiny --steps 3 --sequence 256 --qlora-shape tiny to try the script")
     where = torch.cuda.get_device_name(0) if args.device == "cuda" else f"cpu: {cpu_line()}"
     print(f"device: {where}; torch {torch.__version__}")
     root = Path(tempfile.mkdtemp(prefix="llmkit-gpu-check-"))
