@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmkit.errors import UsageError
+from llmkit.generate.constrain import Constraint, mask_logits
 from llmkit.generate.fastpath import DecodeStep, supports
 from llmkit.generate.kvcache import SlotCache
 from llmkit.generate.sampling import SamplingParams, log_probs, next_tokens
@@ -45,6 +46,7 @@ class _Seq:
     seen: Any  # (V,) bool tensor, or None when no repetition penalty applies
     counts: Any = None  # (V,) generated-token counts, when a presence or frequency penalty applies
     prompt: Any = None  # prompt log-probabilities to deliver with the first event (echo)
+    constraint: Any = None  # the row's grammar (llmkit.generate.constrain.Constraint), if it has one
     ids: list[int] = field(default_factory=list)
     text: str = ""  # decoded so far (complete characters only)
     emitted: int = 0  # characters of ``text`` already streamed
@@ -184,7 +186,9 @@ class BatchDecoder:
                 seen = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
                 seen[torch.tensor(list(p), device=self.device).clamp(max=self.vocab - 1)] = True
             counts = torch.zeros(self.vocab, device=self.device) if sp.counts_tokens else None
-            new.append(_Seq(key, sp, min(sp.max_new_tokens, self.window - len(p)), g, seen, counts))
+            constraint = Constraint(sp.grammar, self.tokenizer) if sp.grammar is not None else None
+            new.append(_Seq(key, sp, min(sp.max_new_tokens, self.window - len(p)), g, seen, counts,
+                            constraint=constraint))
         echo = any(sp.prompt_logprobs is not None for sp in params)
         cache = DynamicCache()
         with torch.inference_mode():
@@ -242,8 +246,10 @@ class BatchDecoder:
         if any(s.seen is not None for s in seqs):
             blank = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
             seen = torch.stack([s.seen if s.seen is not None else blank for s in seqs])
-        chosen, failed = self._choose(logits, seqs, seen)
-        lp = log_probs(logits) if any(s.params.logprobs is not None for s in seqs) else None
+        lp = log_probs(logits) if any(s.params.logprobs is not None for s in seqs) else None  # the model's own
+        masked, refused = mask_logits(logits, [s.constraint for s in seqs])
+        chosen, failed = self._choose(masked, seqs, seen)
+        failed.update(refused)
         events, keep = [], []
         for i, (seq, token) in enumerate(zip(seqs, chosen.tolist())):
             if i in failed:
@@ -301,6 +307,8 @@ class BatchDecoder:
         if is_stop:
             finish = "stop"
         else:
+            if seq.constraint is not None:
+                seq.constraint.consume(token)
             seq.ids.append(token)
             if seq.seen is not None:
                 seq.seen[min(token, self.vocab - 1)] = True

@@ -31,6 +31,7 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
     logprobs: int | None = None  # report each new token's log-probability and this many alternatives
     prompt_logprobs: int | None = None  # also the prompt tokens' (echo); then max_new_tokens may be 0
+    grammar: str | None = None  # llguidance grammar the tokens must follow (llmkit.generate.constrain)
 
     def __post_init__(self) -> None:
         problems = []
@@ -52,6 +53,8 @@ class SamplingParams:
             problems.append(f"repetition_penalty must be within [0.01, 10] (got {self.repetition_penalty})")
         if any(not s for s in self.stop):
             problems.append("stop strings must not be empty")
+        if self.grammar is not None and self.ignore_eos:
+            problems.append("ignore_eos cannot be combined with a grammar (a complete grammar ends the row)")
         if problems:
             raise UsageError("invalid sampling parameters", "; ".join(problems), "fix the values named above")
 
