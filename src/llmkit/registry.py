@@ -4,8 +4,8 @@ Only names and module paths live here (nothing is imported): the config validate
 ``launch.target`` against them, the CLI builds its choice lists from them, and ``--help`` stays
 light. The implementations are imported on first use (:func:`load`).
 
-To add a launch target or an export format: write its module (see ``llmkit.launching.base`` and
-``llmkit.exporting.base`` for what it exposes) and add one line below.
+To add a launch target, an export format or a tool-call format: write its module (see ``llmkit.launching.base`` and
+``llmkit.exporting.base``, ``llmkit.serving.toolcalls.base`` for what it exposes) and add one line below.
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ LAUNCH_TARGETS: dict[str, str] = {  # name -> module with TARGET (render, check,
 EXPORT_FORMATS: dict[str, str] = {  # name -> module with FORMAT (export, verify)
     "hf": "llmkit.exporting.hf",
     "gguf": "llmkit.exporting.gguf",
+}
+TOOL_PARSERS: dict[str, str] = {  # name -> module with PARSER (detect, parse, safe, grammar)
+    "hermes": "llmkit.serving.toolcalls.hermes",
+    "llama3_json": "llmkit.serving.toolcalls.llama3",
+    "mistral": "llmkit.serving.toolcalls.mistral",
 }
 
 

@@ -38,6 +38,8 @@ def serve(
     pack_weights: bool = typer.Option(None, "--pack-weights/--no-pack-weights",
                                       help="Decode with oneDNN-packed copies of the projection weights (CPU). "
                                            "Default: serve.pack_weights (auto: the shapes measured faster)."),
+    tool_parser: str = typer.Option(None, "--tool-parser", help="How tool calls are read: hermes, llama3_json or "
+                                    "mistral (default: serve.tool_parser, auto: from the chat template)."),
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (binds 127.0.0.1 by default)."""
     from llmkit.serving.entry import serve_config, serve_foreground
@@ -47,7 +49,7 @@ def serve(
              "serve.max_batch_size": max_batch_size, "serve.max_queue": max_queue,
              "serve.drain_timeout_s": drain_timeout, "serve.engine": engine.value if engine else None,
              "serve.ui": ui, "serve.dtype": dtype.value if dtype else None, "serve.compile": compile_step,
-             "serve.pack_weights": pack_weights}
+             "serve.pack_weights": pack_weights, "serve.tool_parser": tool_parser}
     sets = list(overrides) + [f"{k}={_yaml(v)}" for k, v in flags.items() if v is not None]
     serve_foreground(model_path, serve_config(model_path, config, sets), served_model_name)
 

@@ -608,6 +608,10 @@ class ServeConfig(Section):
     """Origins allowed by CORS; empty: no CORS headers."""
     ui: bool = True
     """Serve the chat page at / (one self-contained file, strict Content-Security-Policy)."""
+    tool_parser: Literal["auto", "hermes", "llama3_json", "mistral"] = "auto"
+    """How tool calls are read from the model's answers (and written when tool_choice forces
+    one). auto: from the chat template (`<tool_call>` tags: hermes, as llmkit's own template, Qwen
+    and Hermes write them; Llama 3 headers: llama3_json; `[TOOL_CALLS]`: mistral)."""
 
     @field_validator("api_key_env")
     @classmethod

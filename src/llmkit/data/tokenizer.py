@@ -21,11 +21,51 @@ IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<|pad|>"
 
 # ChatML-style: every turn is <|im_start|>role\ncontent<|im_end|>\n. The assistant's content and
 # its <|im_end|> are what SFT trains on; the generation prompt opens an assistant turn.
-CHAT_TEMPLATE = (
+#
+PLAIN_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+"""The template of tokenizers trained before tool calls (recognised by the GGUF export's Modelfile)."""
+
+# Tools (Hermes style, the convention Qwen's templates also follow; docs/tool-calling.md): with
+# ``tools`` the conversation opens with a system turn (the system message's text first, if there is
+# one) that lists each tool as one line of JSON between <tools> and </tools>. An assistant's calls
+# are <tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call> blocks after its text, one a
+# call, joined by newlines; a tool's result is a "tool" turn holding <tool_response>\n...\n</tool_response>.
+# Without tools and tool calls the text is exactly the plain ChatML above.
+TOOLS_HEADER = ("# Tools\n\nYou may call these functions (JSON schemas):\n<tools>")
+TOOLS_FOOTER = ("\n</tools>\nTo call a function, answer with <tool_call>\n"
+                '{"name": <function name>, "arguments": <arguments object>}\n</tool_call>; one block a call.')
+CHAT_TEMPLATE = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\\n' }}"
+    "{%- if messages and messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\\n\\n' }}{%- endif %}"
+    "{{- " + repr(TOOLS_HEADER) + " }}"
+    "{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}"
+    "{{- " + repr(TOOLS_FOOTER) + " + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if tools and loop.first and message['role'] == 'system' %}"
+    "{%- elif message['role'] == 'assistant' and message['tool_calls'] is defined and message['tool_calls'] %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if message['content'] %}{{- message['content'] + '\\n' }}{%- endif %}"
+    "{%- for call in message['tool_calls'] %}"
+    "{%- set f = call['function'] if call['function'] is defined else call %}"
+    "{{- '<tool_call>\\n{\"name\": ' + (f['name'] | tojson) + ', \"arguments\": ' }}"
+    "{%- if f['arguments'] is string %}{{- f['arguments'] }}{%- else %}{{- f['arguments'] | tojson }}{%- endif %}"
+    "{{- '}\\n</tool_call>' }}{%- if not loop.last %}{{- '\\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- elif message['role'] == 'tool' %}"
+    "{{- '<|im_start|>tool\\n<tool_response>\\n' + message['content'] + '\\n</tool_response><|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
 
@@ -129,15 +169,23 @@ def portable_tokenizer_config(directory: str | Path) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
 
 
+def chat_template_text(directory: str | Path) -> str:
+    """A tokenizer directory's chat template: chat_template.jinja, else tokenizer_config.json's ("": none)."""
+    d = Path(directory)
+    if (d / "chat_template.jinja").exists():
+        return (d / "chat_template.jinja").read_text(encoding="utf-8")
+    if (d / "tokenizer_config.json").exists():
+        return str(json.loads((d / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template") or "")
+    return ""
+
+
 def end_token_ids(directory: str | Path, eos: int | None) -> list[int]:
     """The end-of-text token and, when the chat template uses it, the end-of-turn token."""
     d = Path(directory)
     ends = [eos] if eos is not None else []
     data = json.loads((d / "tokenizer.json").read_text(encoding="utf-8")) if (d / "tokenizer.json").exists() else {}
     added = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
-    template = (d / "chat_template.jinja").read_text(encoding="utf-8") if (d / "chat_template.jinja").exists() else ""
-    if not template and (d / "tokenizer_config.json").exists():
-        template = str(json.loads((d / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template") or "")
+    template = chat_template_text(d)
     for token in END_OF_TURN:
         if token in added and token in template and added[token] not in ends:
             ends.append(added[token])

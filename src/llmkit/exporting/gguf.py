@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from llmkit.data.tokenizer import CHAT_TEMPLATE, end_token_ids
+from llmkit.data.tokenizer import CHAT_TEMPLATE, PLAIN_CHAT_TEMPLATE, TOOLS_FOOTER, TOOLS_HEADER, end_token_ids
 from llmkit.errors import UsageError
 from llmkit.exporting.base import ExportFormat, Exported, ExportRequest
 from llmkit.fsutil import atomic_write_text
@@ -199,6 +199,19 @@ def modelfile_path(gguf_file: Path) -> Path:
 # llmkit's chat template (ChatML) in Ollama's Go template language.
 OLLAMA_CHATML = ('{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}'
                  '<|im_start|>assistant\n')
+# The same with its tool-call convention (data.tokenizer.CHAT_TEMPLATE): Ollama gathers the system
+# messages into .System; with .Tools they open the tools' system turn, as the Jinja template does.
+OLLAMA_CHATML_TOOLS = (
+    '{{- if .Tools }}<|im_start|>system\n{{ if .System }}{{ .System }}\n\n{{ end }}' + TOOLS_HEADER
+    + '{{ range .Tools }}\n{{ json . }}{{ end }}' + TOOLS_FOOTER + '<|im_end|>\n{{ end }}'
+    '{{- range .Messages }}'
+    '{{- if and (eq .Role "system") $.Tools }}'
+    '{{- else if and (eq .Role "assistant") .ToolCalls }}<|im_start|>assistant\n{{ if .Content }}{{ .Content }}\n{{ end }}'
+    '{{- range $i, $c := .ToolCalls }}{{ if $i }}\n{{ end }}<tool_call>\n'
+    '{"name": "{{ $c.Function.Name }}", "arguments": {{ json $c.Function.Arguments }}}\n</tool_call>{{ end }}<|im_end|>\n'
+    '{{ else if eq .Role "tool" }}<|im_start|>tool\n<tool_response>\n{{ .Content }}\n</tool_response><|im_end|>\n'
+    '{{ else }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}'
+    '{{- end }}<|im_start|>assistant\n')
 
 
 def modelfile(gguf_file: Path, template: str | None, stops: list[str], context: int,
@@ -206,6 +219,8 @@ def modelfile(gguf_file: Path, template: str | None, stops: list[str], context: 
     """An Ollama Modelfile for the GGUF beside it: `ollama create NAME -f <this file>`."""
     lines = [f"# Ollama: ollama create {gguf_file.stem} -f {modelfile_path(gguf_file).name}", f"FROM ./{gguf_file.name}"]
     if template is not None and template.strip() == CHAT_TEMPLATE:
+        lines.append(f'TEMPLATE """{OLLAMA_CHATML_TOOLS}"""')
+    elif template is not None and template.strip() == PLAIN_CHAT_TEMPLATE:
         lines.append(f'TEMPLATE """{OLLAMA_CHATML}"""')
     elif template:
         lines.append("# a custom chat template: Ollama reads it from the GGUF (tokenizer.chat_template)")

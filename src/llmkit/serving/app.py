@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from llmkit.config.schema import GenerateConfig, ServeConfig
 from llmkit.serving.engine import Engine, EngineError, Handle, Overloaded
 from llmkit.serving.metrics import Metrics
+from llmkit.serving.toolcalls.use import ToolStream
 from llmkit.serving.protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk,
                                    ChatCompletionRequest, ChatCompletionResponse, CompletionChoice, CompletionRequest,
                                    EngineRequest, Entry, TokenText, chat_logprobs, completion_logprobs,
@@ -247,7 +248,8 @@ def create_app(state: State) -> FastAPI:
             raise ApiError(404, "the model does not exist on this server (see GET /v1/models)", param="model",
                            code="model_not_found")
         try:
-            work = req.to_engine_request(tok, state.defaults, engine.window, state.max_token_bytes)
+            work = req.to_engine_request(tok, state.defaults, engine.window, state.max_token_bytes,
+                                         state.config.tool_parser)
         except RequestError as exc:
             raise ApiError(400, exc.message, param=exc.param, code=exc.code) from None
         try:
@@ -363,7 +365,7 @@ async def _collect(state: State, request: Request, handle: Handle, meta: dict[st
     body: ChatCompletionResponse | CompletionResponse
     if chat:
         body = ChatCompletionResponse(**meta, usage=usage, choices=[
-            ChatChoice(index=i, message=AssistantMessage(content=c.text), finish_reason=c.finish,
+            ChatChoice(index=i, message=_message(work, c), finish_reason=_finish(work, c),
                        logprobs=_logprobs(state, work, True, c.tokens) if work.logprobs else None)
             for i, c in enumerate(choices)])
     else:
@@ -382,9 +384,34 @@ async def _collect(state: State, request: Request, handle: Handle, meta: dict[st
     return JSONResponse(body.model_dump(mode="json"))
 
 
+def _message(work: EngineRequest, choice: _Choice) -> AssistantMessage:
+    """A finished choice as the assistant's message: its text, or its text and its tool calls."""
+    if work.tools is None:
+        return AssistantMessage(content=choice.text)
+    content, calls, _ = work.tools.finish(choice.text, choice.finish)
+    return AssistantMessage(content=content, tool_calls=[c.openai() for c in calls] or None)
+
+
+def _finish(work: EngineRequest, choice: _Choice) -> str:
+    return work.tools.finish(choice.text, choice.finish)[2] if work.tools is not None else choice.finish
+
+
 async def _wait_disconnect(request: Request) -> None:
     while not await request.is_disconnected():
         await asyncio.sleep(0.1)
+
+
+def _tool_deltas(stream: ToolStream, text: str, finish: str | None) -> list[tuple[dict[str, Any], str | None]]:
+    """One streamed choice's chunks for new text under tool calling: the content that is plain
+    text for sure, and at the end the calls (one delta each, OpenAI's ``tool_calls`` shape), then
+    the finish reason."""
+    content = stream.add(text)
+    if finish is None:
+        return [({"content": content}, None)] if content else []
+    rest, calls, finish = stream.end(finish)
+    out: list[tuple[dict[str, Any], str | None]] = [({"content": content + rest}, None)] if content + rest else []
+    out += [({"tool_calls": [call.openai(index=i)]}, None) for i, call in enumerate(calls)]
+    return out + [({}, finish)]
 
 
 async def _sse(state: State, handle: Handle, meta: dict[str, Any], chat: bool,
@@ -398,6 +425,7 @@ async def _sse(state: State, handle: Handle, meta: dict[str, Any], chat: bool,
     pending: list[list[Entry]] = [[] for _ in handle.params]
     offsets = [0] * len(handle.params)
     started = [False] * len(handle.params)
+    tools = [ToolStream(work.tools) for _ in handle.params] if chat and work.tools is not None else None
 
     def chunk(choices: list[Any], usage: Usage | None = None) -> bytes:
         return chunk_type(**meta, choices=choices, usage=usage).sse()
@@ -424,12 +452,19 @@ async def _sse(state: State, handle: Handle, meta: dict[str, Any], chat: bool,
             if not ev.text and not ev.finish_reason:
                 continue
             finish = ev.finish_reason if ev.finish_reason != "cancelled" else "stop"
+            deltas = _tool_deltas(tools[choice], ev.text, finish if ev.finish_reason else None) if tools else []
+            if tools is not None and not deltas:  # held back: a tool call may be starting
+                continue
             lp = None
             if work.logprobs:
                 lp = _logprobs(state, work, chat, pending[choice], offsets[choice])
                 pending[choice] = []
             offsets[choice] += len(ev.text)
-            if chat:
+            if tools is not None:
+                for delta, reason in deltas:
+                    yield chunk([ChatChunkChoice(index=choice, delta=delta, finish_reason=reason, logprobs=lp)])
+                    lp = None
+            elif chat:
                 yield chunk([ChatChunkChoice(index=choice, delta={"content": ev.text} if ev.text else {},
                                              finish_reason=finish, logprobs=lp)])
             else:

@@ -7,6 +7,7 @@ temperature of 0 is legitimate).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any, ClassVar, Literal
@@ -15,7 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from llmkit.config.schema import GenerateConfig
 from llmkit.errors import UsageError
+from llmkit.generate.constrain import GrammarError, check_grammar, json_schema_grammar
 from llmkit.generate.sampling import SamplingParams
+from llmkit.serving.toolcalls.base import parser_for
+from llmkit.serving.toolcalls.use import ToolUse
 
 MAX_N = 8
 MAX_STOP = 4
@@ -26,7 +30,9 @@ MAX_LOGIT_BIAS = 1024
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 # Known OpenAI fields llmkit does not implement, with the values that ask for nothing (accepted);
-# any other value is a 400 naming the field. Both endpoints unless listed under one.
+# any other value is a 400 naming the field. Chat completions declare tools, tool_choice,
+# parallel_tool_calls and response_format as fields of their own, so these entries apply to
+# /v1/completions there.
 _OFF: dict[str, tuple[Any, ...]] = {
     "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
     "parallel_tool_calls": (None, True, False), "response_format": (None, {"type": "text"}), "audio": (None,),
@@ -39,6 +45,10 @@ _WHY = {"tools": "tool calling", "tool_choice": "tool calling", "functions": "fu
         "audio": "audio output", "modalities": "outputs other than text", "prediction": "predicted outputs",
         "web_search_options": "web search", "reasoning_effort": "reasoning effort", "store": "stored completions",
         "service_tier": "service tiers", "suffix": "insertion (suffix)", "parallel_tool_calls": "tool calling"}
+_WHY_COMPLETIONS = {"tools": "tool calling on /v1/completions (use /v1/chat/completions)",
+                    "tool_choice": "tool calling on /v1/completions (use /v1/chat/completions)",
+                    "parallel_tool_calls": "tool calling on /v1/completions (use /v1/chat/completions)",
+                    "response_format": "structured output on /v1/completions (use /v1/chat/completions)"}
 
 
 class RequestError(Exception):
@@ -64,6 +74,8 @@ class EngineRequest:
     prompt_tokens: int = 0
     echo: list[str] | None = None
     logprobs: bool = False
+    tools: ToolUse | None = None
+    """How the answers' tool calls are read (None: no tools, or tool_choice none)."""
 
 
 class StreamOptions(BaseModel):
@@ -107,7 +119,8 @@ class _Sampling(BaseModel):
         """A RequestError for a known OpenAI field that asks for something llmkit does not do."""
         for name, value in (self.model_extra or {}).items():
             if name in _OFF and value not in _OFF[name]:
-                raise RequestError(f"{name}: {_WHY[name]} is not supported by this server", name, "unsupported_field")
+                why = _WHY_COMPLETIONS.get(name, _WHY[name]) if isinstance(self, CompletionRequest) else _WHY[name]
+                raise RequestError(f"{name}: {why} is not supported by this server", name, "unsupported_field")
 
     def unknown_fields(self) -> list[str]:
         """Extra fields that are neither implemented nor known-and-refused (logged, then ignored)."""
@@ -134,7 +147,7 @@ class _Sampling(BaseModel):
         return tuple(out)
 
     def to_sampling_params(self, defaults: GenerateConfig, room: int, index: int = 0,
-                           bias: tuple[tuple[int, float], ...] = ()) -> SamplingParams:
+                           bias: tuple[tuple[int, float], ...] = (), grammar: str | None = None) -> SamplingParams:
         """Engine parameters: each None takes the server default; max_tokens is capped to ``room``.
 
         Documented behaviour: a max_tokens larger than the room left in the context window is
@@ -151,7 +164,7 @@ class _Sampling(BaseModel):
             repetition_penalty=self.repetition_penalty, stop=stops,
             seed=self.seed + index if self.seed is not None else None, ignore_eos=self.ignore_eos,
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty, logit_bias=bias,
-            logprobs=self.token_logprobs(), prompt_logprobs=self.prompt_logprobs())
+            logprobs=self.token_logprobs(), prompt_logprobs=self.prompt_logprobs(), grammar=grammar)
 
     def prompt_list(self, tokenizer: Any, window: int, max_token_bytes: int) -> list[list[int]]:
         """The prompts as token ids (each request kind renders its own)."""
@@ -160,11 +173,16 @@ class _Sampling(BaseModel):
     def echo_texts(self, tokenizer: Any, prompts: list[list[int]]) -> list[str] | None:
         return None
 
+    def constraint(self, tokenizer: Any, tool_parser: str = "auto") -> tuple[str | None, ToolUse | None]:
+        """The grammar every choice decodes under (None: free) and how tool calls are read
+        (``tool_parser``: serve.tool_parser)."""
+        return None, None
+
     def allows_zero_tokens(self) -> bool:
         return False
 
     def to_engine_request(self, tokenizer: Any, defaults: GenerateConfig, window: int,
-                          max_token_bytes: int) -> EngineRequest:
+                          max_token_bytes: int, tool_parser: str = "auto") -> EngineRequest:
         """Everything the engine needs, checked against the model: a RequestError (a 400) for a
         prompt that is empty or does not fit the ``window``, a max_tokens below 1, sampling
         parameters out of range, top_k or logit_bias beyond the vocabulary, too many choices."""
@@ -186,15 +204,16 @@ class _Sampling(BaseModel):
         if self.top_k is not None and self.top_k > vocab:
             raise RequestError(f"top_k must be at most the vocabulary size, {vocab} (or -1: off)", "top_k")
         bias = self.bias(vocab)
+        grammar, tools = self.constraint(tokenizer, tool_parser)
         try:
-            params = [self.to_sampling_params(defaults, window - len(ids), i, bias)
+            params = [self.to_sampling_params(defaults, window - len(ids), i, bias, grammar)
                       for ids in prompts for i in range(self.n)]
         except UsageError as exc:
             raise RequestError(exc.detail or exc.summary) from None
         include_usage = bool(self.stream and self.stream_options and self.stream_options.include_usage)
         return EngineRequest([ids for ids in prompts for _ in range(self.n)], params, self.stream, include_usage,
                              self.n, sum(map(len, prompts)), self.echo_texts(tokenizer, prompts),
-                             self.token_logprobs() is not None)
+                             self.token_logprobs() is not None, tools)
 
     prompt_field: ClassVar[str] = "prompt"
 
@@ -265,12 +284,33 @@ class ContentPart(BaseModel):
     text: StrictStr | None = None
 
 
+class MessageFunction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: StrictStr = Field(max_length=256)
+    arguments: StrictStr = Field(max_length=1_000_000)
+
+
+class MessageToolCall(BaseModel):
+    """A call an earlier assistant turn made (sent back with the conversation)."""
+
+    model_config = ConfigDict(extra="allow")
+    id: StrictStr | None = Field(None, max_length=256)
+    type: Literal["function"] = "function"
+    function: MessageFunction
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "user", "assistant", "developer"]
-    content: StrictStr | list[ContentPart]
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: StrictStr | list[ContentPart] | None = None
+    tool_calls: Annotated[list[MessageToolCall], Field(max_length=128)] | None = None
+    tool_call_id: StrictStr | None = Field(None, max_length=256)
 
     def text(self) -> str:
+        if self.content is None:
+            if self.role == "assistant" and self.tool_calls:
+                return ""
+            raise RequestError(f"a {self.role} message needs content", "messages")
         if isinstance(self.content, str):
             return self.content
         for part in self.content:
@@ -279,6 +319,66 @@ class ChatMessage(BaseModel):
                                    "messages", "unsupported_content")
         return "".join(p.text or "" for p in self.content)
 
+    def rendered(self) -> dict[str, Any]:
+        """The message as chat templates take it: "developer" is a system message; a call's
+        arguments are an object (Hugging Face's convention), not JSON text."""
+        out: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        if self.tool_calls:
+            out["tool_calls"] = [{"id": c.id, "type": "function",
+                                  "function": {"name": c.function.name, "arguments": _arguments(c.function.arguments)}}
+                                 for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+def _arguments(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise RequestError("a tool call's arguments in messages are not valid JSON", "messages") from None
+    if not isinstance(value, dict):
+        raise RequestError("a tool call's arguments in messages must be a JSON object", "messages")
+    return value
+
+
+class FunctionDef(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    description: StrictStr | None = Field(None, max_length=100_000)
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None
+
+
+class ToolDef(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    name: StrictStr = Field(max_length=256)
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    name: StrictStr = Field("response", max_length=256)
+    description: StrictStr | None = None
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
 
 class ChatCompletionRequest(_Sampling):
     """POST /v1/chat/completions."""
@@ -286,6 +386,10 @@ class ChatCompletionRequest(_Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=1024)]
     logprobs: StrictBool = False
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
+    tools: Annotated[list[ToolDef], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool = True
+    response_format: ResponseFormat | None = None
 
     prompt_field: ClassVar[str] = "messages"
 
@@ -293,19 +397,83 @@ class ChatCompletionRequest(_Sampling):
         super().refused()
         if self.top_logprobs is not None and not self.logprobs:
             raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
+        if self.tool_choice not in (None, "none") and not self.tools:
+            raise RequestError("tool_choice needs tools", "tool_choice")
+        if self.response_format is not None and self.response_format.type == "json_schema" and (
+                self.response_format.json_schema is None or self.response_format.json_schema.json_schema is None):
+            raise RequestError("response_format json_schema needs json_schema.schema", "response_format")
+        structured = self.response_format is not None and self.response_format.type != "text"
+        if structured and self.tools and self.tool_choice != "none":
+            raise RequestError("response_format and tools together: the answer is either JSON or a tool call "
+                               "(send tool_choice: none, or leave one of them out)", "response_format")
+        if structured and self.ignore_eos:
+            raise RequestError("ignore_eos cannot be combined with response_format", "ignore_eos")
 
     def token_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
-    def chat(self) -> list[dict[str, str]]:
-        """Messages as the chat template expects them ("developer" is a system message)."""
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+    def chat(self) -> list[dict[str, Any]]:
+        """Messages as the chat template expects them."""
+        return [m.rendered() for m in self.messages]
+
+    def tool_list(self) -> list[dict[str, Any]] | None:
+        return [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
 
     def prompt_list(self, tokenizer: Any, window: int, max_token_bytes: int) -> list[list[int]]:
         if tokenizer.chat_template is None:
             raise RequestError("this model has no chat template; use /v1/completions", "messages")
-        text = tokenizer.apply_chat_template(self.chat(), tokenize=False, add_generation_prompt=True)
+        if self.tools and "tools" not in tokenizer.chat_template:
+            raise RequestError("this model's chat template has no tool support (it never writes the tools "
+                               "into the prompt); send the request without tools", "tools")
+        text = tokenizer.apply_chat_template(self.chat(), tools=self.tool_list(), tokenize=False,
+                                             add_generation_prompt=True)
         return [_encode(tokenizer, text, window, max_token_bytes, "messages")]
+
+    def constraint(self, tokenizer: Any, tool_parser: str = "auto") -> tuple[str | None, ToolUse | None]:
+        if self.tools:
+            return self._tool_constraint(tokenizer, tool_parser)
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return None, None
+        schema = fmt.json_schema.json_schema if fmt.type == "json_schema" and fmt.json_schema else None
+        return _compiled(json_schema_grammar, schema, tokenizer, "response_format"), None
+
+    def _tool_constraint(self, tokenizer: Any, tool_parser: str) -> tuple[str | None, ToolUse | None]:
+        tools = self.tool_list() or []
+        for i, tool in enumerate(tools):
+            _compiled(json_schema_grammar, tool["function"].get("parameters"), tokenizer,
+                      f"tools[{i}].function.parameters")
+        if self.tool_choice == "none":
+            return None, None
+        parser = parser_for(tokenizer.chat_template, tool_parser)
+        if parser is None:
+            raise RequestError("tool calls in this model's chat template are in no format llmkit reads "
+                               "(hermes, llama3_json, mistral); start the server with --tool-parser", "tools")
+        names = frozenset(t["function"]["name"] for t in tools)
+        if isinstance(self.tool_choice, NamedToolChoice):
+            wanted = self.tool_choice.function.name
+            if wanted not in names:
+                raise RequestError(f"tool_choice names {wanted[:64]!r}, which is not in tools", "tool_choice")
+            tools = [t for t in tools if t["function"]["name"] == wanted]
+        if self.tool_choice in (None, "auto"):
+            return None, ToolUse(parser, names, "auto", self.parallel_tool_calls)
+        parallel = self.parallel_tool_calls and not isinstance(self.tool_choice, NamedToolChoice)
+        grammar = _compiled(lambda _: parser.grammar(tools, parallel, tokenizer), None, tokenizer, "tools")
+        return grammar, ToolUse(parser, names, "required", parallel)
+
+
+def _compiled(make: Any, schema: Any, tokenizer: Any, param: str) -> str:
+    """A grammar made by ``make(schema)`` and checked against the tokenizer: a RequestError naming
+    ``param`` and the part that failed when the engine cannot compile it."""
+    if schema is not None and not isinstance(schema, dict):
+        raise RequestError(f"{param} must be a JSON schema object", param)
+    try:
+        grammar = make(schema)
+        check_grammar(grammar, tokenizer)
+    except GrammarError as exc:
+        raise RequestError(f"{param} is not a JSON schema llmkit can decode under: {str(exc)[:500]}", param,
+                           "invalid_schema") from None
+    return grammar
 
 
 # --- responses ---------------------------------------------------------------------------------
@@ -330,7 +498,8 @@ class CompletionChoice(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -342,8 +511,9 @@ class ChatChoice(BaseModel):
 
 class ChatChunkChoice(BaseModel):
     index: int
-    delta: dict[str, str]
-    """The new text (``{"content": ...}``); the first chunk carries the role, the last may be empty."""
+    delta: dict[str, Any]
+    """The new text (``{"content": ...}``) or calls (``{"tool_calls": [...]}``); the first chunk
+    carries the role, the last may be empty."""
     finish_reason: str | None
     logprobs: dict[str, Any] | None = None
 

@@ -82,7 +82,21 @@ def vllm_command(model_dir: Path, cfg: ServeConfig, served_name: str) -> list[st
         cmd += ["--api-key", f"${cfg.api_key_env}"]  # expanded by the shell we exec through
     if cfg.cors_origins:
         cmd += ["--allowed-origins", ",".join(cfg.cors_origins)]
+    parser = tool_parser_name(model_dir, cfg)
+    if parser is not None:  # vLLM's parsers of these formats have the same names
+        cmd += ["--enable-auto-tool-choice", "--tool-call-parser", parser]
     return cmd
+
+
+def tool_parser_name(model_dir: Path, cfg: ServeConfig) -> str | None:
+    """serve.tool_parser, or under auto the format the model's chat template writes (None: none)."""
+    from llmkit.data.tokenizer import chat_template_text
+    from llmkit.serving.toolcalls.base import parser_for
+
+    if cfg.tool_parser != "auto":
+        return cfg.tool_parser
+    parser = parser_for(chat_template_text(model_dir))
+    return parser.name if parser is not None else None
 
 
 def run_vllm(model_dir: Path, cfg: ServeConfig, served_name: str) -> None:
