@@ -91,13 +91,13 @@ def server(model_dir: Path) -> Iterator[Server]:
 
 @pytest.fixture(scope="session")
 def long_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny llama trained 10 steps with a 512-token context (room for tool lists and schemas);
+    """A tiny llama trained 10 steps with a 2048-token context (room for tool lists and schemas);
     its tokenizer carries llmkit's chat template with tool calls."""
     from llmkit.config.load import load_config
     from llmkit.training.loop import train
 
     root = tmp_path_factory.mktemp("long")
-    cfg = make_run(root, model={"max_position_embeddings": 512},
+    cfg = make_run(root, model={"max_position_embeddings": 2048},
                    train={"max_steps": 10, "eval_every_steps": 10, "sequence_length_tokens": 64})
     return train(load_config(cfg, environ={}), log=lambda _: None).run_dir
 

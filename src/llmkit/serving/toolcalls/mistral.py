@@ -6,6 +6,7 @@ of calls is read as calls too."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -21,7 +22,7 @@ def _token(tokenizer: Any, text: str) -> str:
     tid = tokenizer.convert_tokens_to_ids(text) if tokenizer is not None else None
     if isinstance(tid, int) and tid >= 0 and tid != getattr(tokenizer, "unk_token_id", None):
         return f"<[{tid}]>"
-    return '"' + text.replace("[", "\\[").replace("]", "\\]") + '"'
+    return json.dumps(text)
 
 
 class Mistral(ToolParser):

@@ -53,7 +53,8 @@ class ToolStream:
     def add(self, piece: str) -> str:
         """Content that can be streamed now."""
         self.text += piece
-        safe = max(self.use.parser.safe(self.text), self.sent)
+        # trailing blanks wait too: the text before a call is sent without them, as unstreamed
+        safe = max(len(self.text[:self.use.parser.safe(self.text)].rstrip()), self.sent)
         out, self.sent = self.text[self.sent:safe], safe
         return out
 
