@@ -159,7 +159,7 @@ class TokenizerConfig(Section):
 
 
 
-SFT_FIELDS = ("prompt", "completion", "instruction", "input", "output", "messages", "conversations", "system")
+SFT_FIELDS = ("prompt", "completion", "instruction", "input", "output", "messages", "conversations", "system", "tools")
 PREFERENCE_FIELDS = ("prompt", "chosen", "rejected", "completion", "label", "system")
 
 
@@ -226,6 +226,11 @@ class DataConfig(Section):
     file, a dataset directory or a Hub dataset id. Shapes: prompt/completion, alpaca, chat messages
     (with an optional system prompt) or ShareGPT conversations; the shape is detected from the
     first example and printed, and every example must have it."""
+    embedded_sft: Literal["tools"] | None = None
+    """SFT data made from the embedded documentation when data.sft_path is null (source embedded).
+    tools: tool-use conversations (a `lookup(topic)` function over the documentation's topics: the
+    question, the call, its result, the answer) in several phrasings, plus a few greetings answered
+    without the tool; shuffled with train.seed."""
     sft_fields: dict[str, str] = Field(default_factory=dict)
     """Rename the dataset's keys to llmkit's: {prompt: question, completion: answer} reads `question`
     as the prompt. Keys: prompt, completion, instruction, input, output, messages, conversations, system."""
@@ -253,6 +258,9 @@ class DataConfig(Section):
     def _path_for_source(self) -> DataConfig:
         if self.source != "embedded" and not self.path and not self.mix:
             raise ValueError(f"source '{self.source}' needs `path`")
+        if self.embedded_sft is not None and (self.source != "embedded" or self.sft_path):
+            raise ValueError("embedded_sft makes SFT data from the embedded documentation: it needs source: embedded "
+                             "and no sft_path")
         unknown = sorted(set(self.sft_fields) - set(SFT_FIELDS))
         if unknown:
             raise ValueError(f"sft_fields: unknown key(s) {', '.join(unknown)}; llmkit's names are {', '.join(SFT_FIELDS)}")

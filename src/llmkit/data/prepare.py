@@ -12,7 +12,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,34 +172,49 @@ def _split_examples(items: list[Any], val_fraction: float, what: str) -> tuple[l
     return train, val
 
 
+def _sft_rows(config: RunConfig) -> Iterator[tuple[str, Any]]:
+    """(where, example) of the SFT data: data.sft_path's, or the embedded tool-use conversations."""
+    if config.data.sft_path:
+        from llmkit.data.sources import sft_rows
+
+        return sft_rows(config.data)
+    from llmkit.data.toolchats import embedded_tool_examples
+
+    return ((f"embedded tool conversation {i}", row) for i, row in enumerate(embedded_tool_examples(config.train.seed)))
+
+
 def prepare_sft(config: RunConfig, tok: Any, out: Path, log: Log, strict: bool = False) -> dict[str, Any]:
     """Chat-render and mask the SFT data into data/sft/, after checking it (``strict``: any
     failed check is an error, and nothing is written)."""
-    if not config.data.sft_path:
+    source = config.data.sft_path or (f"the embedded documentation ({config.data.embedded_sft})"
+                                      if config.data.embedded_sft else None)
+    if source is None:
         raise UsageError("train.task is sft but data.sft_path is not set", "",
-                         "set data.sft_path to a JSONL file of examples (or a dataset: see data.sft_path)")
+                         "set data.sft_path to a JSONL file of examples (or a dataset: see data.sft_path), or "
+                         "data.embedded_sft: tools for tool-use conversations made from the embedded documentation")
     scrub = pii_filter(config)
-    from llmkit.data.sources import sft_rows
-
-    rows = list(sft_data.examples_of(sft_rows(config.data), config.data.sft_fields))
+    rows = list(sft_data.examples_of(_sft_rows(config), config.data.sft_fields))
     from collections import Counter
 
-    shapes = dict(Counter(fmt for _, fmt, _ in rows).most_common())
-    log(f"sft: {len(rows)} examples from {config.data.sft_path}: "
+    shapes = dict(Counter(fmt for _, fmt, _, _ in rows).most_common())
+    log(f"sft: {len(rows)} examples from {source}: "
         + ", ".join(f"{n} {fmt}" for fmt, n in shapes.items()))
-    examples = [(where, msgs) for where, _, msgs in rows]
+    examples = [(where, msgs, tools) for where, _, msgs, tools in rows]
     if scrub:
         kept = []
-        for i, (where, msgs) in enumerate(examples):
+        for i, (where, msgs, tools) in enumerate(examples):
             texts = scrub.example(i, [m["content"] for m in msgs])
             if texts is not None:
-                kept.append((where, [{**m, "content": t} for m, t in zip(msgs, texts)]))
+                kept.append((where, [{**m, "content": t} for m, t in zip(msgs, texts)], tools))
         examples = kept
-    encoded = [sft_data.encode_example(tok, msgs) for _, msgs in examples]
+    with_tools = sum(tools is not None for _, _, tools in examples)
+    if with_tools:
+        log(f"sft: {with_tools} example(s) with tools, rendered through the chat template's tools support")
+    encoded = [sft_data.encode_example(tok, msgs, tools) for _, msgs, tools in examples]
     seq = config.train.sequence_length_tokens
     ends = turn_end_ids(tok)
     failed: dict[str, list[str]] = {name: [] for name in sft_data.CHECKS}
-    for (where, msgs), (ids, mask) in zip(examples, encoded):
+    for (where, msgs, _), (ids, mask) in zip(examples, encoded):
         for name in sft_data.check_example(msgs, ids, mask, seq, ends, lambda t: tok.decode([t])):
             failed[name].append(where)
     for name, wheres in failed.items():
@@ -219,7 +234,7 @@ def prepare_sft(config: RunConfig, tok: Any, out: Path, log: Log, strict: bool =
                             "checks": {name: len(wheres) for name, wheres in failed.items()},
                             "pad_id": int(tok.pad_token_id if tok.pad_token_id is not None else eos_id(tok)),
                             "tokenizer_sha256": tokenizer_hash(RunDir(out.parent.parent).tokenizer),
-                            "pii": finish_pii(scrub, RunDir(out.parent.parent), config.data.sft_path, log)}
+                            "pii": finish_pii(scrub, RunDir(out.parent.parent), source, log)}
     with staged_dir(out) as tmp:
         for split, rows in (("train", train), ("val", val)):
             tokens = write_ragged(tmp, split, [r[0] for r in rows], dtype, [r[1] for r in rows])

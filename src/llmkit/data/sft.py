@@ -5,18 +5,26 @@ of each shape it read, and an example whose keys fit two shapes is an error, nev
 
 - ``prompt-completion``: ``{"prompt": ..., "completion": ...}``
 - ``alpaca``: ``{"instruction": ..., "input": ..., "output": ...}`` (``input`` may be empty or absent)
-- ``messages``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}``,
-  multi-turn, with an optional top-level ``"system"`` prompt
+- ``messages``: ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": ...}, ...]}``,
+  multi-turn, with an optional top-level ``"system"`` prompt; an assistant turn may carry OpenAI's
+  ``tool_calls`` (``[{"type": "function", "function": {"name": ..., "arguments": ...}}]``, the
+  arguments an object or JSON text) and a ``tool`` turn the result
 - ``sharegpt``: ``{"conversations": [{"from": "system"|"human"|"gpt", "value": ...}, ...]}``
-  (``user``/``assistant`` also accepted as ``from``), with an optional top-level ``"system"``
+  (``user``/``assistant`` also accepted as ``from``), with an optional top-level ``"system"``;
+  ``function_call`` turns (a JSON ``{"name": ..., "arguments": ...}``) are the assistant's calls and
+  ``observation`` turns their results
+
+Either conversation shape may list its functions in a top-level ``tools`` (OpenAI's tool objects,
+or bare function objects, or those as JSON text, as LLaMA-Factory writes them): they are rendered
+through the chat template's tools support, and every call must name one of them.
 
 ``data.sft_fields`` renames a dataset's own keys to these (``{prompt: question, completion:
 answer}``).
 
 Every example is turned into chat messages and rendered with the tokenizer's chat template, so
 training sees exactly the format `llmkit chat` and the server will send. Only assistant turns
-(their content and the closing end-of-turn token) are trained on: the mask is 1 there, 0 on
-system/user text and template scaffolding.
+(their content, their tool calls and the closing end-of-turn token) are trained on: the mask is 1
+there, 0 on system/user text, tool results and template scaffolding.
 
 Batches are built by padding (one example per row, truncated to the context) or by packing
 (examples laid end to end in each row; attention crosses example boundaries, as in simple
@@ -25,6 +33,7 @@ packing; labels of prompt tokens stay masked).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +44,7 @@ from llmkit.data.jsonl import json_lines
 from llmkit.errors import UsageError
 
 IGNORE_INDEX = -100
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 
 def _field(obj: dict[str, Any], name: str, where: str) -> str:
@@ -48,7 +57,8 @@ def _field(obj: dict[str, Any], name: str, where: str) -> str:
 
 
 FORMATS = ("prompt-completion", "alpaca", "messages", "sharegpt")
-SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "function_call": "assistant", "observation": "tool"}
 
 
 SHAPE_KEYS = {"messages": ("messages",), "sharegpt": ("conversations",), "prompt-completion": ("prompt", "completion"),
@@ -67,7 +77,7 @@ def detect_format(obj: Any, where: str = "an example") -> str | None:
     return found[0] if found else None
 
 
-def _with_system(obj: dict[str, Any], out: list[dict[str, str]], where: str) -> list[dict[str, str]]:
+def _with_system(obj: dict[str, Any], out: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
     if "system" not in obj:
         return out
     system = _field(obj, "system", where)
@@ -77,7 +87,7 @@ def _with_system(obj: dict[str, Any], out: list[dict[str, str]], where: str) -> 
 
 
 def _turns(obj: dict[str, Any], where: str, key: str, speaker: str, text: str, roles: dict[str, str]
-           ) -> list[dict[str, str]]:
+           ) -> list[dict[str, Any]]:
     """A conversation (``messages`` or ShareGPT's ``conversations``) as chat messages."""
     turns = obj[key]
     if not isinstance(turns, list) or not turns:
@@ -91,14 +101,78 @@ def _turns(obj: dict[str, Any], where: str, key: str, speaker: str, text: str, r
         if who not in roles:
             raise UsageError(f"{at}: unknown {'role' if key == 'messages' else 'speaker'} {who!r}",
                              f"they are {', '.join(roles)}", "fix that example")
-        out.append({"role": roles[who], "content": _field(t, text, at)})
+        out.append(_turn(t, who, roles[who], text, at))
     if not any(m["role"] == "assistant" for m in out):
         raise UsageError(f"{where}: no assistant message", "SFT trains on the assistant's turns",
                          "add the assistant's answer")
     return _with_system(obj, out, where)
 
 
-def to_messages(obj: Any, where: str) -> list[dict[str, str]]:
+def _turn(t: dict[str, Any], who: str, role: str, text: str, at: str) -> dict[str, Any]:
+    """One message; an assistant's tool calls with their arguments as objects (the convention chat
+    templates render), from OpenAI's ``tool_calls`` or a ShareGPT ``function_call`` turn."""
+    if who == "function_call":
+        return {"role": "assistant", "content": "", "tool_calls": [_call(_json(_field(t, text, at), at), at)]}
+    if role == "assistant" and t.get("tool_calls"):
+        calls = t["tool_calls"]
+        if not isinstance(calls, list):
+            raise UsageError(f"{at}: 'tool_calls' must be a list", "", "fix that example")
+        content = t.get(text)
+        if content is not None and not isinstance(content, str):
+            raise UsageError(f"{at}: field {text!r} is a {type(content).__name__}", "it must be a string or null",
+                             "fix that line of the SFT file")
+        return {"role": "assistant", "content": content or "",
+                "tool_calls": [_call(c.get("function", c) if isinstance(c, dict) else c, f"{at}, tool_calls[{j}]")
+                               for j, c in enumerate(calls)]}
+    return {"role": role, "content": _field(t, text, at)}
+
+
+def _json(value: str, at: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{at}: not valid JSON ({exc.msg})", "", "fix that example") from None
+
+
+def _call(obj: Any, at: str) -> dict[str, Any]:
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        raise UsageError(f"{at}: a tool call needs a string 'name'", "", "fix that example")
+    args = obj.get("arguments", {})
+    args = _json(args, at) if isinstance(args, str) else args
+    if not isinstance(args, dict):
+        raise UsageError(f"{at}: a tool call's arguments must be a JSON object", "", "fix that example")
+    return {"type": "function", "function": {"name": obj["name"], "arguments": args}}
+
+
+def example_tools(obj: Any, where: str) -> list[dict[str, Any]] | None:
+    """An example's top-level ``tools`` as OpenAI tool objects (None: it has none); each call of
+    its conversation is checked against their names by :func:`examples_of`."""
+    tools = obj.get("tools") if isinstance(obj, dict) else None
+    if tools in (None, "", []):
+        return None
+    if isinstance(tools, str):
+        tools = _json(tools, f"{where}, tools")
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise UsageError(f"{where}: 'tools' must be a list of tool objects", "", "fix that example")
+    out = [t if t.get("type") == "function" and isinstance(t.get("function"), dict) else {"type": "function", "function": t}
+           for t in tools]
+    for t in out:
+        if not isinstance(t["function"].get("name"), str):
+            raise UsageError(f"{where}: a tool without a string 'name'", "", "fix that example")
+    return out
+
+
+def _check_calls(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, where: str) -> None:
+    names = {t["function"]["name"] for t in tools or []}
+    for m in messages:
+        for call in m.get("tool_calls", []):
+            if call["function"]["name"] not in names:
+                raise UsageError(f"{where}: a call of {call['function']['name'][:60]!r}, which is not in the example's tools",
+                                 f"its tools: {', '.join(sorted(names)) or 'none'}",
+                                 "list the function under the example's top-level 'tools'")
+
+
+def to_messages(obj: Any, where: str) -> list[dict[str, Any]]:
     """One example in any accepted shape -> chat messages."""
     if not isinstance(obj, dict):
         raise UsageError(f"{where}: expected a JSON object, found {type(obj).__name__}", "",
@@ -134,18 +208,23 @@ def rename_fields(obj: Any, fields: dict[str, str]) -> Any:
     return out
 
 
+Tools = list[dict[str, Any]] | None
+
+
 def examples_of(rows: Iterator[tuple[str, Any]], fields: dict[str, str] | None = None
-                ) -> Iterator[tuple[str, str, list[dict[str, str]]]]:
-    """(where, shape, messages) for each (where, raw example)."""
+                ) -> Iterator[tuple[str, str, list[dict[str, Any]], Tools]]:
+    """(where, shape, messages, tools) for each (where, raw example)."""
     for where, raw in rows:
         obj = rename_fields(raw, fields or {})
         fmt = detect_format(obj, where)
-        yield where, fmt or "unknown", to_messages(obj, where)
+        messages, tools = to_messages(obj, where), example_tools(obj, where)
+        _check_calls(messages, tools, where)
+        yield where, fmt or "unknown", messages, tools
 
 
 def read_sft_file(path: str | Path, fields: dict[str, str] | None = None
-                  ) -> Iterator[tuple[str, str, list[dict[str, str]]]]:
-    """(where, format, messages) for every non-empty line; errors name the line."""
+                  ) -> Iterator[tuple[str, str, list[dict[str, Any]], Tools]]:
+    """(where, format, messages, tools) for every non-empty line; errors name the line."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"SFT file {p} not found", "", "set data.sft_path to a JSONL file")
@@ -166,14 +245,19 @@ def _json_rows(p: Path) -> Iterator[tuple[str, Any]]:
             yield f"{p}, line {number}", obj
 
 
-def segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+def segments(tokenizer: Any, messages: list[dict[str, Any]], tools: Tools = None) -> list[tuple[str, bool]]:
     """Split the rendered chat into (text, trained) pieces: assistant turns are trained.
 
-    The template is rendered on growing prefixes of the conversation; each assistant turn is the
-    text the full render adds after the generation prompt.
+    The template is rendered (with ``tools``) on growing prefixes of the conversation; each
+    assistant turn is the text the full render adds after the generation prompt.
     """
-    def render(msgs: list[dict[str, str]], gen: bool) -> str:
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+    if tools and "tools" not in (tokenizer.chat_template or ""):
+        raise UsageError("the SFT data lists tools, but the chat template has no tool support",
+                         "the tools would never reach the prompt", "use a chat template that renders `tools` "
+                         "(llmkit's own, or the base model's), or drop the tools")
+
+    def render(msgs: list[dict[str, Any]], gen: bool) -> str:
+        return tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False, add_generation_prompt=gen)
 
     pieces: list[tuple[str, bool]] = []
     done = ""
@@ -193,11 +277,11 @@ def segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, 
     return [p for p in pieces if p[0]]
 
 
-def encode_example(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids and the loss mask (1 = trained) of one conversation."""
+def encode_example(tokenizer: Any, messages: list[dict[str, Any]], tools: Tools = None) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and the loss mask (1 = trained) of one conversation (with its tools)."""
     ids: list[int] = []
     mask: list[int] = []
-    for text, trained in segments(tokenizer, messages):
+    for text, trained in segments(tokenizer, messages, tools):
         piece = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids += piece
         mask += [int(trained)] * len(piece)
@@ -212,13 +296,13 @@ CHECKS = {
 }
 
 
-def check_example(messages: list[dict[str, str]], ids: np.ndarray, mask: np.ndarray, seq_len: int,
+def check_example(messages: list[dict[str, Any]], ids: np.ndarray, mask: np.ndarray, seq_len: int,
                   ends: set[int], decode: Any = None) -> list[str]:
     """Which of ``CHECKS`` one encoded example fails (the usual silent failures of SFT data).
     ``decode`` (token id -> text) lets whitespace the template writes after the end-of-turn token
     (ChatML's newline) trail it."""
     found = []
-    if any(m["role"] == "assistant" and not m["content"].strip() for m in messages):
+    if any(m["role"] == "assistant" and not m["content"].strip() and not m.get("tool_calls") for m in messages):
         found.append("empty_assistant")
     if len(ids) > seq_len + 1 and mask[seq_len + 1:].any():
         found.append("completion_cut")

@@ -1,0 +1,75 @@
+"""Tool-use conversations generated from the embedded documentation (``data.embedded_sft: tools``).
+
+One tool, ``lookup(topic)``, "looks up" a topic of the Python reference. Each conversation asks
+about a topic in one of several phrasings; the assistant calls ``lookup`` with the topic's name as
+the documentation writes it (``for`` for "the `for` statement", the title otherwise), the tool
+answers with the topic's opening paragraph, and the assistant answers with its first sentence. A
+few greetings teach that not every message needs the tool. The phrasings of :data:`HELD_OUT` are
+never in the training data: ``held_out_conversations`` asks with them, to measure whether the
+model calls the right tool with the right argument for a question worded in a new way.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+LOOKUP = {"type": "function", "function": {
+    "name": "lookup",
+    "description": "Look up a topic of the Python reference.",
+    "parameters": {"type": "object", "properties": {"topic": {"type": "string"}}, "required": ["topic"]}}}
+
+TRAIN = ("What does {t} do?", "Explain {t}.", "Tell me about {t}.", "What is {t}?", "Can you describe {t}?",
+         "How does {t} work in Python?", "I have a question about {t}.", "Look up {t} for me.")
+HELD_OUT = ("What's the story with {t}?", "Please summarize {t}.", "Could you tell me what {t} means?",
+            "I'd like to understand {t}.")
+GREETINGS = (("Hello!", "Hello! Ask me about a part of the Python language."),
+             ("Thanks, that helps.", "You're welcome."),
+             ("Who are you?", "An assistant that looks up the Python language reference."),
+             ("Good morning.", "Good morning! Which part of Python would you like to know about?"))
+_NAME = re.compile(r"`([^`]+)`")
+
+
+def topic_name(subject: str) -> str:
+    """The argument ``lookup`` takes for a topic: the keyword of "the `for` statement", else the title."""
+    m = _NAME.search(subject)
+    return m.group(1) if m else subject
+
+
+def _first_sentence(text: str) -> str:
+    cut = text.find(". ")
+    return text[: cut + 1] if cut > 0 else text
+
+
+def conversation(question: str, subject: str, answer: str) -> dict[str, Any]:
+    """One example in the ``messages`` shape: the question, the call, the result, the answer."""
+    return {"tools": [LOOKUP], "messages": [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "lookup", "arguments": {"topic": topic_name(subject)}}}]},
+        {"role": "tool", "content": answer},
+        {"role": "assistant", "content": _first_sentence(answer)}]}
+
+
+def embedded_tool_examples(seed: int, max_answer_chars: int = 160) -> list[dict[str, Any]]:
+    """Every topic in every training phrasing, and the greetings, in a seeded order."""
+    from llmkit.data.corpus import embedded_statements
+
+    rows: list[dict[str, Any]] = [conversation(q.format(t=subject), subject, answer)
+                                  for subject, answer in embedded_statements(max_answer_chars) for q in TRAIN]
+    for _ in range(max(1, len(rows) // (10 * len(GREETINGS)))):
+        rows += [{"tools": [LOOKUP], "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+                 for q, a in GREETINGS]
+    order = np.random.default_rng(seed).permutation(len(rows))
+    return [rows[i] for i in order]
+
+
+def held_out_conversations(max_answer_chars: int = 160) -> list[tuple[list[dict[str, str]], str]]:
+    """(the user's message as a conversation, the expected ``topic`` argument) in phrasings no
+    training example uses."""
+    from llmkit.data.corpus import embedded_statements
+
+    return [([{"role": "user", "content": q.format(t=subject)}], topic_name(subject))
+            for subject, _ in embedded_statements(max_answer_chars) for q in HELD_OUT]
