@@ -4,7 +4,10 @@ One tool, ``lookup(topic)``, "looks up" a topic of the Python reference. Each co
 about a topic in one of several phrasings; the assistant calls ``lookup`` with the topic's name as
 the documentation writes it (``for`` for "the `for` statement", the title otherwise), the tool
 answers with the topic's opening paragraph, and the assistant answers with its first sentence. A
-few greetings teach that not every message needs the tool. The phrasings of :data:`HELD_OUT` are
+few greetings teach that not every message needs the tool. Besides the reference's topics, the
+built-in functions, classes and exceptions are topics too (their docstrings answer): with some
+two hundred different arguments the model learns to copy the topic out of the question, not to
+recall it from the question's wording. The phrasings of :data:`HELD_OUT` are
 never in the training data: ``held_out_conversations`` asks with them, to measure whether the
 model calls the right tool with the right argument for a question worded in a new way.
 """
@@ -53,12 +56,29 @@ def conversation(question: str, subject: str, answer: str) -> dict[str, Any]:
         {"role": "assistant", "content": _first_sentence(answer)}]}
 
 
+def builtin_topics(max_answer_chars: int = 160) -> list[tuple[str, str]]:
+    """(subject, answer) of each documented built-in: "the `len` built-in", its docstring's first paragraph."""
+    import builtins
+
+    out = []
+    for name in sorted(dir(builtins)):
+        doc = getattr(getattr(builtins, name), "__doc__", None)
+        if name.startswith("_") or not doc or doc.startswith(("str(object", "int([x]", "Built-in immutable")):
+            continue
+        first = " ".join(doc.strip().split("\n\n")[0].split())
+        if len(first) > 20 and "(" not in first[:len(name) + 1]:
+            out.append((f"the `{name}` built-in", first[:max_answer_chars]))
+    return out
+
+
 def embedded_tool_examples(seed: int, max_answer_chars: int = 160) -> list[dict[str, Any]]:
-    """Every topic in every training phrasing, and the greetings, in a seeded order."""
+    """Every topic (the reference's and the built-ins) in every training phrasing, and the
+    greetings, in a seeded order."""
     from llmkit.data.corpus import embedded_statements
 
+    topics = embedded_statements(max_answer_chars) + builtin_topics(max_answer_chars)
     rows: list[dict[str, Any]] = [conversation(q.format(t=subject), subject, answer)
-                                  for subject, answer in embedded_statements(max_answer_chars) for q in TRAIN]
+                                  for subject, answer in topics for q in TRAIN]
     for _ in range(max(1, len(rows) // (10 * len(GREETINGS)))):
         rows += [{"tools": [LOOKUP], "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
                  for q, a in GREETINGS]
