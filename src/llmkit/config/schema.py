@@ -616,6 +616,12 @@ class ServeConfig(Section):
     """Origins allowed by CORS; empty: no CORS headers."""
     ui: bool = True
     """Serve the chat page at / (one self-contained file, strict Content-Security-Policy)."""
+    prefix_cache_mb: float = Field(256.0, ge=0)
+    """llmkit engine: memory for the keys and values of prompt prefixes, reused by later requests
+    that start with the same tokens (a system prompt, a tool list, few-shot examples) instead of
+    prefilling them again; blocks of 16 tokens keyed by every token before them and by the model,
+    least recently used evicted first. 0: off. /metrics reports the hit rate, the tokens served
+    from the cache and the bytes held. Llama, Mistral, Qwen2 and Qwen3 models (full attention)."""
     tool_parser: Literal["auto", "hermes", "llama3_json", "mistral"] = "auto"
     """How tool calls are read from the model's answers (and written when tool_choice forces
     one). auto: from the chat template (`<tool_call>` tags: hermes, as llmkit's own template, Qwen

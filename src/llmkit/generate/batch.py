@@ -17,6 +17,7 @@ from llmkit.errors import UsageError
 from llmkit.generate.constrain import Constraint, mask_logits
 from llmkit.generate.fastpath import DecodeStep, supports
 from llmkit.generate.kvcache import SlotCache
+from llmkit.generate.prefix import PrefixCache
 from llmkit.generate.sampling import SamplingParams, log_probs, next_tokens
 
 
@@ -103,11 +104,37 @@ def prompt_log_probs(logits: Any, prompt: list[int], k: int) -> list[tuple[int, 
     return out
 
 
+def prefix_cacheable(model: Any) -> bool:
+    """Whether a prompt's prefill may start from cached keys and values: models whose every layer
+    attends over the whole past (the architectures llmkit's decode step covers)."""
+    return supports(model)
+
+
 def stop_token_ids(tokenizer: Any) -> set[int]:
     """End-of-text and end-of-turn tokens: generation ends when one is produced."""
     from llmkit.data.tokenizer import turn_end_ids
 
     return turn_end_ids(tokenizer)
+
+
+def _cache_from(past: Any, device: Any) -> Any:
+    """A transformers DynamicCache holding a cached prefix's KV ((layers, 2, kv_heads, n, head_dim);
+    None: an empty cache)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    if past is not None:
+        past = past.to(device)
+        for layer in range(past.size(0)):
+            cache.update(past[layer, 0].unsqueeze(0), past[layer, 1].unsqueeze(0), layer)
+    return cache
+
+
+def _row_kv(cache: Any, row: int, start: int) -> Any:
+    """One row's KV from a prefill cache, from position ``start`` on: (layers, 2, kv_heads, n, head_dim)."""
+    import torch
+
+    return torch.stack([torch.stack([layer.keys[row, :, start:], layer.values[row, :, start:]]) for layer in cache.layers])
 
 
 def context_length(model: Any) -> int:
@@ -126,13 +153,17 @@ def cache_argument(model: Any) -> str:
 class BatchDecoder:
     """Live sequences decoded together; see the module docstring."""
 
-    def __init__(self, model: Any, tokenizer: Any, fast: DecodeStep | None | bool = True, stream: bool = True):
+    def __init__(self, model: Any, tokenizer: Any, fast: DecodeStep | None | bool = True, stream: bool = True,
+                 prefix_cache: PrefixCache | None = None, namespace: str = "model"):
         """``fast``: True builds a :class:`~llmkit.generate.fastpath.DecodeStep` when the model's
         architecture has one, a step passes one already built (a server's compiled step), False
         decodes through ``model.forward``. ``stream``: each event carries the text its token adds;
         False (RL's rollouts): a sequence without stop strings is detokenized once, its whole text
-        on its last event."""
+        on its last event. ``prefix_cache``: prompts' KV reused across requests (``namespace``: what
+        the cached KV was computed by; only supported architectures use it, see :func:`prefix_cacheable`)."""
         self.model, self.tokenizer, self.stream = model, tokenizer, stream
+        self.prefix_cache = prefix_cache if prefix_cache is not None and prefix_cacheable(model) else None
+        self.namespace = namespace
         self.fast = (DecodeStep(model) if supports(model) else None) if fast is True else (fast or None)
         self.window = context_length(model)
         self.stops = stop_token_ids(tokenizer)
@@ -163,34 +194,50 @@ class BatchDecoder:
                 s.cancelled = True
 
     def add(self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams], keys: Sequence[Hashable]) -> list[Event]:
-        """Prefill new prompts together, sample their first tokens, and join them to the batch."""
-        import torch
-        from transformers import DynamicCache
-
+        """Prefill new prompts, sample their first tokens, and join them to the batch. Prompts whose
+        start is in the prefix cache are prefilled one by one from there; the others together."""
         for p in prompts:
             self.check_prompt(p)
+        new = [self._new_seq(p, sp, key) for p, sp, key in zip(prompts, params, keys)]
+        if self.prefix_cache is None:
+            return self._prefill(list(prompts), new)
+        found = {i: self.prefix_cache.lookup(self.namespace, list(p)) for i, p in enumerate(prompts)
+                 if params[i].prompt_logprobs is None}  # echo scores every prompt token: prefilled whole
+        cold = [i for i in range(len(prompts)) if found.get(i, (0, None))[0] == 0]
+        events = self._prefill([prompts[i] for i in cold], [new[i] for i in cold]) if cold else []
+        for i in sorted(set(range(len(prompts))) - set(cold)):
+            events += self._prefill([prompts[i]], [new[i]], found[i])
+        return events
+
+    def _new_seq(self, prompt: Sequence[int], sp: SamplingParams, key: Hashable) -> _Seq:
+        import torch
+
+        g = torch.Generator(device=self.device)
+        g.manual_seed(sp.seed if sp.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+        seen = None
+        if sp.repetition_penalty != 1:
+            seen = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
+            seen[torch.tensor(list(prompt), device=self.device).clamp(max=self.vocab - 1)] = True
+        counts = torch.zeros(self.vocab, device=self.device) if sp.counts_tokens else None
+        constraint = Constraint(sp.grammar, self.tokenizer) if sp.grammar is not None else None
+        return _Seq(key, sp, min(sp.max_new_tokens, self.window - len(prompt)), g, seen, counts, constraint=constraint)
+
+    def _prefill(self, prompts: list[Sequence[int]], new: list[_Seq], cached: tuple[int, Any] = (0, None)) -> list[Event]:
+        """One forward pass over ``prompts`` (left-padded to the longest), or over one prompt's part
+        after its ``cached`` (tokens, KV) prefix; the KV is offered to the prefix cache, the rows join."""
+        import torch
+
+        done, past = cached
         n, longest = len(prompts), max(len(p) for p in prompts)
-        ids = torch.full((n, longest), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        ids = torch.full((n, longest - done), self.tokenizer.pad_token_id or 0, dtype=torch.long)
         mask = torch.zeros((n, longest), dtype=torch.long)
         for i, p in enumerate(prompts):
-            ids[i, longest - len(p):] = torch.tensor(list(p))
+            ids[i, longest - len(p):] = torch.tensor(list(p)[done:])
             mask[i, longest - len(p):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        new = []
-        for p, sp, key in zip(prompts, params, keys):
-            g = torch.Generator(device=self.device)
-            g.manual_seed(sp.seed if sp.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
-            seen = None
-            if sp.repetition_penalty != 1:
-                seen = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
-                seen[torch.tensor(list(p), device=self.device).clamp(max=self.vocab - 1)] = True
-            counts = torch.zeros(self.vocab, device=self.device) if sp.counts_tokens else None
-            constraint = Constraint(sp.grammar, self.tokenizer) if sp.grammar is not None else None
-            new.append(_Seq(key, sp, min(sp.max_new_tokens, self.window - len(p)), g, seen, counts,
-                            constraint=constraint))
-        echo = any(sp.prompt_logprobs is not None for sp in params)
-        cache = DynamicCache()
+        positions = ((mask.cumsum(-1) - 1).clamp(min=0))[:, done:]
+        echo = any(seq.params.prompt_logprobs is not None for seq in new)
+        cache = _cache_from(past, self.device)
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                              logits_to_keep=0 if echo else 1, **{self.cache_kw: cache})
@@ -199,6 +246,9 @@ class BatchDecoder:
                     if seq.params.prompt_logprobs is not None:
                         seq.prompt = prompt_log_probs(out.logits[i, longest - len(p):].float(), list(p),
                                                       seq.params.prompt_logprobs)
+            if self.prefix_cache is not None:
+                for i, p in enumerate(prompts):
+                    self.prefix_cache.store(self.namespace, list(p), _row_kv(cache, i, longest - len(p)))
         events, keep, chosen = self._sample(out.logits[:, -1, :].float(), new)
         if keep:
             idx = torch.tensor(keep, device=self.device)

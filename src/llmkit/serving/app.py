@@ -235,6 +235,12 @@ def create_app(state: State) -> FastAPI:
     async def metrics() -> PlainTextResponse:
         gauges = {"llmkit_active_requests": state.in_flight, "llmkit_queue_depth": engine.queued,
                   "llmkit_batch_size": engine.batch_size, "llmkit_engine_requests": engine.active}
+        cache = getattr(engine, "prefix_cache", None)
+        if cache is not None:
+            gauges.update({"llmkit_prefix_cache_hit_rate": round(cache.stats.hit_rate, 6),
+                           "llmkit_prefix_cache_cached_tokens": cache.stats.cached_tokens,
+                           "llmkit_prefix_cache_queried_tokens": cache.stats.queried_tokens,
+                           "llmkit_prefix_cache_bytes": cache.bytes, "llmkit_prefix_cache_budget_bytes": cache.budget})
         return PlainTextResponse(state.metrics.render(gauges), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")

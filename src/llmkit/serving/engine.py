@@ -22,6 +22,7 @@ from typing import Any, Callable, Literal
 
 from llmkit.generate.batch import BatchDecoder, Event
 from llmkit.generate.fastpath import DecodeStep, supports
+from llmkit.generate.prefix import PrefixCache
 from llmkit.generate.sampling import SamplingParams
 from llmkit.faults import fault_point
 
@@ -131,11 +132,14 @@ class Engine:
     """Continuous batching over one model on one device."""
 
     def __init__(self, model: Any, tokenizer: Any, max_batch_size: int, max_concurrency: int, max_queue: int,
-                 step: DecodeStep | None | Callable[[], DecodeStep | None] = None):
+                 step: DecodeStep | None | Callable[[], DecodeStep | None] = None, prefix_cache_bytes: int = 0,
+                 namespace: str = "model"):
         """``step``: the decode step the batch runs (see :func:`decode_step`; None: ``model.forward``),
         or a function that makes it, called on the engine's thread before the constructor returns:
         the thread that decodes is then the one that packed and warmed the step (oneDNN products
-        first run on another thread ran ~25% slower on the engine's, measured on a 2-core CPU)."""
+        first run on another thread ran ~25% slower on the engine's, measured on a 2-core CPU).
+        ``prefix_cache_bytes``: the prefix cache's budget (serve.prefix_cache_mb; 0: none), its
+        blocks keyed by ``namespace`` (the served model) as well as by their tokens."""
         self.tokenizer = tokenizer
         self.max_batch, self.max_concurrency, self.max_queue = max_batch_size, max_concurrency, max_queue
         self._waiting: deque[Handle] = deque()
@@ -145,6 +149,8 @@ class Engine:
         self._stop = False
         self.batch_size = 0
         self.steps = 0
+        self.namespace = namespace
+        self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         made: list[Any] = []
         ready = threading.Event()
 
@@ -156,7 +162,7 @@ class Engine:
                 ready.set()
                 return
             self.step = made[0]
-            self.decoder = BatchDecoder(model, tokenizer, fast=self.step or False)
+            self.decoder = self._decoder(model)
             self.window = self.decoder.window
             ready.set()
             self._run()
@@ -166,6 +172,10 @@ class Engine:
         ready.wait()
         if isinstance(made[0], BaseException):
             raise made[0]
+
+    def _decoder(self, model: Any) -> BatchDecoder:
+        return BatchDecoder(model, self.tokenizer, fast=self.step or False, prefix_cache=self.prefix_cache,
+                            namespace=self.namespace)
 
     # --- called from the event loop -----------------------------------------------------------
 
@@ -286,7 +296,7 @@ class Engine:
             self._active.clear()
         for handle in failed:
             self._deliver(handle, EngineError(message))
-        self.decoder = BatchDecoder(self.decoder.model, self.tokenizer, fast=self.step or False)
+        self.decoder = self._decoder(self.decoder.model)
 
     def _run(self) -> None:
         while True:

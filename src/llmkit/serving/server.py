@@ -151,7 +151,8 @@ def build(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, se
         note("decoding in bf16 (serve.dtype): `llmkit verify RUN --bf16` shows how far it is from the fp32 model")
     # the step is packed, compiled and warmed on the engine's thread, where it will run
     engine = Engine(model, tokenizer, cfg.max_batch_size, cfg.max_concurrency, cfg.max_queue,
-                    lambda: decode_step(model, tokenizer, compiled=cfg.compile is True, pack=cfg.pack_weights))
+                    lambda: decode_step(model, tokenizer, compiled=cfg.compile is True, pack=cfg.pack_weights),
+                    prefix_cache_bytes=int(cfg.prefix_cache_mb * 2**20), namespace=f"{name}@{model_dir}")
     longest = max((len(t) for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))) if t), default=16)
     state = State(engine, tokenizer, name, defaults, cfg, api_key, max_token_bytes=max(4, longest * 4))
     app = create_app(state)

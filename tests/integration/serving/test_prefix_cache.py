@@ -1,0 +1,51 @@
+"""Prefix caching through the real server: requests sharing a long system prompt reuse its KV
+(`/metrics` shows the hits and the cached tokens), and answer exactly as a server without the
+cache does (greedy tokens equal, log-probabilities within 1e-4 in fp32)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import start_server, stop_server
+
+SYSTEM = " ".join(f"Rule {i}: answer questions about the Python language briefly and exactly." for i in range(12))
+QUESTIONS = ["What is a list?", "What does the for statement do?", "Explain generators.", "What is a tuple?"]
+
+
+def _ask(url: str, question: str) -> dict[str, Any]:
+    r = httpx.post(url + "/v1/chat/completions", timeout=60, json={
+        "model": "t", "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
+        "max_tokens": 16, "temperature": 0, "logprobs": True, "ignore_eos": True})
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]
+
+
+def _metrics(url: str) -> dict[str, float]:
+    lines = httpx.get(url + "/metrics", timeout=10).text.splitlines()
+    return {k: float(v) for k, v in (ln.split(" ") for ln in lines if ln.startswith("llmkit_prefix_cache"))}
+
+
+def test_shared_system_prompt_hits_and_answers_the_same(long_model_dir: Path) -> None:
+    cached = start_server(long_model_dir)
+    plain = start_server(long_model_dir, "--set", "serve.prefix_cache_mb=0")
+    try:
+        with_cache = [_ask(cached.url, q) for q in QUESTIONS]
+        without = [_ask(plain.url, q) for q in QUESTIONS]
+        metrics = _metrics(cached.url)
+        assert _metrics(plain.url) == {}
+    finally:
+        stop_server(cached)
+        stop_server(plain)
+    for a, b in zip(with_cache, without):
+        assert a["message"]["content"] == b["message"]["content"]
+        lp_a = [t["logprob"] for t in a["logprobs"]["content"]]
+        lp_b = [t["logprob"] for t in b["logprobs"]["content"]]
+        assert len(lp_a) == len(lp_b) == 16 and max(abs(x - y) for x, y in zip(lp_a, lp_b)) < 1e-4
+    assert metrics["llmkit_prefix_cache_cached_tokens"] > 0.5 * (metrics["llmkit_prefix_cache_queried_tokens"]
+                                                                  * (len(QUESTIONS) - 1) / len(QUESTIONS))
+    assert 0 < metrics["llmkit_prefix_cache_hit_rate"] < 1
+    assert 0 < metrics["llmkit_prefix_cache_bytes"] <= metrics["llmkit_prefix_cache_budget_bytes"] == 256 * 2**20
