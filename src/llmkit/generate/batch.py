@@ -154,7 +154,7 @@ class BatchDecoder:
     """Live sequences decoded together; see the module docstring."""
 
     def __init__(self, model: Any, tokenizer: Any, fast: DecodeStep | None | bool = True, stream: bool = True,
-                 prefix_cache: PrefixCache | None = None, namespace: str = "model"):
+                 prefix_cache: PrefixCache | None = None, namespace: str = "model", adapters: Any = None):
         """``fast``: True builds a :class:`~llmkit.generate.fastpath.DecodeStep` when the model's
         architecture has one, a step passes one already built (a server's compiled step), False
         decodes through ``model.forward``. ``stream``: each event carries the text its token adds;
@@ -164,6 +164,7 @@ class BatchDecoder:
         self.model, self.tokenizer, self.stream = model, tokenizer, stream
         self.prefix_cache = prefix_cache if prefix_cache is not None and prefix_cacheable(model) else None
         self.namespace = namespace
+        self.adapters = adapters  # llmkit.model.multilora.AdapterSet: each row's adapter (params.adapter)
         self.fast = (DecodeStep(model) if supports(model) else None) if fast is True else (fast or None)
         self.window = context_length(model)
         self.stops = stop_token_ids(tokenizer)
@@ -201,13 +202,22 @@ class BatchDecoder:
         new = [self._new_seq(p, sp, key) for p, sp, key in zip(prompts, params, keys)]
         if self.prefix_cache is None:
             return self._prefill(list(prompts), new)
-        found = {i: self.prefix_cache.lookup(self.namespace, list(p)) for i, p in enumerate(prompts)
+        found = {i: self.prefix_cache.lookup(self._space(params[i]), list(p)) for i, p in enumerate(prompts)
                  if params[i].prompt_logprobs is None}  # echo scores every prompt token: prefilled whole
         cold = [i for i in range(len(prompts)) if found.get(i, (0, None))[0] == 0]
         events = self._prefill([prompts[i] for i in cold], [new[i] for i in cold]) if cold else []
         for i in sorted(set(range(len(prompts))) - set(cold)):
             events += self._prefill([prompts[i]], [new[i]], found[i])
         return events
+
+    def _space(self, sp: SamplingParams) -> str:
+        """The prefix-cache namespace of a row: the model, and the adapter it decodes with."""
+        return self.namespace + (f"#{self.adapters.tag(sp.adapter)}" if self.adapters is not None and sp.adapter else "")
+
+    def _route(self, seqs: list[_Seq]) -> None:
+        """Tell the adapters which one each row of the next forward pass uses."""
+        if self.adapters is not None:
+            self.adapters.set_rows([s.params.adapter for s in seqs])
 
     def _new_seq(self, prompt: Sequence[int], sp: SamplingParams, key: Hashable) -> _Seq:
         import torch
@@ -238,6 +248,7 @@ class BatchDecoder:
         positions = ((mask.cumsum(-1) - 1).clamp(min=0))[:, done:]
         echo = any(seq.params.prompt_logprobs is not None for seq in new)
         cache = _cache_from(past, self.device)
+        self._route(new)
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                              logits_to_keep=0 if echo else 1, **{self.cache_kw: cache})
@@ -248,7 +259,7 @@ class BatchDecoder:
                                                       seq.params.prompt_logprobs)
             if self.prefix_cache is not None:
                 for i, p in enumerate(prompts):
-                    self.prefix_cache.store(self.namespace, list(p), _row_kv(cache, i, longest - len(p)))
+                    self.prefix_cache.store(self._space(new[i].params), list(p), _row_kv(cache, i, longest - len(p)))
         events, keep, chosen = self._sample(out.logits[:, -1, :].float(), new)
         if keep:
             idx = torch.tensor(keep, device=self.device)
@@ -272,6 +283,7 @@ class BatchDecoder:
             self._keep([i for i, s in enumerate(self.seqs) if not s.cancelled])
             if not self.seqs:
                 return events
+        self._route(self.seqs)
         with torch.inference_mode():
             if self.fast is not None:
                 self.kv.reserve_step()

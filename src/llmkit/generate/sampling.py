@@ -32,6 +32,7 @@ class SamplingParams:
     logprobs: int | None = None  # report each new token's log-probability and this many alternatives
     prompt_logprobs: int | None = None  # also the prompt tokens' (echo); then max_new_tokens may be 0
     grammar: str | None = None  # llguidance grammar the tokens must follow (llmkit.generate.constrain)
+    adapter: int = 0  # the LoRA adapter slot the row decodes with (llmkit.model.multilora; 0: the base)
 
     def __post_init__(self) -> None:
         problems = []
