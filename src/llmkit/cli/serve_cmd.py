@@ -38,6 +38,8 @@ def serve(
     pack_weights: bool = typer.Option(None, "--pack-weights/--no-pack-weights",
                                       help="Decode with oneDNN-packed copies of the projection weights (CPU). "
                                            "Default: serve.pack_weights (auto: the shapes measured faster)."),
+    adapter: list[str] = typer.Option(None, "--adapter", help="A LoRA adapter served on the base, NAME=RUN_OR_DIR "
+                                      "(repeatable); requests pick it by `model`. Adds to serve.adapters."),
     tool_parser: str = typer.Option(None, "--tool-parser", help="How tool calls are read: hermes, llama3_json or "
                                     "mistral (default: serve.tool_parser, auto: from the chat template)."),
 ) -> None:
@@ -51,6 +53,11 @@ def serve(
              "serve.ui": ui, "serve.dtype": dtype.value if dtype else None, "serve.compile": compile_step,
              "serve.pack_weights": pack_weights, "serve.tool_parser": tool_parser}
     sets = list(overrides) + [f"{k}={_yaml(v)}" for k, v in flags.items() if v is not None]
+    for spec in adapter or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise typer.BadParameter(f"--adapter takes NAME=RUN_OR_DIR (got {spec!r})")
+        sets.append(f"serve.adapters.{name}={_yaml(path)}")
     serve_foreground(model_path, serve_config(model_path, config, sets), served_model_name)
 
 

@@ -622,6 +622,15 @@ class ServeConfig(Section):
     prefilling them again; blocks of 16 tokens keyed by every token before them and by the model,
     least recently used evicted first. 0: off. /metrics reports the hit rate, the tokens served
     from the cache and the bytes held. Llama, Mistral, Qwen2 and Qwen3 models (full attention)."""
+    adapters: dict[str, str] = Field(default_factory=dict)
+    """llmkit engine: LoRA adapters served on the one base model, {name: LoRA run directory or PEFT
+    adapter directory}; a request picks one by its `model` (the base by the base's name), rows of
+    different adapters decode in one batch, /v1/models lists them. Plain LoRA (not DoRA), on the
+    base they were trained on; with serve.compile: true refused."""
+    allow_adapter_loading: bool = False
+    """Let API clients load and unload adapters while serving (vLLM's POST /v1/load_lora_adapter
+    {lora_name, lora_path} and /v1/unload_lora_adapter {lora_name}, behind the API key). The path is
+    read on the server: turn it on only for clients you trust with the server's files."""
     tool_parser: Literal["auto", "hermes", "llama3_json", "mistral"] = "auto"
     """How tool calls are read from the model's answers (and written when tool_choice forces
     one). auto: from the chat template (`<tool_call>` tags: hermes, as llmkit's own template, Qwen
@@ -631,6 +640,25 @@ class ServeConfig(Section):
     @classmethod
     def _key_is_env_name(cls, value: str | None) -> str | None:
         return _check_env_name(value)
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_names(cls, value: dict[str, str]) -> dict[str, str]:
+        import re
+
+        bad = [n for n in value if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_:-]{0,127}", n)]
+        if bad:
+            raise ValueError(f"adapter names are letters, digits and _ : - (got {bad[0][:40]!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _adapters_are_possible(self) -> ServeConfig:
+        if (self.adapters or self.allow_adapter_loading) and self.compile is True:
+            raise ValueError("serve.compile: true with LoRA adapters is not supported (the compiled step would not see "
+                             "which adapter each row uses); set serve.compile to auto")
+        if (self.adapters or self.allow_adapter_loading) and self.engine == "vllm":
+            raise ValueError("serve.adapters and allow_adapter_loading apply to the llmkit engine (vLLM: --lora-modules)")
+        return self
 
 
 class PlanConfig(Section):

@@ -21,7 +21,7 @@ from urllib.parse import unquote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmkit.config.schema import GenerateConfig, ServeConfig
 from llmkit.serving.engine import Engine, EngineError, Handle, Overloaded
@@ -37,7 +37,8 @@ ALLOW_UNAUTHENTICATED = frozenset({"/health", "/ready", "/"})
 """Routes reachable without the API key: the probes of Kubernetes and SkyServe (they reveal only a
 status) and the chat page (it holds no data; it asks for the key and sends it with each request).
 Every other route requires it (deny by default)."""
-ROUTES = ("/", "/health", "/ready", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions")
+ROUTES = ("/", "/health", "/ready", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions",
+          "/v1/load_lora_adapter", "/v1/unload_lora_adapter")
 
 
 class ApiError(Exception):
@@ -69,6 +70,7 @@ class State:
     in_flight: int = 0
     max_token_bytes: int = 64
     token_text: Any = None  # TokenText over the tokenizer (set in create_app)
+    adapters: dict[str, int] = field(default_factory=dict)  # the LoRA adapters requests may name, and their slots
 
 
 def canonical_path(raw: str) -> str:
@@ -160,7 +162,7 @@ def _parse(model: type[BaseModel], body: dict[str, Any]) -> Any:
         raise ApiError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
     except RecursionError:
         raise ApiError(400, "the JSON is nested too deeply") from None
-    unknown = [k for k in req.unknown_fields() if k not in _WARNED]
+    unknown = [k for k in getattr(req, "unknown_fields", list)() if k not in _WARNED]
     if unknown and len(_WARNED) < 1000:
         _WARNED.update(unknown)
         log.warning("ignored unknown request fields (logged once each): %s", ", ".join(unknown)[:300])
@@ -245,17 +247,21 @@ def create_app(state: State) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": state.model_name, "object": "model", "created": 0,
-                                            "owned_by": "llmkit"}]}
+        base = {"id": state.model_name, "object": "model", "created": 0, "owned_by": "llmkit"}
+        return {"object": "list", "data": [base] + [{**base, "id": name, "parent": state.model_name, "root": name}
+                                                    for name in sorted(state.adapters)]}
+
+    add_adapter_routes(app, state)
 
     async def generation(request: Request, chat: bool) -> Response:
         req = _parse(ChatCompletionRequest if chat else CompletionRequest, await _read_json(request))
-        if req.model != state.model_name:
+        adapter = 0 if req.model == state.model_name else state.adapters.get(req.model)
+        if adapter is None:
             raise ApiError(404, "the model does not exist on this server (see GET /v1/models)", param="model",
                            code="model_not_found")
         try:
             work = req.to_engine_request(tok, state.defaults, engine.window, state.max_token_bytes,
-                                         state.config.tool_parser)
+                                         state.config.tool_parser, adapter)
         except RequestError as exc:
             raise ApiError(400, exc.message, param=exc.param, code=exc.code) from None
         try:
@@ -280,6 +286,52 @@ def create_app(state: State) -> FastAPI:
         return await generation(request, chat=True)
 
     return app
+
+
+class LoadAdapter(BaseModel):
+    lora_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_:-]{0,127}$")
+    lora_path: str = Field(min_length=1, max_length=4096)
+
+
+class UnloadAdapter(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    lora_name: str = Field(max_length=128)
+
+
+def add_adapter_routes(app: FastAPI, state: State) -> None:
+    """vLLM's endpoints for loading and unloading LoRA adapters while serving (serve.allow_adapter_loading)."""
+
+    def allowed() -> None:
+        if not state.config.allow_adapter_loading:
+            raise ApiError(403, "loading adapters while serving is off (serve.allow_adapter_loading)", code="forbidden")
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_adapter(request: Request) -> PlainTextResponse:
+        allowed()
+        body = _parse(LoadAdapter, await _read_json(request))
+        if body.lora_name == state.model_name or body.lora_name in state.adapters:
+            raise ApiError(400, f"the name {body.lora_name!r} is taken (see GET /v1/models)", param="lora_name")
+        from llmkit.errors import LlmkitError
+        from llmkit.model.multilora import adapter_directory
+
+        try:
+            slot = await asyncio.wrap_future(state.engine.call(
+                lambda: state.engine.adapters.load(body.lora_name, adapter_directory(body.lora_path))))
+        except LlmkitError as exc:  # the message names the adapter, never the files' content
+            raise ApiError(400, exc.summary, param="lora_path") from None
+        state.adapters[body.lora_name] = slot
+        log.warning("adapter %s loaded while serving", body.lora_name)
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_adapter(request: Request) -> PlainTextResponse:
+        allowed()
+        body = _parse(UnloadAdapter, await _read_json(request))
+        slot = state.adapters.pop(body.lora_name, None)
+        if slot is None:
+            raise ApiError(404, f"no adapter named {body.lora_name[:128]!r} is loaded", param="lora_name")
+        state.engine.retire(slot)  # requests already running on it finish first
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
 
 async def _events(state: State, handle: Handle) -> AsyncIterator[Any]:

@@ -12,6 +12,7 @@ a failure of the shared forward pass ends every request in the batch. The engine
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import logging
 import threading
@@ -133,13 +134,15 @@ class Engine:
 
     def __init__(self, model: Any, tokenizer: Any, max_batch_size: int, max_concurrency: int, max_queue: int,
                  step: DecodeStep | None | Callable[[], DecodeStep | None] = None, prefix_cache_bytes: int = 0,
-                 namespace: str = "model"):
+                 namespace: str = "model", adapters: Callable[[], Any] | None = None):
         """``step``: the decode step the batch runs (see :func:`decode_step`; None: ``model.forward``),
         or a function that makes it, called on the engine's thread before the constructor returns:
         the thread that decodes is then the one that packed and warmed the step (oneDNN products
         first run on another thread ran ~25% slower on the engine's, measured on a 2-core CPU).
         ``prefix_cache_bytes``: the prefix cache's budget (serve.prefix_cache_mb; 0: none), its
-        blocks keyed by ``namespace`` (the served model) as well as by their tokens."""
+        blocks keyed by ``namespace`` (the served model) as well as by their tokens. ``adapters``:
+        makes the :class:`~llmkit.model.multilora.AdapterSet` of the LoRA adapters served on the
+        model (called on the engine's thread before ``step``, which must see the wrapped projections)."""
         self.tokenizer = tokenizer
         self.max_batch, self.max_concurrency, self.max_queue = max_batch_size, max_concurrency, max_queue
         self._waiting: deque[Handle] = deque()
@@ -151,11 +154,15 @@ class Engine:
         self.steps = 0
         self.namespace = namespace
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
+        self.adapters: Any = None
+        self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
+        self._retiring: set[int] = set()
         made: list[Any] = []
         ready = threading.Event()
 
         def start() -> None:
             try:
+                self.adapters = adapters() if adapters is not None else None
                 made.append(step() if callable(step) and not isinstance(step, DecodeStep) else step)
             except BaseException as exc:  # noqa: BLE001 - handed to the constructor, which raises it
                 made.append(exc)
@@ -175,7 +182,37 @@ class Engine:
 
     def _decoder(self, model: Any) -> BatchDecoder:
         return BatchDecoder(model, self.tokenizer, fast=self.step or False, prefix_cache=self.prefix_cache,
-                            namespace=self.namespace)
+                            namespace=self.namespace, adapters=self.adapters)
+
+    def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        """Run ``fn`` on the engine's thread between two decode steps (loading an adapter changes
+        what the next forward pass computes): a future of its result."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._wake:
+            self._calls.append((fn, future))
+            self._wake.notify()
+        return future
+
+    def retire(self, slot: int) -> None:
+        """Unload adapter ``slot`` once no request uses it any more (requests already running on it finish)."""
+        self.call(lambda: self._retiring.add(slot))
+
+    def _between_steps(self) -> None:
+        """Queued calls, then the adapters no request uses any more."""
+        while self._calls:
+            with self._wake:
+                fn, future = self._calls.popleft()
+            try:
+                future.set_result(fn())
+            except Exception as exc:  # noqa: BLE001 - the caller gets it
+                future.set_exception(exc)
+        if self._retiring:
+            with self._wake:
+                used = {sp.adapter for h in [*self._waiting, *self._active.values()] for sp in h.params}
+            used |= {seq.params.adapter for seq in self.decoder.seqs}
+            for slot in sorted(self._retiring - used):
+                self.adapters.unload(slot)
+                self._retiring.discard(slot)
 
     # --- called from the event loop -----------------------------------------------------------
 
@@ -301,11 +338,13 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._stop and not self._waiting and not len(self.decoder):
+                while not self._stop and not self._waiting and not len(self.decoder) and not self._calls \
+                        and not self._retiring:
                     self._wake.wait(timeout=0.5)
                 if self._stop:
                     return
             try:
+                self._between_steps()
                 admitted = []
                 for handle in self._admit():
                     if handle.cancelled:

@@ -147,7 +147,8 @@ class _Sampling(BaseModel):
         return tuple(out)
 
     def to_sampling_params(self, defaults: GenerateConfig, room: int, index: int = 0,
-                           bias: tuple[tuple[int, float], ...] = (), grammar: str | None = None) -> SamplingParams:
+                           bias: tuple[tuple[int, float], ...] = (), grammar: str | None = None,
+                           adapter: int = 0) -> SamplingParams:
         """Engine parameters: each None takes the server default; max_tokens is capped to ``room``.
 
         Documented behaviour: a max_tokens larger than the room left in the context window is
@@ -164,7 +165,7 @@ class _Sampling(BaseModel):
             repetition_penalty=self.repetition_penalty, stop=stops,
             seed=self.seed + index if self.seed is not None else None, ignore_eos=self.ignore_eos,
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty, logit_bias=bias,
-            logprobs=self.token_logprobs(), prompt_logprobs=self.prompt_logprobs(), grammar=grammar)
+            logprobs=self.token_logprobs(), prompt_logprobs=self.prompt_logprobs(), grammar=grammar, adapter=adapter)
 
     def prompt_list(self, tokenizer: Any, window: int, max_token_bytes: int) -> list[list[int]]:
         """The prompts as token ids (each request kind renders its own)."""
@@ -182,7 +183,7 @@ class _Sampling(BaseModel):
         return False
 
     def to_engine_request(self, tokenizer: Any, defaults: GenerateConfig, window: int,
-                          max_token_bytes: int, tool_parser: str = "auto") -> EngineRequest:
+                          max_token_bytes: int, tool_parser: str = "auto", adapter: int = 0) -> EngineRequest:
         """Everything the engine needs, checked against the model: a RequestError (a 400) for a
         prompt that is empty or does not fit the ``window``, a max_tokens below 1, sampling
         parameters out of range, top_k or logit_bias beyond the vocabulary, too many choices."""
@@ -206,7 +207,7 @@ class _Sampling(BaseModel):
         bias = self.bias(vocab)
         grammar, tools = self.constraint(tokenizer, tool_parser)
         try:
-            params = [self.to_sampling_params(defaults, window - len(ids), i, bias, grammar)
+            params = [self.to_sampling_params(defaults, window - len(ids), i, bias, grammar, adapter)
                       for ids in prompts for i in range(self.n)]
         except UsageError as exc:
             raise RequestError(exc.detail or exc.summary) from None

@@ -152,9 +152,12 @@ def build(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, se
     # the step is packed, compiled and warmed on the engine's thread, where it will run
     engine = Engine(model, tokenizer, cfg.max_batch_size, cfg.max_concurrency, cfg.max_queue,
                     lambda: decode_step(model, tokenizer, compiled=cfg.compile is True, pack=cfg.pack_weights),
-                    prefix_cache_bytes=int(cfg.prefix_cache_mb * 2**20), namespace=f"{name}@{model_dir}")
+                    prefix_cache_bytes=int(cfg.prefix_cache_mb * 2**20), namespace=f"{name}@{model_dir}",
+                    adapters=(lambda: served_adapters(model, cfg, name, note))
+                    if cfg.adapters or cfg.allow_adapter_loading else None)
     longest = max((len(t) for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))) if t), default=16)
-    state = State(engine, tokenizer, name, defaults, cfg, api_key, max_token_bytes=max(4, longest * 4))
+    state = State(engine, tokenizer, name, defaults, cfg, api_key, max_token_bytes=max(4, longest * 4),
+                  adapters={n: engine.adapters.slot(n) for n in engine.adapters.names} if engine.adapters else {})
     app = create_app(state)
     if cfg.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -168,6 +171,20 @@ def build(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, se
     config = uvicorn.Config(guarded, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
                             http="h11", timeout_graceful_shutdown=1, h11_max_incomplete_event_size=65536, **extra)
     return Built(guarded, state, engine, name, config)
+
+
+def served_adapters(model: Any, cfg: ServeConfig, base_name: str, note: Callable[[str], None]) -> Any:
+    """The LoRA adapters of serve.adapters, loaded on the base (its projections wrapped)."""
+    from llmkit.model.multilora import AdapterSet, adapter_directory
+
+    adapters = AdapterSet(model)
+    for name, path in cfg.adapters.items():
+        if name == base_name:
+            raise ConfigError(f"serve.adapters: {name!r} is the base model's name", "requests pick models by name",
+                              "give the adapter another name")
+        adapters.load(name, adapter_directory(path))
+        note(f"adapter {name} loaded from {path}")
+    return adapters
 
 
 def wait_drained(built: Built, timeout_s: float) -> None:
