@@ -41,6 +41,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -125,6 +126,32 @@ def structured_ratio(model_dir: Path, device: str, rows: int = 16, tokens: int =
             torch.cuda.synchronize()
         rates[name] = n / (time.perf_counter() - t0)
     return rates["constrained"] / rates["free"]
+
+
+def prefix_ttft_ratio(model_dir: Path, device: str) -> float:
+    """Time to first token of a ~200-token prompt on a prefix-cache miss over a hit (issue 34's
+    target on a 1,000-token prompt: >= 5x; the trained model's context bounds the prompt here)."""
+    from llmkit.generate.prefix import PrefixCache
+
+    model, tok, _ = load_for_inference(model_dir, device=device)
+    room = int(model.config.max_position_embeddings) - 8
+    base = (tok.encode("The for statement is used to iterate over the elements of a sequence. ") * 40)[:room]
+    one = SamplingParams(max_new_tokens=1, temperature=0)
+    cache = PrefixCache(1 << 30)
+
+    def ttft(decoder: Any, prompt: list[int]) -> float:
+        t0 = time.perf_counter()
+        decoder.add([prompt], [one], ["x"])
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    warm = BatchDecoder(model, tok, prefix_cache=cache)
+    ttft(warm, base + [5])
+    miss = min(ttft(BatchDecoder(model, tok, prefix_cache=PrefixCache(1 << 30)), [base[0] + 1 + i] + base[1:] + [5])
+               for i in range(3))
+    hit = min(ttft(warm, base + [6 + i]) for i in range(3))
+    return miss / hit
 
 
 def hf_generate_rate(model_dir: Path, device: str, tokens: int = 128) -> float:
@@ -382,6 +409,8 @@ def main() -> None:
         print(f"decode batch 16 / batch 1: {decode['llmkit batch 16'] / decode['llmkit batch 1']:.1f}x; "
               f"llmkit batch 1 / HF generate: {decode['llmkit batch 1'] / decode['HF generate batch 1']:.2f}x")
         decode["json_schema_over_free_16"] = structured_ratio(final, args.device)
+        decode["prefix_miss_over_hit_ttft"] = prefix_ttft_ratio(final, args.device)
+        print(f"decode, time to first token on a prefix-cache miss / hit: {decode['prefix_miss_over_hit_ttft']:.1f}x")
         print(f"decode, 16 streams under a JSON schema (llguidance) / free: {decode['json_schema_over_free_16']:.2f}x "
               "(target >= 0.9)")
         qlora = qlora_check(root, args.device, args.qlora_shape, args.qlora_steps)

@@ -185,3 +185,41 @@ def test_chat_ctrl_c_exits_cleanly(quickstart_dir: Path) -> None:
         proc.kill()
         proc.stdin.close()  # type: ignore[union-attr]
     assert proc.returncode == 0 and "bye" in out and "Traceback" not in err, (proc.returncode, out, err)
+
+
+def test_structured_output_from_the_quickstart_model(quickstart_dir: Path) -> None:
+    """`parse` with a Pydantic model through the official client returns a valid object from the
+    quickstart's chat model (nested object, enum, bounded array, optional field, pattern)."""
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("llguidance")
+    from typing import Literal, Optional
+
+    from pydantic import BaseModel, ConfigDict, Field
+
+    from .serving.conftest import start_server, stop_server
+
+    class Where(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        section: str = Field(max_length=16)
+        line: int = Field(ge=1, le=999)
+
+    class Statement(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        keyword: Literal["for", "while", "if", "try", "with"]
+        summary: str = Field(max_length=60)
+        tags: list[Literal["loop", "branch", "error", "context"]] = Field(min_length=1, max_length=2)
+        where: Where
+        note: Optional[str] = Field(None, max_length=12)
+        code: str = Field(pattern=r"^PEP [0-9]{1,4}$")
+
+    server = start_server(quickstart_dir, "--served-model-name", "qs")
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        for temperature in (0, 0.8):
+            out = client.chat.completions.parse(model="qs", response_format=Statement, temperature=temperature, seed=1,
+                                                max_tokens=200, messages=[{"role": "user",
+                                                                           "content": "Describe the for statement."}])
+            assert out.choices[0].finish_reason == "stop"
+            assert isinstance(out.choices[0].message.parsed, Statement)
+    finally:
+        stop_server(server)

@@ -1,8 +1,9 @@
 """Tool-use conversations generated from the embedded documentation (``data.embedded_sft: tools``).
 
 One tool, ``lookup(topic)``, "looks up" a topic of the Python reference. Each conversation asks
-about a topic in one of several phrasings; the assistant calls ``lookup`` with the topic's name as
-the documentation writes it (``for`` for "the `for` statement", the title otherwise), the tool
+about a topic in one of several phrasings, the topic's name in backticks as the documentation
+quotes names; the assistant calls ``lookup`` with that name (``for`` for "the `for` statement",
+``Coroutines`` for "`Coroutines`"), the tool
 answers with the topic's opening paragraph, and the assistant answers with its first sentence. A
 few greetings teach that not every message needs the tool. Besides the reference's topics, the
 built-in functions, classes and exceptions are topics too (their docstrings answer): with some
@@ -41,6 +42,12 @@ def topic_name(subject: str) -> str:
     return m.group(1) if m else subject
 
 
+def shown(subject: str) -> str:
+    """A topic as the questions write it: quoted in backticks as the documentation quotes names
+    ("the `for` statement", "`Coroutines`"), so the argument is what the backticks hold."""
+    return subject if _NAME.search(subject) else f"`{subject}`"
+
+
 def _first_sentence(text: str) -> str:
     cut = text.find(". ")
     return text[: cut + 1] if cut > 0 else text
@@ -77,7 +84,7 @@ def embedded_tool_examples(seed: int, max_answer_chars: int = 160) -> list[dict[
     from llmkit.data.corpus import embedded_statements
 
     topics = embedded_statements(max_answer_chars) + builtin_topics(max_answer_chars)
-    rows: list[dict[str, Any]] = [conversation(q.format(t=subject), subject, answer)
+    rows: list[dict[str, Any]] = [conversation(q.format(t=shown(subject)), subject, answer)
                                   for subject, answer in topics for q in TRAIN]
     for _ in range(max(1, len(rows) // (10 * len(GREETINGS)))):
         rows += [{"tools": [LOOKUP], "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
@@ -91,5 +98,5 @@ def held_out_conversations(max_answer_chars: int = 160) -> list[tuple[list[dict[
     training example uses."""
     from llmkit.data.corpus import embedded_statements
 
-    return [([{"role": "user", "content": q.format(t=subject)}], topic_name(subject))
+    return [([{"role": "user", "content": q.format(t=shown(subject))}], topic_name(subject))
             for subject, _ in embedded_statements(max_answer_chars) for q in HELD_OUT]
