@@ -6,9 +6,10 @@ quotes names; the assistant calls ``lookup`` with that name (``for`` for "the `f
 ``Coroutines`` for "`Coroutines`"), the tool
 answers with the topic's opening paragraph, and the assistant answers with its first sentence. A
 few greetings teach that not every message needs the tool. Besides the reference's topics, the
-built-in functions, classes and exceptions are topics too (their docstrings answer): with some
-two hundred different arguments the model learns to copy the topic out of the question, not to
-recall it from the question's wording. The phrasings of :data:`HELD_OUT` are
+built-in functions, classes and exceptions are topics too (their docstrings answer): some 180
+different arguments, so that the model has to take the name from the question. (It learns the
+call's format completely; the `tiny` model learns to pick the right name only partly: see the
+README's tool-calling figures.) The phrasings of :data:`HELD_OUT` are
 never in the training data: ``held_out_conversations`` asks with them, to measure whether the
 model calls the right tool with the right argument for a question worded in a new way.
 """
@@ -63,7 +64,7 @@ def conversation(question: str, subject: str, answer: str) -> dict[str, Any]:
         {"role": "assistant", "content": _first_sentence(answer)}]}
 
 
-def builtin_topics(max_answer_chars: int = 160) -> list[tuple[str, str]]:
+def builtin_topics(max_answer_chars: int = 100) -> list[tuple[str, str]]:
     """(subject, answer) of each documented built-in: "the `len` built-in", its docstring's first paragraph."""
     import builtins
 
@@ -78,7 +79,7 @@ def builtin_topics(max_answer_chars: int = 160) -> list[tuple[str, str]]:
     return out
 
 
-def embedded_tool_examples(seed: int, max_answer_chars: int = 160) -> list[dict[str, Any]]:
+def embedded_tool_examples(seed: int, max_answer_chars: int = 100) -> list[dict[str, Any]]:
     """Every topic (the reference's and the built-ins) in every training phrasing, and the
     greetings, in a seeded order."""
     from llmkit.data.corpus import embedded_statements
@@ -93,7 +94,7 @@ def embedded_tool_examples(seed: int, max_answer_chars: int = 160) -> list[dict[
     return [rows[i] for i in order]
 
 
-def held_out_conversations(max_answer_chars: int = 160) -> list[tuple[list[dict[str, str]], str]]:
+def held_out_conversations(max_answer_chars: int = 100) -> list[tuple[list[dict[str, str]], str]]:
     """(the user's message as a conversation, the expected ``topic`` argument) in phrasings no
     training example uses."""
     from llmkit.data.corpus import embedded_statements
