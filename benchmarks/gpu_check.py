@@ -111,8 +111,8 @@ def structured_ratio(model_dir: Path, device: str, rows: int = 16, tokens: int =
     from llmkit.generate.constrain import json_schema_grammar
 
     model, tok, _ = load_for_inference(model_dir, device=device)
-    grammar = json_schema_grammar({"type": "object", "properties": {"text": {"type": "string", "maxLength": 4000}},
-                                   "required": ["text"], "additionalProperties": False})
+    grammar = json_schema_grammar({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9999},
+                                   "minItems": 100})  # no row can end before max_new_tokens
     prompt = tok.encode("Write it as JSON:")
     rates = {}
     for name, extra in (("free", {"ignore_eos": True}), ("constrained", {"grammar": grammar})) * 2:  # second pass counts
