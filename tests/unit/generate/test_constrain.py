@@ -17,6 +17,8 @@ from llmkit.generate.constrain import GrammarError, check_grammar, json_schema_g
 from llmkit.generate.decode import generate  # noqa: E402
 from llmkit.generate.sampling import SamplingParams  # noqa: E402
 
+from ...tiny import tiny_llama  # noqa: E402
+
 SCHEMA = {
     "type": "object",
     "properties": {
@@ -34,18 +36,7 @@ SCHEMA = {
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tmp_path_factory: pytest.TempPathFactory):
-    from llmkit.config.schema import DataConfig, ModelConfig, TokenizerConfig
-    from llmkit.data.corpus import iter_documents
-    from llmkit.data.tokenizer import load_tokenizer, train_bpe, wrap
-    from llmkit.model.build import build_model
-
-    out = tmp_path_factory.mktemp("tok")
-    cfg = TokenizerConfig(vocab_size=300)
-    wrap(train_bpe(iter_documents(DataConfig()), cfg), cfg, 512).save_pretrained(str(out))
-    tok = load_tokenizer(out)
-    model = build_model(ModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                    max_position_embeddings=512), 300, tok.eos_token_id, tok.pad_token_id, seed=5)
-    return model.eval(), tok
+    return tiny_llama(tmp_path_factory.mktemp("tok"))
 
 
 def test_every_sampled_answer_is_valid_json_of_the_schema(model_and_tokenizer) -> None:

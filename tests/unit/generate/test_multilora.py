@@ -18,20 +18,13 @@ from llmkit.generate.prefix import PrefixCache  # noqa: E402
 from llmkit.generate.sampling import SamplingParams  # noqa: E402
 from llmkit.model.multilora import AdapterSet  # noqa: E402
 
+from ...tiny import tiny_llama  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def base_and_adapters(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from llmkit.config.schema import DataConfig, ModelConfig, TokenizerConfig
-    from llmkit.data.corpus import iter_documents
-    from llmkit.data.tokenizer import load_tokenizer, train_bpe, wrap
-    from llmkit.model.build import build_model
-
     root = tmp_path_factory.mktemp("multilora")
-    cfg = TokenizerConfig(vocab_size=300)
-    wrap(train_bpe(iter_documents(DataConfig()), cfg), cfg, 256).save_pretrained(str(root / "tok"))
-    tok = load_tokenizer(root / "tok")
-    base = build_model(ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=256), 300, tok.eos_token_id, tok.pad_token_id, seed=3).eval()
+    base, tok = tiny_llama(root / "tok", positions=256, hidden=64, heads=4, kv_heads=2, seed=3)
     dirs = {}
     for name, r, targets, seed in (("a", 4, ["q_proj", "v_proj"], 1), ("b", 8, ["q_proj", "k_proj", "v_proj", "o_proj",
                                                                              "gate_proj", "up_proj", "down_proj"], 2)):

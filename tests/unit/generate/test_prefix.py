@@ -11,21 +11,12 @@ from llmkit.generate.batch import BatchDecoder
 from llmkit.generate.prefix import PrefixCache
 from llmkit.generate.sampling import SamplingParams
 
+from ...tiny import tiny_llama
+
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from llmkit.config.schema import DataConfig, ModelConfig, TokenizerConfig
-    from llmkit.data.corpus import iter_documents
-    from llmkit.data.tokenizer import load_tokenizer, train_bpe, wrap
-    from llmkit.model.build import build_model
-
-    out = tmp_path_factory.mktemp("tok")
-    cfg = TokenizerConfig(vocab_size=300)
-    wrap(train_bpe(iter_documents(DataConfig()), cfg), cfg, 512).save_pretrained(str(out))
-    tok = load_tokenizer(out)
-    model = build_model(ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                    max_position_embeddings=512), 300, tok.eos_token_id, tok.pad_token_id, seed=7)
-    return model.eval(), tok
+    return tiny_llama(tmp_path_factory.mktemp("tok"), hidden=64, heads=4, kv_heads=2, seed=7)
 
 
 SYSTEM = ("You are a helpful assistant that answers questions about the Python language, its statements, "

@@ -14,6 +14,8 @@ from llmkit.registry import TOOL_PARSERS, load
 from llmkit.serving.toolcalls.base import Garbled, parser_for
 from llmkit.serving.toolcalls.use import ToolStream, ToolUse
 
+from ...tiny import tiny_llama
+
 NAMES = {"lookup", "add"}
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {
              "type": "object", "properties": {"statement": {"type": "string", "maxLength": 8}}, "required": ["statement"],
@@ -128,18 +130,7 @@ def test_the_config_offers_every_registered_parser() -> None:
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from llmkit.config.schema import DataConfig, ModelConfig, TokenizerConfig
-    from llmkit.data.corpus import iter_documents
-    from llmkit.data.tokenizer import load_tokenizer, train_bpe, wrap
-    from llmkit.model.build import build_model
-
-    out = tmp_path_factory.mktemp("tok")
-    cfg = TokenizerConfig(vocab_size=300)
-    wrap(train_bpe(iter_documents(DataConfig()), cfg), cfg, 512).save_pretrained(str(out))
-    tok = load_tokenizer(out)
-    model = build_model(ModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                    max_position_embeddings=512), 300, tok.eos_token_id, tok.pad_token_id, seed=3)
-    return model.eval(), tok
+    return tiny_llama(tmp_path_factory.mktemp("tok"), seed=3)
 
 
 @pytest.mark.parametrize("name", list(TOOL_PARSERS))
