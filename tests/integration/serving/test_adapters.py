@@ -15,6 +15,7 @@ import pytest
 
 from .conftest import Server, start_server, stop_server
 
+pytestmark = pytest.mark.slow  # servers with adapters made by peft: about a minute
 peft = pytest.importorskip("peft")
 PROMPTS = ["The for statement", "class A:", "while True", "import sys"]
 KEY = "adapter-test-key"

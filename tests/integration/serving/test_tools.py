@@ -6,14 +6,12 @@ that is a 400 naming its field."""
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from .conftest import Server, start_server, stop_server
+from .conftest import Server
 
 jsonschema = pytest.importorskip("jsonschema")
 pytest.importorskip("llguidance")
@@ -141,21 +139,3 @@ def test_bad_tool_requests_are_400s_naming_the_field(long_server: Server) -> Non
     r = httpx.post(long_server.url + "/v1/completions", json={"model": "t", "prompt": "x", "tools": TOOLS}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
     assert long_server.alive()
-
-
-def test_tools_to_a_template_without_tool_support_is_a_400(long_model_dir: Path, tmp_path: Path) -> None:
-    from llmkit.data.tokenizer import PLAIN_CHAT_TEMPLATE
-
-    plain = tmp_path / "plain"
-    shutil.copytree(long_model_dir / "final", plain)
-    (plain / "chat_template.jinja").unlink(missing_ok=True)
-    config = json.loads((plain / "tokenizer_config.json").read_text())
-    config["chat_template"] = PLAIN_CHAT_TEMPLATE
-    (plain / "tokenizer_config.json").write_text(json.dumps(config))
-    server = start_server(plain, "--served-model-name", "t")
-    try:
-        r = _post(server, tools=TOOLS)
-        assert r.status_code == 400 and r.json()["error"]["param"] == "tools" and "tool support" in r.json()["error"]["message"]
-        assert _post(server, max_tokens=3).status_code == 200
-    finally:
-        stop_server(server)

@@ -153,3 +153,21 @@ def test_each_formats_grammar_makes_calls_its_parser_reads(model_and_tokenizer, 
         assert content is None and calls and (parallel or len(calls) == 1)
         for call in calls:
             jsonschema.validate(json.loads(call.arguments), schemas[call.name])
+
+
+def test_tools_to_a_template_without_tool_support_is_a_400(model_and_tokenizer) -> None:
+    from llmkit.config.schema import GenerateConfig
+    from llmkit.data.tokenizer import PLAIN_CHAT_TEMPLATE
+    from llmkit.serving.protocol import ChatCompletionRequest, RequestError
+
+    _, tok = model_and_tokenizer
+    req = ChatCompletionRequest.model_validate({"model": "t", "messages": [{"role": "user", "content": "hi"}],
+                                                "tools": TOOLS})
+    assert req.to_engine_request(tok, GenerateConfig(), 4096, 64).tools.parser.name == "hermes"
+    saved, tok.chat_template = tok.chat_template, PLAIN_CHAT_TEMPLATE
+    try:
+        with pytest.raises(RequestError) as err:
+            req.to_engine_request(tok, GenerateConfig(), 4096, 64)
+    finally:
+        tok.chat_template = saved
+    assert err.value.param == "tools" and "no tool support" in err.value.message
