@@ -125,6 +125,41 @@ def test_transformers_4_loads_the_export_with_the_same_tokens_and_logits(sft: Pa
     assert worst < 1e-5 and old["gen"] == gen
 
 
+TOOL_CHAT = {"tools": [{"type": "function", "function": {"name": "lookup", "description": "Look up a topic.", "parameters": {
+    "type": "object", "properties": {"topic": {"type": "string"}}, "required": ["topic"]}}}], "messages": [
+    {"role": "system", "content": "Be brief."}, {"role": "user", "content": "What does `for` do?"},
+    {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {
+        "name": "lookup", "arguments": {"topic": "for"}}}]},
+    {"role": "tool", "content": "It iterates."}]}
+
+
+def test_transformers_4_renders_tool_calls_as_5_does(sft: Path, tmp_path: Path) -> None:
+    """llmkit's chat template with tools, tool calls and tool results: the export renders the same
+    text in transformers 4.x as in 5.x (and as the server and SFT render it)."""
+    python = _tf4_python()
+    if python is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide transformers<5 in .venv-tf4 (see .ci/run)")
+        pytest.skip("no transformers<5 virtualenv (.venv-tf4 or LLMKIT_TF4_PYTHON)")
+    from transformers import AutoTokenizer
+
+    out = export_hf(sft, tmp_path / "hf").out
+    script = ("import json, sys\nfrom transformers import AutoTokenizer\n"
+              "chat = json.loads(sys.argv[2])\n"
+              "tok = AutoTokenizer.from_pretrained(sys.argv[1], local_files_only=True)\n"
+              "print(json.dumps(tok.apply_chat_template(chat['messages'], tools=chat['tools'], tokenize=False, "
+              "add_generation_prompt=True)))\n")
+    done = subprocess.run([python, "-c", script, str(out), json.dumps(TOOL_CHAT)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    tok = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    text = tok.apply_chat_template(TOOL_CHAT["messages"], tools=TOOL_CHAT["tools"], tokenize=False,
+                                   add_generation_prompt=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == text
+    assert '<tool_call>\n{"name": "lookup", "arguments": {"topic": "for"}}\n</tool_call>' in text
+    assert "Be brief.\n\n# Tools" in text and "<tool_response>\nIt iterates.\n</tool_response>" in text
+
+
 @pytest.fixture(scope="module")
 def gguf_file(sft: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_gguf(sft / "final", tmp_path_factory.mktemp("gguf") / "chat.gguf", "f32")
