@@ -80,7 +80,11 @@ def rss(pid: int) -> int:
 
 
 def prefix_bytes(url: str) -> tuple[float, float]:
-    lines = httpx.get(url + "/metrics", timeout=10).text.splitlines()
+    """The prefix cache's bytes and budget from /metrics ((-1, -1) when /metrics did not answer in 30 s)."""
+    try:
+        lines = httpx.get(url + "/metrics", timeout=30).text.splitlines()
+    except httpx.HTTPError:
+        return -1.0, -1.0
     values = dict(ln.split(" ") for ln in lines if ln.startswith("llmkit_prefix_cache_") and " " in ln)
     return float(values.get("llmkit_prefix_cache_bytes", 0)), float(values.get("llmkit_prefix_cache_budget_bytes", 0))
 
@@ -94,7 +98,10 @@ async def soak(url: str, pid: int, minutes: float, streams: int) -> None:
     largest = budget = 0.0
     while not all(t.done() for t in tasks):
         await asyncio.sleep(min(30, max(1, until - time.monotonic())))
-        used, budget = await asyncio.to_thread(prefix_bytes, url)
+        used, seen_budget = await asyncio.to_thread(prefix_bytes, url)
+        if used < 0:
+            statuses["/metrics did not answer"] += 1
+        budget = max(budget, seen_budget)
         largest = max(largest, used)
         samples.append((time.monotonic() - start, rss(pid)))
         print(f"{samples[-1][0] / 60:5.1f} min: RSS {samples[-1][1] / 2**20:7.1f} MiB, prefix cache {used / 2**20:.2f} "

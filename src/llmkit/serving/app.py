@@ -8,6 +8,7 @@ is the OpenAI error object with a 4xx/5xx status and no stack trace or file path
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -404,8 +405,10 @@ async def _collect(state: State, request: Request, handle: Handle, meta: dict[st
             nxt = asyncio.ensure_future(events.__anext__())
             done, _ = await asyncio.wait({nxt, watcher}, return_when=asyncio.FIRST_COMPLETED)
             if nxt not in done:  # the client went away: stop generating for it
-                nxt.cancel()
-                await events.aclose()
+                nxt.cancel()  # the generator is running inside this task: wait until the cancel ends it
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await nxt
+                await events.aclose()  # its finally has run (a no-op then): the engine stops the request
                 return JSONResponse(error_body("client disconnected", "invalid_request_error"), 499)
             try:
                 ev = nxt.result()

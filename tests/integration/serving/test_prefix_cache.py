@@ -49,3 +49,32 @@ def test_shared_system_prompt_hits_and_answers_the_same(long_model_dir: Path) ->
                                                                   * (len(QUESTIONS) - 1) / len(QUESTIONS))
     assert 0 < metrics["llmkit_prefix_cache_hit_rate"] < 1
     assert 0 < metrics["llmkit_prefix_cache_bytes"] <= metrics["llmkit_prefix_cache_budget_bytes"] == 256 * 2**20
+
+
+def test_a_dropped_unstreamed_request_is_stopped_and_forgotten(long_model_dir: Path) -> None:
+    """A client that goes away before a non-streamed answer is done: the server stops generating it,
+    counts it out, and logs no error (its disconnect path once raised inside its own cleanup:
+    "aclose(): asynchronous generator is already running", found by benchmarks/serve_soak.py)."""
+    import time
+
+    server = start_server(long_model_dir)
+    body = {"model": "t", "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Go on."}],
+            "max_tokens": 1500, "ignore_eos": True, "temperature": 0}
+    try:
+        for _ in range(3):
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(server.url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(30, read=0.5))
+        deadline = time.monotonic() + 20
+        gauges: dict[str, float] = {}
+        while time.monotonic() < deadline:
+            lines = httpx.get(server.url + "/metrics", timeout=10).text.splitlines()
+            gauges = {k: float(v) for k, v in (ln.split(" ") for ln in lines
+                                               if ln.startswith(("llmkit_active_requests", "llmkit_engine_requests")))}
+            if gauges == {"llmkit_active_requests": 0.0, "llmkit_engine_requests": 0.0}:
+                break
+            time.sleep(0.2)
+        assert gauges == {"llmkit_active_requests": 0.0, "llmkit_engine_requests": 0.0}
+    finally:
+        stop_server(server)
+    log = server.proc.stderr.read()  # type: ignore[union-attr]
+    assert "Traceback" not in log and "unexpected error" not in log, log[-3000:]
