@@ -126,9 +126,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         make_model(Path(tmp), model_config("tiny"))
         port = free_port()
+        # the server's log goes to a file: a pipe nobody reads fills up and blocks the server's writes
+        log_file = open(Path(tmp) / "server.log", "w+")  # noqa: SIM115 - read back at the end
         proc = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", tmp, "--port", str(port), "--served-model-name",
                                  "soak", "--max-concurrency", "32", "--set", f"serve.prefix_cache_mb={args.cache_mb}"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+                                stdout=subprocess.DEVNULL, stderr=log_file, text=True, env=dict(os.environ))
         url = f"http://127.0.0.1:{port}"
         try:
             for _ in range(300):
@@ -142,10 +144,13 @@ def main() -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
-                _, err = proc.communicate(timeout=60)
+                proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                _, err = proc.communicate()
+                proc.wait()
+            log_file.seek(0)
+            err = log_file.read()
+            log_file.close()
             tracebacks = err.count("Traceback")
             print(f"server log: {tracebacks} tracebacks, {err.count('WARNING')} warnings" + (
                 "\n" + err[-3000:] if tracebacks else ""))
