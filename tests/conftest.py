@@ -95,3 +95,14 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
 def cli():  # type: ignore[no-untyped-def]
     """The `run_cli` helper as a fixture."""
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def llama_cpp():  # type: ignore[no-untyped-def]
+    """llama-cpp-python, for the ``llamacpp`` tier: missing, the test fails (the tier must not pass
+    without running llama.cpp; CI builds it)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        pytest.fail("llama-cpp-python is not installed: pip install 'llmkit[llamacpp]' (it builds llama.cpp from source)")
+    return llama_cpp

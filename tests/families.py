@@ -39,9 +39,9 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "gemma3": {"config": "Gemma3TextConfig", "model": "Gemma3ForCausalLM", "bos": "<bos>", "eos": "<eos>",
                "pad": "<pad>", "extra": ["<start_of_turn>", "<end_of_turn>"], "template": GEMMA},
     "phi3": {"config": "Phi3Config", "model": "Phi3ForCausalLM", "bos": "<s>", "eos": "<|endoftext|>",
-             "pad": "<unk>", "extra": ["<|user|>", "<|assistant|>", "<|system|>", "<|end|>"], "template": PHI3},
+             "pad": "<unk>", "extra": ["</s>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"], "template": PHI3},
 }
-GGUF_FAMILIES = ("llama3", "mistral")  # llmkit writes GGUF for the llama architecture
+GGUF_FAMILIES = tuple(FAMILIES)  # llmkit writes GGUF for each of them (exporting.gguf_arch)
 
 
 def tokenizer(family: str, vocab: int = 512) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from llmkit.config.load import load_config
 from llmkit.errors import UsageError
 from llmkit.exporting.gguf import export_gguf, tensor_names, unpermute_rotary
 from llmkit.exporting.hf import export_hf
-from llmkit.exporting.verify import verify
+from llmkit.exporting.verify import render, verify
 from llmkit.training.loop import train
 
 from .training.helpers import make_run
@@ -123,11 +124,18 @@ def test_export_bad_input(runs: dict[str, Path], tmp_path: Path, cli) -> None:
     (busy / "keep.txt").write_text("mine")
     out = cli("export", str(runs["llama"]), "--out", str(busy))
     assert out.returncode == 2 and "not empty" in out.stderr and (busy / "keep.txt").read_text() == "mine"
-    out = cli("export", str(runs["gpt2"]), "--format", "gguf", "--out", str(tmp_path / "g.gguf"))
-    assert out.returncode == 2 and "GGUF export does not support the gpt2 architecture" in out.stderr and "llama, mistral" in out.stderr
+    out = cli("export", str(runs["gpt2"]), "--format", "gguf", "--out", str(tmp_path / "g.gguf"), "--quant", "q9_9")
+    assert out.returncode == 2 and "q4_k_m" in out.stderr  # the choices are listed
+    other = tmp_path / "olmo"
+    shutil.copytree(runs["llama"] / "final", other)
+    cfg = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**cfg, "model_type": "olmo2"}))
+    with pytest.raises(UsageError, match="does not support the olmo2 architecture") as refused:
+        export_gguf(other, tmp_path / "o.gguf")
+    assert "gemma3_text" in str(refused.value) and "export --format hf" in str(refused.value)
 
 
-@pytest.mark.parametrize("quant", ["f32", "f16", "q8_0"])
+@pytest.mark.parametrize("quant", ["f32", "f16", "bf16", "q8_0"])
 def test_gguf_reads_back(runs: dict[str, Path], tmp_path: Path, quant: str) -> None:
     gguf = pytest.importorskip("gguf")
     from safetensors.numpy import load_file
@@ -156,8 +164,7 @@ def test_gguf_reads_back(runs: dict[str, Path], tmp_path: Path, quant: str) -> N
 
 
 @pytest.mark.llamacpp
-def test_gguf_runs_in_llama_cpp_with_the_same_greedy_tokens(runs: dict[str, Path], tmp_path: Path) -> None:
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it builds from source)")
+def test_gguf_runs_in_llama_cpp_with_the_same_greedy_tokens(runs: dict[str, Path], tmp_path: Path, llama_cpp) -> None:  # type: ignore[no-untyped-def]
     from llmkit.generate.decode import generate
     from llmkit.generate.sampling import SamplingParams
     from llmkit.model.load import load_for_inference
@@ -216,3 +223,43 @@ def test_bf16_decode_is_recorded_by_verify_and_served_as_recorded(runs: dict[str
         assert r.json()["choices"][0]["text"] == expected
     finally:
         stop_server(server)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_quantized_serving_decodes_as_recorded_and_verify_measures_it(runs: dict[str, Path], dtype: str) -> None:
+    """`serve --dtype int8|int4` decodes exactly as llmkit's generate on the model quantized the same
+    way, says what it serves on /v1/models, and `verify --endpoint` judges it by its perplexity
+    on the held-out text against fp32."""
+    import httpx
+
+    from llmkit.exporting.endpoint_check import ENDPOINT_PPL_LIMIT
+    from llmkit.generate.decode import generate
+    from llmkit.generate.sampling import SamplingParams
+    from llmkit.model.load import load_for_inference
+
+    from .serving.conftest import start_server, stop_server
+
+    model, tok, _ = load_for_inference(runs["llama"], device="cpu", dtype=dtype)
+    assert not any(type(m) is torch.nn.Linear for m in model.modules())
+    prompt = "The for statement"
+    expected = generate(model, tok, [tok.encode(prompt, add_special_tokens=False)],
+                        [SamplingParams(max_new_tokens=12, temperature=0)])[0].text
+    server = start_server(runs["llama"], "--dtype", dtype)
+    try:
+        listed = httpx.get(server.url + "/v1/models", timeout=10).json()["data"]
+        assert listed[0]["dtype"] == dtype
+        r = httpx.post(server.url + "/v1/completions", timeout=60,
+                       json={"model": runs["llama"].name, "prompt": prompt, "max_tokens": 12, "temperature": 0})
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] == expected, r.text
+        report = verify(runs["llama"], runs["llama"] / "final", endpoint=server.url)
+    finally:
+        stop_server(server)
+    e = report.endpoint
+    assert e is not None and e.dtype == dtype and not e.exact and e.ratio is not None and e.tokens > 100
+    limit = ENDPOINT_PPL_LIMIT[dtype]
+    assert e.ok == (1 / limit <= e.ratio <= limit) and report.ok == (e.ok and all(c.greedy_equal for c in report.checks))
+    shown = render(report)
+    assert f"endpoint ({dtype}): perplexity" in shown and f"verdict: {'PASS' if report.ok else 'FAIL'}" in shown, shown
+    print(shown)
+    assert "serve.dtype" in server.proc.stderr.read()  # type: ignore[union-attr]

@@ -184,8 +184,7 @@ def test_gguf_metadata_and_modelfile(gguf_file: Path) -> None:
 
 
 @pytest.mark.llamacpp
-def test_llama_cpp_tokenizes_and_chats_like_llmkit(sft: Path, gguf_file: Path) -> None:
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it builds from source)")
+def test_llama_cpp_tokenizes_and_chats_like_llmkit(sft: Path, gguf_file: Path, llama_cpp) -> None:  # type: ignore[no-untyped-def]
     from llmkit.model.load import load_for_inference
 
     _, tok, _ = load_for_inference(sft, device="cpu")
@@ -201,14 +200,13 @@ def test_llama_cpp_tokenizes_and_chats_like_llmkit(sft: Path, gguf_file: Path) -
 
 
 @pytest.mark.llamacpp
-def test_llmkit_verify_runs_the_gguf_in_llama_cpp(sft: Path, gguf_file: Path, tmp_path: Path) -> None:
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it builds from source)")
+def test_llmkit_verify_runs_the_gguf_in_llama_cpp(sft: Path, gguf_file: Path, tmp_path: Path, llama_cpp) -> None:  # type: ignore[no-untyped-def]
     report = verify(sft, sft / "final", gguf=gguf_file)
     assert report.ok and report.gguf is not None and report.gguf.tokenize_equal and report.gguf.greedy_equal, \
         (report.gguf, [c.detail for c in report.checks])
     out = subprocess.run([sys.executable, "-m", "llmkit", "verify", str(sft), "--gguf", str(gguf_file)],
                          capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and "GGUF in llama.cpp: tokenization same" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0 and "GGUF (f32) in llama.cpp: tokenization same" in out.stdout, out.stdout + out.stderr
 
 
 def _llama_dir(directory: Path, pre_tokenizer: object) -> Path:
@@ -233,7 +231,7 @@ def _llama_dir(directory: Path, pre_tokenizer: object) -> Path:
 
 
 @pytest.mark.llamacpp
-def test_llama3_style_tokenizer_goes_to_gguf_as_llama_bpe(tmp_path: Path) -> None:
+def test_llama3_style_tokenizer_goes_to_gguf_as_llama_bpe(tmp_path: Path, llama_cpp) -> None:  # type: ignore[no-untyped-def]
     from tokenizers import Regex, pre_tokenizers
     from transformers import AutoTokenizer
 
@@ -248,7 +246,6 @@ def test_llama3_style_tokenizer_goes_to_gguf_as_llama_bpe(tmp_path: Path) -> Non
 
     pre = GGUFReader(str(out)).fields["tokenizer.ggml.pre"]
     assert bytes(pre.parts[pre.data[0]]).decode() == "llama-bpe"
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it builds from source)")
     tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     vocab = llama_cpp.Llama(model_path=str(out), vocab_only=True, verbose=False)
     for text in SAMPLE_TEXTS:

@@ -34,7 +34,7 @@ def test_help_lists_allowed_values_and_completion() -> None:
         return subprocess.run([sys.executable, "-m", "llmkit", *cmd, "--help"], capture_output=True, text=True,
                               check=True).stdout
 
-    assert "hf|gguf" in help_of("export") and "f32|f16|q8_0" in help_of("export")
+    assert "hf|gguf" in help_of("export") and "f32|f16|bf16|q8_0|q6_k|q5_k_m|q4_k_m|q4_0" in help_of("export")
     assert "any|aws|gcp|azure|lambda|runpod" in help_of("plan")
     assert "llmkit|vllm" in help_of("serve") and "fp32|bf16" in help_of("serve")
     assert "slurm|kubernetes|skypilot|docker" in help_of("launch") and "train|serve" in help_of("launch")

@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, set[str]]] = [  # top to bottom; a layer imports only la
     ("privacy: PII detection, offline switches, sealed files and key rotation", {"privacy"}),
     ("Hugging Face Hub ids resolved to complete local snapshots", {"hub"}),
     ("device and precision policy, fault points, files, optional dependencies, packed weights",
-     {"device", "faults", "fsutil", "optional", "packing", "registry"}),
+     {"device", "faults", "fsutil", "optional", "packing", "registry", "wquant"}),
     ("errors, version", {"errors", "version"}),
 ]
 RANK = {part: rank for rank, (_, parts) in enumerate(LAYERS) for part in parts}

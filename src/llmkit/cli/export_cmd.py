@@ -22,7 +22,8 @@ def export(
     out: Path = typer.Option(..., "--out", help="Output directory (hf) or file (gguf)."),
     dtype: ExportDtype = typer.Option("float32", "--dtype", help="hf: weight dtype."),
     merge_lora: bool = typer.Option(True, "--merge-lora/--no-merge-lora", help="LoRA runs: merged model or adapter."),
-    quant: GgufQuant = typer.Option("f32", "--quant", help="gguf: tensor type."),
+    quant: GgufQuant = typer.Option("f32", "--quant", help="gguf: tensor type. f32, f16, bf16, q8_0 "
+                                 "written by llmkit; q6_k, q5_k_m, q4_k_m, q4_0 by llama.cpp's quantizer (extra llamacpp)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     decrypt: bool = typer.Option(False, "--decrypt", help="Encrypted runs: write the export as plain files "
                                  "(other tools read nothing else); refused without it."),
@@ -62,7 +63,8 @@ def verify(
     api_key_env: str = typer.Option(None, "--api-key-env", help="Environment variable with the endpoint's key."),
     tolerance: float = typer.Option(1e-4, "--tolerance", help="Largest allowed logit difference."),
     gguf: Path = typer.Option(None, "--gguf", help="Also run this GGUF file in llama.cpp (llama-cpp-python): "
-                              "tokenization and greedy tokens must match."),
+                              "tokenization must match; an f32 file's greedy tokens too, a quantized file's "
+                              "perplexity on the held-out text within its type's limit of the fp32 model's."),
     bf16: bool = typer.Option(False, "--bf16", help="Also record how the model decodes in bf16 (serve.dtype: bf16) "
                               "against fp32: largest logit difference and greedy agreement (not part of the verdict)."),
     as_json: bool = json_option("the report (each check and the verdict)"),

@@ -21,10 +21,10 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 # The allowed values, as the modules that own them spell them (tests/unit/test_cli_choices.py keeps
 # them equal; they are repeated here so `llmkit --help` imports neither pydantic models nor numpy).
 ExportDtype = _choices("ExportDtype", ("float32", "bfloat16", "float16"))  # llmkit.exporting.hf.DTYPES
-GgufQuant = _choices("GgufQuant", ("f32", "f16", "q8_0"))  # llmkit.exporting.gguf.QUANTS
+GgufQuant = _choices("GgufQuant", ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"))  # llmkit.exporting.gguf.QUANTS
 Cloud = _choices("Cloud", ("any", "aws", "gcp", "azure", "lambda", "runpod"))  # PlanConfig.cloud
 ServeEngine = _choices("ServeEngine", ("llmkit", "vllm"))  # ServeConfig.engine
-ServeDtype = _choices("ServeDtype", ("fp32", "bf16"))  # ServeConfig.dtype
+ServeDtype = _choices("ServeDtype", ("fp32", "bf16", "int8", "int4"))  # ServeConfig.dtype
 LaunchWhat = _choices("LaunchWhat", ("train", "serve"))  # llmkit.launching.spec.WHATS
 RESUME_METAVAR = "auto|never|PATH"
 

@@ -205,8 +205,9 @@ def _print_serve_plan(cfg: Any, result: Any, show_all: bool, top: int) -> None:
     kv = result.kv_bytes_per_token
     typer.echo(f"{cfg.name}: serving {c} user(s) at {t:g} tokens/s each, {n}-token sequences ({prompt} prompt + "
                f"{n - prompt} generated)")
-    typer.echo(f"memory: weights {_bytes(result.weights_bytes['bf16'])} in bf16 ({_bytes(result.weights_bytes['fp32'])} "
-               f"in fp32); KV cache {kv['bf16'] / 1024:.1f} KiB per token in bf16, {_bytes(c * n * kv['bf16'])} for "
+    w = result.weights_bytes
+    typer.echo(f"memory: weights {_bytes(w['bf16'])} in bf16 ({_bytes(w['fp32'])} in fp32, {_bytes(w['int8'])} int8, "
+               f"{_bytes(w['int4'])} int4 on a CPU); KV cache {kv['bf16'] / 1024:.1f} KiB per token in bf16, {_bytes(c * n * kv['bf16'])} for "
                f"{c} full sequences")
 
     def speed(r: Any) -> str:

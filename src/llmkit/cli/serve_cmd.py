@@ -30,8 +30,9 @@ def serve(
     engine: ServeEngine = typer.Option(None, "--engine", help="llmkit (in-process) or vllm (GPU hosts)."),
     served_model_name: str = typer.Option(None, "--served-model-name", help="Model id clients send."),
     ui: bool = typer.Option(None, "--ui/--no-ui", help="Serve the chat page at / (default: serve.ui, on)."),
-    dtype: ServeDtype = typer.Option(None, "--dtype", help="fp32 (default: the model as evaluated) or bf16 (faster decode "
-                              "on bf16 hardware; see `llmkit verify --bf16`)."),
+    dtype: ServeDtype = typer.Option(None, "--dtype", help="fp32 (default: the model as evaluated), bf16 (faster decode "
+                              "on bf16 hardware; see `llmkit verify --bf16`), or int8 / int4 (CPU: weight-only "
+                              "quantized layers; `llmkit verify --endpoint` measures their perplexity)."),
     compile_step: bool = typer.Option(None, "--compile/--no-compile",
                                       help="torch.compile the decode step at start-up (about a minute on a "
                                            "CPU; faster decode after). Default: serve.compile (auto: eager)."),

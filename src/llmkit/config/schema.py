@@ -587,11 +587,15 @@ class ServeConfig(Section):
     """Requests allowed to wait; beyond it: 429 with Retry-After."""
     max_batch_size: int = Field(16, gt=0)
     """Sequences decoded together in one step."""
-    dtype: Literal["fp32", "bf16"] = "fp32"
+    dtype: Literal["fp32", "bf16", "int8", "int4"] = "fp32"
     """Weights and arithmetic of the llmkit engine. fp32: exactly the model that was evaluated.
     bf16: half the memory traffic per token, faster decode where the CPU (AVX-512 BF16, AMX) or
     GPU runs bf16 natively; `llmkit verify --bf16` records its logit difference and greedy
-    agreement against fp32. vLLM picks its own dtype."""
+    agreement against fp32. int8 / int4 (CPU): weight-only quantized linear layers (`llmkit.wquant`:
+    8-bit per-row scales; 4-bit in groups of 32, the head at 8), fp32 activations; a quarter / about
+    a sixth of the weights' bytes; `llmkit verify --endpoint` reports the served model's perplexity
+    against fp32. vLLM picks its own dtype (int8 / int4 are refused there: vLLM serves checkpoints
+    quantized beforehand)."""
     compile: bool | Literal["auto"] = "auto"
     """torch.compile the decode step. llmkit engine: true compiles it at start-up, before the
     server reports ready (one compile for a single row and one for several: about a minute on 2

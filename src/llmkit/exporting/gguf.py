@@ -1,8 +1,9 @@
 """`llmkit export --format gguf`: a llama.cpp GGUF file, written with the `gguf` package.
 
-Supported: the llama architecture, Llama and Mistral (f32, f16, q8_0). Tensors take llama.cpp's names; the query
-and key projections are permuted from Hugging Face's rotary layout (halves) to llama.cpp's
-(interleaved pairs), as llama.cpp's own converter does. The byte-level BPE tokenizer goes in as
+Architectures: Llama, Mistral, Qwen 2/2.5, Qwen 3, Gemma 2, Gemma 3, Phi-3 and llmkit's gpt2-style
+presets (`exporting.gguf_arch` has each one's tensor names, metadata and weight changes).
+Quantization: f32, f16, bf16 and q8_0 written here; q6_k, q5_k_m, q4_k_m and q4_0 made from the f32
+file by llama.cpp's own quantizer. The byte-level BPE tokenizer goes in as
 ``tokenizer.ggml.model = gpt2`` (vocabulary, merges, token types, special ids) with the
 pre-tokenizer it really uses (``pre_tokenizer``), the chat template and the end-of-turn token;
 an Ollama Modelfile is written beside the file.
@@ -19,37 +20,23 @@ import numpy as np
 from llmkit.data.tokenizer import CHAT_TEMPLATE, PLAIN_CHAT_TEMPLATE, TOOLS_FOOTER, TOOLS_HEADER, end_token_ids
 from llmkit.errors import UsageError
 from llmkit.exporting.base import ExportFormat, Exported, ExportRequest
+from llmkit.exporting.gguf_arch import ARCHITECTURES, architecture, gguf_tensors, permute_rotary, unpermute_rotary, write_metadata
 from llmkit.fsutil import atomic_write_text
 from llmkit.optional import require
 
-SUPPORTED = ("llama", "mistral")  # Mistral is llama.cpp's llama architecture (without a sliding window)
-QUANTS = ("f32", "f16", "q8_0")
-
-
-def permute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
-    """HF (halves) -> llama.cpp (interleaved) row order of a q/k projection (out, in)."""
-    out = w.shape[0]
-    return w.reshape(n_head, 2, out // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def unpermute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Inverse of :func:`permute_rotary`."""
-    out = w.shape[0]
-    return w.reshape(n_head, out // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+# Quantization types: written by llmkit itself (the first four), or from an f32 file by llama.cpp's own
+# quantizer (llama-cpp-python's binding of llama_model_quantize, the `llamacpp` extra).
+QUANTS = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
+BY_LLAMA_CPP = {"q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+                "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
 
 
 def tensor_names(layers: int, tied: bool) -> dict[str, str]:
     """Hugging Face llama parameter name -> GGUF tensor name."""
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
-    if not tied:
-        names["lm_head.weight"] = "output.weight"
-    per = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-           "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-           "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
-    for i in range(layers):
-        for hf, gg in per.items():
-            names[f"model.layers.{i}.{hf}.weight"] = f"blk.{i}.{gg}.weight"
-    return names
+    arch = ARCHITECTURES["llama"]
+    names = [f"model.{n}.weight" for n in ("embed_tokens", "norm")] + ([] if tied else ["lm_head.weight"])
+    names += [f"model.layers.{i}.{m}.weight" for i in range(layers) for m in arch.layer]
+    return {n: str(arch.gguf_name(n)) for n in names}
 
 
 # Llama 3's pre-tokenizer split (tokenizer.json of Llama-3-style tokenizers), llama.cpp's "llama-bpe".
@@ -57,18 +44,24 @@ LLAMA3_SPLIT = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{
                 "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
 
 
+# Qwen 2's: Llama 3's with single digits, llama.cpp's "qwen2".
+QWEN2_SPLIT = LLAMA3_SPLIT.replace("\\p{N}{1,3}", "\\p{N}")
+SPLITS = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2"}
+
+
 def pre_tokenizer(data: dict[str, Any]) -> str:
     """llama.cpp's name for the pre-tokenizer ``tokenizer.json`` really uses: ``gpt-2`` for byte-level
-    BPE with GPT-2's split (llmkit's own tokenizers), ``llama-bpe`` for Llama 3's split. Anything
+    BPE with GPT-2's split (llmkit's own tokenizers), ``llama-bpe`` for Llama 3's split, ``qwen2``
+    for Qwen 2's. Anything
     else has no llama.cpp name llmkit can vouch for: refused, since llama.cpp would split text
     differently from the tokenizer the model was trained with."""
     pre = data.get("pre_tokenizer") or {}
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space", False):
         return "gpt-2"
     parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
-    if (len(parts) == 2 and parts[0].get("type") == "Split" and parts[0].get("pattern", {}).get("Regex") == LLAMA3_SPLIT
+    if (len(parts) == 2 and parts[0].get("type") == "Split" and parts[0].get("pattern", {}).get("Regex") in SPLITS
             and parts[1].get("type") == "ByteLevel" and not parts[1].get("use_regex", True)):
-        return "llama-bpe"
+        return SPLITS[parts[0]["pattern"]["Regex"]]
     raise UsageError("GGUF export: llama.cpp has no pre-tokenizer known to match this tokenizer's",
                      f"its pre_tokenizer is {json.dumps(pre)[:300]}",
                      "export --format hf (transformers and vLLM use tokenizer.json as it is)")
@@ -93,49 +86,62 @@ def _tokenizer_fields(model_dir: Path) -> dict[str, Any]:
 
 
 def export_gguf(model_dir: Path, out_file: Path, quant: str = "f32", overwrite: bool = False) -> Path:
-    """Write ``model_dir`` (an HF llama directory) as one GGUF file."""
+    """Write ``model_dir`` (a Hugging Face model directory) as one GGUF file of type ``quant``, and an
+    Ollama Modelfile beside it."""
     cfg = json.loads((model_dir / "config.json").read_text())
-    arch = cfg.get("model_type")
-    if arch not in SUPPORTED:
-        raise UsageError(f"GGUF export does not support the {arch} architecture yet",
-                         f"llmkit writes GGUF for: {', '.join(SUPPORTED)}",
-                         "export --format hf instead (transformers, vLLM), or convert it with llama.cpp's "
-                         "convert_hf_to_gguf.py")
-    window = cfg.get("sliding_window")
-    if arch == "mistral" and window and window < cfg["max_position_embeddings"]:
-        raise UsageError(f"GGUF export: this Mistral attends over a sliding window of {window} tokens",
-                         "llama.cpp's llama architecture attends over the whole context",
-                         "export --format hf instead")
+    arch = architecture(cfg)
     if quant not in QUANTS:
         raise UsageError(f"unknown GGUF quantization {quant!r}", f"choose one of {', '.join(QUANTS)}", "pass --quant f32")
     if out_file.exists() and not overwrite:
         raise UsageError(f"{out_file} exists", "export never overwrites by default", "pass --overwrite")
+    if quant in BY_LLAMA_CPP:
+        require("llama_cpp", "llamacpp", f"GGUF {quant} (llama.cpp's quantizer)")
     gguf = require("gguf", "export", "GGUF export")
+    tok = _tokenizer_fields(model_dir)
+    template = chat_template(model_dir)
+    ends = _write(gguf, model_dir, cfg, arch, tok, template, "f32" if quant in BY_LLAMA_CPP else quant, out_file)
+    if quant in BY_LLAMA_CPP:
+        f32 = out_file.with_name(f".{out_file.name}.f32")
+        out_file.replace(f32)
+        try:
+            quantize_with_llama_cpp(f32, out_file, quant)
+        finally:
+            f32.unlink(missing_ok=True)
+    context = int(cfg.get("max_position_embeddings") or cfg.get("n_positions") or 2048)
+    atomic_write_text(modelfile_path(out_file), modelfile(out_file, template, [tok["tokens"][i] for i in ends],
+                                                          context, _temperature(model_dir)))
+    return out_file
+
+
+def _write(gguf: Any, model_dir: Path, cfg: dict[str, Any], arch: Any, tok: dict[str, Any], template: str | None,
+           quant: str, out_file: Path) -> list[int]:
+    """Write the GGUF (atomically); return the end-token ids it declares."""
     from safetensors.numpy import load_file
 
     weights: dict[str, np.ndarray] = {}
     for f in sorted(model_dir.glob("*.safetensors")):
         weights.update({k: v.astype(np.float32) for k, v in load_file(str(f)).items()})
-    tied = bool(cfg.get("tie_word_embeddings", True)) or "lm_head.weight" not in weights
-    heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
-    tok = _tokenizer_fields(model_dir)
     tmp = out_file.with_name(f".{out_file.name}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), "llama")
+    writer = gguf.GGUFWriter(str(tmp), arch.gguf)
     writer.add_name(model_dir.parent.name if model_dir.name == "final" else model_dir.name)
-    writer.add_context_length(cfg["max_position_embeddings"])
-    writer.add_embedding_length(cfg["hidden_size"])
-    writer.add_block_count(cfg["num_hidden_layers"])
-    writer.add_feed_forward_length(cfg["intermediate_size"])
-    writer.add_rope_dimension_count(cfg["hidden_size"] // heads)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv)
-    writer.add_layer_norm_rms_eps(cfg.get("rms_norm_eps", 1e-5))
-    rope = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
-    writer.add_rope_freq_base(float(rope))
-    writer.add_vocab_size(len(tok["tokens"]))
+    write_metadata(writer, arch, cfg)
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant]
+                 "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant]
     writer.add_file_type(file_type)
+    ends = _write_tokenizer(writer, model_dir, cfg, tok, template)
+    for name, w in gguf_tensors(arch, cfg, weights):
+        _add_tensor(gguf, writer, name, w, quant)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tmp.replace(out_file)
+    return ends
+
+
+def _write_tokenizer(writer: Any, model_dir: Path, cfg: dict[str, Any], tok: dict[str, Any],
+                     template: str | None) -> list[int]:
+    writer.add_vocab_size(len(tok["tokens"]))
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(tok["pre"])
     writer.add_token_list(tok["tokens"])
@@ -143,39 +149,54 @@ def export_gguf(model_dir: Path, out_file: Path, quant: str = "f32", overwrite: 
     writer.add_token_merges(tok["merges"])
     tcfg = json.loads((model_dir / "tokenizer_config.json").read_text()) if (model_dir / "tokenizer_config.json").exists() else {}
     eos = tok["special"].get(tcfg.get("eos_token") or "<|endoftext|>", cfg.get("eos_token_id", 0))
-    writer.add_bos_token_id(int(cfg.get("bos_token_id", eos) or eos))
+    if isinstance(eos, list):
+        eos = eos[0]
+    bos = cfg.get("bos_token_id")
+    writer.add_bos_token_id(int(eos if bos is None else bos))
     writer.add_eos_token_id(int(eos))
     pad = tok["special"].get(tcfg.get("pad_token") or "")
     if pad is not None:
         writer.add_pad_token_id(int(pad))
+    # the template adds a BOS where the model wants one; llama.cpp must not add another to raw text
     writer.add_add_bos_token(False)
-    template = chat_template(model_dir)
     if template:
         writer.add_chat_template(template)
     ends = end_token_ids(model_dir, int(eos))
     if len(ends) > 1:  # the end-of-turn token: llama.cpp stops a chat reply there
         writer.add_eot_token_id(ends[1])
-    for hf_name, gg_name in tensor_names(cfg["num_hidden_layers"], tied).items():
-        w = weights[hf_name]
-        if hf_name.endswith("q_proj.weight"):
-            w = permute_rotary(w, heads)
-        elif hf_name.endswith("k_proj.weight"):
-            w = permute_rotary(w, kv)
-        if quant == "f32" or w.ndim == 1:
-            writer.add_tensor(gg_name, w.astype(np.float32))
-        elif quant == "f16":
-            writer.add_tensor(gg_name, w.astype(np.float16))
-        else:
-            q = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0)
-            writer.add_tensor(gg_name, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    return ends
+
+
+def _add_tensor(gguf: Any, writer: Any, name: str, w: np.ndarray, quant: str) -> None:
+    """One tensor at ``quant``; vectors (norms, biases) and rows a block does not divide stay wider."""
+    if quant == "f32" or w.ndim == 1:
+        writer.add_tensor(name, w.astype(np.float32))
+    elif quant == "f16" or (quant == "q8_0" and w.shape[-1] % 32):
+        writer.add_tensor(name, w.astype(np.float16))
+    else:
+        qtype = {"bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[quant]
+        q = gguf.quants.quantize(w, qtype)
+        writer.add_tensor(name, q, raw_shape=q.shape, raw_dtype=qtype)
+
+
+def quantize_with_llama_cpp(src: Path, out_file: Path, quant: str) -> None:
+    """``src`` (an f32 GGUF) -> ``out_file`` at ``quant``, by llama.cpp's ``llama_model_quantize``.
+    Rows that a k-quant's 256-wide block does not divide get llama.cpp's own fallback type."""
+    import ctypes
+    import os
+
+    llama_cpp = require("llama_cpp", "llamacpp", f"GGUF {quant} (llama.cpp's quantizer)")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, BY_LLAMA_CPP[quant])
+    params.nthread = os.cpu_count() or 1
+    tmp = out_file.with_name(f".{out_file.name}.tmp")
+    code = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+    if code != 0 or not tmp.exists():
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"llama.cpp could not quantize the model to {quant} (code {code})",
+                         "its log above says which tensor or key it refused",
+                         "export --quant f16 or q8_0 (written by llmkit), and report the log")
     tmp.replace(out_file)
-    atomic_write_text(modelfile_path(out_file), modelfile(out_file, template, [tok["tokens"][i] for i in ends],
-                                                          cfg["max_position_embeddings"], _temperature(model_dir)))
-    return out_file
 
 
 def chat_template(model_dir: Path) -> str | None:

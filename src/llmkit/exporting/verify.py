@@ -6,10 +6,13 @@ For each of the run's fixed eval prompts (chat-rendered for SFT runs), compares:
 - (b) the exported directory loaded with plain ``transformers`` (AutoTokenizer, AutoModel,
   ``generate``): same token ids for the prompt, same greedy tokens, and the largest absolute
   difference of the prompt's logits;
-- (c) optionally a running OpenAI-compatible endpoint: same greedy text;
+- (c) optionally a running OpenAI-compatible endpoint: same greedy text, and its perplexity on the
+  run's held-out text against the fp32 model's (``exporting.endpoint_check``: an endpoint serving
+  bf16, int8 or int4 is judged by that ratio instead of the greedy text);
 - (d) optionally a GGUF file run by llama.cpp (``llama-cpp-python``): the same token ids as the HF
-  tokenizer on sample texts (punctuation, digits, code, CJK, emoji, special tokens) and the same
-  greedy tokens, stopping at the end tokens the GGUF declares;
+  tokenizer on sample texts (punctuation, digits, code, CJK, emoji, special tokens), the greedy
+  tokens (stopping at the end tokens the GGUF declares) and, for a quantized file, its perplexity
+  on the run's held-out text against the fp32 model's (``exporting.gguf_check``);
 - (e) for a LoRA run on a bf16 or quantized base: the adapters on that base, loaded again, against
   the merged model (``MergeCheck``, recorded beside the verdict).
 
@@ -29,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UsageError
+from llmkit.exporting.endpoint_check import EndpointPpl, check_endpoint_ppl
+from llmkit.exporting.gguf_check import GgufCheck, check_gguf
 from llmkit.rundir import RunDir
 
 NEW_TOKENS = 24
@@ -44,15 +49,6 @@ class PromptCheck:
     greedy_equal: bool
     max_logit_diff: float
     endpoint_equal: bool | None = None
-    detail: str = ""
-
-
-@dataclass
-class GgufCheck:
-    """llama.cpp on the GGUF file: tokenization of SAMPLE_TEXTS and greedy tokens per prompt."""
-
-    tokenize_equal: bool
-    greedy_equal: bool
     detail: str = ""
 
 
@@ -92,11 +88,15 @@ class VerifyReport:
     bf16: Bf16Check | None = None
     merge: MergeCheck | None = None
 
+    endpoint: EndpointPpl | None = None
+
     @property
     def ok(self) -> bool:
+        exact = self.endpoint is None or self.endpoint.exact  # a bf16/int8/int4 endpoint is judged by perplexity
         return self.special_tokens_equal and all(
-            c.tokens_equal and c.greedy_equal and c.max_logit_diff <= self.tolerance and c.endpoint_equal is not False
-            for c in self.checks) and (self.gguf is None or (self.gguf.tokenize_equal and self.gguf.greedy_equal))
+            c.tokens_equal and c.greedy_equal and c.max_logit_diff <= self.tolerance
+            and (c.endpoint_equal is not False or not exact) for c in self.checks) and (
+            self.gguf is None or self.gguf.ok) and (self.endpoint is None or self.endpoint.ok)
 
 
 def _prompts(run: Path, tokenizer: Any) -> tuple[list[str], bool]:
@@ -128,35 +128,6 @@ def _endpoint_text(url: str, model: str, prompt_text: str, chat: bool, api_key: 
     r = httpx.post(url.rstrip("/") + "/v1/completions", json=body, headers=headers, timeout=120)
     r.raise_for_status()
     return r.json()["choices"][0]["text"]
-
-
-def check_gguf(path: Path, tokenizer: Any, prompts: list[list[int]], expected: list[list[int]], new: int) -> GgufCheck:
-    """Run ``path`` in llama.cpp: sample texts must tokenize to the HF ids, each prompt's greedy
-    tokens (until an end token the GGUF declares) must equal ``expected``."""
-    from llmkit.optional import require
-
-    llama_cpp = require("llama_cpp", "llamacpp", "verify --gguf (running the file in llama.cpp)")
-    vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-    wrong = []
-    for text in SAMPLE_TEXTS:
-        theirs = vocab.tokenize(text.encode(), add_bos=False, special=True)
-        ours = tokenizer.encode(text, add_special_tokens=False)
-        if theirs != ours:
-            wrong.append(f"{text[:30]!r}: llama.cpp {theirs[:12]} vs {ours[:12]}")
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=int(vocab.metadata.get("llama.context_length", 2048)),
-                          verbose=False)
-    ends = {llm.token_eos(), *[int(v) for k, v in llm.metadata.items() if k == "tokenizer.ggml.eot_token_id"]}
-    greedy_wrong = []
-    for ids, want in zip(prompts, expected):
-        got: list[int] = []
-        llm.reset()
-        for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
-            if token in ends or len(got) >= new:
-                break
-            got.append(token)
-        if got != want[:new]:
-            greedy_wrong.append(f"llama.cpp {tokenizer.decode(got)!r} vs llmkit {tokenizer.decode(want)!r}")
-    return GgufCheck(not wrong, not greedy_wrong, "; ".join(wrong + greedy_wrong)[:600])
 
 
 def verify(run: Path, exported: Path, endpoint: str | None = None, endpoint_model: str | None = None,
@@ -219,7 +190,10 @@ def verify(run: Path, exported: Path, endpoint: str | None = None, endpoint_mode
                 check.detail += f" endpoint {remote!r} vs {mine.text!r}"[:400]
         report.checks.append(check)
     if gguf is not None and ran:
-        report.gguf = check_gguf(gguf, our_tok, [r[0] for r in ran], [r[1] for r in ran], min(r[2] for r in ran))
+        report.gguf = check_gguf(gguf, our_tok, [r[0] for r in ran], [r[1] for r in ran], min(r[2] for r in ran),
+                                 model=ours, run=run)
+    if endpoint:
+        report.endpoint = check_endpoint_ppl(endpoint, name, api_key, run, ours)
     if bf16 and ran:
         report.bf16 = check_bf16(ours, our_tok, ran)
     report.merge = check_merge(run, ours, ran)
@@ -293,10 +267,9 @@ def render(report: VerifyReport) -> str:
                      f"{'same' if c.greedy_equal else 'DIFFERENT'} | max logit diff {c.max_logit_diff:.2e}{endpoint}"
                      + (f"\n    {c.detail}" if c.detail else ""))
     if report.gguf is not None:
-        g = report.gguf
-        lines.append(f"GGUF in llama.cpp: tokenization {'same' if g.tokenize_equal else 'DIFFERENT'} on "
-                     f"{len(SAMPLE_TEXTS)} sample texts | greedy {'same' if g.greedy_equal else 'DIFFERENT'}"
-                     + (f"\n    {g.detail}" if g.detail else ""))
+        lines.append(report.gguf.line(len(SAMPLE_TEXTS)))
+    if report.endpoint is not None:
+        lines.append(report.endpoint.line())
     if report.bf16 is not None:
         b = report.bf16
         lines.append(f"bf16 decode vs fp32 (serve.dtype bf16; not part of the verdict): max logit diff "

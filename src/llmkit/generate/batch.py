@@ -171,7 +171,8 @@ class BatchDecoder:
         self.cache_kw = cache_argument(model)
         self.device = next(model.parameters()).device
         head = model.get_output_embeddings()
-        self.vocab = head.weight.shape[0] if head is not None else len(tokenizer)
+        # the logits' width (an int8/int4 head keeps no fp32 weight: its out_features)
+        self.vocab = getattr(head, "out_features", None) or (head.weight.shape[0] if head is not None else len(tokenizer))
         self.seqs: list[_Seq] = []
         self.kv = SlotCache(model.config.get_text_config().num_hidden_layers, self.device)
         self.positions: Any = None  # (B, 1): position of the pending token

@@ -32,15 +32,26 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 def load_for_inference(path: str | Path, device: str = "auto", trust_remote_code: bool = False,
                        dtype: str = "fp32") -> tuple[Any, Any, Path]:
-    """(model in eval mode, tokenizer, model directory), in ``dtype`` (fp32 or bf16), on ``device``
-    (``auto``: as ``llmkit.device.resolve_device`` picks)."""
+    """(model in eval mode, tokenizer, model directory), in ``dtype`` (fp32, bf16, or int8 / int4:
+    weight-only quantized linear layers on the CPU, ``llmkit.wquant``), on ``device`` (``auto``: as
+    ``llmkit.device.resolve_device`` picks)."""
     from llmkit.device import torch_dtype
 
     model_dir = resolve_model_dir(path)
+    target = resolve_device(device)
+    quantized = dtype in ("int8", "int4")
+    if quantized and str(target) != "cpu":
+        raise UsageError(f"serve.dtype {dtype} runs on the CPU only (the weight-only kernels are PyTorch's CPU ones)",
+                         f"the model would go to {target}",
+                         "use dtype bf16 on a GPU, or vLLM with a checkpoint quantized beforehand")
     with run_context_of(model_dir).open_run(model_dir.parent if model_dir.name == "final" else model_dir):
         tokenizer = load_tokenizer(model_dir, trust_remote_code)
         model = load_model(model_dir, trust_remote_code)
-    model.to(device=resolve_device(device), dtype=torch_dtype(dtype)).eval()
+    model.to(device=target, dtype=torch_dtype("fp32" if quantized else dtype)).eval()
+    if quantized:
+        from llmkit.wquant import quantize_model
+
+        model.quantized_linear = quantize_model(model, 8 if dtype == "int8" else 4)
     model.config.use_cache = True
     return model, tokenizer, model_dir
 

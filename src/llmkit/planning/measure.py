@@ -189,11 +189,11 @@ class _ServingTimer:
         from llmkit.planning.params import count_parameters
         from llmkit.planning.serving import element_bytes
 
-        self.torch_type = torch.float32 if dtype == "fp32" else torch.bfloat16
+        self.torch_type = torch.bfloat16 if dtype == "bf16" else torch.float32
         m = cfg.model
         h, self.layers, vocab = m.hidden_size, m.num_hidden_layers, vocab_size(cfg)
         self.h, self.sampled, self.budget_s = h, sampled, budget_s
-        e = element_bytes(dtype)
+        e = {"int8": 1, "int4": 1}.get(dtype, element_bytes(dtype))  # bytes per weight, about
         llc = _last_level_cache_bytes()
         pc = count_parameters(m, vocab)
         layer_bytes = (pc.matmul - h * vocab) * e // self.layers
@@ -204,6 +204,10 @@ class _ServingTimer:
         replica = m.model_copy(update={"num_hidden_layers": self.copies, "vocab_size": None})
         with torch.no_grad():
             self.model = build_model(replica, kept, 0, None, seed=0).to(self.torch_type).eval()
+        if dtype in ("int8", "int4"):  # as load_for_inference quantizes a served model
+            from llmkit.wquant import quantize_model
+
+            quantize_model(self.model, 8 if dtype == "int8" else 4)
         self.model.config.use_cache = True
         self.cache_kw = cache_argument(self.model)
         pack = getattr(getattr(cfg, "serve", None), "pack_weights", False)

@@ -86,7 +86,25 @@ class ServePlan:
 
 
 def element_bytes(dtype: str) -> int:
+    """Bytes of an activation or cached key/value element: int8/int4 quantize the weights only and
+    compute in bf16 where that is faster (``llmkit.wquant.activation_dtype``; on CPUs where fp32 is,
+    the cache is twice this)."""
     return 4 if dtype == "fp32" else 2
+
+
+def weight_bytes(cfg: RunConfig, dtype: str) -> tuple[float, float]:
+    """(bytes of the weights a decode step multiplies by, bytes of all weights held) at ``dtype``:
+    int8 / int4 as ``llmkit.wquant`` stores them (the head at int8 under int4, the embedding fp32)."""
+    from llmkit.wquant import BYTES_PER_WEIGHT
+
+    pc = count_parameters(cfg.model, vocab_size(cfg))
+    if dtype not in ("int8", "int4"):
+        return pc.matmul * element_bytes(dtype), pc.total * element_bytes(dtype)
+    head = pc.embedding  # the head's (vocab x hidden) matrix, at int8
+    multiplied = (pc.matmul - head) * BYTES_PER_WEIGHT[dtype] + head * BYTES_PER_WEIGHT["int8"]
+    embedding = pc.embedding * BYTES_PER_WEIGHT["int8"] if pc.head else 0  # int8 rows; tied: the head's
+    norms = pc.non_embedding - pc.per_layer_matrices * pc.layers  # norms and biases, fp32
+    return multiplied, multiplied + embedding + (pc.positional + norms) * 4
 
 
 def decode_work(cfg: RunConfig, rows: int, span: int, dtype: str) -> tuple[float, float]:
@@ -96,7 +114,7 @@ def decode_work(cfg: RunConfig, rows: int, span: int, dtype: str) -> tuple[float
     m = cfg.model
     pc = count_parameters(m, vocab_size(cfg))
     e = element_bytes(dtype)
-    bytes_read = pc.matmul * e + rows * kv_cache_bytes(cfg, span, e)
+    bytes_read = weight_bytes(cfg, dtype)[0] + rows * kv_cache_bytes(cfg, span, e)
     flops = 2 * pc.matmul * rows + 4 * rows * span * m.hidden_size * m.num_hidden_layers
     return bytes_read, flops
 
@@ -138,7 +156,7 @@ def request_rates(speed: StepSpeed, concurrency: int, prompt: int, completion: i
 def serve_memory(cfg: RunConfig, dtype: str, concurrency: int, context: int) -> tuple[int, int]:
     """(weights bytes, KV cache bytes for ``concurrency`` sequences of ``context`` positions)."""
     e = element_bytes(dtype)
-    return count_parameters(cfg.model, vocab_size(cfg)).total * e, concurrency * kv_cache_bytes(cfg, context, e)
+    return int(weight_bytes(cfg, dtype)[1]), concurrency * kv_cache_bytes(cfg, context, e)
 
 
 @dataclass(frozen=True)
@@ -172,7 +190,7 @@ def serve_plan(cfg: RunConfig, concurrency: int, tokens_per_user: float, context
                           f"plan with --context {cfg.model.max_position_embeddings} or less")
     completion = context - prompt_tokens
     plan = ServePlan(concurrency, tokens_per_user, context, prompt_tokens,
-                     {d: serve_memory(cfg, d, 1, 1)[0] for d in ("fp32", "bf16")},
+                     {d: serve_memory(cfg, d, 1, 1)[0] for d in ("fp32", "bf16", "int8", "int4")},
                      {d: kv_cache_bytes(cfg, 1, element_bytes(d)) for d in ("fp32", "bf16")})
     chosen = [find_device(n) for n in device_names] if device_names else list(devices().values())
     for dev in chosen:

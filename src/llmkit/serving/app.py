@@ -248,7 +248,8 @@ def create_app(state: State) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        base = {"id": state.model_name, "object": "model", "created": 0, "owned_by": "llmkit"}
+        base = {"id": state.model_name, "object": "model", "created": 0, "owned_by": "llmkit",
+                "dtype": state.config.dtype}  # serve.dtype: `llmkit verify --endpoint` judges by it
         return {"object": "list", "data": [base] + [{**base, "id": name, "parent": state.model_name, "root": name}
                                                     for name in sorted(state.adapters)]}
 

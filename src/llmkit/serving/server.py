@@ -75,7 +75,7 @@ def vllm_command(model_dir: Path, cfg: ServeConfig, served_name: str) -> list[st
     """The `vllm serve` command equivalent to this server's options (the key goes by env var)."""
     cmd = ["vllm", "serve", str(model_dir), "--host", cfg.host, "--port", str(cfg.port),
            "--served-model-name", served_name, "--max-num-seqs", str(cfg.max_batch_size),
-           "--dtype", {"fp32": "float32", "bf16": "bfloat16"}[cfg.dtype]]
+           "--dtype", {"fp32": "float32", "bf16": "bfloat16"}.get(cfg.dtype, "auto")]
     if cfg.compile is False:
         cmd.append("--enforce-eager")
     if cfg.api_key_env:
@@ -146,9 +146,19 @@ def build(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, se
     name = served_name or (model_dir.parent.name if model_dir.name == "final" else model_dir.name)
     if warning:
         note(warning)
+    quantized = cfg.dtype in ("int8", "int4")
+    if quantized and (cfg.adapters or cfg.allow_adapter_loading):
+        raise ConfigError(f"serve.dtype {cfg.dtype} with LoRA adapters is not supported yet",
+                          "the adapters wrap the base's nn.Linear layers, which int8/int4 replace",
+                          "serve the adapters on an fp32 or bf16 base, or merge one adapter and quantize that")
     model, tokenizer, _ = load_for_inference(model_dir, dtype=cfg.dtype)
     if cfg.dtype == "bf16":
         note("decoding in bf16 (serve.dtype): `llmkit verify RUN --bf16` shows how far it is from the fp32 model")
+    elif quantized:
+        from llmkit.wquant import describe
+
+        note(f"serve.dtype {cfg.dtype}: {describe(model.quantized_linear)}; `llmkit verify RUN --endpoint URL` "
+             "measures its perplexity against the fp32 model")
     # the step is packed, compiled and warmed on the engine's thread, where it will run
     engine = Engine(model, tokenizer, cfg.max_batch_size, cfg.max_concurrency, cfg.max_queue,
                     lambda: decode_step(model, tokenizer, compiled=cfg.compile is True, pack=cfg.pack_weights),
@@ -204,6 +214,10 @@ def serve(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, se
     from llmkit.model.load import resolve_model_dir
 
     if cfg.engine == "vllm":
+        if cfg.dtype in ("int8", "int4"):
+            raise ConfigError(f"serve.dtype {cfg.dtype} applies to the llmkit engine",
+                              "vLLM serves a checkpoint quantized beforehand (AWQ, GPTQ, FP8), not one it rounds at load",
+                              "use --dtype bf16 or fp32 with --engine vllm, or --engine llmkit")
         if cfg.pack_weights is True:
             raise ConfigError("serve.pack_weights: true applies to the llmkit engine",
                               "vLLM lays out its own weights on the GPU",

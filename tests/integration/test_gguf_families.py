@@ -1,0 +1,103 @@
+"""Every architecture llmkit writes as GGUF, run in llama.cpp (llama-cpp-python): tiny random models
+of each family (tests/families.py) and of llmkit's gpt2-style presets, exported at f32, f16 and
+q4_k_m. The f32 file's logits equal transformers' (so every tensor name, permutation, norm offset
+and metadata key is right); the quantized files load, tokenize raw text as the Hugging Face
+tokenizer does and generate. A file written wrong on purpose is caught by ``verify --gguf``."""
+
+from __future__ import annotations
+
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from llmkit.exporting.gguf import export_gguf
+from llmkit.exporting.verify import SAMPLE_TEXTS
+from tests.families import FAMILIES, make_family, tokenizer
+
+pytestmark = pytest.mark.llamacpp
+
+TEXT = "def f(a, b):\n    return a**2 + b // 3  # the quick brown fox, 1,000 times. " * 2
+
+
+def make_gpt2(out: Path) -> Path:
+    """A tiny GPT-2 of the shape llmkit's gpt2 presets build, with a byte-level BPE tokenizer."""
+    import torch
+    import transformers
+
+    tok = tokenizer("qwen3")
+    cfg = transformers.GPT2Config(vocab_size=len(tok), n_embd=64, n_layer=2, n_head=4, n_positions=256, n_inner=128,
+                                  bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                                  pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".ln_" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "gpt2"])
+def test_each_architecture_runs_in_llama_cpp(tmp_path: Path, family: str, llama_cpp: Any) -> None:
+    import torch
+    import transformers
+
+    src = make_gpt2(tmp_path / "m") if family == "gpt2" else make_family(family, tmp_path / "m")
+    # as a run's `prepare` keeps it: transformers 5 may rebuild a family's pre-tokenizer on loading
+    # (Qwen 2's split, NFC), and tokenizer.json then says what it really does
+    tok = transformers.AutoTokenizer.from_pretrained(str(src))
+    tok.save_pretrained(str(src))
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(src)).eval()
+    ids = tok.encode(TEXT, add_special_tokens=False)[:64]
+    with torch.no_grad():
+        want = model(torch.tensor([ids])).logits[0].float().numpy()
+    nfc = "NFC" in repr(tok.backend_tokenizer.normalizer)
+    for quant, limit in (("f32", 2e-3), ("f16", None), ("q4_k_m", None)):
+        path = export_gguf(src, tmp_path / f"m.{quant}.gguf", quant)
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, logits_all=True, verbose=False)
+        for text in SAMPLE_TEXTS:
+            given = unicodedata.normalize("NFC", text) if nfc else text
+            assert llm.tokenize(given.encode(), add_bos=False, special=True) == tok.encode(text, add_special_tokens=False)
+        llm.eval(ids)
+        got = np.asarray(llm.scores[:len(ids)])
+        if limit is not None:
+            assert np.abs(got - want).max() < limit, (family, quant, float(np.abs(got - want).max()))
+        else:  # near: a quantized random model still ranks the same tokens on top, mostly
+            assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.95, (family, quant)
+        made = [t for _, t in zip(range(8), llm.generate(ids[:8], temp=0.0, top_k=1, reset=True))]
+        assert len(made) == 8 and all(0 <= t < len(tok) for t in made)
+
+
+def test_verify_catches_a_file_written_wrong(tmp_path: Path, llama_cpp: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gemma's norm convention (w + 1) applied to a llama: llama.cpp loads the file and answers
+    wrong; verify --gguf says so (greedy tokens at f32, perplexity at q8_0)."""
+    from dataclasses import replace
+
+    import subprocess
+    import sys
+
+    from llmkit.exporting import gguf_arch
+    from llmkit.exporting.verify import render, verify
+    from tests.integration.training.test_families import family_run
+
+    config = family_run(tmp_path, "llama3", 32, steps=3)
+    for stage in ("prepare", "train"):
+        done = subprocess.run([sys.executable, "-m", "llmkit", stage, "--config", str(config)], capture_output=True,
+                              text=True, timeout=600, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    run = tmp_path / "runs" / "llama3"
+    good = verify(run, run / "final", gguf=export_gguf(run / "final", tmp_path / "good.gguf", "q8_0"))
+    assert good.ok and good.gguf is not None and good.gguf.ppl_ratio is not None and good.gguf.ppl_ratio < 1.01
+    monkeypatch.setitem(gguf_arch.ARCHITECTURES, "llama", replace(gguf_arch.ARCHITECTURES["llama"], norm_plus_one=True))
+    for quant in ("f32", "q8_0"):
+        bad = verify(run, run / "final", gguf=export_gguf(run / "final", tmp_path / f"bad.{quant}.gguf", quant))
+        assert not bad.ok and bad.gguf is not None, render(bad)
+        if quant == "f32":
+            assert not bad.gguf.greedy_equal, render(bad)
+        else:  # outside q8_0's band either way (this one comes out sharper, so lower)
+            assert bad.gguf.ppl_ratio is not None and abs(bad.gguf.ppl_ratio - 1) > 0.01, render(bad)

@@ -1,0 +1,134 @@
+"""The GGUF layout of each architecture (exporting.gguf_arch), checked against gguf-py's own
+tables of llama.cpp's tensors for that architecture, and the refusals of variants llama.cpp would
+run differently. Running the files in llama.cpp is the `llamacpp` tier (tests/integration/test_gguf_families.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from llmkit.errors import UsageError
+from llmkit.exporting.gguf import LLAMA3_SPLIT, QWEN2_SPLIT, pre_tokenizer
+from llmkit.exporting.gguf_arch import ARCHITECTURES, architecture, gguf_tensors, permute_rotary, unpermute_rotary
+
+gguf = pytest.importorskip("gguf")
+transformers = pytest.importorskip("transformers")
+
+CONFIGS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {"tie_word_embeddings": False}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 32}),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 16, "query_pre_attn_scalar": 16}),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": 16, "query_pre_attn_scalar": 16}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 1}),
+}
+
+
+def tiny(kind: str, **over: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A 2-layer config of ``kind`` (as config.json holds it) and its weights by name."""
+    if kind == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=64, n_embd=64, n_layer=2, n_head=4, n_positions=64, **over)
+        model = transformers.GPT2LMHeadModel(cfg)
+    else:
+        config_class, model_class, extra = CONFIGS[kind]
+        cfg = getattr(transformers, config_class)(vocab_size=64, hidden_size=64, intermediate_size=128,
+                                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                                  max_position_embeddings=64, **{**extra, **over})
+        model = getattr(transformers, model_class)(cfg)
+    weights = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    return cfg.to_dict(), weights
+
+
+def llama_cpp_names(arch: str, layers: int) -> set[str]:
+    """gguf-py's list of the tensors llama.cpp's ``arch`` can load."""
+    kind = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    names = set()
+    for tensor in gguf.MODEL_TENSORS[kind]:
+        template = gguf.TENSOR_NAMES[tensor]
+        names |= {template.format(bid=i) for i in range(layers)} if "{bid}" in template else {template}
+    return names
+
+
+@pytest.mark.parametrize("kind", [*CONFIGS, "gpt2"])
+def test_every_tensor_gets_a_name_llama_cpp_loads(kind: str) -> None:
+    cfg, weights = tiny(kind)
+    arch = architecture(cfg)
+    out = dict(gguf_tensors(arch, cfg, weights))
+    allowed = llama_cpp_names(arch.gguf, 2)
+    assert {n.rsplit(".", 1)[0] for n in out} <= allowed
+    assert all(w.dtype == np.float32 or w.dtype == weights_dtype(weights) for w in out.values())
+    # every weight is written (the tied head once, as token_embd; GPT-2's output as its own copy)
+    learned = [k for k in weights if not k.endswith((".attn.bias", ".attn.masked_bias"))]
+    tied = cfg.get("tie_word_embeddings", True)
+    assert len(out) == len(learned) - (1 if tied and "lm_head.weight" in weights else 0) + (kind == "gpt2")
+
+
+def weights_dtype(weights: dict[str, np.ndarray]) -> Any:
+    return next(iter(weights.values())).dtype
+
+
+def test_the_weight_changes_each_architecture_needs() -> None:
+    cfg, weights = tiny("gemma2")
+    out = dict(gguf_tensors(architecture(cfg), cfg, weights))
+    assert np.array_equal(out["blk.0.ffn_norm.weight"], weights["model.layers.0.pre_feedforward_layernorm.weight"] + 1)
+    assert np.array_equal(out["blk.1.attn_q.weight"], weights["model.layers.1.self_attn.q_proj.weight"])  # no permutation
+    cfg, weights = tiny("llama")
+    out = dict(gguf_tensors(architecture(cfg), cfg, weights))
+    q = weights["model.layers.0.self_attn.q_proj.weight"]
+    assert not np.array_equal(out["blk.0.attn_q.weight"], q)
+    assert np.array_equal(unpermute_rotary(out["blk.0.attn_q.weight"], 4), q)
+    assert np.array_equal(out["blk.0.attn_norm.weight"], weights["model.layers.0.input_layernorm.weight"])
+    cfg, weights = tiny("gpt2")
+    out = dict(gguf_tensors(architecture(cfg), cfg, weights))
+    assert np.array_equal(out["blk.0.attn_qkv.weight"], weights["transformer.h.0.attn.c_attn.weight"].T)
+    assert np.array_equal(out["output.weight"], weights["transformer.wte.weight"])
+
+
+def test_permutation_round_trips() -> None:
+    w = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
+    assert np.array_equal(unpermute_rotary(permute_rotary(w, 2), 2), w)
+    assert permute_rotary(np.arange(4.0), 1).tolist() == [0.0, 2.0, 1.0, 3.0]  # halves -> interleaved pairs
+
+
+@pytest.mark.parametrize("kind, over, words", [
+    ("llama", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                "original_max_position_embeddings": 32}}, "scales its rotary embedding (llama3)"),
+    ("qwen2", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "scales its rotary embedding (yarn)"),
+    ("mistral", {"sliding_window": 16}, "sliding window of 16 tokens"),
+    ("gemma2", {"query_pre_attn_scalar": 24}, "1/sqrt(24)"),
+    ("gemma2", {"layer_types": ["full_attention", "full_attention"]}, "sliding-window layers"),
+    ("gemma3_text", {"rope_local_base_freq": 5000.0}, "base 5000"),
+])
+def test_variants_llama_cpp_runs_differently_are_refused(kind: str, over: dict[str, Any], words: str) -> None:
+    cfg, _ = tiny(kind, **over)
+    with pytest.raises(UsageError, match="GGUF export") as refused:
+        architecture(cfg)
+    assert words in str(refused.value) and "export --format hf" in str(refused.value)
+
+
+def test_an_unknown_architecture_is_refused_naming_it() -> None:
+    with pytest.raises(UsageError, match="does not support the falcon architecture") as refused:
+        architecture({"model_type": "falcon"})
+    assert all(name in str(refused.value) for name in ARCHITECTURES)
+
+
+def test_an_unmapped_tensor_is_refused_not_dropped() -> None:
+    cfg, weights = tiny("qwen2")
+    weights["model.layers.0.self_attn.extra.weight"] = np.zeros(4, np.float32)
+    with pytest.raises(UsageError, match="no llama.cpp tensor for model.layers.0.self_attn.extra.weight"):
+        list(gguf_tensors(architecture(cfg), cfg, weights))
+
+
+def test_pre_tokenizers_llama_cpp_knows() -> None:
+    def split(regex: str) -> dict[str, Any]:
+        return {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": regex}}, {"type": "ByteLevel", "use_regex": False}]}}
+
+    assert pre_tokenizer(split(LLAMA3_SPLIT)) == "llama-bpe"
+    assert pre_tokenizer(split(QWEN2_SPLIT)) == "qwen2"
+    assert pre_tokenizer({"pre_tokenizer": {"type": "ByteLevel", "use_regex": True}}) == "gpt-2"
+    with pytest.raises(UsageError, match="no pre-tokenizer known"):
+        pre_tokenizer(split("\\s+"))
