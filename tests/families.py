@@ -92,10 +92,17 @@ def make_family(family: str, out: Path, seed: int = 0) -> Path:
     tok = tokenizer(family)
     cfg = model_config(family, tok)
     torch.manual_seed(seed)
-    model = getattr(transformers, FAMILIES[family]["model"])(cfg)
-    with torch.no_grad():  # norms away from their initialisation, so a wrong norm shows in the logits
+    return save_with_moved_norms(getattr(transformers, FAMILIES[family]["model"])(cfg), tok, out, "norm")
+
+
+def save_with_moved_norms(model: Any, tok: Any, out: Path, marker: str) -> Path:
+    """Move the parameters whose names hold ``marker`` (the norms) away from their initialisation,
+    so a wrong norm shows in the logits; save the model and ``tok`` to ``out``."""
+    import torch
+
+    with torch.no_grad():
         for name, p in model.named_parameters():
-            if "norm" in name:
+            if marker in name:
                 p.add_(torch.randn_like(p) * 0.1)
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))

@@ -99,14 +99,15 @@ def export_gguf(model_dir: Path, out_file: Path, quant: str = "f32", overwrite: 
     gguf = require("gguf", "export", "GGUF export")
     tok = _tokenizer_fields(model_dir)
     template = chat_template(model_dir)
-    ends = _write(gguf, model_dir, cfg, arch, tok, template, "f32" if quant in BY_LLAMA_CPP else quant, out_file)
-    if quant in BY_LLAMA_CPP:
+    if quant in BY_LLAMA_CPP:  # an f32 file beside the target, quantized into it; the target is replaced only at the end
         f32 = out_file.with_name(f".{out_file.name}.f32")
-        out_file.replace(f32)
         try:
+            ends = _write(gguf, model_dir, cfg, arch, tok, template, "f32", f32)
             quantize_with_llama_cpp(f32, out_file, quant)
         finally:
             f32.unlink(missing_ok=True)
+    else:
+        ends = _write(gguf, model_dir, cfg, arch, tok, template, quant, out_file)
     context = int(cfg.get("max_position_embeddings") or cfg.get("n_positions") or 2048)
     atomic_write_text(modelfile_path(out_file), modelfile(out_file, template, [tok["tokens"][i] for i in ends],
                                                           context, _temperature(model_dir)))

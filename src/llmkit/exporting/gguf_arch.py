@@ -3,7 +3,7 @@ architecture name, its tensor names, the metadata its loader reads, and the chan
 need on the way (facts of the two formats, checked by running the files in llama.cpp):
 
 - llama, mistral -> ``llama``: the query and key rows permuted from Hugging Face's rotary layout
-  (halves) to llama.cpp's (interleaved pairs);
+  (halves) to llama.cpp's (interleaved pairs); Llama 3.1's rotary scaling as a ``rope_freqs`` tensor;
 - qwen2 -> ``qwen2`` (query/key/value biases), qwen3 -> ``qwen3`` (query/key norms);
 - gemma2 -> ``gemma2``, gemma3_text -> ``gemma3``: every RMSNorm weight + 1 (Gemma's norm scales by
   ``1 + w``; llama.cpp's by ``w``), the extra norms around attention and the MLP;
@@ -57,6 +57,7 @@ class GgufArch:
     conv1d: bool = False  # GPT-2's Conv1D stores (in, out)
     checks: tuple[Callable[[dict[str, Any]], None], ...] = ()
     extra: Callable[[Any, dict[str, Any]], None] | None = None  # metadata beyond the common keys
+    made: Callable[[dict[str, Any]], dict[str, np.ndarray]] | None = None  # tensors made from the config
 
     def check(self, cfg: dict[str, Any]) -> None:
         for check in self.checks:
@@ -104,12 +105,35 @@ def _rope_types(cfg: dict[str, Any]) -> set[str]:
     return found
 
 
-def plain_rope(cfg: dict[str, Any]) -> None:
-    scaled = _rope_types(cfg) - {"default"}
-    if scaled:
-        raise UsageError(f"GGUF export: this model scales its rotary embedding ({', '.join(sorted(scaled))})",
-                         "llmkit writes GGUF for unscaled rotary embeddings only; llama.cpp needs the scaling's own "
-                         "tensors and keys for these", _HF_INSTEAD)
+def rope_types(*allowed: str) -> Callable[[dict[str, Any]], None]:
+    """A check refusing rotary scalings other than ``allowed`` (besides none)."""
+
+    def check(cfg: dict[str, Any]) -> None:
+        scaled = _rope_types(cfg) - {"default", *allowed}
+        if scaled:
+            written = f"unscaled rotary embeddings{' and ' + ', '.join(allowed) if allowed else ''}"
+            raise UsageError(f"GGUF export: this model scales its rotary embedding ({', '.join(sorted(scaled))})",
+                             f"llmkit writes GGUF for {written} here; llama.cpp needs that scaling's own "
+                             "tensors and keys", _HF_INSTEAD)
+    return check
+
+
+plain_rope = rope_types()
+
+
+def llama3_rope_factors(cfg: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Llama 3.1's rotary scaling as llama.cpp reads it: ``rope_freqs.weight``, the factor each
+    frequency is divided by (the unscaled inverse frequencies over transformers' llama3 ones)."""
+    if "llama3" not in _rope_types(cfg):
+        return {}
+    import transformers
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    config = transformers.LlamaConfig.from_dict(cfg)
+    scaled = ROPE_INIT_FUNCTIONS["llama3"](config, None)[0].double().numpy()
+    dim = heads(cfg)[2]
+    plain = 1.0 / rope_theta(cfg) ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    return {"rope_freqs.weight": (plain / scaled).astype(np.float32)}
 
 
 def no_sliding_window(cfg: dict[str, Any]) -> None:
@@ -175,7 +199,7 @@ def _phi3_meta(writer: Any, cfg: dict[str, Any]) -> None:
 
 
 ARCHITECTURES: dict[str, GgufArch] = {
-    "llama": GgufArch("llama", _LLAMA_LAYER, permute_qk=True, checks=(plain_rope,)),
+    "llama": GgufArch("llama", _LLAMA_LAYER, permute_qk=True, checks=(rope_types("llama3"),), made=llama3_rope_factors),
     "mistral": GgufArch("llama", _LLAMA_LAYER, permute_qk=True, checks=(plain_rope, no_sliding_window)),
     "qwen2": GgufArch("qwen2", _LLAMA_LAYER, checks=(plain_rope, no_sliding_window)),
     "qwen3": GgufArch("qwen3", {**_LLAMA_LAYER, **_QK_NORM}, checks=(plain_rope, no_sliding_window)),
@@ -261,3 +285,5 @@ def gguf_tensors(arch: GgufArch, cfg: dict[str, Any], weights: dict[str, np.ndar
         if arch.conv1d and w.ndim == 2 and name.startswith("blk."):
             w = np.ascontiguousarray(w.T)
         yield name, w
+    if arch.made is not None:
+        yield from arch.made(cfg).items()

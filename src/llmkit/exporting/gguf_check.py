@@ -142,7 +142,9 @@ def check_gguf(path: Path, tokenizer: Any, prompts: list[list[int]], expected: l
         if theirs != ours:
             wrong.append(f"{text[:30]!r}: llama.cpp {theirs[:12]} vs {ours[:12]}")
     windows = held_out_windows(run, context) if run is not None and model is not None else []
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, logits_all=bool(windows), verbose=False)
+    # the context the checks use, not the model's (a 128k-token model's whole cache would be allocated)
+    needed = max([len(w) for w in windows] + [len(p) + new for p in prompts] + [16])
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=min(context, needed + 8), logits_all=bool(windows), verbose=False)
     check = GgufCheck(not wrong, True, quant=quant)
     if nfc:
         check.note = ("the tokenizer normalizes text to NFC and llama.cpp does not: NFC-normalize text with decomposed "

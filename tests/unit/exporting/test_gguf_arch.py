@@ -87,6 +87,17 @@ def test_the_weight_changes_each_architecture_needs() -> None:
     assert np.array_equal(out["output.weight"], weights["transformer.wte.weight"])
 
 
+def test_llama_3_1_rope_scaling_travels_as_rope_freqs() -> None:
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+    cfg, weights = tiny("llama", rope_scaling=scaling)
+    out = dict(gguf_tensors(architecture(cfg), cfg, weights))
+    factors = out["rope_freqs.weight"]
+    assert factors.shape == (8,) and factors[0] == 1.0 and abs(factors[-1] - 8.0) < 1e-5  # high kept, low / 8
+    assert np.all(np.diff(factors) >= -1e-6)  # never smaller for a lower frequency
+    assert "rope_freqs" in llama_cpp_names("llama", 2)
+
+
 def test_permutation_round_trips() -> None:
     w = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
     assert np.array_equal(unpermute_rotary(permute_rotary(w, 2), 2), w)
@@ -94,8 +105,10 @@ def test_permutation_round_trips() -> None:
 
 
 @pytest.mark.parametrize("kind, over, words", [
-    ("llama", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                "original_max_position_embeddings": 32}}, "scales its rotary embedding (llama3)"),
+    ("llama", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "scales its rotary embedding (yarn)"),
+    ("mistral", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 32}},
+     "scales its rotary embedding (llama3)"),
     ("qwen2", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "scales its rotary embedding (yarn)"),
     ("mistral", {"sliding_window": 16}, "sliding window of 16 tokens"),
     ("gemma2", {"query_pre_attn_scalar": 24}, "1/sqrt(24)"),
