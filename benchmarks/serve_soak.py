@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -79,14 +80,16 @@ def rss(pid: int) -> int:
     return 0
 
 
-def prefix_bytes(url: str) -> tuple[float, float]:
-    """The prefix cache's bytes and budget from /metrics ((-1, -1) when /metrics did not answer in 30 s)."""
+def cache_bytes(url: str) -> tuple[float, float, float]:
+    """The prefix cache's bytes and budget, and the running batch's KV cache bytes, from /metrics
+    ((-1, -1, -1) when /metrics did not answer in 30 s)."""
     try:
         lines = httpx.get(url + "/metrics", timeout=30).text.splitlines()
     except httpx.HTTPError:
-        return -1.0, -1.0
-    values = dict(ln.split(" ") for ln in lines if ln.startswith("llmkit_prefix_cache_") and " " in ln)
-    return float(values.get("llmkit_prefix_cache_bytes", 0)), float(values.get("llmkit_prefix_cache_budget_bytes", 0))
+        return -1.0, -1.0, -1.0
+    values = dict(ln.split(" ") for ln in lines if ln.startswith("llmkit_") and " " in ln)
+    return (float(values.get("llmkit_prefix_cache_bytes", 0)), float(values.get("llmkit_prefix_cache_budget_bytes", 0)),
+            float(values.get("llmkit_kv_cache_bytes", 0)))
 
 
 async def soak(url: str, pid: int, minutes: float, streams: int) -> None:
@@ -98,14 +101,14 @@ async def soak(url: str, pid: int, minutes: float, streams: int) -> None:
     largest = budget = 0.0
     while not all(t.done() for t in tasks):
         await asyncio.sleep(min(30, max(1, until - time.monotonic())))
-        used, seen_budget = await asyncio.to_thread(prefix_bytes, url)
+        used, seen_budget, kv = await asyncio.to_thread(cache_bytes, url)
         if used < 0:
             statuses["/metrics did not answer"] += 1
         budget = max(budget, seen_budget)
         largest = max(largest, used)
         samples.append((time.monotonic() - start, rss(pid)))
         print(f"{samples[-1][0] / 60:5.1f} min: RSS {samples[-1][1] / 2**20:7.1f} MiB, prefix cache {used / 2**20:.2f} "
-              f"MiB, {sum(statuses.values())} requests", flush=True)
+              f"MiB, batch KV cache {kv / 2**20:.1f} MiB, {sum(statuses.values())} requests", flush=True)
     await asyncio.gather(*tasks)
     after_first = [m for t, m in samples if t >= 60] or [m for _, m in samples]
     growth = after_first[-1] / after_first[0] - 1
@@ -154,6 +157,11 @@ def main() -> None:
             tracebacks = err.count("Traceback")
             print(f"server log: {tracebacks} tracebacks, {err.count('WARNING')} warnings" + (
                 "\n" + err[-3000:] if tracebacks else ""))
+            # what the warnings say, numbers and quoted text masked, most frequent first
+            kinds = Counter(re.sub(r"\d+|'[^']*'|\"[^\"]*\"", "#", ln.split("WARNING", 1)[1])[:100]
+                            for ln in err.splitlines() if "WARNING" in ln)
+            for kind, n in kinds.most_common(5):
+                print(f"  {n} x WARNING{kind}")
 
 
 if __name__ == "__main__":

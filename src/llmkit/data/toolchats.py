@@ -1,17 +1,17 @@
 """Tool-use conversations generated from the embedded documentation (``data.embedded_sft: tools``).
 
 One tool, ``lookup(topic)``, "looks up" a topic of the Python reference. Each conversation asks
-about a topic in one of several phrasings, the topic's name in backticks as the documentation
-quotes names; the assistant calls ``lookup`` with that name (``for`` for "the `for` statement",
-``Coroutines`` for "`Coroutines`"), the tool
-answers with the topic's opening paragraph, and the assistant answers with its first sentence. A
-few greetings teach that not every message needs the tool. Besides the reference's topics, the
-built-in functions, classes and exceptions are topics too (their docstrings answer): some 180
-different arguments, so that the model has to take the name from the question. (It learns the
-call's format completely; the `tiny` model learns to pick the right name only partly: see the
-README's tool-calling figures.) The phrasings of :data:`HELD_OUT` are
-never in the training data: ``held_out_conversations`` asks with them, to measure whether the
-model calls the right tool with the right argument for a question worded in a new way.
+about a topic, the topic's name in backticks as the documentation quotes names; the assistant
+calls ``lookup`` with that name (``for`` for "the `for` statement", ``Coroutines`` for
+"`Coroutines`"), the tool answers with the topic's opening paragraph, and the assistant answers
+with its first sentence. A few greetings teach that not every message needs the tool. Besides the
+reference's topics, the built-in functions, classes and exceptions are topics too (their
+docstrings answer): some 180 different arguments, so that the model has to take the name from the
+question. Each topic is asked in :data:`QUESTIONS_PER_TOPIC` different questions drawn from
+:mod:`llmkit.data.phrasings` (forms, openers, endings, lower case), so that the name stands in a
+different place each time. The held-out forms are never in the training data:
+``held_out_conversations`` asks with them, to measure whether the model calls the right tool with
+the right argument for a question worded in a new way.
 """
 
 from __future__ import annotations
@@ -21,15 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from llmkit.data.phrasings import held_out_questions, training_questions
+
 LOOKUP = {"type": "function", "function": {
     "name": "lookup",
     "description": "Look up a topic of the Python reference.",
     "parameters": {"type": "object", "properties": {"topic": {"type": "string"}}, "required": ["topic"]}}}
 
-TRAIN = ("What does {t} do?", "Explain {t}.", "Tell me about {t}.", "What is {t}?", "Can you describe {t}?",
-         "How does {t} work in Python?", "I have a question about {t}.", "Look up {t} for me.")
-HELD_OUT = ("What's the story with {t}?", "Please summarize {t}.", "Could you tell me what {t} means?",
-            "I'd like to understand {t}.")
+QUESTIONS_PER_TOPIC = 8
 GREETINGS = (("Hello!", "Hello! Ask me about a part of the Python language."),
              ("Thanks, that helps.", "You're welcome."),
              ("Who are you?", "An assistant that looks up the Python language reference."),
@@ -84,13 +83,14 @@ def embedded_tool_examples(seed: int, max_answer_chars: int = 100) -> list[dict[
     greetings, in a seeded order."""
     from llmkit.data.corpus import embedded_statements
 
+    rng = np.random.default_rng(seed)
     topics = embedded_statements(max_answer_chars) + builtin_topics(max_answer_chars)
-    rows: list[dict[str, Any]] = [conversation(q.format(t=shown(subject)), subject, answer)
-                                  for subject, answer in topics for q in TRAIN]
+    rows: list[dict[str, Any]] = [conversation(q, subject, answer) for subject, answer in topics
+                                  for q in training_questions(shown(subject), QUESTIONS_PER_TOPIC, rng)]
     for _ in range(max(1, len(rows) // (10 * len(GREETINGS)))):
         rows += [{"tools": [LOOKUP], "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
                  for q, a in GREETINGS]
-    order = np.random.default_rng(seed).permutation(len(rows))
+    order = rng.permutation(len(rows))
     return [rows[i] for i in order]
 
 
@@ -99,5 +99,5 @@ def held_out_conversations(max_answer_chars: int = 100) -> list[tuple[list[dict[
     training example uses."""
     from llmkit.data.corpus import embedded_statements
 
-    return [([{"role": "user", "content": q.format(t=shown(subject))}], topic_name(subject))
-            for subject, _ in embedded_statements(max_answer_chars) for q in HELD_OUT]
+    return [([{"role": "user", "content": q}], topic_name(subject))
+            for subject, _ in embedded_statements(max_answer_chars) for q in held_out_questions(shown(subject))]

@@ -174,7 +174,7 @@ class BatchDecoder:
         # the logits' width (an int8/int4 head keeps no fp32 weight: its out_features)
         self.vocab = getattr(head, "out_features", None) or (head.weight.shape[0] if head is not None else len(tokenizer))
         self.seqs: list[_Seq] = []
-        self.kv = SlotCache(model.config.get_text_config().num_hidden_layers, self.device)
+        self.kv = SlotCache(model.config.get_text_config().num_hidden_layers, self.device, longest=self.window)
         self.positions: Any = None  # (B, 1): position of the pending token
         self.pending: Any = None  # (B,): the token each row feeds next
 

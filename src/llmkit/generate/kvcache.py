@@ -11,7 +11,10 @@ occupies [end - n, end) with the positions before it masked out. So:
   (nothing of theirs moves; the join used to left-pad and concatenate the whole batch);
 - a leaving row is replaced by the last row (one row copied, not the batch re-gathered);
 - slots and time grow by doubling, and the time axis is moved back to 0 when ``end`` reaches the
-  capacity, so each generated token costs amortised O(1) copies.
+  capacity, so each generated token costs amortised O(1) copies. Time grows no further than the
+  longest row can be (``longest``, the model's context, + 2): past it the axis is always moved
+  back instead, so a server that runs for days holds at most slots x (context + 2) positions,
+  reached early, and its memory does not step up whenever rows of unusual lengths line up.
 
 Positions a row does not own are zeros or stale keys of a row that left: always finite, and
 masked, so they never count.
@@ -57,8 +60,10 @@ class SlotCache:
     """The cache of ``rows`` live sequences; see the module docstring. ``cache()`` is what the model's
     forward takes for one decode step; ``mask()`` the attention mask that goes with it."""
 
-    def __init__(self, layers: int, device: Any):
+    def __init__(self, layers: int, device: Any, longest: int | None = None):
         self.layers, self.device = layers, device
+        # the time axis never needs more than the longest row (+ the step's two positions)
+        self.most = longest + 2 if longest else None
         self.keys: list[Any] = []
         self.values: list[Any] = []
         self.valid: Any = None  # (slots, capacity) long: 1 where a row owns the position
@@ -72,6 +77,17 @@ class SlotCache:
     @property
     def slots(self) -> int:
         return self.valid.size(0) if self.valid is not None else 0
+
+    @property
+    def bytes(self) -> int:
+        """Memory of the buffers (keys, values, ownership)."""
+        tensors = [*self.keys, *self.values] + ([self.valid] if self.valid is not None else [])
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def _grown(self, need: int) -> int:
+        """The time capacity for ``need`` positions: doubled, but not past :attr:`most`."""
+        doubled = 2 * self.capacity if self.most is None else min(2 * self.capacity, self.most)
+        return max(need, doubled)
 
     # --- what one forward pass sees -------------------------------------------------------------
 
@@ -167,7 +183,8 @@ class SlotCache:
 
     def _reserve(self, rows: int, end: int) -> None:
         """Room for ``rows`` slots and positions up to ``end`` (exclusive): compact or grow."""
-        if self.rows and end > self.capacity and end - self.start <= self.capacity // 2:
+        full = self.most is not None and self.capacity >= self.most
+        if self.rows and end > self.capacity and (end - self.start <= self.capacity // 2 or full):
             ahead = end - self.end
             self._shift(-self.start)  # move the live span to the left edge
             end = self.end + ahead
@@ -175,14 +192,14 @@ class SlotCache:
         if need_rows == self.slots and need_time == self.capacity:
             return
         grow_rows = max(need_rows, 2 * self.slots) if need_rows > self.slots else self.slots
-        grow_time = max(need_time, 2 * self.capacity) if need_time > self.capacity else self.capacity
+        grow_time = self._grown(need_time) if need_time > self.capacity else self.capacity
         self._resize(grow_rows, grow_time, 0)
 
     def _shift(self, by: int) -> None:
         """Move every row's positions ``by`` to the right (negative: to the left)."""
         need = self.end + by
         if by > 0 and need > self.capacity:
-            self._resize(max(self.slots, self.rows), max(need, 2 * self.capacity), by)
+            self._resize(max(self.slots, self.rows), self._grown(need), by)
         else:
             self._resize(self.slots, self.capacity, by)
         self.start += by

@@ -237,7 +237,8 @@ def create_app(state: State) -> FastAPI:
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
         gauges = {"llmkit_active_requests": state.in_flight, "llmkit_queue_depth": engine.queued,
-                  "llmkit_batch_size": engine.batch_size, "llmkit_engine_requests": engine.active}
+                  "llmkit_batch_size": engine.batch_size, "llmkit_engine_requests": engine.active,
+                  "llmkit_kv_cache_bytes": getattr(engine, "kv_cache_bytes", 0)}
         cache = getattr(engine, "prefix_cache", None)
         if cache is not None:
             gauges.update({"llmkit_prefix_cache_hit_rate": round(cache.stats.hit_rate, 6),

@@ -243,6 +243,12 @@ class Engine:
     def queued(self) -> int:
         return len(self._waiting)
 
+    @property
+    def kv_cache_bytes(self) -> int:
+        """Memory of the running batch's KV cache (its buffers only grow, up to slots x context)."""
+        decoder = getattr(self, "decoder", None)
+        return decoder.kv.bytes if decoder is not None else 0
+
     def close(self) -> None:
         with self._wake:
             self._stop = True

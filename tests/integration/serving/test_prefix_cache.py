@@ -4,6 +4,7 @@ cache does (greedy tokens equal, log-probabilities within 1e-4 in fp32)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ def test_shared_system_prompt_hits_and_answers_the_same(long_model_dir: Path) ->
         without = [_ask(plain.url, q) for q in QUESTIONS]
         metrics = _metrics(cached.url)
         assert _metrics(plain.url) == {}
+        kv = [float(ln.split(" ")[1]) for ln in httpx.get(cached.url + "/metrics", timeout=10).text.splitlines()
+              if ln.startswith("llmkit_kv_cache_bytes ")]
     finally:
         stop_server(cached)
         stop_server(plain)
@@ -49,6 +52,10 @@ def test_shared_system_prompt_hits_and_answers_the_same(long_model_dir: Path) ->
                                                                   * (len(QUESTIONS) - 1) / len(QUESTIONS))
     assert 0 < metrics["llmkit_prefix_cache_hit_rate"] < 1
     assert 0 < metrics["llmkit_prefix_cache_bytes"] <= metrics["llmkit_prefix_cache_budget_bytes"] == 256 * 2**20
+    config = json.loads((long_model_dir / "final" / "config.json").read_text())
+    per_position = 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * (
+        config["hidden_size"] // config["num_attention_heads"]) * 4 + 8  # keys and values in fp32, the ownership
+    assert len(kv) == 1 and 0 < kv[0] <= per_position * 16 * (2048 + 2)  # the batch's KV: at most slots x context
 
 
 def test_a_dropped_unstreamed_request_is_stopped_and_forgotten(long_model_dir: Path) -> None:

@@ -102,7 +102,8 @@ def test_a_tool_call_turn_without_text_is_not_an_empty_answer(tokenizer) -> None
 
 
 def test_embedded_tool_conversations_are_seeded_and_held_out_phrasings_are_new() -> None:
-    from llmkit.data.toolchats import HELD_OUT, TRAIN, embedded_tool_examples, held_out_conversations
+    from llmkit.data.phrasings import HELD_OUT_FORMS, TRAIN_FORMS
+    from llmkit.data.toolchats import embedded_tool_examples, held_out_conversations
 
     a, b = embedded_tool_examples(1), embedded_tool_examples(1)
     assert a == b and a != embedded_tool_examples(2)
@@ -111,6 +112,6 @@ def test_embedded_tool_conversations_are_seeded_and_held_out_phrasings_are_new()
     questions = {ex["messages"][0]["content"] for ex in a}
     held = held_out_conversations()
     assert held and not questions & {conv[0]["content"] for conv, _ in held}
-    assert not set(TRAIN) & set(HELD_OUT)
+    assert not set(TRAIN_FORMS) & set(HELD_OUT_FORMS)
     assert any(topic == "for" for _, topic in held)
     assert np.mean([topic in conv[0]["content"] for conv, topic in held]) == 1.0  # the argument is in the question

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -170,66 +172,98 @@ def test_slot_cache_survives_random_joins_leaves_growth_and_compaction(model_and
 
 
 
-def test_slot_cache_keeps_each_rows_history_through_compaction() -> None:
-    """The cache alone, with made-up keys: after joins (one longer than the batch), steps, swap
-    removals, growth and a compaction of the time axis, each row's unmasked keys are exactly its
-    own history, in order."""
-    from types import SimpleNamespace
+class _Rows:
+    """Drives a SlotCache with made-up keys and checks, at every step, that each row's unmasked
+    keys and values are exactly its own history, in order."""
 
-    from llmkit.generate.kvcache import SlotCache
+    def __init__(self, cache: Any) -> None:
+        self.cache, self.history, self.names = cache, {}, []
 
-    cache = SlotCache(layers=2, device=torch.device("cpu"))
-    history: dict[str, list[float]] = {}
-    names: list[str] = []
+    def join(self, rows: dict[str, int]) -> None:
+        from types import SimpleNamespace
 
-    def join(rows: dict[str, int]) -> None:
         longest = max(rows.values())
         keys = torch.zeros(len(rows), 1, longest, 1)
         mask = torch.zeros(len(rows), longest, dtype=torch.long)
         for i, (name, n) in enumerate(rows.items()):
-            history[name] = [float(hash((name, j)) % 1000) for j in range(n)]
-            keys[i, 0, longest - n:, 0] = torch.tensor(history[name])
+            self.history[name] = [float(hash((name, j)) % 1000) for j in range(n)]
+            keys[i, 0, longest - n:, 0] = torch.tensor(self.history[name])
             mask[i, longest - n:] = 1
-            names.append(name)
+            self.names.append(name)
         layer = SimpleNamespace(keys=keys, values=keys + 0.5)
-        cache.join(SimpleNamespace(layers=[layer, layer]), mask)
+        self.cache.join(SimpleNamespace(layers=[layer, layer]), mask)
 
-    def step() -> None:
-        kv = cache.cache()
-        new = torch.tensor([float(len(history[n]) * 1000 + i) for i, n in enumerate(names)]).view(-1, 1, 1, 1)
+    def step(self) -> None:
+        kv = self.cache.cache()
+        new = torch.tensor([float(len(self.history[n]) * 1000 + i) for i, n in enumerate(self.names)]).view(-1, 1, 1, 1)
         for layer in kv.layers:
             keys, values = layer.update(new, new + 0.5)
-        mask = cache.mask()
-        for i, name in enumerate(names):
-            history[name].append(float(new[i]))
-            assert keys[i, 0, mask[i].bool(), 0].tolist() == history[name]
-            assert values[i, 0, mask[i].bool(), 0].tolist() == [h + 0.5 for h in history[name]]
-        cache.advance()
+        mask = self.cache.mask()
+        for i, name in enumerate(self.names):
+            self.history[name].append(float(new[i]))
+            assert keys[i, 0, mask[i].bool(), 0].tolist() == self.history[name]
+            assert values[i, 0, mask[i].bool(), 0].tolist() == [h + 0.5 for h in self.history[name]]
+        self.cache.advance()
 
-    def leave(gone: set[str]) -> None:
-        order = cache.keep([i for i, n in enumerate(names) if n not in gone])
-        names[:] = [names[i] for i in order]
+    def leave(self, gone: set[str]) -> None:
+        order = self.cache.keep([i for i, n in enumerate(self.names) if n not in gone])
+        self.names[:] = [self.names[i] for i in order]
 
-    join({"a": 3})
+
+def test_slot_cache_keeps_each_rows_history_through_compaction() -> None:
+    """The cache alone: after joins (one longer than the batch), steps, swap removals, growth and
+    a compaction of the time axis, each row's unmasked keys are exactly its own history."""
+    from llmkit.generate.kvcache import SlotCache
+
+    cache = SlotCache(layers=2, device=torch.device("cpu"))
+    rows = _Rows(cache)
+    rows.join({"a": 3})
     for _ in range(4):
-        step()
-    join({"b": 60, "c": 2})  # longer than the batch: start moves back
-    step()
-    leave({"a"})  # the last row (c) moves into a's slot
+        rows.step()
+    rows.join({"b": 60, "c": 2})  # longer than the batch: start moves back
+    rows.step()
+    rows.leave({"a"})  # the last row (c) moves into a's slot
     for _ in range(5):
-        step()
-    leave({"b", "c"})
+        rows.step()
+    rows.leave({"b", "c"})
     assert cache.rows == 0
-    join({"d": 5, "e": 1})  # short rows at the end of a long buffer
+    rows.join({"d": 5, "e": 1})  # short rows at the end of a long buffer
     capacity, before = cache.capacity, cache.start
     for _ in range(80):
-        step()
-        leave({"e"} if len(history["e"]) == 30 else set())
+        rows.step()
+        rows.leave({"e"} if len(rows.history["e"]) == 30 else set())
     assert cache.start < before and cache.capacity == capacity  # compacted, not grown
-    join({"f": 4})
+    rows.join({"f": 4})
     for _ in range(3):
-        step()
-    assert cache.rows == 2 and set(names) == {"d", "f"}
+        rows.step()
+    assert cache.rows == 2 and set(rows.names) == {"d", "f"}
+
+
+def test_slot_cache_time_axis_stops_growing_at_the_longest_row() -> None:
+    """Rows of random lengths (never past the context of 64) join and leave for 1,500 steps: the
+    time axis stops at 64 + 2 positions (moved back instead of doubled; unbounded, it reaches 128),
+    and every row keeps its own history throughout."""
+    import random
+
+    from llmkit.generate.kvcache import SlotCache
+
+    sizes = {}
+    for longest in (None, 64):
+        rng = random.Random(0)
+        cache = SlotCache(layers=2, device=torch.device("cpu"), longest=longest)
+        rows, ends, serial, most = _Rows(cache), {}, 0, 0
+        for _ in range(1500):
+            if cache.rows < 6 and rng.random() < 0.3:
+                n = rng.randrange(1, 50)
+                serial += 1
+                ends[f"r{serial}"] = n + rng.randrange(1, 64 - n)
+                rows.join({f"r{serial}": n})
+            if cache.rows:
+                rows.step()
+            rows.leave({n for n in rows.names if len(rows.history[n]) >= ends[n]})
+            most = max(most, cache.capacity)
+        sizes[longest] = most
+    assert sizes[64] == 66 and sizes[None] > 66
 
 
 def test_unstreamed_decoding_ends_with_the_same_text(model_and_tokenizer) -> None:
