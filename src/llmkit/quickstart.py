@@ -57,13 +57,14 @@ def _configs(root: Path, pretrain_steps: int, sft_steps: int, budget_s: float,
     sft = {**base, "name": "quickstart", "runs_root": str(root)}
     sft["model"] = {**base["model"], "from_pretrained": final}
     sft["tokenizer"] = {"kind": "pretrained", "path": final}
-    sft["data"] = {"source": "embedded", "sft_path": str(root / "quickstart" / "sft.jsonl"), "val_fraction": 0.1}
+    sft["data"] = {"source": "embedded", "embedded_sft": "questions"}
     sft["train"] = {**base["train"], "task": "sft", "max_steps": sft_steps, "max_time_s": 0.3 * budget_s,
                     "learning_rate": 0.003, "min_learning_rate": 0.0003, "warmup_steps": 10,
                     "eval_every_steps": max(25, sft_steps // 4), "checkpoint_every_steps": sft_steps,
                     "log_every_steps": 10, "keep_last": 1}
     sft["eval"] = {"sample_prompts": ["What is the `for` statement?", "Explain the `while` statement.",
-                                      "What is the `with` statement?"], "sample_max_new_tokens": 60}
+                                      "What is the `with` statement?"], "sample_max_new_tokens": 60,
+                   "held_out_questions": "embedded"}
     return validate_config(pre), validate_config(sft)
 
 
@@ -183,8 +184,6 @@ def run_quickstart(root: str | Path = "runs", minutes: float = 4.0, fresh: bool 
     pretrained_ppl = pre.eval.val_ppl
 
     log("[4/6] fine-tune on question/answer pairs from the same documentation")
-    qs.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(qs / "sft.jsonl", "".join(json.dumps(p) + "\n" for p in qa_pairs()))
     prepare(sft_cfg, run_dir=qs, log=lambda s: log(f"      {s}"))
     base_model, base_tok, _ = load_for_inference(pre_dir, device="cpu")
     sft_before = _lm_eval(base_model, task_batches(sft_cfg, qs, _eval_micro_batch(sft_cfg)), base_tok).val_loss
@@ -197,11 +196,15 @@ def run_quickstart(root: str | Path = "runs", minutes: float = 4.0, fresh: bool 
         "untrained_val_ppl": untrained, "pretrained_val_ppl": pretrained_ppl,
         "ppl_improvement": untrained / pretrained_ppl, "pretrain_steps": pre.step,
         "sft_val_loss_before": sft_before, "sft_val_loss_after": sft.eval.val_loss, "sft_steps": sft.step,
+        "held_out_score": result["metrics"]["held_out_score"],
         "seconds": time.monotonic() - start,
     }
     atomic_write_text(RunDir(qs).quickstart_summary, json.dumps(summary, indent=2) + "\n")
     log(f"      validation perplexity {untrained:.0f} -> {pretrained_ppl:.1f} ({summary['ppl_improvement']:.0f}x lower); "
         f"SFT validation loss {sft_before:.3f} -> {sft.eval.val_loss:.3f}")
+    right = sum(a["right"] for a in result["held_out"])
+    log(f"      held-out questions (phrasings never trained on): {right}/{len(result['held_out'])} answered about "
+        f"the topic asked ({summary['held_out_score']:.0%})")
     for s in result["samples"]:
         log(f"      Q: {s['prompt']}\n      A: {s['completion'].strip()}")
     log("[6/6] report")

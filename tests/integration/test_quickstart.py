@@ -68,6 +68,7 @@ def quickstart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                          capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "llmkit chat runs/quickstart" in out.stdout
+    assert "held-out questions (phrasings never trained on):" in out.stdout
     assert log.read_text() == "", f"the offline quickstart tried to reach the network: {log.read_text()[:2000]}"
     assert "offline: on" in out.stdout  # doctor's privacy line
     return cwd / "runs" / "quickstart"
@@ -89,6 +90,9 @@ def test_quickstart_leaves_a_complete_run(quickstart_dir: Path) -> None:
     summary = json.loads((quickstart_dir / "quickstart.json").read_text())
     assert summary["pretrained_val_ppl"] * 5 <= summary["untrained_val_ppl"]  # a clear learning signal
     assert summary["sft_val_loss_after"] < summary["sft_val_loss_before"]
+    held_out = json.loads((quickstart_dir / "eval.json").read_text())["held_out"]
+    assert len(held_out) >= 20 and summary["held_out_score"] == sum(a["right"] for a in held_out) / len(held_out)
+    assert "Held-out questions:" in (quickstart_dir / "report.html").read_text()
 
 
 def test_chat_answers_and_exits_on_eof(quickstart_dir: Path) -> None:
@@ -110,6 +114,8 @@ def test_generate_and_eval(quickstart_dir: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     metrics = json.loads(out.stdout)["metrics"]
     assert metrics["val_ppl"] > 1 and 0 < metrics["bits_per_byte"] < 20
+    # the held-out questions are asked again, greedily: the same score as the quickstart printed
+    assert metrics["held_out_score"] == json.loads((quickstart_dir / "quickstart.json").read_text())["held_out_score"]
 
 
 class _Collect(HTMLParser):

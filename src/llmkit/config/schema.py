@@ -226,11 +226,14 @@ class DataConfig(Section):
     file, a dataset directory or a Hub dataset id. Shapes: prompt/completion, alpaca, chat messages
     (with an optional system prompt) or ShareGPT conversations; the shape is detected from the
     first example and printed, and every example must have it."""
-    embedded_sft: Literal["tools"] | None = None
+    embedded_sft: Literal["tools", "questions"] | None = None
     """SFT data made from the embedded documentation when data.sft_path is null (source embedded).
     tools: tool-use conversations (a `lookup(topic)` function over the documentation's topics: the
     question, the call, its result, the answer) in several phrasings, plus a few greetings answered
-    without the tool; shuffled with train.seed."""
+    without the tool; shuffled with train.seed. questions: each topic asked in 8 varied phrasings and
+    answered with its opening paragraph (the quickstart's chat data); validation is its own split
+    (topics never trained on, and trained topics in phrasings never trained on), not
+    data.val_fraction's."""
     sft_fields: dict[str, str] = Field(default_factory=dict)
     """Rename the dataset's keys to llmkit's: {prompt: question, completion: answer} reads `question`
     as the prompt. Keys: prompt, completion, instruction, input, output, messages, conversations, system."""
@@ -547,6 +550,12 @@ class EvalConfig(Section):
     """Tokens generated for each sample prompt."""
     harness_tasks: list[str] = Field(default_factory=list)
     """lm-evaluation-harness task names (needs the eval extra)."""
+    held_out_questions: Literal["embedded"] | None = None
+    """embedded: also ask a chat model 24 fixed questions about topics of the embedded
+    documentation, in phrasings that data.embedded_sft: questions never uses, and score each greedy
+    answer right when its first sentence names the topic asked or it begins as the topic's
+    documentation (the quickstart sets it). eval.json gets metrics.held_out_score (the share right) and each answer.
+    null: none."""
 
 
 class GenerateConfig(Section):

@@ -172,15 +172,23 @@ def _split_examples(items: list[Any], val_fraction: float, what: str) -> tuple[l
     return train, val
 
 
-def _sft_rows(config: RunConfig) -> Iterator[tuple[str, Any]]:
-    """(where, example) of the SFT data: data.sft_path's, or the embedded tool-use conversations."""
+def _sft_rows(config: RunConfig) -> tuple[Iterator[tuple[str, Any]], set[str] | None]:
+    """(where, example) of the SFT data: data.sft_path's, or the embedded ones; and the wheres of
+    the validation examples when the source splits them itself (None: every k-th is validation)."""
     if config.data.sft_path:
         from llmkit.data.sources import sft_rows
 
-        return sft_rows(config.data)
+        return sft_rows(config.data), None
+    if config.data.embedded_sft == "questions":
+        from llmkit.data.docqa import embedded_questions
+
+        train, val = embedded_questions(config.train.seed)
+        rows = [(f"embedded question {i}", r) for i, r in enumerate(train)]
+        held = [(f"embedded validation question {i}", r) for i, r in enumerate(val)]
+        return iter(rows + held), {where for where, _ in held}
     from llmkit.data.toolchats import embedded_tool_examples
 
-    return ((f"embedded tool conversation {i}", row) for i, row in enumerate(embedded_tool_examples(config.train.seed)))
+    return ((f"embedded tool conversation {i}", row) for i, row in enumerate(embedded_tool_examples(config.train.seed))), None
 
 
 def prepare_sft(config: RunConfig, tok: Any, out: Path, log: Log, strict: bool = False) -> dict[str, Any]:
@@ -193,7 +201,8 @@ def prepare_sft(config: RunConfig, tok: Any, out: Path, log: Log, strict: bool =
                          "set data.sft_path to a JSONL file of examples (or a dataset: see data.sft_path), or "
                          "data.embedded_sft: tools for tool-use conversations made from the embedded documentation")
     scrub = pii_filter(config)
-    rows = list(sft_data.examples_of(_sft_rows(config), config.data.sft_fields))
+    source_rows, val_wheres = _sft_rows(config)
+    rows = list(sft_data.examples_of(source_rows, config.data.sft_fields))
     from collections import Counter
 
     shapes = dict(Counter(fmt for _, fmt, _, _ in rows).most_common())
@@ -228,7 +237,12 @@ def prepare_sft(config: RunConfig, tok: Any, out: Path, log: Log, strict: bool =
                          "; ".join(f"{sft_data.CHECKS[n]}: {failed[n][0]}" for n in names),
                          "fix or drop those examples, raise train.sequence_length_tokens for cut answers, "
                          "or run without --strict to train on them as they are")
-    train, val = _split_examples(encoded, config.data.val_fraction, "SFT examples")
+    if val_wheres is None:
+        train, val = _split_examples(encoded, config.data.val_fraction, "SFT examples")
+    else:
+        is_val = [where in val_wheres for where, _, _ in examples]
+        train = [e for e, v in zip(encoded, is_val) if not v]
+        val = [e for e, v in zip(encoded, is_val) if v]
     dtype = token_dtype(len(tok))
     meta: dict[str, Any] = {"format": "llmkit-sft-v1", "source_formats": shapes, "dtype": dtype.name, "vocab_size": len(tok),
                             "checks": {name: len(wheres) for name, wheres in failed.items()},

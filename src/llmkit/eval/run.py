@@ -38,6 +38,16 @@ def samples(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
     return [{"prompt": p, "completion": c.text} for p, c in zip(prompts, generate(model, tokenizer, ids, params))]
 
 
+def held_out_answers(model: Any, tokenizer: Any, max_new_tokens: int, chat: bool) -> list[dict[str, Any]]:
+    """The answers to the embedded held-out questions (``llmkit.data.docqa``), each scored."""
+    from llmkit.data.docqa import held_out_set, score
+
+    questions = held_out_set()
+    answers = samples(model, tokenizer, [q.question for q in questions], max_new_tokens, chat)
+    return [{"question": q.question, "answer": a["completion"], "right": score(a["completion"], q)}
+            for q, a in zip(questions, answers)]
+
+
 def evaluate_run(run: str | Path, write: bool = True, harness_tasks: list[str] | None = None,
                  harness_dir: str | Path | None = None, harness_limit: int | None = None,
                  canaries: str | Path | None = None, canary_candidates: int = 1000) -> dict[str, Any]:
@@ -86,8 +96,11 @@ def evaluate_loaded(cfg: RunConfig, run: RunDir, model: Any, tokenizer: Any, wri
     scored = evaluate(model, data.eval_batches(), objective, objective.metrics(data, tokenizer))
     result: dict[str, Any] = {"metrics": objective.report(scored, data), "samples": []}
     if objective.generates:
-        result["samples"] = samples(model, tokenizer, cfg.eval.sample_prompts, cfg.eval.sample_max_new_tokens,
-                                    cfg.train.task in ("sft", "preference", "rl"))
+        chat = cfg.train.task in ("sft", "preference", "rl")
+        result["samples"] = samples(model, tokenizer, cfg.eval.sample_prompts, cfg.eval.sample_max_new_tokens, chat)
+        if cfg.eval.held_out_questions == "embedded":
+            result["held_out"] = held_out_answers(model, tokenizer, cfg.eval.sample_max_new_tokens, chat)
+            result["metrics"]["held_out_score"] = sum(a["right"] for a in result["held_out"]) / len(result["held_out"])
     result["run"] = cfg.name
     result["task"] = cfg.train.task
     if write:
@@ -97,9 +110,12 @@ def evaluate_loaded(cfg: RunConfig, run: RunDir, model: Any, tokenizer: Any, wri
 
 def write_results(run: RunDir, result: dict[str, Any]) -> None:
     """eval.json; in an encrypted run the samples (generated from the data) go to the sealed
-    eval_samples.json and eval.json keeps the metrics and where the samples are."""
+    eval_samples.json and eval.json keeps the metrics and where the samples are (the held-out
+    questions keep their verdicts, not their answers)."""
     from llmkit.privacy import crypto
 
+    if crypto.active() is not None and result.get("held_out"):
+        result = {**result, "held_out": [{k: v for k, v in a.items() if k != "answer"} for a in result["held_out"]]}
     if crypto.active() is not None and result.get("samples"):
         crypto.write_text(run.eval_samples, json.dumps(result["samples"], indent=2) + "\n")
         result = {**result, "samples": [], "samples_encrypted": {"file": run.eval_samples.name,

@@ -102,6 +102,15 @@ def _rollouts(run: RunDir, rounds: int = 3) -> str:
     return "".join(parts)
 
 
+def _held_out(answers: list[dict[str, Any]]) -> str:
+    """The held-out questions (phrasings never trained on), each answer and its verdict."""
+    right = sum(bool(a["right"]) for a in answers)
+    rows = "".join(f"<tr><td>{escape(str(a['question']))}</td><td>{'right' if a['right'] else 'wrong'}</td>"
+                   f"<td>{escape(str(a.get('answer', '(encrypted run: not shown)'))[:200])}</td></tr>" for a in answers)
+    return (f"<h3>Held-out questions: {right}/{len(answers)} about the topic asked</h3>"
+            f"<table><tr><th>question</th><th>verdict</th><th>answer</th></tr>{rows}</table>")
+
+
 def _eval_section(run: RunDir) -> str:
     parts = []
     for f in (run.quickstart_summary, run.eval_results):
@@ -120,6 +129,8 @@ def _eval_section(run: RunDir) -> str:
             parts.append(f"<table><tr><th>true \\ predicted</th>{head}</tr>{body}</table>")
         for s in data.get("samples", []):
             parts.append(f"<pre><b>{escape(s['prompt'])}</b>{escape(s['completion'])}</pre>")
+        if data.get("held_out"):
+            parts.append(_held_out(data["held_out"]))
         if data.get("samples_encrypted"):
             sealed = data["samples_encrypted"]
             parts.append(f"<p>{int(sealed['count'])} samples are encrypted at rest in "
