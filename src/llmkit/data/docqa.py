@@ -2,8 +2,9 @@
 the fixed held-out questions that measure whether a model answers a question worded in a new way.
 
 Each topic of the reference (``llmkit.data.corpus.embedded_statements``) is asked in
-:data:`QUESTIONS_PER_TOPIC` questions drawn from :mod:`llmkit.data.phrasings` (forms, openers,
-endings, lower case; a third write the topic without backticks) and answered with its opening
+:data:`QUESTIONS_PER_TOPIC` questions: the three :data:`PLAIN_FORMS`, and the rest drawn from
+:mod:`llmkit.data.phrasings` (forms, openers, endings, lower case; a third write the topic without
+backticks) and answered with its opening
 paragraph, which names the topic: when the paragraph does not, the answer starts with the topic's
 title ("Lambdas: Lambda expressions ..."), so that an answer says what it is about.
 
@@ -24,6 +25,9 @@ import numpy as np
 from llmkit.data.phrasings import HELD_OUT_FORMS, VALIDATION_FORMS, ask, training_questions, unquoted
 
 QUESTIONS_PER_TOPIC = 8
+# every topic is asked these three ways as written, then in five drawn questions: the quickstart's
+# shown questions ("What is the `for` statement?") stay answered as trained
+PLAIN_FORMS = ("What is {t}?", "Explain {t}.", "Tell me about {t}.")
 VAL_TOPIC_EVERY = 10
 HELD_OUT_COUNT = 24
 # the quickstart shows answers to these: always trained on
@@ -71,7 +75,9 @@ def embedded_questions(seed: int, max_answer_chars: int = 320) -> tuple[list[dic
     rng = np.random.default_rng(seed)
     trained, held_topics = _topics(max_answer_chars)
     train = [{"prompt": q, "completion": named_answer(s, a)} for s, a in trained
-             for q in training_questions(s, QUESTIONS_PER_TOPIC, rng, unquoted_share=1 / 3)]
+             for plain in [tuple(f.format(t=s) for f in PLAIN_FORMS)]
+             for q in plain + tuple(training_questions(s, QUESTIONS_PER_TOPIC - len(plain), rng,
+                                                       unquoted_share=1 / 3, besides=plain))]
     val = [{"prompt": q, "completion": named_answer(s, a)} for s, a in held_topics
            for q in training_questions(s, 2, rng, unquoted_share=1 / 3)]
     val += [{"prompt": q, "completion": named_answer(s, a)} for s, a in trained[::3]

@@ -47,18 +47,18 @@ def unquoted(topic: str) -> str:
 
 
 def training_questions(topic: str, count: int, rng: np.random.Generator, unquoted_share: float = 0.0,
-                       forms: tuple[str, ...] = TRAIN_FORMS) -> list[str]:
-    """``count`` different questions about ``topic`` from ``forms``, the openers and endings;
-    ``unquoted_share`` of them write the topic without backticks."""
-    seen: list[str] = []
-    while len(seen) < count:
+                       forms: tuple[str, ...] = TRAIN_FORMS, besides: tuple[str, ...] = ()) -> list[str]:
+    """``count`` different questions about ``topic`` from ``forms``, the openers and endings, none of
+    them one of ``besides``; ``unquoted_share`` of them write the topic without backticks."""
+    seen: list[str] = list(besides)
+    while len(seen) < count + len(besides):
         form = forms[rng.integers(len(forms))]
         shown = unquoted(topic) if unquoted_share and rng.random() < unquoted_share else topic
         question = ask(form, shown, OPENERS[rng.integers(len(OPENERS))], ENDINGS[rng.integers(len(ENDINGS))],
                        lower=bool(rng.random() < 0.2))
         if question not in seen:
             seen.append(question)
-    return seen
+    return seen[len(besides):]
 
 
 def held_out_questions(topic: str) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from llmkit.data.docqa import (SHOWN, _topics, embedded_questions, held_out_set, named_answer, names_of,
                                score)
 from llmkit.data.phrasings import HELD_OUT_FORMS, VALIDATION_FORMS, unquoted
@@ -61,3 +63,12 @@ def test_an_answer_is_scored_by_the_topic_its_first_sentence_names() -> None:
         assert sum(score(a, q) for a in answers.values()) <= 3  # most other topics' answers are wrong
     held = next(q for q in held_out_set() if q.names == ("`while`",))
     assert not score("Something else. Then the `while` statement.", held)
+
+
+def test_the_quickstarts_shown_questions_are_trained_as_written() -> None:
+    from llmkit.quickstart import _configs
+
+    _, sft = _configs(Path("runs"), 100, 100, 240.0)
+    prompts = {r["prompt"] for r in embedded_questions(sft.train.seed)[0]}
+    assert sft.eval.sample_prompts and set(sft.eval.sample_prompts) <= prompts
+    assert sft.eval.held_out_questions == "embedded" and sft.data.embedded_sft == "questions"
