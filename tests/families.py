@@ -65,6 +65,53 @@ def tokenizer(family: str, vocab: int = 512) -> Any:
                                    clean_up_tokenization_spaces=False, model_max_length=256)
 
 
+SENTENCEPIECE_FAMILIES = ("mistral", "gemma2", "gemma3", "phi3")  # their real tokenizers are SentencePiece's
+
+
+def sentencepiece_tokenizer(family: str, vocab: int = 512, legacy: bool | None = None) -> Any:
+    """A SentencePiece BPE with byte fallback, as the real Mistral (v0.1-v0.3), Gemma and Phi-3 tokenizers
+    are: trained here on llmkit's embedded documents and converted by transformers from
+    ``tokenizer.model``, as it converts a Hub repository's, with ``family``'s special tokens. Gemma's
+    ids and pieces are Gemma's (pad 0, eos 1, bos 2, unk 3, no space before the text); the others'
+    are Llama 2's (unk 0, bos 1, eos 2). ``legacy`` is transformers' switch for a space before the text
+    after a special token too (None: its default)."""
+    import io
+    import json
+    import tempfile
+
+    import sentencepiece
+    import transformers
+
+    from llmkit.config.schema import DataConfig
+    from llmkit.data.corpus import iter_documents
+
+    f = FAMILIES[family]
+    gemma = family.startswith("gemma")
+    ids = (dict(pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>")
+           if gemma else dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1))
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter_documents(DataConfig()), model_writer=model, vocab_size=vocab, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, split_digits=True, allow_whitespace_only_pieces=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=not gemma,
+        minloglevel=2, **ids)
+    config = {"tokenizer_class": "GemmaTokenizer" if gemma else "LlamaTokenizer", "bos_token": f["bos"],
+              "eos_token": "<eos>" if gemma else "</s>", "unk_token": "<unk>"}
+    if legacy is not None:
+        config["legacy"] = legacy
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "tokenizer.model").write_bytes(model.getvalue())
+        (Path(d) / "tokenizer_config.json").write_text(json.dumps(config))
+        tok = transformers.AutoTokenizer.from_pretrained(d)
+        tok.add_special_tokens({"eos_token": f["eos"], "pad_token": f["pad"], "additional_special_tokens": f["extra"]})
+        tok.chat_template = f["template"]
+        tok.model_max_length = 256
+        with tempfile.TemporaryDirectory() as again:  # as saved: tokenizer.json, no path to the temporary model
+            tok.save_pretrained(again)
+            (Path(again) / "tokenizer.model").unlink(missing_ok=True)
+            return transformers.AutoTokenizer.from_pretrained(again)
+
+
 def model_config(family: str, tok: Any) -> Any:
     """A 2-layer, 64-wide config of ``family`` (grouped-query attention: 4 heads, 2 key/value heads)."""
     import transformers
@@ -84,12 +131,13 @@ def model_config(family: str, tok: Any) -> Any:
     return getattr(transformers, f["config"])(**common)
 
 
-def make_family(family: str, out: Path, seed: int = 0) -> Path:
-    """Write a tiny random ``family`` model with its tokenizer to ``out``; return ``out``."""
+def make_family(family: str, out: Path, seed: int = 0, sentencepiece: bool = False) -> Path:
+    """Write a tiny random ``family`` model with its tokenizer (byte-level BPE, or ``sentencepiece``'s
+    kind) to ``out``; return ``out``."""
     import torch
     import transformers
 
-    tok = tokenizer(family)
+    tok = sentencepiece_tokenizer(family) if sentencepiece else tokenizer(family)
     cfg = model_config(family, tok)
     torch.manual_seed(seed)
     return save_with_moved_norms(getattr(transformers, FAMILIES[family]["model"])(cfg), tok, out, "norm")

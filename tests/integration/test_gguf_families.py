@@ -15,7 +15,8 @@ import pytest
 
 from llmkit.exporting.gguf import export_gguf
 from llmkit.exporting.verify import SAMPLE_TEXTS
-from tests.families import FAMILIES, make_family, save_with_moved_norms, tokenizer
+from llmkit.exporting.gguf_vocab import for_llama_cpp, space_at_start_only
+from tests.families import FAMILIES, SENTENCEPIECE_FAMILIES, make_family, save_with_moved_norms, tokenizer
 
 pytestmark = pytest.mark.llamacpp
 
@@ -83,6 +84,66 @@ def test_each_architecture_runs_in_llama_cpp(tmp_path: Path, family: str, llama_
             assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.95, (family, quant)
         made = [t for _, t in zip(range(8), llm.generate(ids[:8], temp=0.0, top_k=1, reset=True))]
         assert len(made) == 8 and all(0 <= t < len(tok) for t in made)
+
+
+CHAT = [{"role": "user", "content": "Tell me about the tokenizer, then  two spaces."},
+        {"role": "assistant", "content": "It splits text into pieces: 1,000 of them. 🙂"}, {"role": "user", "content": "ok"}]
+
+
+@pytest.mark.parametrize("family", SENTENCEPIECE_FAMILIES)
+def test_sentencepiece_vocabularies_run_in_llama_cpp(tmp_path: Path, family: str, llama_cpp: Any) -> None:
+    """The real Mistral, Gemma and Phi-3 tokenizers' kind (SentencePiece BPE with byte fallback,
+    converted by transformers from tokenizer.model) goes in as llama.cpp's `llama` vocabulary: the
+    sample texts and a chat prompt rendered by the family's template tokenize as in transformers
+    (a raw text given the space transformers puts at its start, `gguf_vocab`), the f32 logits are
+    transformers', and a q4_k_m file tokenizes the same and generates."""
+    import torch
+    import transformers
+
+    src = make_family(family, tmp_path / "m", sentencepiece=True)
+    tok = transformers.AutoTokenizer.from_pretrained(str(src))
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(src)).eval()
+    chat = tok.apply_chat_template(CHAT, tokenize=False)
+    start_only = space_at_start_only(tok)
+    assert start_only == (not family.startswith("gemma"))  # Gemma's puts no space before the text at all
+    ids = tok.encode(TEXT, add_special_tokens=False)[:64]
+    with torch.no_grad():
+        want = model(torch.tensor([ids])).logits[0].float().numpy()
+    for quant in ("f32", "q4_k_m"):
+        llm = llama_cpp.Llama(model_path=str(export_gguf(src, tmp_path / f"m.{quant}.gguf", quant)), n_ctx=128,
+                              logits_all=True, verbose=False)
+        assert llm.metadata["tokenizer.ggml.model"] == "llama"
+        for text in SAMPLE_TEXTS:
+            given = for_llama_cpp(text, tok, start_only, nfc=False)
+            assert llm.tokenize(given.encode(), add_bos=False, special=True) == tok.encode(text, add_special_tokens=False)
+        # a chat prompt starts with a special token: given as it is
+        assert llm.tokenize(chat.encode(), add_bos=False, special=True) == tok.encode(chat, add_special_tokens=False)
+        llm.eval(ids)
+        got = np.asarray(llm.scores[:len(ids)])
+        if quant == "f32":  # measured 1.2e-4 to 5.5e-4
+            assert np.abs(got - want).max() < 1e-3, (family, float(np.abs(got - want).max()))
+        made = [t for _, t in zip(range(8), llm.generate(ids[:8], temp=0.0, top_k=1, reset=True))]
+        assert len(made) == 8 and all(0 <= t < len(tok) for t in made)
+
+
+def test_a_sentencepiece_fine_tune_exports_and_verifies_through_the_cli(tmp_path: Path, llama_cpp: Any) -> None:
+    """A Mistral with its real tokenizer's kind, fine-tuned through the CLI, exported at q4_k_m and
+    verified in llama.cpp: tokenization same, perplexity within q4_k_m's band, PASS."""
+    import subprocess
+    import sys
+
+    from tests.integration.training.test_families import family_run
+
+    config = family_run(tmp_path, "mistral", 32, steps=3, sentencepiece=True)
+    run = tmp_path / "runs" / "mistral"
+    for args in (["prepare", "--config", str(config)], ["train", "--config", str(config)],
+                 ["export", str(run), "--format", "gguf", "--quant", "q4_k_m", "--out", str(tmp_path / "m.gguf")],
+                 ["verify", str(run), "--gguf", str(tmp_path / "m.gguf")]):
+        done = subprocess.run([sys.executable, "-m", "llmkit", *args], capture_output=True, text=True, timeout=600,
+                              cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert "GGUF (q4_k_m) in llama.cpp: tokenization same" in done.stdout and "verdict: PASS" in done.stdout
+    assert "chat prompts (which begin with a special token) tokenize as in training" in done.stdout
 
 
 def test_verify_catches_a_file_written_wrong(tmp_path: Path, llama_cpp: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -236,7 +236,7 @@ def test_llama3_style_tokenizer_goes_to_gguf_as_llama_bpe(tmp_path: Path, llama_
     from transformers import AutoTokenizer
 
     from llmkit.errors import UsageError
-    from llmkit.exporting.gguf import LLAMA3_SPLIT
+    from llmkit.exporting.gguf_vocab import LLAMA3_SPLIT
 
     split = pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated")
     model_dir = _llama_dir(tmp_path / "l3", pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(

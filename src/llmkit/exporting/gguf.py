@@ -3,10 +3,9 @@
 Architectures: Llama, Mistral, Qwen 2/2.5, Qwen 3, Gemma 2, Gemma 3, Phi-3 and llmkit's gpt2-style
 presets (`exporting.gguf_arch` has each one's tensor names, metadata and weight changes).
 Quantization: f32, f16, bf16 and q8_0 written here; q6_k, q5_k_m, q4_k_m and q4_0 made from the f32
-file by llama.cpp's own quantizer. The byte-level BPE tokenizer goes in as
-``tokenizer.ggml.model = gpt2`` (vocabulary, merges, token types, special ids) with the
-pre-tokenizer it really uses (``pre_tokenizer``), the chat template and the end-of-turn token;
-an Ollama Modelfile is written beside the file.
+file by llama.cpp's own quantizer. The tokenizer goes in as llama.cpp's ``gpt2`` (byte-level BPE)
+or ``llama`` (SentencePiece-style) vocabulary (``exporting.gguf_vocab``), with the chat template and
+the end-of-turn token; an Ollama Modelfile is written beside the file.
 """
 
 from __future__ import annotations
@@ -17,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from llmkit.data.tokenizer import CHAT_TEMPLATE, PLAIN_CHAT_TEMPLATE, TOOLS_FOOTER, TOOLS_HEADER, end_token_ids
+from llmkit.data.tokenizer import CHAT_TEMPLATE, PLAIN_CHAT_TEMPLATE, TOOLS_FOOTER, TOOLS_HEADER
 from llmkit.errors import UsageError
 from llmkit.exporting.base import ExportFormat, Exported, ExportRequest
+from llmkit.exporting.gguf_vocab import Vocab, read_vocab, write_vocab
 from llmkit.exporting.gguf_arch import ARCHITECTURES, architecture, gguf_tensors, permute_rotary, unpermute_rotary, write_metadata
 from llmkit.fsutil import atomic_write_text
 from llmkit.optional import require
@@ -39,52 +39,6 @@ def tensor_names(layers: int, tied: bool) -> dict[str, str]:
     return {n: str(arch.gguf_name(n)) for n in names}
 
 
-# Llama 3's pre-tokenizer split (tokenizer.json of Llama-3-style tokenizers), llama.cpp's "llama-bpe".
-LLAMA3_SPLIT = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
-                "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
-
-
-# Qwen 2's: Llama 3's with single digits, llama.cpp's "qwen2".
-QWEN2_SPLIT = LLAMA3_SPLIT.replace("\\p{N}{1,3}", "\\p{N}")
-SPLITS = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2"}
-
-
-def pre_tokenizer(data: dict[str, Any]) -> str:
-    """llama.cpp's name for the pre-tokenizer ``tokenizer.json`` really uses: ``gpt-2`` for byte-level
-    BPE with GPT-2's split (llmkit's own tokenizers), ``llama-bpe`` for Llama 3's split, ``qwen2``
-    for Qwen 2's. Anything
-    else has no llama.cpp name llmkit can vouch for: refused, since llama.cpp would split text
-    differently from the tokenizer the model was trained with."""
-    pre = data.get("pre_tokenizer") or {}
-    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space", False):
-        return "gpt-2"
-    parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
-    if (len(parts) == 2 and parts[0].get("type") == "Split" and parts[0].get("pattern", {}).get("Regex") in SPLITS
-            and parts[1].get("type") == "ByteLevel" and not parts[1].get("use_regex", True)):
-        return SPLITS[parts[0]["pattern"]["Regex"]]
-    raise UsageError("GGUF export: llama.cpp has no pre-tokenizer known to match this tokenizer's",
-                     f"its pre_tokenizer is {json.dumps(pre)[:300]}",
-                     "export --format hf (transformers and vLLM use tokenizer.json as it is)")
-
-
-def _tokenizer_fields(model_dir: Path) -> dict[str, Any]:
-    data = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
-    model = data["model"]
-    if model.get("type") != "BPE":
-        raise UsageError("GGUF export supports byte-level BPE tokenizers", f"found {model.get('type')}",
-                         "train the tokenizer with llmkit (tokenizer.kind: bpe)")
-    vocab: dict[str, int] = dict(model["vocab"])
-    special = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
-    vocab.update(special)
-    size = max(vocab.values()) + 1
-    tokens = [f"[PAD{i}]" for i in range(size)]
-    for tok, i in vocab.items():
-        tokens[i] = tok
-    types = [4 if tokens[i] in special else 1 for i in range(size)]  # 4: control, 1: normal
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    return {"tokens": tokens, "types": types, "merges": merges, "special": special, "pre": pre_tokenizer(data)}
-
-
 def export_gguf(model_dir: Path, out_file: Path, quant: str = "f32", overwrite: bool = False) -> Path:
     """Write ``model_dir`` (a Hugging Face model directory) as one GGUF file of type ``quant``, and an
     Ollama Modelfile beside it."""
@@ -97,7 +51,7 @@ def export_gguf(model_dir: Path, out_file: Path, quant: str = "f32", overwrite: 
     if quant in BY_LLAMA_CPP:
         require("llama_cpp", "llamacpp", f"GGUF {quant} (llama.cpp's quantizer)")
     gguf = require("gguf", "export", "GGUF export")
-    tok = _tokenizer_fields(model_dir)
+    tok = read_vocab(model_dir, int(cfg.get("vocab_size") or 0))
     template = chat_template(model_dir)
     if quant in BY_LLAMA_CPP:  # an f32 file beside the target, quantized into it; the target is replaced only at the end
         f32 = out_file.with_name(f".{out_file.name}.f32")
@@ -109,12 +63,12 @@ def export_gguf(model_dir: Path, out_file: Path, quant: str = "f32", overwrite: 
     else:
         ends = _write(gguf, model_dir, cfg, arch, tok, template, quant, out_file)
     context = int(cfg.get("max_position_embeddings") or cfg.get("n_positions") or 2048)
-    atomic_write_text(modelfile_path(out_file), modelfile(out_file, template, [tok["tokens"][i] for i in ends],
+    atomic_write_text(modelfile_path(out_file), modelfile(out_file, template, [tok.tokens[i] for i in ends],
                                                           context, _temperature(model_dir)))
     return out_file
 
 
-def _write(gguf: Any, model_dir: Path, cfg: dict[str, Any], arch: Any, tok: dict[str, Any], template: str | None,
+def _write(gguf: Any, model_dir: Path, cfg: dict[str, Any], arch: Any, tok: Vocab, template: str | None,
            quant: str, out_file: Path) -> list[int]:
     """Write the GGUF (atomically); return the end-token ids it declares."""
     from safetensors.numpy import load_file
@@ -129,7 +83,7 @@ def _write(gguf: Any, model_dir: Path, cfg: dict[str, Any], arch: Any, tok: dict
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant]
     writer.add_file_type(file_type)
-    ends = _write_tokenizer(writer, model_dir, cfg, tok, template)
+    ends = write_vocab(writer, model_dir, cfg, tok, template)
     for name, w in gguf_tensors(arch, cfg, weights):
         _add_tensor(gguf, writer, name, w, quant)
     writer.write_header_to_file()
@@ -137,34 +91,6 @@ def _write(gguf: Any, model_dir: Path, cfg: dict[str, Any], arch: Any, tok: dict
     writer.write_tensors_to_file()
     writer.close()
     tmp.replace(out_file)
-    return ends
-
-
-def _write_tokenizer(writer: Any, model_dir: Path, cfg: dict[str, Any], tok: dict[str, Any],
-                     template: str | None) -> list[int]:
-    writer.add_vocab_size(len(tok["tokens"]))
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(tok["pre"])
-    writer.add_token_list(tok["tokens"])
-    writer.add_token_types(tok["types"])
-    writer.add_token_merges(tok["merges"])
-    tcfg = json.loads((model_dir / "tokenizer_config.json").read_text()) if (model_dir / "tokenizer_config.json").exists() else {}
-    eos = tok["special"].get(tcfg.get("eos_token") or "<|endoftext|>", cfg.get("eos_token_id", 0))
-    if isinstance(eos, list):
-        eos = eos[0]
-    bos = cfg.get("bos_token_id")
-    writer.add_bos_token_id(int(eos if bos is None else bos))
-    writer.add_eos_token_id(int(eos))
-    pad = tok["special"].get(tcfg.get("pad_token") or "")
-    if pad is not None:
-        writer.add_pad_token_id(int(pad))
-    # the template adds a BOS where the model wants one; llama.cpp must not add another to raw text
-    writer.add_add_bos_token(False)
-    if template:
-        writer.add_chat_template(template)
-    ends = end_token_ids(model_dir, int(eos))
-    if len(ends) > 1:  # the end-of-turn token: llama.cpp stops a chat reply there
-        writer.add_eot_token_id(ends[1])
     return ends
 
 

@@ -17,12 +17,13 @@ that garbles a model shows there first.
 from __future__ import annotations
 
 import math
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from llmkit.exporting.gguf_vocab import for_llama_cpp, space_at_start_only
 
 # llama.cpp's general.file_type -> llmkit's --quant name
 FILE_TYPES = {0: "f32", 1: "f16", 32: "bf16", 7: "q8_0", 18: "q6_k", 17: "q5_k_m", 15: "q4_k_m", 2: "q4_0"}
@@ -135,9 +136,9 @@ def check_gguf(path: Path, tokenizer: Any, prompts: list[list[int]], expected: l
     quant = FILE_TYPES.get(int(meta.get("general.file_type", 0)), f"type {meta.get('general.file_type')}")
     context = int(meta.get(f"{meta.get('general.architecture', 'llama')}.context_length", 2048))
     wrong: list[str] = []
-    nfc = _normalizes_nfc(tokenizer)
+    nfc, start_only = _normalizes_nfc(tokenizer), space_at_start_only(tokenizer)
     for text in SAMPLE_TEXTS:
-        theirs = vocab.tokenize((unicodedata.normalize("NFC", text) if nfc else text).encode(), add_bos=False, special=True)
+        theirs = vocab.tokenize(for_llama_cpp(text, tokenizer, start_only, nfc).encode(), add_bos=False, special=True)
         ours = tokenizer.encode(text, add_special_tokens=False)
         if theirs != ours:
             wrong.append(f"{text[:30]!r}: llama.cpp {theirs[:12]} vs {ours[:12]}")
@@ -146,9 +147,15 @@ def check_gguf(path: Path, tokenizer: Any, prompts: list[list[int]], expected: l
     needed = max([len(w) for w in windows] + [len(p) + new for p in prompts] + [16])
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=min(context, needed + 8), logits_all=bool(windows), verbose=False)
     check = GgufCheck(not wrong, True, quant=quant)
+    notes = []
     if nfc:
-        check.note = ("the tokenizer normalizes text to NFC and llama.cpp does not: NFC-normalize text with decomposed "
-                      "characters before giving it to the GGUF (the sample texts were)")
+        notes.append("the tokenizer normalizes text to NFC and llama.cpp does not: NFC-normalize text with decomposed "
+                     "characters before giving it to the GGUF (the sample texts were)")
+    if start_only:
+        notes.append("the tokenizer puts SentencePiece's space only at a text's very start, llama.cpp before every "
+                     "piece of text, so the GGUF leaves it out: chat prompts (which begin with a special token) "
+                     "tokenize as in training; begin a raw completion prompt with a space (the sample texts were)")
+    check.note = "; ".join(notes)
     _greedy(llm, tokenizer, prompts, expected, new, check, wrong)
     if windows:
         ours_nll, count = model_nll(model, windows)

@@ -27,10 +27,10 @@ PROJECTIONS = {"phi3": {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}}
 LLAMA_LIKE = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
-def family_run(root: Path, family: str, bits: int, steps: int = 3) -> Path:
+def family_run(root: Path, family: str, bits: int, steps: int = 3, sentencepiece: bool = False) -> Path:
     import yaml
 
-    base = make_family(family, root / "base")
+    base = make_family(family, root / "base", sentencepiece=sentencepiece)
     rows = [{"prompt": f"What is {i} plus one?", "completion": f"{i} plus one is {i + 1}."} for i in range(60)]
     (root / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = {"name": family.replace(".", ""), "runs_root": str(root / "runs"),

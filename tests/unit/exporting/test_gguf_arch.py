@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from llmkit.errors import UsageError
-from llmkit.exporting.gguf import LLAMA3_SPLIT, QWEN2_SPLIT, pre_tokenizer
+from llmkit.exporting.gguf_vocab import LLAMA3_SPLIT, QWEN2_SPLIT, pre_tokenizer
 from llmkit.exporting.gguf_arch import ARCHITECTURES, architecture, gguf_tensors, permute_rotary, unpermute_rotary
 
 gguf = pytest.importorskip("gguf")
