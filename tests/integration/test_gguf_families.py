@@ -86,6 +86,62 @@ def test_each_architecture_runs_in_llama_cpp(tmp_path: Path, family: str, llama_
         assert len(made) == 8 and all(0 <= t < len(tok) for t in made)
 
 
+LONG_TEXT = TEXT * 3
+FACTORS = {"short_factor": [1.0 + i / 10 for i in range(8)], "long_factor": [1.0 + i / 2 for i in range(8)],
+           "partial_rotary_factor": 1.0}
+# name: (family, rotary parameters, other config, tokens scored = llama.cpp's context). llama.cpp picks
+# LongRoPE's long or short factors by its context (rounded up to 256) against the original one, where
+# transformers picks them by the sequence's length: each case has both on the same side.
+SCALINGS = {
+    "llama linear": ("llama3", {"rope_type": "linear", "factor": 4.0}, {}, 128),
+    "qwen2.5 yarn": ("qwen2.5", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}, {}, 128),
+    "qwen3 yarn": ("qwen3", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}, {}, 128),
+    "phi3 longrope, long": ("phi3", {"rope_type": "longrope", **FACTORS}, {"original_max_position_embeddings": 64}, 128),
+    "phi3 longrope, short": ("phi3", {"rope_type": "longrope", **FACTORS},
+                             {"original_max_position_embeddings": 512, "max_position_embeddings": 1024}, 64),
+}
+
+
+@pytest.mark.parametrize("case", SCALINGS)
+def test_rotary_scalings_run_in_llama_cpp_as_in_transformers(tmp_path: Path, case: str, llama_cpp: Any) -> None:
+    """Linear, YaRN and LongRoPE written as llama.cpp's keys and tensors: the f32 logits equal
+    transformers' where the scaling is material (the same weights unscaled differ by far more)."""
+    import torch
+    import transformers
+
+    from tests.families import model_config
+
+    family, rope, other, count = SCALINGS[case]
+    tok = tokenizer(family)
+    cfg = model_config(family, tok)
+    cfg.rope_parameters = {**rope, "rope_theta": 10000.0}
+    for key, value in other.items():
+        setattr(cfg, key, value)
+    torch.manual_seed(0)
+    model_class = getattr(transformers, FAMILIES[family]["model"])
+    scaled = model_class(cfg)
+    with torch.no_grad():  # sharper attention, so that positions matter to the logits
+        for name, p in scaled.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight", "qkv_proj.weight")):
+                p.mul_(4.0)
+    src = save_with_moved_norms(scaled, tok, tmp_path / "m", "norm")
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(src)).eval()
+    cfg.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0,
+                           **({"partial_rotary_factor": 1.0} if family == "phi3" else {})}
+    plain = model_class(cfg).eval()
+    plain.load_state_dict(model.state_dict())
+    ids = tok.encode(LONG_TEXT, add_special_tokens=False)[:count]
+    with torch.no_grad():
+        want = model(torch.tensor([ids])).logits[0].float().numpy()
+        unscaled = plain(torch.tensor([ids])).logits[0].float().numpy()
+    llm = llama_cpp.Llama(model_path=str(export_gguf(src, tmp_path / "m.gguf", "f32")), n_ctx=count, logits_all=True,
+                          verbose=False)
+    llm.eval(ids)
+    got = np.asarray(llm.scores[:len(ids)])
+    assert len(ids) == count and np.abs(unscaled - want).max() > 1e-2, case  # measured 0.04 to 0.37
+    assert np.abs(got - want).max() < 1e-3, (case, float(np.abs(got - want).max()))  # measured 1.4e-4 to 3.4e-4
+
+
 CHAT = [{"role": "user", "content": "Tell me about the tokenizer, then  two spaces."},
         {"role": "assistant", "content": "It splits text into pieces: 1,000 of them. 🙂"}, {"role": "user", "content": "ok"}]
 

@@ -3,7 +3,7 @@ architecture name, its tensor names, the metadata its loader reads, and the chan
 need on the way (facts of the two formats, checked by running the files in llama.cpp):
 
 - llama, mistral -> ``llama``: the query and key rows permuted from Hugging Face's rotary layout
-  (halves) to llama.cpp's (interleaved pairs); Llama 3.1's rotary scaling as a ``rope_freqs`` tensor;
+  (halves) to llama.cpp's (interleaved pairs);
 - qwen2 -> ``qwen2`` (query/key/value biases), qwen3 -> ``qwen3`` (query/key norms);
 - gemma2 -> ``gemma2``, gemma3_text -> ``gemma3``: every RMSNorm weight + 1 (Gemma's norm scales by
   ``1 + w``; llama.cpp's by ``w``), the extra norms around attention and the MLP;
@@ -11,13 +11,18 @@ need on the way (facts of the two formats, checked by running the files in llama
 - gpt2 -> ``gpt2`` (llmkit's gpt2-style presets): learned positions, LayerNorm with biases, the
   Conv1D weights transposed to (out, in).
 
-Variants llama.cpp would run differently from transformers (a rotary scaling, a sliding-window
+Rotary scalings: Llama 3.1's as a ``rope_freqs`` tensor (llama), linear and YaRN as llama.cpp's
+``rope.scaling.*`` keys (llama, mistral, qwen2, qwen3), LongRoPE as ``rope_factors_long``/``_short``
+and its attention factor (phi3).
+
+Variants llama.cpp would run differently from transformers (another rotary scaling, a sliding-window
 layout other than the one llama.cpp assumes, a query scale other than 1/sqrt(head_dim)) are refused
 by name rather than written into a file that would answer differently.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +62,6 @@ class GgufArch:
     conv1d: bool = False  # GPT-2's Conv1D stores (in, out)
     checks: tuple[Callable[[dict[str, Any]], None], ...] = ()
     extra: Callable[[Any, dict[str, Any]], None] | None = None  # metadata beyond the common keys
-    made: Callable[[dict[str, Any]], dict[str, np.ndarray]] | None = None  # tensors made from the config
 
     def check(self, cfg: dict[str, Any]) -> None:
         for check in self.checks:
@@ -119,12 +123,40 @@ def rope_types(*allowed: str) -> Callable[[dict[str, Any]], None]:
 
 
 plain_rope = rope_types()
+scaled_rope = rope_types("linear", "yarn")
 
 
-def llama3_rope_factors(cfg: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Llama 3.1's rotary scaling as llama.cpp reads it: ``rope_freqs.weight``, the factor each
-    frequency is divided by (the unscaled inverse frequencies over transformers' llama3 ones)."""
-    if "llama3" not in _rope_types(cfg):
+def rope_scaling(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config's rotary scaling parameters (for Gemma 3, its global layers'); {} when unscaled."""
+    for source in (cfg.get("rope_scaling"), cfg.get("rope_parameters")):
+        if isinstance(source, dict):
+            params = source.get("full_attention", source)
+            if isinstance(params, dict) and str(params.get("rope_type") or params.get("type") or "default") != "default":
+                return dict(params)
+    return {}
+
+
+def _scaling_type(cfg: dict[str, Any]) -> str:
+    params = rope_scaling(cfg)
+    return str(params.get("rope_type") or params.get("type") or "default")
+
+
+def original_context(cfg: dict[str, Any]) -> int:
+    params = rope_scaling(cfg)
+    return int(params.get("original_max_position_embeddings") or cfg.get("original_max_position_embeddings")
+               or cfg["max_position_embeddings"])
+
+
+def rope_tensors(cfg: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Tensors llama.cpp reads a rotary scaling from: Llama 3.1's ``rope_freqs`` (the factor each
+    frequency is divided by: the unscaled inverse frequencies over transformers' llama3 ones), or
+    LongRoPE's (Phi-3 128k, Phi-3.5) per-frequency long and short factors."""
+    kind = _scaling_type(cfg)
+    if kind == "longrope":
+        params = rope_scaling(cfg)
+        return {f"rope_factors_{which}.weight": np.asarray(params[f"{which}_factor"], dtype=np.float32)
+                for which in ("long", "short")}
+    if kind != "llama3":
         return {}
     import transformers
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
@@ -134,6 +166,28 @@ def llama3_rope_factors(cfg: dict[str, Any]) -> dict[str, np.ndarray]:
     dim = heads(cfg)[2]
     plain = 1.0 / rope_theta(cfg) ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
     return {"rope_freqs.weight": (plain / scaled).astype(np.float32)}
+
+
+def rope_scaling_metadata(writer: Any, cfg: dict[str, Any]) -> None:
+    """llama.cpp's ``rope.scaling.*`` keys for linear (position interpolation), YaRN and LongRoPE."""
+    import gguf
+
+    kind, params = _scaling_type(cfg), rope_scaling(cfg)
+    if kind in ("linear", "yarn"):
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR if kind == "linear" else gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(params["factor"]))
+    if kind == "yarn":
+        writer.add_rope_scaling_orig_ctx_len(original_context(cfg))
+        for key, add in (("beta_fast", writer.add_rope_scaling_yarn_beta_fast),
+                         ("beta_slow", writer.add_rope_scaling_yarn_beta_slow)):
+            if params.get(key) is not None:
+                add(float(params[key]))
+    if kind == "longrope":  # transformers' default attention factor for LongRoPE, unless the config sets one
+        scale = int(cfg["max_position_embeddings"]) / original_context(cfg)
+        factor = params.get("attention_factor")
+        if factor is None:
+            factor = math.sqrt(1 + math.log(scale) / math.log(original_context(cfg))) if scale > 1 else 1.0
+        writer.add_rope_scaling_attn_factors(float(factor))
 
 
 def no_sliding_window(cfg: dict[str, Any]) -> None:
@@ -195,19 +249,19 @@ def no_softcap(cfg: dict[str, Any]) -> None:
 def _phi3_meta(writer: Any, cfg: dict[str, Any]) -> None:
     dim = heads(cfg)[2]
     writer.add_rope_dimension_count(int(dim * float(cfg.get("partial_rotary_factor") or 1.0)))
-    writer.add_rope_scaling_orig_ctx_len(int(cfg.get("original_max_position_embeddings") or cfg["max_position_embeddings"]))
+    writer.add_rope_scaling_orig_ctx_len(original_context(cfg))
 
 
 ARCHITECTURES: dict[str, GgufArch] = {
-    "llama": GgufArch("llama", _LLAMA_LAYER, permute_qk=True, checks=(rope_types("llama3"),), made=llama3_rope_factors),
-    "mistral": GgufArch("llama", _LLAMA_LAYER, permute_qk=True, checks=(plain_rope, no_sliding_window)),
-    "qwen2": GgufArch("qwen2", _LLAMA_LAYER, checks=(plain_rope, no_sliding_window)),
-    "qwen3": GgufArch("qwen3", {**_LLAMA_LAYER, **_QK_NORM}, checks=(plain_rope, no_sliding_window)),
+    "llama": GgufArch("llama", _LLAMA_LAYER, permute_qk=True, checks=(rope_types("llama3", "linear", "yarn"),)),
+    "mistral": GgufArch("llama", _LLAMA_LAYER, permute_qk=True, checks=(scaled_rope, no_sliding_window)),
+    "qwen2": GgufArch("qwen2", _LLAMA_LAYER, checks=(scaled_rope, no_sliding_window)),
+    "qwen3": GgufArch("qwen3", {**_LLAMA_LAYER, **_QK_NORM}, checks=(scaled_rope, no_sliding_window)),
     "gemma2": GgufArch("gemma2", _GEMMA_LAYER, norm_plus_one=True, extra=_gemma2_meta,
                        checks=(plain_rope, gemma_query_scale, layer_pattern(2))),
     "gemma3_text": GgufArch("gemma3", {**_GEMMA_LAYER, **_QK_NORM}, norm_plus_one=True, extra=_gemma3_meta,
                             checks=(plain_rope, gemma_query_scale, layer_pattern(6), gemma3_local_rope, no_softcap)),
-    "phi3": GgufArch("phi3", _PHI3_LAYER, extra=_phi3_meta, checks=(plain_rope, no_sliding_window)),
+    "phi3": GgufArch("phi3", _PHI3_LAYER, extra=_phi3_meta, checks=(rope_types("longrope"), no_sliding_window)),
     "gpt2": GgufArch("gpt2", _GPT2_LAYER, top=dict(_GPT2_TOP), layer_prefix="transformer.h.", conv1d=True),
 }
 
@@ -245,6 +299,8 @@ def write_metadata(writer: Any, arch: GgufArch, cfg: dict[str, Any]) -> None:
     if dim * n != hidden or arch.gguf in ("qwen3", "gemma2", "gemma3"):
         writer.add_key_length(dim)
         writer.add_value_length(dim)
+    if not arch.conv1d:
+        rope_scaling_metadata(writer, cfg)
     if arch.extra is not None:
         arch.extra(writer, cfg)
 
@@ -285,5 +341,5 @@ def gguf_tensors(arch: GgufArch, cfg: dict[str, Any], weights: dict[str, np.ndar
         if arch.conv1d and w.ndim == 2 and name.startswith("blk."):
             w = np.ascontiguousarray(w.T)
         yield name, w
-    if arch.made is not None:
-        yield from arch.made(cfg).items()
+    if not arch.conv1d:
+        yield from rope_tensors(cfg).items()

@@ -98,6 +98,48 @@ def test_llama_3_1_rope_scaling_travels_as_rope_freqs() -> None:
     assert "rope_freqs" in llama_cpp_names("llama", 2)
 
 
+class _Keys:
+    """Records the writer calls write_metadata makes."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args: self.calls.__setitem__(name, args[0] if len(args) == 1 else args)
+
+
+@pytest.mark.parametrize("kind, scaling, want", [
+    ("llama", {"rope_type": "linear", "factor": 4.0}, {"add_rope_scaling_factor": 4.0}),
+    ("qwen2", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "beta_fast": 16.0},
+     {"add_rope_scaling_factor": 4.0, "add_rope_scaling_orig_ctx_len": 16, "add_rope_scaling_yarn_beta_fast": 16.0}),
+])
+def test_linear_and_yarn_scaling_travel_as_llama_cpp_keys(kind: str, scaling: dict[str, Any], want: dict[str, Any]) -> None:
+    from llmkit.exporting.gguf_arch import write_metadata
+
+    cfg, _ = tiny(kind, rope_scaling=scaling)
+    keys = _Keys()
+    write_metadata(keys, architecture(cfg), cfg)
+    assert keys.calls["add_rope_scaling_type"] == getattr(gguf.RopeScalingType, scaling["rope_type"].upper())
+    assert {k: keys.calls[k] for k in want} == want
+
+
+def test_longrope_travels_as_its_factors_and_attention_factor() -> None:
+    from llmkit.exporting.gguf_arch import write_metadata
+
+    scaling = {"rope_type": "longrope", "short_factor": [1.0 + i / 10 for i in range(8)],
+               "long_factor": [2.0 + i for i in range(8)], "partial_rotary_factor": 1.0}
+    cfg, weights = tiny("phi3", rope_scaling=scaling, original_max_position_embeddings=16)
+    out = dict(gguf_tensors(architecture(cfg), cfg, weights))
+    assert out["rope_factors_long.weight"].tolist() == scaling["long_factor"]
+    assert np.allclose(out["rope_factors_short.weight"], scaling["short_factor"])
+    assert {"rope_factors_long", "rope_factors_short"} <= llama_cpp_names("phi3", 2)
+    keys = _Keys()
+    write_metadata(keys, architecture(cfg), cfg)
+    # transformers' default: sqrt(1 + ln(64 / 16) / ln(16))
+    assert abs(keys.calls["add_rope_scaling_attn_factors"] - (1 + np.log(4) / np.log(16)) ** 0.5) < 1e-9
+    assert keys.calls["add_rope_scaling_orig_ctx_len"] == 16
+
+
 def test_permutation_round_trips() -> None:
     w = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
     assert np.array_equal(unpermute_rotary(permute_rotary(w, 2), 2), w)
@@ -105,11 +147,12 @@ def test_permutation_round_trips() -> None:
 
 
 @pytest.mark.parametrize("kind, over, words", [
-    ("llama", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "scales its rotary embedding (yarn)"),
+    ("llama", {"rope_scaling": {"rope_type": "dynamic", "factor": 4.0}}, "scales its rotary embedding (dynamic)"),
     ("mistral", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 32}},
      "scales its rotary embedding (llama3)"),
-    ("qwen2", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "scales its rotary embedding (yarn)"),
+    ("qwen2", {"rope_scaling": {"rope_type": "dynamic", "factor": 4.0}}, "scales its rotary embedding (dynamic)"),
+    ("gemma2", {"rope_scaling": {"rope_type": "linear", "factor": 4.0}}, "scales its rotary embedding (linear)"),
     ("mistral", {"sliding_window": 16}, "sliding window of 16 tokens"),
     ("gemma2", {"query_pre_attn_scalar": 24}, "1/sqrt(24)"),
     ("gemma2", {"layer_types": ["full_attention", "full_attention"]}, "sliding-window layers"),
