@@ -15,7 +15,10 @@ Targets (issue 35): llmkit int8 batch-1 at least 1.6x its fp32; llmkit at 16 str
 llama.cpp's single sequence; batch-1 at least 0.8x llama.cpp at the same precision on the ~100M
 model and 0.5x on `tiny`.
 
-Usage: python benchmarks/quantized_decode.py [--models 100m,tiny] [--repeats 3] [--tokens 128]
+With ``--compile``, llmkit's frozen compiled step (serve.compile: true) is measured too, at fp32
+and bf16, on the same weights (rows "fp32 compiled", "bf16 compiled").
+
+Usage: python benchmarks/quantized_decode.py [--models 100m,tiny] [--repeats 3] [--tokens 128] [--compile]
 """
 
 from __future__ import annotations
@@ -36,12 +39,14 @@ from serve_load import make_model, model_config  # noqa: E402
 PAIRS = (("fp32", "f32"), ("bf16", "bf16"), ("int8", "q8_0"), ("int4", "q4_0"))
 
 
-def llmkit_model(directory: Path, dtype: str) -> tuple[Any, Any, Any]:
-    from llmkit.generate.fastpath import DecodeStep
+def llmkit_model(directory: Path, dtype: str, compiled: bool = False) -> tuple[Any, Any, Any]:
+    """The model at ``dtype`` and its decode step as `llmkit serve` builds it (serve.compile: true
+    when ``compiled``: the frozen compiled step, warmed up)."""
     from llmkit.model.load import load_for_inference
+    from llmkit.serving.engine import decode_step
 
     model, tok, _ = load_for_inference(directory, device="cpu", dtype=dtype)
-    return model, tok, DecodeStep(model, pack="auto", pack_forward=True)
+    return model, tok, decode_step(model, tok, compiled=compiled, pack="auto", frozen=True)
 
 
 def llmkit_decode(model: Any, tok: Any, step: Any, prompts: list[list[int]], tokens: int) -> tuple[float, float]:
@@ -73,7 +78,10 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):8.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
-def bench_model(name: str, root: Path, repeats: int, tokens: int) -> None:
+COMPILED = ("fp32", "bf16", "int8", "int4")  # serve.compile: true beside the eager step (--compile)
+
+
+def bench_model(name: str, root: Path, repeats: int, tokens: int, compile: bool = False) -> None:
     import llama_cpp
     import torch
 
@@ -87,6 +95,7 @@ def bench_model(name: str, root: Path, repeats: int, tokens: int) -> None:
     rows: dict[tuple[str, str], dict[str, list[float]]] = {}
     for dtype, quant in PAIRS:
         model, tok, step = llmkit_model(directory, dtype)
+        compiled = llmkit_model(directory, dtype, compiled=True) if compile and dtype in COMPILED else None
         docs = tok.encode("The for statement repeats a block for each item of a sequence. " * 40,
                           add_special_tokens=False)
         prompt, long_prompt = docs[:32], docs[:200]
@@ -111,8 +120,12 @@ def bench_model(name: str, root: Path, repeats: int, tokens: int) -> None:
             theirs.setdefault("ttft", []).append(ttft * 1000)
             rate, _ = llmkit_decode(model, tok, step, [prompt] * 16, tokens)
             ours.setdefault("b16", []).append(rate)
+            if compiled is not None:  # the same weights loaded again, the frozen compiled step
+                mine, (cmodel, _, cstep) = rows.setdefault(("llmkit compiled", dtype), {}), compiled
+                mine.setdefault("b1", []).append(llmkit_decode(cmodel, tok, cstep, [prompt], tokens)[0])
+                mine.setdefault("b16", []).append(llmkit_decode(cmodel, tok, cstep, [prompt] * 16, tokens)[0])
         theirs["bytes"] = [files[quant].stat().st_size / 2**20]
-        del llm, model
+        del llm, model, compiled
     print(f"\n{name}: {threads} threads, {tokens} new tokens, {repeats} repeats (median (min-max))")
     print(f"{'pair':12} {'llmkit b1 tok/s':>24} {'llama.cpp b1 tok/s':>24} {'ratio':>6} {'llmkit 16 streams':>24} "
           f"{'/ llama.cpp b1':>14} {'TTFT ms llmkit':>22} {'TTFT ms llama.cpp':>22} {'GGUF MiB':>9}")
@@ -122,6 +135,12 @@ def bench_model(name: str, root: Path, repeats: int, tokens: int) -> None:
         many = statistics.median(a["b16"]) / statistics.median(b["b1"])
         print(f"{dtype + '/' + quant:12} {spread(a['b1']):>24} {spread(b['b1']):>24} {ratio:6.2f} {spread(a['b16']):>24} "
               f"{many:14.2f} {spread(a['ttft']):>22} {spread(b['ttft']):>22} {b['bytes'][0]:9.1f}")
+    for dtype, quant in PAIRS:
+        if ("llmkit compiled", dtype) in rows:
+            a, b = rows[("llmkit compiled", dtype)], rows[("llama.cpp", quant)]
+            print(f"{dtype + ' compiled':12} {spread(a['b1']):>24} {spread(b['b1']):>24} "
+                  f"{statistics.median(a['b1']) / statistics.median(b['b1']):6.2f} {spread(a['b16']):>24} "
+                  f"{statistics.median(a['b16']) / statistics.median(b['b1']):14.2f}")
     base = statistics.median(rows[("llmkit", "fp32")]["b1"])
     print("llmkit batch-1 vs its fp32: " + ", ".join(
         f"{d} {statistics.median(rows[('llmkit', d)]['b1']) / base:.2f}x" for d in ("bf16", "int8", "int4")))
@@ -132,11 +151,13 @@ def main() -> None:
     parser.add_argument("--models", default="100m,tiny")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--compile", action="store_true",
+                        help="also llmkit's frozen compiled step (serve.compile: true) at fp32 and bf16")
     args = parser.parse_args()
     print(cpu_line())
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            bench_model(name, Path(tmp), args.repeats, args.tokens)
+            bench_model(name, Path(tmp), args.repeats, args.tokens, args.compile)
 
 
 if __name__ == "__main__":

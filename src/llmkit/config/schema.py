@@ -607,9 +607,11 @@ class ServeConfig(Section):
     quantized beforehand)."""
     compile: bool | Literal["auto"] = "auto"
     """torch.compile the decode step. llmkit engine: true compiles it at start-up, before the
-    server reports ready (one compile for a single row and one for several: about a minute on 2
-    CPU cores; on the `tiny` preset decode 1.4x faster at one stream, 1.1-1.2x at 8-16:
-    benchmarks/generate_throughput.py), for Llama, Mistral, Qwen2 and Qwen3 models; auto and false decode eagerly (ready
+    server reports ready (one compile for a single row and one for several: 0.5-2.5 minutes on 2
+    CPU cores), with the weights frozen as constants, for Llama, Mistral, Qwen2 and Qwen3 models;
+    worth it for small models, whose step is small operations (`tiny`: batch-1 decode 1.4-2.6x
+    faster), not for ~100M-parameter fp32/bf16 ones, whose step is memory traffic (0.7-0.8x;
+    benchmarks/quantized_decode.py --compile); auto and false decode eagerly (ready
     in seconds). vllm engine: auto and true keep vLLM's own compilation and CUDA graphs, false
     passes --enforce-eager."""
     pack_weights: bool | Literal["auto"] = "auto"

@@ -64,12 +64,14 @@ class Handle:
         return [(self.id, i) for i in range(len(self.params))]
 
 
-def decode_step(model: Any, tokenizer: Any, compiled: bool, pack: bool | str = False) -> DecodeStep | None:
+def decode_step(model: Any, tokenizer: Any, compiled: bool, pack: bool | str = False,
+                frozen: bool = False) -> DecodeStep | None:
     """The engine's decode step: llmkit's own for the architectures that have one (None: through
     ``model.forward``), with packed weights as ``pack`` says (serve.pack_weights), compiled and
     warmed up when ``compiled`` (serve.compile: true), so that no request waits for a compile: a
     greedy run of one row and one of two, the two shapes torch compiles for (a batch of one and a
-    dynamic batch)."""
+    dynamic batch). ``frozen``: no adapter will change the weights while serving, so the compile
+    takes them as constants (``DecodeStep.compile``)."""
     import sys
     import time
 
@@ -81,7 +83,7 @@ def decode_step(model: Any, tokenizer: Any, compiled: bool, pack: bool | str = F
     step = DecodeStep(model, pack=pack, pack_forward=True)  # the server's model is only served
     if pack:
         print(f"serve.pack_weights: {step.pack_note}", file=sys.stderr)
-    if not compiled or not step.compile():
+    if not compiled or not step.compile(frozen=frozen):
         return step
     print("compiling the decode step (serve.compile: true; about a minute on a CPU) ...", file=sys.stderr, flush=True)
     started = time.monotonic()

@@ -161,7 +161,8 @@ def build(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, se
              "measures its perplexity against the fp32 model")
     # the step is packed, compiled and warmed on the engine's thread, where it will run
     engine = Engine(model, tokenizer, cfg.max_batch_size, cfg.max_concurrency, cfg.max_queue,
-                    lambda: decode_step(model, tokenizer, compiled=cfg.compile is True, pack=cfg.pack_weights),
+                    lambda: decode_step(model, tokenizer, compiled=cfg.compile is True, pack=cfg.pack_weights,
+                                        frozen=not (cfg.adapters or cfg.allow_adapter_loading)),
                     prefix_cache_bytes=int(cfg.prefix_cache_mb * 2**20), namespace=f"{name}@{model_dir}",
                     adapters=(lambda: served_adapters(model, cfg, name, note))
                     if cfg.adapters or cfg.allow_adapter_loading else None)

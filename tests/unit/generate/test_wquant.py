@@ -81,6 +81,17 @@ def test_bf16_activations_decode_through_the_step_as_through_forward(tok) -> Non
     assert run(model, tok, step, check=step, atol=0.05) == run(model, tok, False)
 
 
+@pytest.mark.slow  # two compiles, about 25 s
+def test_a_quantized_model_decodes_through_the_frozen_compiled_step_as_through_forward(tok) -> None:  # noqa: F811
+    """serve.compile: true with serve.dtype int8: the frozen compiled step (DecodeStep.compile) over
+    the quantized layers gives forward's logits at every step and its greedy tokens."""
+    model = tiny("llama")
+    quantize_model(model, 8, activations=torch.float32)
+    step = DecodeStep(model, pack=True, pack_forward=True)
+    assert step.compile(frozen=True)
+    assert run(model, tok, step, check=step, atol=1e-4) == run(model, tok, False)
+
+
 def test_a_tied_embedding_shares_the_int8_head() -> None:
     model = tiny("llama", tie_word_embeddings=True)
     ids = torch.tensor([[1, 5, 9]])
