@@ -68,6 +68,10 @@ def _configs(root: Path, pretrain_steps: int, sft_steps: int, budget_s: float,
     return validate_config(pre), validate_config(sft)
 
 
+def _with_time_limit(cfg: RunConfig, seconds: float) -> RunConfig:
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_time_s": seconds})})
+
+
 def _step_seconds(cfg: RunConfig) -> float:
     """Measured seconds per optimizer step of ``cfg``'s model on this machine, as `llmkit train` runs
     it (its precision, including bf16 weights with fp32 masters where auto picks them; the chunked
@@ -180,8 +184,12 @@ def run_quickstart(root: str | Path = "runs", minutes: float = 4.0, fresh: bool 
     untrained = _untrained_ppl(pre_cfg, pre_dir)
 
     log(f"[3/6] pretrain the tiny preset (untrained validation perplexity {untrained:.0f})")
+    pre_started = time.monotonic()
     pre = train(pre_cfg, run_dir=pre_dir, log=lambda s: log(f"      {s}"))
     pretrained_ppl = pre.eval.val_ppl
+    # the fine-tuning gets what pretraining left of the budget (at least its own share): when the
+    # planned pretraining steps finish early, its steps are not cut short by the clock
+    sft_cfg = _with_time_limit(sft_cfg, max(0.3 * budget, budget - (time.monotonic() - pre_started)))
 
     log("[4/6] fine-tune on question/answer pairs from the same documentation")
     prepare(sft_cfg, run_dir=qs, log=lambda s: log(f"      {s}"))
