@@ -56,6 +56,12 @@ class Session:
             yield ev.text
         history.append({"role": "assistant", "content": answer})
 
+    def warm(self) -> None:
+        """Generate two tokens and forget them: the thread pools a generation uses are started now."""
+        token = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        for _ in stream(self.model, self.tokenizer, [[token]], [SamplingParams(max_new_tokens=2, temperature=0)]):
+            pass
+
     def _render(self) -> list[int]:
         ids: list[int] = self.tokenizer.apply_chat_template(self.history, add_generation_prompt=True, tokenize=True,
                                                             return_dict=False)
