@@ -26,6 +26,7 @@ Usage: python benchmarks/plan_accuracy.py [--device cpu|cuda] [--only LABEL-PART
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 
@@ -89,8 +90,10 @@ cfg = validate_config(data)
 device = torch.device(spec["device"])
 cuda = device.type == "cuda"
 precision = resolve_precision(cfg.train.precision, device)
-rates = measure_rates(precision, spec["device"])
-breakdown = step_breakdown(cfg, spec["micro"], rates, precision)
+def predict():
+    rates = measure_rates(precision, spec["device"])
+    return step_breakdown(cfg, spec["micro"], rates, precision), rates
+breakdown, rates = predict()
 model = build_model(cfg.model, vocab, 0, None, seed=0).to(device)
 if cfg.model.lora.enabled and cfg.model.lora.base_bits < 32:  # loaded back at its bits, as train loads a base
     import tempfile
@@ -126,10 +129,11 @@ def step():
     loss.backward()
     measured_step(model, opt, masters)
 if cfg.train.compile:
-    step()  # the compile, before the baseline; then what it freed goes back to the OS, so the
-    opt.state.clear()  # measured steps' peak shows (AdamW's moments are made again in step 1)
-    import ctypes, gc
-    gc.collect()
+    step()  # the compile, before the baseline (AdamW's moments are made again in step 1)
+    opt.state.clear()
+import ctypes, gc
+gc.collect()  # what building, loading (or compiling) freed goes back to the OS before the baseline, so that
+if not cuda:  # the steps' peak shows in full rather than partly reusing memory the baseline already counts
     ctypes.CDLL("libc.so.6").malloc_trim(0)
 if cuda:
     sync()
@@ -138,16 +142,23 @@ if cuda:
 else:
     open("/proc/self/clear_refs", "w").write("5")
     base = rss("VmRSS")
-times = []
-for _ in range(3 if not cfg.train.compile else 4):
-    sync()
-    t0 = time.perf_counter()
-    step()
-    sync()
-    times.append(time.perf_counter() - t0)
+def timed_steps(n):
+    times = []
+    for _ in range(n):
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times
+measured = [min(timed_steps(3 if not cfg.train.compile else 4)[1:])]  # the first: warm-up
 peak = torch.cuda.max_memory_allocated(device) if cuda else rss("VmHWM")
-print(json.dumps({"measured_bytes": peak - base, "weight_bytes": weights, "step_s": min(times[1:]), "breakdown": breakdown, "bandwidth": rates.bandwidth_bytes_s,
-                  "precision": precision}))
+predicted = [breakdown]
+for _ in range(spec["rounds"] - 1):  # the plan's measurement, then the steps, in turn: both see the same drift
+    predicted.append(predict()[0])
+    measured.append(min(timed_steps(2)))
+print(json.dumps({"measured_bytes": peak - base, "weight_bytes": weights, "step_s": measured, "breakdown": predicted,
+                  "bandwidth": rates.bandwidth_bytes_s, "precision": precision}))
 '''
 
 
@@ -157,18 +168,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     parser.add_argument("--only", default="", help="only the configurations whose label contains this")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of the plan's measurement and the measured steps, in turn (medians reported)")
     args = parser.parse_args()
     kind = "cpu" if args.device == "cpu" else "gpu"
     from llmkit.config.load import validate_config
     from llmkit.config.presets import load_preset
     from llmkit.planning.memory import training_memory
 
-    print(f"{'configuration':24} {'pred MB':>8} {'meas MB':>8} {'err':>7} {'pred ms':>8} {'meas ms':>8} {'err':>7}   predicted ms by component")
+    print(f"{'configuration':24} {'pred MB':>8} {'meas MB':>8} {'err':>7} {'pred ms':>8} {'meas ms':>8} {'err':>7} "
+          f"{'spread':>7}   predicted ms by component (the median prediction)")
     worst_mem = worst_time = 0.0
     for label, overrides, opts in CONFIGS:
         if args.only not in label:
             continue
-        out = subprocess.run([sys.executable, "-c", WORKER, json.dumps({"overrides": overrides, "device": args.device, **opts})],
+        out = subprocess.run([sys.executable, "-c", WORKER, json.dumps({"overrides": overrides, "device": args.device,
+                                                                        "rounds": args.rounds, **opts})],
                              capture_output=True, text=True, check=True)
         meas = json.loads(out.stdout.strip().splitlines()[-1])
         data = load_preset("tiny")
@@ -180,15 +195,18 @@ def main() -> None:
         cfg = validate_config(data)
         planned = training_memory(cfg, opts["micro"], meas["precision"], device_kind=kind)
         pred = planned.above_weights_bytes
-        pred_s = sum(meas["breakdown"].values())
-        parts = " ".join(f"{k[:4]} {1000 * v:4.0f}" for k, v in meas["breakdown"].items())
+        sums = [sum(b.values()) for b in meas["breakdown"]]
+        pred_s, meas_s = statistics.median(sums), statistics.median(meas["step_s"])
+        middle = meas["breakdown"][sums.index(sorted(sums)[len(sums) // 2])]  # the median prediction's parts
+        parts = " ".join(f"{k[:4]} {1000 * v:4.0f}" for k, v in middle.items())
+        spread = (max(sums) - min(sums)) / pred_s
         mem_err = pred / meas["measured_bytes"] - 1
-        time_err = pred_s / meas["step_s"] - 1
+        time_err = pred_s / meas_s - 1
         # a LoRA row's peak is its frozen base plus the rest: the error counted is that of the whole
         worst_mem = max(worst_mem, 0.0 if cfg.model.lora.enabled else abs(mem_err))
         worst_time = max(worst_time, abs(time_err))
         print(f"{label:24} {pred / 2**20:8.0f} {meas['measured_bytes'] / 2**20:8.0f} {100 * mem_err:+6.0f}% "
-              f"{1000 * pred_s:8.0f} {1000 * meas['step_s']:8.0f} {100 * time_err:+6.0f}%   {parts}")
+              f"{1000 * pred_s:8.0f} {1000 * meas_s:8.0f} {100 * time_err:+6.0f}% {100 * spread:6.0f}%   {parts}")
         if cfg.model.lora.enabled:  # the frozen base too: planned weights vs the loaded model's bytes
             total_pred, total_meas = pred + planned.weights_bytes, meas["measured_bytes"] + meas["weight_bytes"]
             total_err = total_pred / total_meas - 1

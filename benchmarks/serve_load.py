@@ -13,8 +13,8 @@ serves a ~100M-parameter Llama (16 layers, hidden 768) instead of `tiny`. --pack
 serve.pack_weights (default auto, as the server's default).
 
 Each row also shows what `llmkit plan --serve` predicts for it on this machine
-(``llmkit.planning.measure.measure_cpu_serving``: the server's own decode step and forward, timed on a model
-of the same shapes with a few layers)
+(``llmkit.serving.speed.measure_cpu_serving``: a replica of the model with a few of its layers, timed
+through llmkit's own server)
 and the ratio measured / predicted; the issue's bound is within +-30% at concurrency 1 and 16.
 
 Usage: python benchmarks/serve_load.py [--requests-per-client 3] [--compile] [--model tiny|100m]
@@ -44,7 +44,7 @@ from llmkit.data.corpus import iter_documents
 from llmkit.data.tokenizer import load_tokenizer, train_bpe, wrap
 from llmkit.generate.batch import Event
 from llmkit.model.build import build_model
-from llmkit.planning.measure import measure_cpu_serving
+from llmkit.serving.speed import measure_cpu_serving
 from llmkit.planning.serving import request_rates
 
 from machine import cpu_line  # benchmarks/machine.py (scripts run from this folder)
@@ -121,21 +121,38 @@ async def client(http: httpx.AsyncClient, n: int, stats: dict[str, list[float]],
                         stats["itl"].append(now - last)
                     last = now
                     tokens += 1
+                    stats["stamps"].append(now)
             stats["tokens"].append(tokens)
         except httpx.HTTPError:
             stats["errors"].append(1)
 
 
-async def level(url: str, concurrency: int, per_client: int, max_tokens: int = MAX_TOKENS) -> dict[str, float]:
-    stats: dict[str, list[float]] = {"ttft": [], "itl": [], "tokens": [], "errors": []}
+async def level(url: str, concurrency: int, per_client: int, max_tokens: int, request_s: float) -> dict[str, float]:
+    """``concurrency`` clients, each streaming ``per_client`` completions one after the other. Their
+    first requests are spread over ``request_s`` (about one request's duration), as independent
+    users' arrivals are, rather than sent at once: a wave of simultaneous prompts is prefilled in
+    one forward pass, which real traffic does not get. Aggregate tokens/s counts the steady
+    state: the tokens streamed between the last client's start and the first client's end."""
+    stats: dict[str, list[float]] = {"ttft": [], "itl": [], "tokens": [], "errors": [], "stamps": []}
     limits = httpx.Limits(max_connections=concurrency + 4)
+    starts: list[float] = []
+    ends: list[float] = []
+
+    async def user(i: int) -> None:
+        await asyncio.sleep(i * request_s / concurrency)
+        starts.append(time.perf_counter())
+        await client(http, per_client, stats, max_tokens)
+        ends.append(time.perf_counter())
+
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(http, per_client, stats, max_tokens) for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
+        await asyncio.gather(*(user(i) for i in range(concurrency)))
+    begin, end = max(starts), min(ends)
+    if concurrency == 1:
+        begin, end = starts[0], ends[0]
+    steady = sum(begin <= t <= end for t in stats["stamps"])
     return {"concurrency": concurrency, "max_tokens": max_tokens, "ttft_p50_ms": 1000 * pct(stats["ttft"], 0.5),
             "ttft_p99_ms": 1000 * pct(stats["ttft"], 0.99), "itl_p50_ms": 1000 * pct(stats["itl"], 0.5),
-            "itl_p99_ms": 1000 * pct(stats["itl"], 0.99), "tokens_per_s": sum(stats["tokens"]) / wall,
+            "itl_p99_ms": 1000 * pct(stats["itl"], 0.99), "tokens_per_s": steady / max(end - begin, 1e-9),
             "errors": len(stats["errors"])}
 
 
@@ -188,6 +205,7 @@ def http_layer_rate(tokenizer_dir: Path, tokens: int = 4000) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests-per-client", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the plan's measurement and the load")
     parser.add_argument("--compile", action="store_true", help="serve with the compiled decode step")
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
     parser.add_argument("--pack-weights", choices=("auto", "true", "false"), default="auto",
@@ -196,12 +214,11 @@ def main() -> None:
     cfg = model_config(args.model)
     pack = {"auto": "auto", "true": True, "false": False}[args.pack_weights]
     cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"pack_weights": pack})})
+    specs = [(c, MAX_TOKENS, args.requests_per_client) for c in (1, 4, 16, 64)] + [(1, LONG_TOKENS, 2), (16, LONG_TOKENS, 2)]
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "m"
         make_model(model_dir, cfg)
         prompt_tokens = len(load_tokenizer(model_dir).encode(PROMPT))
-        first, _ = predict(cfg, [{"concurrency": c, "max_tokens": t} for c in (1, 4, 16, 64) for t in (MAX_TOKENS,)]
-                           + [{"concurrency": c, "max_tokens": LONG_TOKENS} for c in (1, 16)], prompt_tokens)
         port = free_port()
         proc = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", str(model_dir), "--port", str(port),
                                  "--max-concurrency", "64", "--max-batch-size", "64", "--served-model-name", "m",
@@ -209,6 +226,9 @@ def main() -> None:
                                 + (["--compile"] if args.compile else []),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
         url = f"http://127.0.0.1:{port}"
+        plans: dict[tuple[int, int], list[float]] = {(c, t): [] for c, t, _ in specs}
+        measured: dict[tuple[int, int], list[dict[str, float]]] = {(c, t): [] for c, t, _ in specs}
+        measure_s = []
         try:
             for _ in range(6000):
                 try:
@@ -216,37 +236,53 @@ def main() -> None:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.1)
-            asyncio.run(level(url, 1, 1))  # warm-up: the first request pays one-off costs
-            rows = [asyncio.run(level(url, c, args.requests_per_client)) for c in (1, 4, 16, 64)]
-            long_rows = [asyncio.run(level(url, c, 2, LONG_TOKENS)) for c in (1, 16)]
+            asyncio.run(level(url, 1, 1, MAX_TOKENS, 0.0))  # warm-up: the first request pays one-off costs
+            for _ in range(args.rounds):  # the plan's measurement, then the load, in turn: both see the same drift
+                predicted, seconds = predict(cfg, [{"concurrency": c, "max_tokens": t} for c, t, _ in specs],
+                                             prompt_tokens)
+                measure_s.append(seconds)
+                for c, t, n in specs:
+                    plans[(c, t)].append(predicted[(c, t)])
+                    measured[(c, t)].append(asyncio.run(level(url, c, n, t, c * t / predicted[(c, t)])))
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
-        second, measure_s = predict(cfg, rows + long_rows, prompt_tokens)  # the server has stopped: both alone
-        predicted = {k: (v + second[k]) / 2 for k, v in first.items()}
-        params = sum(p.numel() for p in build_model(cfg.model, cfg.tokenizer.vocab_size, 0, 0, seed=0).parameters())
-        print(f"cpu: {cpu_line()}; model: {args.model} ({params / 1e6:.1f} M parameters, fp32); decode step: "
-              f"{'compiled' if args.compile else 'eager'}; serve.pack_weights {args.pack_weights}; prompt {prompt_tokens} tokens")
-        print(f"{'conc':>4} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'tok/s':>8} {'errors':>6} "
-              f"{'plan':>8} {'measured/plan':>13}")
-        for r in rows + long_rows:
-            if r is long_rows[0]:
-                print(f"{LONG_TOKENS}-token completions:")
-            plan = predicted[(r["concurrency"], r["max_tokens"])]
-            print(f"{r['concurrency']:4d} {r['ttft_p50_ms']:8.1f}ms {r['ttft_p99_ms']:8.1f}ms {r['itl_p50_ms']:7.1f}ms "
-                  f"{r['itl_p99_ms']:7.1f}ms {r['tokens_per_s']:8.0f} {r['errors']:6d} {plan:8.0f} "
-                  f"{r['tokens_per_s'] / plan:13.2f}")
-        spread = max(abs(first[k] - second[k]) / predicted[k] for k in predicted)
-        print("plan: llmkit plan --serve's CPU model (the server's decode step and forward timed on a few-layer "
-              f"model, {measure_s:.1f} s), "
-              f"the mean of a measurement before and one after the load (they differ by up to {100 * spread:.0f}%)"
-              f"{'; the server ran the compiled step' if args.compile else ''}")
-        by = {r["concurrency"]: r["tokens_per_s"] for r in rows}
-        print(f"aggregate tokens/s, concurrency 16 / 1: {by[16] / by[1]:.1f}x (target >= 8x); errors in total: "
-              f"{sum(r['errors'] for r in rows)}")
-        longs = {r["concurrency"]: r["tokens_per_s"] for r in long_rows}
-        print(f"{LONG_TOKENS}-token completions, concurrency 16 / 1: {longs[16] / longs[1]:.1f}x")
+        report(args, cfg, prompt_tokens, specs, plans, measured, measure_s)
         print(f"HTTP layer alone (instant engine), one stream: {http_layer_rate(model_dir):.0f} tokens/s")
+
+
+def report(args: argparse.Namespace, cfg: RunConfig, prompt_tokens: int, specs: list[tuple[int, int, int]],
+           plans: dict[tuple[int, int], list[float]], measured: dict[tuple[int, int], list[dict[str, float]]],
+           measure_s: list[float]) -> None:
+    """Per row: the round whose tokens/s is the median, the median plan, their ratio, and how much
+    the plan's own measurements varied over the rounds."""
+    import statistics
+
+    params = sum(p.numel() for p in build_model(cfg.model, cfg.tokenizer.vocab_size, 0, 0, seed=0).parameters())
+    print(f"cpu: {cpu_line()}; model: {args.model} ({params / 1e6:.1f} M parameters, fp32); decode step: "
+          f"{'compiled' if args.compile else 'eager'}; serve.pack_weights {args.pack_weights}; prompt {prompt_tokens} "
+          f"tokens; {args.rounds} rounds, each the plan's measurement then the load")
+    print(f"{'conc':>4} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'tok/s':>8} {'errors':>6} "
+          f"{'plan':>8} {'measured/plan':>13} {'plan range':>14} {'measured range':>15}")
+    medians = {}
+    for c, t, _ in specs:
+        if (c, t) == (1, LONG_TOKENS):
+            print(f"{LONG_TOKENS}-token completions:")
+        runs = sorted(measured[(c, t)], key=lambda r: r["tokens_per_s"])
+        r = runs[len(runs) // 2]
+        plan = statistics.median(plans[(c, t)])
+        medians[(c, t)] = r["tokens_per_s"]
+        low, high = min(plans[(c, t)]), max(plans[(c, t)])
+        print(f"{c:4d} {r['ttft_p50_ms']:8.1f}ms {r['ttft_p99_ms']:8.1f}ms {r['itl_p50_ms']:7.1f}ms "
+              f"{r['itl_p99_ms']:7.1f}ms {r['tokens_per_s']:8.0f} {sum(x['errors'] for x in runs):6d} {plan:8.0f} "
+              f"{r['tokens_per_s'] / plan:13.2f} {low:6.0f}-{high:<7.0f} {runs[0]['tokens_per_s']:7.0f}-"
+              f"{runs[-1]['tokens_per_s']:<7.0f}")
+    print(f"plan: llmkit plan --serve's CPU model (the model's replica through llmkit's server, "
+          f"{statistics.median(measure_s):.1f} s a measurement){'; the server ran the compiled step' if args.compile else ''}")
+    print(f"aggregate tokens/s, concurrency 16 / 1: {medians[(16, MAX_TOKENS)] / medians[(1, MAX_TOKENS)]:.1f}x "
+          f"(target >= 8x); errors in total: {sum(x['errors'] for runs in measured.values() for x in runs)}")
+    print(f"{LONG_TOKENS}-token completions, concurrency 16 / 1: "
+          f"{medians[(16, LONG_TOKENS)] / medians[(1, LONG_TOKENS)]:.1f}x")
 
 
 if __name__ == "__main__":

@@ -158,7 +158,7 @@ def plan_serving(config: RunConfig, concurrency: int | None = None, tokens_per_s
                  cloud: str | None = None, spot: bool | None = None, this_machine: bool = False) -> ServePlan:
     """What serving ``concurrency`` users (default ``serve.max_batch_size``) at
     ``tokens_per_s_per_user`` (default 20) needs and costs (`llmkit plan --serve`)."""
-    from llmkit.planning.entry import plan_serving as entry
+    from llmkit.serving.plan import plan_serving as entry
 
     return entry(_with_plan(config, cloud=cloud, spot=spot), concurrency, tokens_per_s_per_user, context, prompt_tokens,
                  list(devices) if devices else None, this_machine, note=logger.info)

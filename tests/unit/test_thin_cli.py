@@ -20,6 +20,8 @@ ENTRY = {
     "plan_cmd": "llmkit.planning.entry",
     "launch_cmd": "llmkit.launching.entry",
 }
+# `plan --serve` has an entry of its own, with the server it times (planning sits below serving)
+ALSO = {"plan_cmd": {"llmkit.serving.plan"}}
 
 
 def llmkit_imports(path: Path) -> set[str]:
@@ -34,7 +36,7 @@ def llmkit_imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("command", sorted(ENTRY))
 def test_a_stage_command_imports_only_its_entry_point(command: str) -> None:
-    extra = llmkit_imports(CLI / f"{command}.py") - ALWAYS - {ENTRY[command]}
+    extra = llmkit_imports(CLI / f"{command}.py") - ALWAYS - {ENTRY[command]} - ALSO.get(command, set())
     assert not extra, f"cli/{command}.py imports {sorted(extra)}: move that into {ENTRY[command]}"
 
 

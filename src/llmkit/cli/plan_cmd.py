@@ -76,7 +76,7 @@ def plan(
             sets.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
     cfg = load_config(config, sets)
     if serve:
-        from llmkit.planning.entry import plan_serving
+        from llmkit.serving.plan import plan_serving
 
         served = plan_serving(cfg, concurrency, tokens_per_user, context, prompt_tokens, list(device) or None,
                               this_machine, prices, note=_note)
@@ -164,6 +164,8 @@ def _print_plan(cfg: Any, config: Path, result: Any, prices: Path | None, show_a
         typer.echo(f"this machine: {'does not fit (RAM)' if not c.fits else human_hours(c.hours)}"
                    + ("" if not c.fits else " - not recommended: it misses the limits" if (p.budget_usd or p.deadline_hours)
                       else " - not recommended: longer than a day (give --deadline-hours to allow it)"))
+    if result.machine_note:
+        typer.echo(f"note: {result.machine_note}")
     if not result.recommendations:
         priced = [c for c in result.candidates if c.fits and c.cost_usd is not None]
         if priced and (p.budget_usd or p.deadline_hours):
@@ -233,6 +235,8 @@ def _print_serve_plan(cfg: Any, result: Any, show_all: bool, top: int) -> None:
         m = mine[0]
         typer.echo(f"this machine ({m.dtype}): " + ("does not hold the weights and cache (RAM)" if not m.fits else
                    f"{speed(m.__dict__)} - short of {t:g} per user"))
+    if result.machine_note:
+        typer.echo(f"note: {result.machine_note}")
     if not result.recommendations:
         fits = [cand for cand in result.candidates if cand.fits and cand.usd_per_hour is not None]
         if fits:

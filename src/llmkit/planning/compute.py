@@ -31,7 +31,7 @@ The rates come from a ``Rates`` object, measured on this machine's CPU
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llmkit.config.schema import RunConfig
 from llmkit.config.derived import intermediate_size, train_precision, vocab_size
@@ -93,6 +93,8 @@ class Rates:
     cross_entropy_seconds: Callable[[int, int], float]
     bandwidth_bytes_s: float
     device_kind: str = "gpu"
+    # FLOP/s of one fixed product, timed again after each shape measured: how steady the device was
+    probes: list[float] = field(default_factory=list)
 
 
 def forward_gemms(cfg: RunConfig, micro_batch: int) -> list[Gemm]:
@@ -254,3 +256,19 @@ def data_parallel_step_seconds(step_one_s: float, ranks: int, comm_s: float, sha
     compute = step_one_s if shares_cores else step_one_s / ranks
     return compute + comm_s
 
+
+PROBE_SIZE = 512  # the steadiness probe: one (512 x 512) x (512 x 512) product, best of a few
+
+
+def steadiness(probes: list[float], what: str) -> str | None:
+    """A line saying how much ``probes`` (FLOP/s of the same product, taken while measuring) varied,
+    when their range is over a tenth of their median: the plan's times are that uncertain."""
+    import statistics
+
+    if len(probes) < 2:
+        return None
+    low, high, mid = min(probes), max(probes), statistics.median(probes)
+    if (high - low) / mid <= 0.10:
+        return None
+    return (f"this machine's speed varied while it was measured: {low / 1e9:,.0f}-{high / 1e9:,.0f} GFLOP/s over "
+            f"{len(probes)} probes ({what}); its times are as uncertain (other work on the machine, or its clock)")

@@ -76,10 +76,13 @@ def activation_bytes_per_token_layer(cfg: RunConfig, precision: str, device_kind
                                      keep_bf16: bool = False) -> int:
     """Bytes the backward pass keeps per token for one transformer block. ``keep_bf16``: the
     model's own weights are bf16 (``llmkit.training.master``), so are its activations. A LoRA
-    run on a base below 32 bits (``model.lora.base_bits``) computes in bf16 too, without the
-    weight gradients' transient fp32 pieces (measured with benchmarks/plan_accuracy.py: 16 h, not 30 h)."""
+    run on a base below 32 bits (``model.lora.base_bits``) computes in bf16 between bf16 parts on
+    a GPU; on a CPU it keeps as much as an fp32 base under autocast (measured with
+    benchmarks/plan_accuracy.py once the memory loading the base freed was given back to the OS
+    before the baseline: ~1,110 MB above the weights for the ~150 M base at 16 and at 4 bits, where
+    bf16-sized activations planned 764)."""
     m = cfg.model
-    bf16_base = m.lora.enabled and m.lora.base_bits < 32  # NF4/int8 layers compute in bf16 between bf16 parts
+    bf16_base = m.lora.enabled and m.lora.base_bits < 32 and device_kind != "cpu"
     e = 2 if keep_bf16 or bf16_base else activation_element_bytes(precision, device_kind)
     h, inter = m.hidden_size, intermediate_size(m)
     kv_width = h * (m.num_key_value_heads or m.num_attention_heads) // m.num_attention_heads
@@ -265,13 +268,16 @@ def chunk_tokens(vocab: int) -> int:
 
 
 def chunked_loss_bytes(tokens: int, vocab: int, hidden: int, precision: str) -> int:
-    """The loss over the vocabulary in chunks (``llmkit.objectives.head_loss``): one chunk's logits in
-    the compute dtype and in fp32, their softmax gradient (fp32, then in the compute dtype), the
-    saved gradient of the hidden states (tokens x hidden) and of the head's weight (fp32)."""
+    """The loss over the vocabulary in chunks (``llmkit.objectives.head_loss``): one chunk at a time,
+    its fp32 logits and, at the peak, the temporary of their log-sum-exp (8 bytes a logit: the
+    compute-dtype product before it and the compute-dtype gradient after it are smaller; measured
+    4.0-4.6 bytes a logit for the log-sum-exp alone); the saved gradient of the hidden states
+    (tokens x hidden) and of the head's weight (fp32); in half precision the weight's cast and the
+    buffer its per-chunk gradient goes through (2 bytes each)."""
     chunk = min(tokens, chunk_tokens(vocab))
     e = ELEMENT[precision]
-    per_logit = 4 + 4 + (2 * e if precision != "fp32" else 0)
-    return chunk * vocab * per_logit + tokens * hidden * e + 4 * vocab * hidden
+    casts = 2 * e * vocab * hidden if precision != "fp32" else 0
+    return chunk * vocab * 8 + tokens * hidden * e + 4 * vocab * hidden + casts
 
 
 def state_fits(cfg: RunConfig, budget_bytes: float, precision: str, device_kind: str = "gpu") -> bool:

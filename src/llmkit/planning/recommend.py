@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from llmkit.config.schema import RunConfig
-from llmkit.planning.compute import Rates, config_flops_per_token, step_seconds
+from llmkit.planning.compute import PROBE_SIZE, Rates, config_flops_per_token, steadiness, step_seconds
 from llmkit.planning.hardware import Device, cloud_terms, devices, find_device, offerings, price_table, startup
 from llmkit.planning.memory import GB, MemoryBreakdown, fitting_micro_batch, kv_cache_bytes, shards, training_memory
 from llmkit.config.derived import vocab_size
@@ -63,6 +63,10 @@ class Plan:
     serving: dict[str, int] = field(default_factory=dict)
     recommendations: list[dict[str, Any]] = field(default_factory=list)
     """The two or three options worth taking, each a candidate with ``why`` (see ``recommend``)."""
+    machine_probes: list[float] = field(default_factory=list)
+    """This CPU's FLOP/s on one fixed product, taken between its measurements (empty: not measured)."""
+    machine_note: str | None = None
+    """Set when those probes varied by over a tenth: how much, so the times are read with that in mind."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,6 +199,8 @@ def make_plan(cfg: RunConfig, device_names: list[str] | None = None, cloud: str 
     plan.serving = serving_memory(cfg)
     if local is not None:
         plan.candidates.append(local_candidate(cfg, local))
+        plan.machine_probes = list(local.rates.probes)
+        plan.machine_note = steadiness(local.rates.probes, f"{local.precision} {PROBE_SIZE}x{PROBE_SIZE} products")
 
     def ok(c: Candidate) -> bool:
         return (c.fits and (budget_usd is None or (c.cost_usd is not None and c.cost_usd <= budget_usd))

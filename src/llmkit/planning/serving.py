@@ -13,7 +13,7 @@ the decode steps::
 GPU candidates: the step from the datasheet's bandwidth and peak at the efficiencies below
 (assumptions, not measured here: no GPU was lent when they were written), tensor-parallel over n
 devices of one instance. This machine's CPU: the step of llmkit's own engine, timed component by
-component from micro-benchmarks of this machine (``llmkit.planning.measure.measure_cpu_serving``).
+component from timings of this machine (``llmkit.serving.speed.measure_cpu_serving``).
 ``benchmarks/serve_load.py`` compares both with the real server.
 """
 
@@ -50,6 +50,10 @@ class StepSpeed:
     step_seconds: Callable[[int, int], float]
     prefill_seconds: Callable[[int], float]
     breakdown: Callable[[int, int], dict[str, float]] = lambda rows, span: {}
+    # the batch attends over its longest row's span (llmkit's engine: one time axis for all rows),
+    # not each row over its own (paged attention)
+    longest_span: bool = False
+    note: Callable[[], str | None] = lambda: None  # after the speeds were asked for: how steady the device was
 
 
 @dataclass
@@ -80,6 +84,7 @@ class ServePlan:
     kv_bytes_per_token: dict[str, int]
     candidates: list[ServeCandidate] = field(default_factory=list)
     recommendations: list[dict[str, Any]] = field(default_factory=list)
+    machine_note: str | None = None  # set when this machine's measurement varied by over a fifth
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,9 +150,17 @@ def gpu_speed(cfg: RunConfig, device: str, n: int) -> StepSpeed:
     return StepSpeed(step, prefill, parts)
 
 
+def _span(speed: StepSpeed, concurrency: int, prompt: int, completion: int) -> int:
+    """The positions a decode step attends over, on average: a row's mean (its prompt and half its
+    completion), or the longest row's when the batch shares one time axis: of ``concurrency`` rows
+    at evenly spread points of their completions, the furthest along is past C / (C + 1) of it."""
+    share = concurrency / (concurrency + 1) if speed.longest_span else 0.5
+    return prompt + max(1, round(completion * share))
+
+
 def request_rates(speed: StepSpeed, concurrency: int, prompt: int, completion: int) -> tuple[float, float, float, float]:
     """(decode step s at the full batch, aggregate tokens/s, tokens/s per user, time to first token s)."""
-    step = speed.step_seconds(concurrency, prompt + max(1, completion // 2))
+    step = speed.step_seconds(concurrency, _span(speed, concurrency, prompt, completion))
     prefill = speed.prefill_seconds(prompt)
     aggregate = concurrency * completion / (concurrency * prefill + completion * step)
     return step, aggregate, aggregate / concurrency, prefill
@@ -213,6 +226,7 @@ def serve_plan(cfg: RunConfig, concurrency: int, tokens_per_user: float, context
         else:
             plan.candidates.append(_candidate(local.name, 1, local.dtype, fits, weights + kv, local.speed, concurrency,
                                               prompt_tokens, completion, tokens_per_user, 0.0, "this machine"))
+            plan.machine_note = local.speed.note()
     plan.candidates.sort(key=lambda c: (not (c.fits and c.meets), c.usd_per_hour is None,
                                         _sig2(c.usd_per_hour), -(c.tokens_per_s or 0), c.num_devices))
     plan.recommendations = recommend_serving(plan.candidates)
@@ -234,7 +248,7 @@ def _candidate(device: str, n: int, dtype: str, fits: bool, per_device: int, spe
                offering: str | None) -> ServeCandidate:
     step, aggregate, per_user, ttft = request_rates(speed, concurrency, prompt, completion)
     per_million = usd_h / (aggregate * 3600) * 1e6 if usd_h is not None and aggregate else None
-    parts = {k: v * 1000 for k, v in speed.breakdown(concurrency, prompt + max(1, completion // 2)).items()}
+    parts = {k: v * 1000 for k, v in speed.breakdown(concurrency, _span(speed, concurrency, prompt, completion)).items()}
     return ServeCandidate(device, n, dtype, fits, per_device, step * 1000, per_user, aggregate, ttft,
                           fits and per_user >= tokens_per_user, usd_h, per_million, offering, parts)
 

@@ -134,14 +134,9 @@ class Built:
 def build(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, served_name: str | None = None,
           note: Callable[[str], None] = lambda line: print(line, file=sys.stderr), uvicorn_logging: bool = True) -> Built:
     """Load the model and build the app and uvicorn's config (nothing listens yet)."""
-    import uvicorn
-
     from llmkit.model.load import load_for_inference, resolve_model_dir
-    from llmkit.serving.app import Guard, State, create_app
-    from llmkit.serving.engine import Engine, decode_step
 
-    api_key = api_key_from_env(cfg)
-    warning = check_bind(cfg, api_key)
+    warning = check_bind(cfg, api_key_from_env(cfg))
     model_dir = resolve_model_dir(model_path)
     name = served_name or (model_dir.parent.name if model_dir.name == "final" else model_dir.name)
     if warning:
@@ -159,11 +154,25 @@ def build(model_path: str | Path, cfg: ServeConfig, defaults: GenerateConfig, se
 
         note(f"serve.dtype {cfg.dtype}: {describe(model.quantized_linear)}; `llmkit verify RUN --endpoint URL` "
              "measures its perplexity against the fp32 model")
+    return assemble(model, tokenizer, cfg, defaults, name, f"{name}@{model_dir}", note, uvicorn_logging)
+
+
+def assemble(model: Any, tokenizer: Any, cfg: ServeConfig, defaults: GenerateConfig, name: str, namespace: str,
+             note: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+             uvicorn_logging: bool = True) -> Built:
+    """The engine, the app and uvicorn's config around a loaded model (``build`` loads it; ``llmkit
+    plan --serve`` times a replica of a model through the same server)."""
+    import uvicorn
+
+    from llmkit.serving.app import Guard, State, create_app
+    from llmkit.serving.engine import Engine, decode_step
+
+    api_key = api_key_from_env(cfg)
     # the step is packed, compiled and warmed on the engine's thread, where it will run
     engine = Engine(model, tokenizer, cfg.max_batch_size, cfg.max_concurrency, cfg.max_queue,
                     lambda: decode_step(model, tokenizer, compiled=cfg.compile is True, pack=cfg.pack_weights,
                                         frozen=not (cfg.adapters or cfg.allow_adapter_loading)),
-                    prefix_cache_bytes=int(cfg.prefix_cache_mb * 2**20), namespace=f"{name}@{model_dir}",
+                    prefix_cache_bytes=int(cfg.prefix_cache_mb * 2**20), namespace=namespace,
                     adapters=(lambda: served_adapters(model, cfg, name, note))
                     if cfg.adapters or cfg.allow_adapter_loading else None)
     longest = max((len(t) for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))) if t), default=16)

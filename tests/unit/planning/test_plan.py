@@ -188,6 +188,16 @@ def test_cpu_rates_are_measured() -> None:
     assert 0 < short < long
     assert 0 < rates.cross_entropy_seconds(16, 64) < rates.cross_entropy_seconds(1024, 2048)
     assert 1e8 < rates.bandwidth_bytes_s < 1e13 and rates.device_kind == "cpu"
+    # the steadiness probe: once at the start, again after each GEMM shape measured (two here)
+    assert len(rates.probes) == 3 and all(p > 1e8 for p in rates.probes)
+
+
+def test_a_plan_says_how_much_the_machine_varied_only_when_it_did() -> None:
+    from llmkit.planning.compute import steadiness
+
+    assert steadiness([200e9], "x") is None and steadiness([200e9, 210e9, 205e9], "x") is None  # within a tenth
+    line = steadiness([205e9, 240e9, 230e9], "bf16 512x512 products")
+    assert line is not None and "205-240 GFLOP/s over 3 probes (bf16 512x512 products)" in line
 
 
 def test_interconnect_8bit_adam_and_serving_memory() -> None:
@@ -228,8 +238,10 @@ def test_cli_plan_this_machine(cli, tmp_path) -> None:  # type: ignore[no-untype
     assert out.returncode == 0, out.stderr
     import json
 
-    local = [c for c in json.loads(out.stdout)["candidates"] if c["device"] == "this-cpu"]
+    data = json.loads(out.stdout)
+    local = [c for c in data["candidates"] if c["device"] == "this-cpu"]
     assert len(local) == 1 and local[0]["fits"] and local[0]["hours"] > 0 and local[0]["offering"] == "this machine"
+    assert len(data["machine_probes"]) >= 3 and "machine_note" in data
     out = cli("plan", "--config", "run.yaml", "--adam-8bit", "--no-this-machine", "--device", "H100-80GB", "--json",
               cwd=tmp_path)
     same = cli("plan", "--config", "run.yaml", "--set", "train.optimizer=adamw_8bit", "--no-this-machine",

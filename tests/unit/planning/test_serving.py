@@ -16,8 +16,11 @@ from llmkit.planning.serving import (GPU_DECODE_BANDWIDTH_EFFICIENCY, GPU_RUNTIM
                                  LocalServer, StepSpeed, gpu_speed, request_rates, serve_plan)
 
 
-def cfg_of(name: str):  # type: ignore[no-untyped-def]
-    return validate_config(load_preset(name))
+def cfg_of(name: str, **updates):  # type: ignore[no-untyped-def]
+    data = load_preset(name)
+    for key, value in updates.items():
+        data.setdefault(key, {}).update(value)
+    return validate_config(data)
 
 
 def test_batch_one_decode_on_a_gpu_reads_every_weight_once_per_token() -> None:
@@ -97,16 +100,66 @@ def test_a_prompt_that_fills_the_context_or_a_context_beyond_the_model_is_refuse
         serve_plan(cfg, 1, 1.0, cfg.model.max_position_embeddings + 1, 10)
 
 
-def test_cpu_serving_measurement_grows_with_batch_span_and_prompt() -> None:
-    from llmkit.planning.measure import SPAN_CAP, measure_cpu_serving
+def test_cpu_serving_measurement_serves_a_replica_and_grows_with_batch_span_and_prompt() -> None:
+    import gc
+    import threading
 
-    speed = measure_cpu_serving(cfg_of("tiny"), "fp32", sampled=True, budget_s=0.02)
+    from llmkit.serving.speed import SPAN_CAP, measure_cpu_serving
+
+    # 6 layers: the replica serves 4 (the model fits the cache), one layer timed alone stands for the rest
+    speed = measure_cpu_serving(cfg_of("tiny", model={"num_hidden_layers": 6}), "fp32", sampled=True, budget_s=0.02)
+    assert any(t.name == "plan-replica-server" for t in threading.enumerate())
     parts = speed.breakdown(8, 100)
-    assert set(parts) == {"layers", "head and sampling", "python"} and all(v > 0 for v in parts.values())
+    assert set(parts) == {"served replica", "more layers", "longer span"} and all(v >= 0 for v in parts.values())
+    assert 0 < parts["more layers"] < parts["served replica"]  # 2 layers alone vs 4 with the head, sampling and HTTP
     assert speed.step_seconds(8, 100) == pytest.approx(sum(parts.values()))
+    assert speed.step_seconds(8, 1000) > speed.step_seconds(8, 100)
+    assert speed.longest_span
     # beyond the cap the span is extrapolated, never cheaper than at the cap
     assert speed.step_seconds(1, 4 * SPAN_CAP) >= speed.step_seconds(1, SPAN_CAP)
     assert 0 < speed.prefill_seconds(8) and speed.prefill_seconds(2048) > speed.prefill_seconds(256)
+    del speed, parts
+    gc.collect()  # the replica's server stops with the speed that timed it
+    assert not any(t.name == "plan-replica-server" and t.is_alive() for t in threading.enumerate())
+
+
+def test_without_the_serve_extra_the_replica_is_timed_through_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    import llmkit.serving.speed as measure
+
+    monkeypatch.setattr(measure, "serve_extra", lambda: False)
+    speed = measure.measure_cpu_serving(cfg_of("tiny"), "fp32", sampled=False, budget_s=0.02)
+    assert set(speed.breakdown(4, 10)) == {"replica's engine"} and speed.step_seconds(4, 10) > 0
+    assert speed.prefill_seconds(16) > 0
+
+
+def test_a_serving_plan_says_how_much_the_machine_varied_only_when_it_did() -> None:
+    from types import SimpleNamespace
+
+    from llmkit.serving.speed import _ServingTimer
+
+    steady = SimpleNamespace(rounds={("step", 4): [0.0030, 0.0031, 0.0032], ("first token", 64): [0.010, 0.011]})
+    assert _ServingTimer.steadiness(steady) is None  # type: ignore[arg-type]
+    shaky = SimpleNamespace(rounds={**steady.rounds, ("step", 16): [0.0059, 0.0090, 0.0070]})
+    line = _ServingTimer.steadiness(shaky)  # type: ignore[arg-type]
+    assert line is not None and "step for 16 streams: 5.9-9.0 ms over 3 rounds" in line
+
+
+def test_the_stand_in_tokenizer_has_the_ids_asked_for_and_each_plain_one_spells_text() -> None:
+    from llmkit.serving.speed import stand_in_tokenizer
+
+    tok = stand_in_tokenizer(9000)
+    assert len(tok) == 9000
+    texts = [tok.decode([i]) for i in range(len(tok) - 4)]
+    assert all(t and t.isascii() and t.isprintable() for t in texts) and len(set(texts)) == len(texts)
+
+
+def test_the_batch_span_is_the_longest_rows_for_llmkits_engine_and_the_mean_for_paged_attention() -> None:
+    from llmkit.planning.serving import StepSpeed, _span
+
+    shared = StepSpeed(lambda r, s: 0.0, lambda t: 0.0, longest_span=True)
+    paged = StepSpeed(lambda r, s: 0.0, lambda t: 0.0)
+    assert _span(paged, 16, 100, 200) == 200 and _span(shared, 1, 100, 200) == 200
+    assert _span(shared, 16, 100, 200) == 100 + round(200 * 16 / 17)
 
 
 def test_cli_plan_serve_recommends_this_machine_for_tiny_and_json_carries_the_same(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
