@@ -14,10 +14,15 @@ serve.pack_weights (default auto, as the server's default).
 
 Each row also shows what `llmkit plan --serve` predicts for it on this machine
 (``llmkit.serving.speed.measure_cpu_serving``: a replica of the model with a few of its layers, timed
-through llmkit's own server)
-and the ratio measured / predicted; the issue's bound is within +-30% at concurrency 1 and 16.
+through llmkit's own server) and the ratio measured / predicted (issue 39's bound: 0.75-1.33 for
+every row). ``--rounds`` times (3 by default) the plan measures this machine and then the load runs,
+in turn, so both see the same drift of its speed; each row reports the median round, the median
+plan, and the range of both over the rounds. Each client's first request is delayed by its share
+of one request's predicted duration, so requests arrive spread out as independent users' do (a
+wave of simultaneous prompts is prefilled in one forward pass, which real traffic does not get),
+and tokens/s counts the steady state between the last client's start and the first one's end.
 
-Usage: python benchmarks/serve_load.py [--requests-per-client 3] [--compile] [--model tiny|100m]
+Usage: python benchmarks/serve_load.py [--requests-per-client 3] [--rounds 3] [--compile] [--model tiny|100m]
 """
 
 from __future__ import annotations
