@@ -124,3 +124,31 @@ def test_token_logprobs_and_gradients_match_full_logits_in_fp32(chunk: int) -> N
     assert torch.allclose(gw, weight.grad, rtol=1e-4, atol=1e-5)
     with torch.no_grad():
         assert torch.allclose(linear_token_logprobs(hidden, weight, labels, chunk), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["loss", "logprobs"])
+def test_each_chunks_softmax_is_freed_before_the_next_chunk_is_made(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import weakref
+
+    import llmkit.objectives.head_loss as head_loss
+
+    made: list[weakref.ref] = []
+    alive_at_next: list[bool] = []
+    name = "_chunk_loss" if kind == "loss" else "_chunk_logprobs"
+    original = getattr(head_loss, name)
+
+    def watched(*args):  # type: ignore[no-untyped-def]
+        alive_at_next.extend(ref() is not None for ref in made[-1:])
+        out = original(*args)
+        made.append(weakref.ref(out[1]))  # the chunk's fp32 softmax: the biggest thing it holds
+        return out
+
+    monkeypatch.setattr(head_loss, name, watched)
+    hidden = torch.randn(40, 8, requires_grad=True)
+    weight = torch.randn(50, 8, requires_grad=True)
+    labels = torch.randint(0, 50, (40,))
+    if kind == "loss":
+        linear_cross_entropy(hidden, weight, labels, 10).backward()
+    else:
+        head_loss.linear_token_logprobs(hidden, weight, labels, 10).sum().backward()
+    assert len(alive_at_next) >= 3 and not any(alive_at_next)  # never two chunks' logits at once
