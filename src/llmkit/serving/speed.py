@@ -280,12 +280,13 @@ class _ServingTimer:
         self.rounds: dict[tuple[str, int], list[float]] = {}
         serve = getattr(cfg, "serve", None) or ServeConfig()
         self.server, self.step = None, None
+        self.unserved = "the `serve` extra is not installed"  # why the HTTP layer is left out, if it is
         if serve_extra():
             try:
                 with contextlib.redirect_stderr(io.StringIO()):  # the server's note on packing is not the plan's
                     self.server = ReplicaServer(self.model, self.tokenizer, serve)
-            except (OSError, RuntimeError):  # no socket on 127.0.0.1 here: the engine alone, as without the extra
-                self.server = None
+            except (OSError, RuntimeError) as exc:  # no socket on 127.0.0.1 here: the engine alone
+                self.unserved = f"the replica's server could not start here ({exc})"
         if self.server is not None:
             self.step = self.server.built.engine.step  # the server's decode step, made on the engine's thread
         else:
@@ -328,7 +329,10 @@ class _ServingTimer:
 
     def steadiness(self) -> str | None:
         """How much the rounds of the replica's most varied measurement differed, when by over a
-        fifth of their median: the speeds planned are that uncertain."""
+        fifth of their median: the speeds planned are that uncertain; and that the HTTP layer was
+        left out, when the replica could not be served."""
+        lines = [] if self.server is not None else [
+            f"the engine was timed without its HTTP layer, as {self.unserved}: the speeds are somewhat optimistic"]
         worst = None
         for (what, n), found in self.rounds.items():
             spread = (max(found) - min(found)) / statistics.median(found)
@@ -336,10 +340,10 @@ class _ServingTimer:
                 unit = f"{n} stream{'s' if n > 1 else ''}" if what == "step" else f"a {n}-token prompt"
                 worst = (spread, f"{what} for {unit}: {1e3 * min(found):.1f}-{1e3 * max(found):.1f} ms over "
                                  f"{len(found)} rounds")
-        if worst is None:
-            return None
-        return (f"this machine's speed varied while it was measured ({worst[1]}); the speeds are as uncertain "
-                "(other work on the machine, or its clock)")
+        if worst is not None:
+            lines.append(f"this machine's speed varied while it was measured ({worst[1]}); the speeds are as "
+                         "uncertain (other work on the machine, or its clock)")
+        return "; ".join(lines) or None
 
     def _forward_seconds(self, rows: int, length: int, span: int) -> float:
         """The model's forward (all its layers) over ``length`` new positions of ``rows`` sequences

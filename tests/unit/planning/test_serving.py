@@ -130,6 +130,8 @@ def test_without_the_serve_extra_the_replica_is_timed_through_the_engine(monkeyp
     speed = measure.measure_cpu_serving(cfg_of("tiny"), "fp32", sampled=False, budget_s=0.02)
     assert set(speed.breakdown(4, 10)) == {"replica's engine"} and speed.step_seconds(4, 10) > 0
     assert speed.prefill_seconds(16) > 0
+    note = speed.note()
+    assert note is not None and "without its HTTP layer, as the `serve` extra is not installed" in note
 
 
 def test_a_serving_plan_says_how_much_the_machine_varied_only_when_it_did() -> None:
@@ -137,9 +139,10 @@ def test_a_serving_plan_says_how_much_the_machine_varied_only_when_it_did() -> N
 
     from llmkit.serving.speed import _ServingTimer
 
-    steady = SimpleNamespace(rounds={("step", 4): [0.0030, 0.0031, 0.0032], ("first token", 64): [0.010, 0.011]})
+    steady = SimpleNamespace(rounds={("step", 4): [0.0030, 0.0031, 0.0032], ("first token", 64): [0.010, 0.011]},
+                             server=object())
     assert _ServingTimer.steadiness(steady) is None  # type: ignore[arg-type]
-    shaky = SimpleNamespace(rounds={**steady.rounds, ("step", 16): [0.0059, 0.0090, 0.0070]})
+    shaky = SimpleNamespace(rounds={**steady.rounds, ("step", 16): [0.0059, 0.0090, 0.0070]}, server=object())
     line = _ServingTimer.steadiness(shaky)  # type: ignore[arg-type]
     assert line is not None and "step for 16 streams: 5.9-9.0 ms over 3 rounds" in line
 
