@@ -199,7 +199,8 @@ def engine_seconds(model: Any, tokenizer: Any, fast: Any, rows: int, sampled: bo
     return found_steps, found_admits
 
 
-SPAN_CAP = 1024  # longer spans are timed at 512 and 1,024 positions and extrapolated (linear)
+SPAN_CAP = 1024  # a longer span's cost is extrapolated from the slope timed up to 1,024 positions (linear)
+SLOPE_TURNS = 3  # the near and the far span are timed in turn this many times
 PREFILL_CAP = 512  # longer prompts: timed at 256 and 512 tokens, extrapolated (linear + quadratic)
 
 
@@ -370,12 +371,28 @@ class _ServingTimer:
 
     def layer_seconds(self, rows: int, length: int, span: int) -> float:
         """One decoder layer: ``rows`` sequences of ``length`` new positions over a ``span``."""
+        return self._timed(("layer", rows, length, span), self._layer_timing(rows, length, span))
+
+    def _layer_timing(self, rows: int, length: int, span: int) -> Callable[[], float]:
         if length == 1 and self.step is not None:
-            return self._timed(("layer", rows, length, span), lambda: self._step_layers_seconds(rows, span) / self.copies)
+            return lambda: self._step_layers_seconds(rows, span) / self.copies
         # a prefill, or a decode step through transformers' forward (the head's row aside)
         outside = self._outside_seconds(rows) if length == 1 else 0.0
-        return self._timed(("layer", rows, length, span),
-                           lambda: max(0.0, self._forward_seconds(rows, length, span) - outside) / self.copies)
+        return lambda: max(0.0, self._forward_seconds(rows, length, span) - outside) / self.copies
+
+    def span_slope(self, rows: int, far: int) -> float:
+        """What each position of span adds to one layer's decode step, between ``SERVED_SPAN`` and
+        ``far``. The two spans are timed in turn, best of each kept: timed one after the other,
+        a machine whose speed drifted made the longer span the faster one (a slope of zero)."""
+        near_timing, far_timing = self._layer_timing(rows, 1, SERVED_SPAN), self._layer_timing(rows, 1, far)
+
+        def timing() -> float:
+            near, farther = near_timing(), far_timing()
+            for _ in range(SLOPE_TURNS - 1):
+                near, farther = min(near, near_timing()), min(farther, far_timing())
+            return max(0.0, farther - near) / (far - SERVED_SPAN)
+
+        return self._timed(("slope", rows, far), timing)
 
     def _step_layers_seconds(self, rows: int, span: int) -> float:
         """The decode step's layers (``DecodeStep.layer``, every copy) for ``rows`` rows over ``span``."""
@@ -453,12 +470,6 @@ class _ServingTimer:
 
         return self._timed(("step", rows), timing)
 
-    def decode_layer(self, rows: int, span: int) -> float:
-        if span <= SPAN_CAP:
-            return self.layer_seconds(rows, 1, span)
-        low, high = self.layer_seconds(rows, 1, SPAN_CAP // 2), self.layer_seconds(rows, 1, SPAN_CAP)
-        return high + max(0.0, high - low) * (span - SPAN_CAP) / (SPAN_CAP // 2)  # attention: linear in span
-
     def prefill_layer(self, tokens: int) -> float:
         if tokens <= PREFILL_CAP:
             return self.layer_seconds(1, tokens, tokens)
@@ -469,13 +480,12 @@ class _ServingTimer:
 
     def parts(self, rows: int, span: int) -> dict[str, float]:
         """A decode step: the replica's through the server, and what the model adds to it."""
-        at = self.decode_layer(rows, SERVED_SPAN)
+        at = self.layer_seconds(rows, 1, SERVED_SPAN)
         out = {"served replica" if self.server is not None else "replica's engine": self.served_step(rows)}
         if self.layers > self.copies:
             out["more layers"] = (self.layers - self.copies) * at
         if span > SERVED_SPAN:  # attention grows linearly with the span: its slope over at least 512 positions
-            far = max(span, SERVED_SPAN + 512)
-            slope = max(0.0, self.decode_layer(rows, far) - at) / (far - SERVED_SPAN)
+            slope = self.span_slope(rows, min(SPAN_CAP, max(span, SERVED_SPAN + 512)))
             out["longer span"] = self.layers * slope * (span - SERVED_SPAN)
         if self.head_scale > 1:
             out["more vocabulary"] = (self.head_scale - 1) * self.step_other_seconds(rows)
