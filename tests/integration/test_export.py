@@ -141,7 +141,7 @@ def test_gguf_reads_back(runs: dict[str, Path], tmp_path: Path, quant: str) -> N
     from safetensors.numpy import load_file
 
     final = runs["llama"] / "final"
-    path = export_gguf(final, tmp_path / "m.gguf", quant)
+    path = export_gguf(final, tmp_path / "new" / "folder" / "m.gguf", quant)  # its folder made, as --format hf's
     reader = gguf.GGUFReader(str(path))
     cfg = json.loads((final / "config.json").read_text())
     field = lambda key: reader.fields[key].parts[-1][0]  # noqa: E731

@@ -14,7 +14,7 @@ import typer
 
 from llmkit.version import __version__
 from llmkit.cli import (config_cmd, doctor_cmd, eval_cmd, export_cmd, generate_cmd, init_cmd, launch_cmd, plan_cmd,
-                        prepare_cmd, privacy_cmd, quickstart_cmd, report_cmd, serve_cmd, train_cmd)
+                        prepare_cmd, privacy_cmd, quickstart_cmd, report_cmd, serve_cmd, studio_cmd, train_cmd)
 from llmkit.errors import LlmkitError
 
 app = typer.Typer(
@@ -31,7 +31,7 @@ _state = {"debug": False}
 
 # The one registry of commands: each module adds its own to the app.
 for _module in (quickstart_cmd, init_cmd, config_cmd, doctor_cmd, prepare_cmd, train_cmd, eval_cmd, report_cmd,
-                generate_cmd, serve_cmd, export_cmd, plan_cmd, launch_cmd, privacy_cmd):
+                generate_cmd, serve_cmd, export_cmd, plan_cmd, launch_cmd, privacy_cmd, studio_cmd):
     _module.register(app)
 
 

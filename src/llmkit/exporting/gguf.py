@@ -51,6 +51,7 @@ def export_gguf(model_dir: Path, out_file: Path, quant: str = "f32", overwrite: 
     if quant in BY_LLAMA_CPP:
         require("llama_cpp", "llamacpp", f"GGUF {quant} (llama.cpp's quantizer)")
     gguf = require("gguf", "export", "GGUF export")
+    out_file.parent.mkdir(parents=True, exist_ok=True)  # as --format hf makes its folder
     tok = read_vocab(model_dir, int(cfg.get("vocab_size") or 0))
     template = chat_template(model_dir)
     if quant in BY_LLAMA_CPP:  # an f32 file beside the target, quantized into it; the target is replaced only at the end

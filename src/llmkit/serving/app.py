@@ -174,14 +174,19 @@ _WARNED: set[str] = set()
 
 
 def chat_page() -> tuple[bytes, str]:
-    """The chat page and its Content-Security-Policy: only its own inline script and style (by
-    hash), requests to this server only, no frames, forms, plugins or other origins."""
+    """The chat page and its Content-Security-Policy (``inline_page``)."""
+    return inline_page("llmkit.serving", "ui/chat.html")
+
+
+def inline_page(package: str, resource: str) -> tuple[bytes, str]:
+    """A page that is one file, and its Content-Security-Policy: only its own inline script and
+    style (by hash), requests to this server only, no frames, forms, plugins or other origins."""
     import base64
     import hashlib
     import re
     from importlib.resources import files
 
-    page = files("llmkit.serving").joinpath("ui/chat.html").read_text(encoding="utf-8")
+    page = files(package).joinpath(resource).read_text(encoding="utf-8")
 
     def hashes(tag: str) -> str:
         blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", page, re.S)

@@ -11,13 +11,14 @@ from llmkit.config.schema import RunConfig
 from llmkit.data.tokenizer import end_token_ids, portable_tokenizer_config
 from llmkit.fsutil import staged_dir
 from llmkit.model.quantize import merged_fp32
+from llmkit.errors import UsageError
 from llmkit.objectives import for_task
 from llmkit.rundir import RunDir
 
 
 def write_final(cfg: RunConfig, run: RunDir, model: Any, log: Any,
-                held_out: Callable[[Any], Any] | None = None) -> Path:
-    """Write run/final atomically: config, safetensors, tokenizer, generation_config.
+                held_out: Callable[[Any], Any] | None = None, out: Path | None = None) -> Path:
+    """Write run/final (or ``out``) atomically: config, safetensors, tokenizer, generation_config.
     ``held_out(model)``: the model's validation result, to record what merging adapters trained
     on a bf16 or quantized base cost (``merge_report``)."""
     from transformers import GenerationConfig
@@ -27,7 +28,7 @@ def write_final(cfg: RunConfig, run: RunDir, model: Any, log: Any,
 
     from llmkit.privacy import crypto
 
-    out = run.final
+    out = run.final if out is None else out
     with staged_dir(out) as staged, crypto.writable_dir(staged) as tmp:  # sealed file by file with a key
         merge: dict[str, Any] = {}
         if cfg.model.lora.enabled:
@@ -60,6 +61,34 @@ def write_final(cfg: RunConfig, run: RunDir, model: Any, log: Any,
         (tmp / "llmkit.json").write_text(json.dumps(info, indent=2) + "\n")
     log(f"final model written to {out}")
     return out
+
+
+def materialise_checkpoint(run: RunDir, step: int, out: Path, log: Any) -> Path:
+    """A committed one-process checkpoint written as ``final/`` would be, at ``out``: the model
+    rebuilt from the run's config, its trained tensors loaded (LoRA adapters on their base, merged
+    as ``final/``), saved by :func:`write_final`. Encrypted runs are read and written sealed
+    (enter the run's context first). A sharded checkpoint is refused: its tensors are per rank."""
+    import torch
+
+    from llmkit.training import checkpoint as ckpt
+    from llmkit.training.build import build_for_training
+    from llmkit.training.setup import load_trainable
+
+    cfg = run.load_config()
+    path = dict(ckpt.committed(run.checkpoints)).get(step)
+    if path is None:
+        raise UsageError(f"{run.root.name} has no committed checkpoint at step {step}",
+                         f"committed: {', '.join(str(s) for s, _ in ckpt.committed(run.checkpoints)) or 'none'}",
+                         "pick one of those steps")
+    found = ckpt.read_checkpoint(path)
+    if found.sharded:
+        raise UsageError(f"checkpoint step {step} is sharded (written by several processes)",
+                         "its tensors are split per rank; only `llmkit train` reassembles them",
+                         "chat with the run's final model, or resume the run to its end")
+    data = for_task(cfg.train.task).batches(cfg, run.root, 1)
+    model = build_for_training(cfg, data, torch.device("cpu"), log)
+    load_trainable(model, found.tensors or {})
+    return write_final(cfg, run, model, log, out=out)
 
 
 def _adapter_names_base(adapter: Path, base: str | None) -> None:
