@@ -15,7 +15,7 @@ LAYERS: list[tuple[str, set[str]]] = [  # top to bottom; a layer imports only la
     ("python -m llmkit", {"__main__"}),
     ("the package: `llmkit.train(...)` and the other API names, loaded on first use", {"__init__"}),
     ("the CLI: one thin module per command; the Python API", {"cli", "api"}),
-    ("the whole chain on the embedded corpus", {"quickstart"}),
+    ("the whole chain on the embedded corpus; the studio (web app over a workspace's runs)", {"quickstart", "studio"}),
     ("stages that use a trained run, and launch", {"serving", "exporting", "launching"}),
     ("the training loop", {"training"}),
     ("the evaluator, `llmkit eval`, lm-eval adapter, canaries", {"eval"}),

@@ -19,6 +19,7 @@ ENTRY = {
     "serve_cmd": "llmkit.serving.entry",
     "plan_cmd": "llmkit.planning.entry",
     "launch_cmd": "llmkit.launching.entry",
+    "studio_cmd": "llmkit.studio.entry",
 }
 # `plan --serve` has an entry of its own, with the server it times (planning sits below serving)
 ALSO = {"plan_cmd": {"llmkit.serving.plan"}}

@@ -7,7 +7,7 @@ Routes (all under the checks of ``studio.guard``):
 - ``GET /api/runs``, ``/api/runs/{name}``, ``/api/runs/{name}/events`` (server-sent events as
   metrics.jsonl grows); ``POST /api/runs`` (write the config, prepare and train),
   ``/api/runs/{name}/{stop,resume,eval,export,link}``;
-- ``POST /api/chat/open``, ``/api/chat/{id}/completions`` (passed to the model's own server);
+- ``POST /api/chat/open``, ``/api/chat/{id}/v1/chat/completions`` (passed to the model's own server);
 - ``GET /files/{token}``: a report or an export through a short-lived signed link.
 """
 
@@ -273,7 +273,7 @@ def _chat_routes(app: FastAPI, ws: Workspace, chats: ChatServers) -> None:
         server = await run_in_threadpool(chats.open, run, step)
         return {"id": server.id}
 
-    @app.post("/api/chat/{chat_id}/completions")
+    @app.post("/api/chat/{chat_id}/v1/chat/completions")
     async def completions(chat_id: str, request: Request) -> StreamingResponse:
         import httpx
 

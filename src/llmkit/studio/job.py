@@ -56,6 +56,8 @@ def run_job(run: RunDir, kind: str) -> int:
             log.write(f"$ {' '.join(command['argv'])}\n".encode())
             child["p"] = subprocess.Popen([sys.executable, "-m", *command["argv"]], stdout=log, stderr=log,
                                           stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            record.update(child_pid=child["p"].pid, child_proc_start=process_start_time(child["p"].pid))
+            write_record(path, record)
             code = child["p"].wait()
             if code != 0:
                 break

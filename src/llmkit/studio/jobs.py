@@ -73,12 +73,13 @@ def process_start_time(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else "unknown"
 
 
-def alive(record: dict[str, Any]) -> bool:
-    pid = record.get("pid")
+def alive(record: dict[str, Any], who: str = "") -> bool:
+    """Whether the job process (``who`` "child_": the command it runs) is still the one recorded."""
+    pid = record.get(f"{who}pid")
     if not isinstance(pid, int) or pid <= 0:
         return False
-    started = process_start_time(pid)
-    return started is not None and (started == record.get("proc_start") or "unknown" in (started, record.get("proc_start")))
+    started, recorded = process_start_time(pid), record.get(f"{who}proc_start")
+    return started is not None and (started == recorded or "unknown" in (started, recorded))
 
 
 def state(run: RunDir, kind: str) -> dict[str, Any] | None:
@@ -92,7 +93,10 @@ def state(run: RunDir, kind: str) -> dict[str, Any] | None:
         if time.time() - float(record.get("created", 0)) > START_GRACE_S:
             record.update(status="failed", reason="the job process never started")
     elif status in LIVE and not alive(record):
-        record.update(status="failed", reason="the job process died (killed, or the machine restarted)")
+        if alive(record, "child_"):  # told to stop when its job died (Linux): busy until it has
+            record.update(status="stopping", reason="the job process died; its command is stopping")
+        else:
+            record.update(status="failed", reason="the job process died (killed, or the machine restarted)")
     if record.get("status") == "failed":
         record["log_tail"] = log_tail(log_path(run, kind))
     return record
