@@ -190,7 +190,7 @@ def _run_routes(app: FastAPI, ws: Workspace, secrets: Secrets) -> None:
     @app.post("/api/runs/{name}/eval")
     async def evaluate(name: str) -> dict[str, Any]:
         run = ws.run(name)
-        jobs.start(run, "eval", [("eval", ["eval", f"runs/{name}"])], ws.root)
+        jobs.start(run, "eval", [("eval", ["eval", f"runs/{name}"]), ("report", ["report", f"runs/{name}"])], ws.root)
         return {"evaluating": name}
 
     @app.post("/api/runs/{name}/export")

@@ -37,6 +37,7 @@ def run_studio(workspace: str | Path = ".", host: str = "127.0.0.1", port: int =
     from llmkit.studio.workspace import Workspace
 
     ws = Workspace.at(workspace)
+    os.chdir(ws.root)  # a config's relative paths mean the same here as in the jobs (which run there)
     key = None
     if api_key_env:
         key = os.environ.get(api_key_env)

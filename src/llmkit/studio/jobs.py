@@ -24,7 +24,8 @@ from llmkit.rundir import RunDir
 from llmkit.studio.workspace import Refused, log_tail
 
 KINDS = ("train", "eval", "export")
-PHASES = {"prepare": "preparing", "train": "training", "eval": "evaluating", "export": "exporting"}
+PHASES = {"prepare": "preparing", "train": "training", "eval": "evaluating", "report": "reporting",
+          "export": "exporting"}
 LIVE = ("starting", "running", "stopping")
 START_GRACE_S = 60.0
 """A record still ``starting`` after this long without a pid: its job process never ran."""

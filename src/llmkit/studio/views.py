@@ -77,7 +77,9 @@ def summary(run: RunDir) -> dict[str, Any]:
     status = status_of(run, record)
     stride = max(1, len(train) // SPARK_POINTS)
     last = train[-1] if train else None
-    return {"name": run.root.name, "status": status, "step": last["step"] if last else 0, "total": total,
+    saved = [c["step"] for c in checkpoints(run)]  # a stop checkpoints a step that was not logged
+    step = max([last["step"] if last else 0, *saved])
+    return {"name": run.root.name, "status": status, "step": step, "total": total,
             "eta_s": _eta(train, total) if status == "training" else None,
             "loss": last["loss"] if last else None, "spark": [r["loss"] for r in train[::stride]][-SPARK_POINTS:],
             "busy": jobs.busy(run), "updated": run.metrics.stat().st_mtime if run.metrics.is_file() else None}
@@ -118,4 +120,4 @@ def cli_commands(run: RunDir) -> list[str]:
     config = Path("runs") / run.root.name / "config.yaml"
     where = Path("runs") / run.root.name
     return [f"llmkit prepare -c {config}", f"llmkit train -c {config}",
-            f"llmkit eval {where}", f"llmkit export {where} --format gguf --out {where}/studio/exports/model.gguf"]
+            f"llmkit eval {where}", f"llmkit report {where}", f"llmkit export {where} --format gguf --out {where}/studio/exports/model.gguf"]

@@ -127,3 +127,43 @@ def test_jobs_outlive_the_studio_and_one_that_dies_is_shown_failed_then_resumes(
         assert second.wait("q", lambda d: d["status"] in ("done", "failed"))["status"] == "done"
     finally:
         stop_studio(second)
+
+
+def test_chat_with_checkpoints_of_a_lora_run_and_of_an_encrypted_run(tmp_path: Path) -> None:
+    import base64
+
+    import yaml
+    from safetensors import safe_open
+
+    from llmkit.privacy import crypto
+    from tests.families import make_family
+
+    make_family("qwen2.5", tmp_path / "base")  # a pretrained open model (a small random one)
+    rows = [{"prompt": f"What is {i} plus one?", "completion": f"{i} plus one is {i + 1}."} for i in range(40)]
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lora = {"name": "adapted", "runs_root": "runs", "model": {"from_pretrained": "base", "lora": {"enabled": True, "r": 4}},
+            "tokenizer": {"kind": "pretrained"}, "data": {"sft_path": "sft.jsonl", "val_fraction": 0.1},
+            "train": {"task": "sft", "sequence_length_tokens": 64, "global_batch_size": 4, "micro_batch_size": 4,
+                      "max_steps": 6, "eval_every_steps": 6, "eval_batches": 1, "checkpoint_every_steps": 3,
+                      "warmup_steps": 1, "device": "cpu", "precision": "fp32"}}
+    key = base64.b64encode(bytes(range(32))).decode()
+    s = start_studio(tmp_path, env={"RUN_KEY": key})
+    try:
+        assert s.post("/api/runs", {"yaml": yaml.safe_dump(lora)}).status_code == 200
+        sealed = tiny_yaml("sealed", privacy={"encryption_key_env": "RUN_KEY"},
+                           train={"max_steps": 10, "checkpoint_every_steps": 5, "eval_every_steps": 10})
+        assert s.post("/api/runs", {"yaml": sealed}).status_code == 200
+        for name in ("adapted", "sealed"):
+            assert s.wait(name, lambda d: d["status"] in ("done", "failed"))["status"] == "done", s.run(name)["log"]
+        adapted = s.post("/api/chat/open", {"run": "adapted", "step": 3}).json()["id"]
+        assert isinstance(chat(s, adapted, "What is 3 plus one?"), str)
+        merged = tmp_path / "runs" / "adapted" / "studio" / "models" / "step-000003"
+        with safe_open(str(merged / "model.safetensors"), "pt") as f:
+            assert not [k for k in f.keys() if "lora" in k]  # the adapters merged into the base, as final/ is
+        encrypted = s.post("/api/chat/open", {"run": "sealed", "step": 5}).json()["id"]
+        assert isinstance(chat(s, encrypted, "The for statement"), str)
+        written = tmp_path / "runs" / "sealed" / "studio" / "models" / "step-000005"
+        for name in ("model.safetensors", "tokenizer.json"):
+            assert (written / name).read_bytes().startswith(crypto.MAGIC), name  # sealed on disk, opened in memory
+    finally:
+        stop_studio(s)
