@@ -7,7 +7,8 @@ Routes (all under the checks of ``studio.guard``):
 - ``GET /api/runs``, ``/api/runs/{name}``, ``/api/runs/{name}/events`` (server-sent events as
   metrics.jsonl grows); ``POST /api/runs`` (write the config, prepare and train),
   ``/api/runs/{name}/{stop,resume,eval,export,link}``;
-- ``POST /api/chat/open``, ``/api/chat/{id}/v1/chat/completions`` (passed to the model's own server);
+- ``POST /api/chat/open``, ``/api/chat/{id}/v1/chat/completions`` (passed to the model's own server),
+  ``GET /api/chat/{id}/metrics`` (that server's);
 - ``GET /files/{token}``: a report or an export through a short-lived signed link.
 """
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import tempfile
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -125,14 +128,18 @@ def _config_routes(app: FastAPI, ws: Workspace, secrets: Secrets) -> None:
             raise Refused(f"{UPLOADS}/{name} already exists", "an upload never replaces a file", "rename the file",
                           status=409)
         target.parent.mkdir(exist_ok=True)
-        partial = target.with_name(f".{name}.partial")
+        fd, partial = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=target.parent)
         try:
-            with partial.open("wb") as fh:
+            with os.fdopen(fd, "wb") as fh:
                 async for chunk in request.stream():
                     fh.write(chunk)
-            partial.rename(target)
+            try:
+                os.link(partial, target)  # never replaces: a file that appeared meanwhile stays
+            except FileExistsError:
+                raise Refused(f"{UPLOADS}/{name} already exists", "an upload never replaces a file",
+                              "rename the file", status=409) from None
         finally:
-            partial.unlink(missing_ok=True)
+            os.unlink(partial)
         return {"path": f"{UPLOADS}/{name}", "bytes": target.stat().st_size}
 
 
@@ -154,7 +161,10 @@ def _run_routes(app: FastAPI, ws: Workspace, secrets: Secrets) -> None:
         if run.root.exists():
             raise Refused(f"a run named {cfg.name!r} exists", "a new run never replaces one",
                           "choose another name (the config's `name`)", status=409)
-        run.root.mkdir(parents=True)
+        try:
+            run.root.mkdir(parents=True)
+        except FileExistsError:  # another request made it first
+            raise Refused(f"a run named {cfg.name!r} exists", "", "choose another name", status=409) from None
         run.config.write_text(text, encoding="utf-8")
         jobs.start(run, "train", _train_commands(run, prepare=True), ws.root)
         return {"name": cfg.name, "cli": views.cli_commands(run)[:2]}
@@ -272,6 +282,16 @@ def _chat_routes(app: FastAPI, ws: Workspace, chats: ChatServers) -> None:
             raise Refused("'step' must be a checkpoint's step, or null for the final model")
         server = await run_in_threadpool(chats.open, run, step)
         return {"id": server.id}
+
+    @app.get("/api/chat/{chat_id}/metrics")
+    async def chat_metrics(chat_id: str) -> Response:
+        """The model server's own /metrics (requests running, tokens, latencies)."""
+        import httpx
+
+        server = chats.get(chat_id)
+        async with httpx.AsyncClient(timeout=30) as client:
+            upstream = await client.get(server.url + "/metrics", headers={"Authorization": f"Bearer {server.key}"})
+        return Response(upstream.content, upstream.status_code, media_type="text/plain; version=0.0.4")
 
     @app.post("/api/chat/{chat_id}/v1/chat/completions")
     async def completions(chat_id: str, request: Request) -> StreamingResponse:

@@ -73,22 +73,31 @@ class ChatServers:
     def __init__(self, workspace: Path) -> None:
         self.workspace = workspace
         self.servers: dict[str, ChatServer] = {}
+        self.opening: dict[str, threading.Lock] = {}
         self.lock = threading.Lock()
 
     def open(self, run: RunDir, step: int | None) -> ChatServer:
         """The server of this run's model (``step`` None: final), started when not yet running."""
         chat_id = f"{run.root.name}@{'final' if step is None else step}"
         with self.lock:
-            found = self.servers.get(chat_id)
+            opening = self.opening.setdefault(chat_id, threading.Lock())
+        with opening:  # one server a model, however many pages ask at once
+            with self.lock:
+                found = self.servers.get(chat_id)
             if found is not None and found.process.poll() is None:
                 return found
+            return self._start(run, step, chat_id)
+
+    def _start(self, run: RunDir, step: int | None, chat_id: str) -> ChatServer:
         path = model_dir(run, step)
         key, port = secrets.token_urlsafe(24), _free_port()
         env = {**os.environ, KEY_ENV: key}
         argv = [sys.executable, "-m", "llmkit", "serve", str(path), "--config", str(run.config), "--host", "127.0.0.1",
                 "--port", str(port), "--api-key-env", KEY_ENV, "--no-ui", "--served-model-name", chat_id]
-        log = (run.root / "studio" / "chat.log").open("ab")
-        process = subprocess.Popen(argv, cwd=self.workspace, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        (run.root / "studio").mkdir(exist_ok=True)
+        with (run.root / "studio" / "chat.log").open("ab") as log:
+            process = subprocess.Popen(argv, cwd=self.workspace, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=log)
         server = ChatServer(chat_id, run.root.name, step, port, key, process, time.time())
         self._wait_ready(server, run)
         with self.lock:

@@ -7,8 +7,8 @@
 - state-changing requests are POST and carry the page's CSRF token in ``X-Studio-CSRF`` (another
   site cannot read the page, so cannot send it), and an ``Origin`` that is this server's;
 - a size limit on every body (uploads have their own, larger one);
-- one-time file links (``/files/<token>``: a report or an export, for a plain link or a download)
-  need no key: the token, signed by this studio and short-lived, is the credential.
+- file links (``/files/<token>``: a report or an export, for a plain link or a download) need no
+  key: the token, signed by this studio and valid for five minutes, is the credential.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -39,7 +39,6 @@ class Secrets:
     host: str
     port: int
     upload_limit: int
-    used_links: set[str] = field(default_factory=set)
 
     def sign(self, payload: dict[str, Any]) -> str:
         body = base64.urlsafe_b64encode(json.dumps({**payload, "exp": time.time() + LINK_TTL_S}).encode()).decode()

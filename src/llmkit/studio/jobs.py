@@ -10,12 +10,15 @@ last lines.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,30 +115,45 @@ def busy(run: RunDir) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _locked(run: RunDir) -> Iterator[None]:
+    """One studio request at a time starts a job on a run (two studios on one workspace too)."""
+    jobs_dir(run).mkdir(parents=True, exist_ok=True)
+    with (jobs_dir(run) / ".lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
 def start(run: RunDir, kind: str, commands: list[tuple[str, list[str]]], workspace: Path,
           env: dict[str, str] | None = None) -> dict[str, Any]:
     """Start a job running ``commands`` (phase, llmkit's arguments) one after the other in ``workspace``."""
-    running = busy(run)
-    if running is not None:
-        raise Refused(f"{run.root.name} is busy {PHASES.get(running, running)}",
-                      "one job at a time runs on a run", "wait for it to end, or stop it", status=409)
-    record = {"kind": kind, "status": "starting", "created": time.time(),
-              "commands": [{"phase": phase, "argv": ["llmkit", *args]} for phase, args in commands]}
-    write_record(record_path(run, kind), record)
-    log = log_path(run, kind)
-    with log.open("ab") as fh:
-        fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}: {kind} started from the studio\n".encode())
-    subprocess.Popen([sys.executable, "-m", "llmkit.studio.job", str(run.root.resolve()), kind],
-                     cwd=workspace, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     start_new_session=True, env=env)
+    with _locked(run):
+        running = busy(run)
+        if running is not None:
+            raise Refused(f"{run.root.name} is busy {PHASES.get(running, running)}",
+                          "one job at a time runs on a run", "wait for it to end, or stop it", status=409)
+        record = {"kind": kind, "status": "starting", "created": time.time(),
+                  "commands": [{"phase": phase, "argv": ["llmkit", *args]} for phase, args in commands]}
+        write_record(record_path(run, kind), record)
+        with log_path(run, kind).open("ab") as fh:
+            fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}: {kind} started from the studio\n".encode())
+        subprocess.Popen([sys.executable, "-m", "llmkit.studio.job", str(run.root.resolve()), kind],
+                         cwd=workspace, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True, env=env)
     return record
 
 
 def stop(run: RunDir, kind: str) -> dict[str, Any]:
     """Ask a running job to stop: SIGTERM to its job process, which passes it to the command
-    running (``llmkit train`` finishes its step, writes a checkpoint and exits, as on the CLI)."""
+    running (``llmkit train`` finishes its step, writes a checkpoint and exits, as on the CLI); to
+    the command itself when its job process has died."""
     record = state(run, kind)
-    if record is None or record.get("status") not in LIVE or "pid" not in record:
+    if record is None or record.get("status") not in LIVE:
         raise Refused(f"no {kind} job is running on {run.root.name}", "", "", status=409)
-    os.kill(int(record["pid"]), signal.SIGTERM)
-    return record
+    for who in ("", "child_"):
+        if alive(record, who):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(record[f"{who}pid"]), signal.SIGTERM)
+            return record
+    raise Refused(f"the {kind} job on {run.root.name} is starting", "it has no process to signal yet",
+                  "try again in a moment", status=409)

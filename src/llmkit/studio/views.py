@@ -24,9 +24,28 @@ def _train_records(run: RunDir) -> list[dict[str, Any]]:
     return out
 
 
+_READ: dict[Path, tuple[tuple[int, int], list[dict[str, Any]]]] = {}
+"""metrics.jsonl's records by file, with the (size, mtime) they were read at: each page watching a
+run asks twice a second, and a long run's file is read again only when it has grown."""
+
+
 def _records(run: RunDir) -> list[dict[str, Any]]:
-    if not run.metrics.is_file():
+    try:
+        stat = run.metrics.stat()
+    except OSError:
         return []
+    seen = (stat.st_size, stat.st_mtime_ns)
+    cached = _READ.get(run.metrics)
+    if cached is not None and cached[0] == seen:
+        return cached[1]
+    out = _parse(run)
+    if len(_READ) > 64:
+        _READ.clear()
+    _READ[run.metrics] = (seen, out)
+    return out
+
+
+def _parse(run: RunDir) -> list[dict[str, Any]]:
     out = []
     for line in run.metrics.read_text(encoding="utf-8", errors="replace").splitlines():
         try:

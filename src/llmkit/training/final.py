@@ -80,11 +80,11 @@ def materialise_checkpoint(run: RunDir, step: int, out: Path, log: Any) -> Path:
         raise UsageError(f"{run.root.name} has no committed checkpoint at step {step}",
                          f"committed: {', '.join(str(s) for s, _ in ckpt.committed(run.checkpoints)) or 'none'}",
                          "pick one of those steps")
-    found = ckpt.read_checkpoint(path)
-    if found.sharded:
+    if (path / "dcp").is_dir():
         raise UsageError(f"checkpoint step {step} is sharded (written by several processes)",
                          "its tensors are split per rank; only `llmkit train` reassembles them",
                          "chat with the run's final model, or resume the run to its end")
+    found = ckpt.read_checkpoint(path)
     data = for_task(cfg.train.task).batches(cfg, run.root, 1)
     model = build_for_training(cfg, data, torch.device("cpu"), log)
     load_trainable(model, found.tensors or {})

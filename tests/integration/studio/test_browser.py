@@ -61,7 +61,7 @@ def text(page: Any, selector: str) -> str:
 def test_a_tiny_run_planned_started_watched_stopped_resumed_chatted_with_and_exported(browser: Any, tmp_path: Path) -> None:
     workspace = tmp_path / "ws"
     workspace.mkdir()
-    studio = start_studio(workspace, env={"LLMKIT_FAULT": "step:sleep=0.25"})
+    studio = start_studio(workspace, env={"LLMKIT_FAULT": "step:sleep=0.1"})
     page = browser.new_page(viewport={"width": 1280, "height": 800}, accept_downloads=True)
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
@@ -155,3 +155,25 @@ def test_a_tiny_run_planned_started_watched_stopped_resumed_chatted_with_and_exp
                          capture_output=True, text=True, timeout=600)
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert json.loads(cli.stdout)["metrics"]["val_loss"] > 0
+
+    # the same config trained in one go from the CLI logs the same values at every step
+    other = tmp_path / "cli" / "runs" / "web"
+    other.mkdir(parents=True)
+    shutil.copy(workspace / "runs" / "web" / "config.yaml", other / "config.yaml")
+    for stage in ("prepare", "train"):
+        subprocess.run([sys.executable, "-m", "llmkit", stage, "-c", "runs/web/config.yaml"], cwd=tmp_path / "cli",
+                       check=True, capture_output=True, timeout=900)
+    assert logged(workspace / "runs" / "web") == logged(other)
+
+
+def logged(run: Path) -> dict[tuple[str, int], tuple[float, ...]]:
+    """Each step's training loss and learning rate and each validation loss (timings and the
+    resume record aside)."""
+    out = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r.get("kind") == "train":
+            out[("train", r["step"])] = (r["loss"], r["lr"], r["grad_norm"])
+        elif r.get("kind") == "eval":
+            out[("eval", r["step"])] = (r["val_loss"],)
+    return out

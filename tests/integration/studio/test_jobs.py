@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,11 @@ def cli_run(workspace: Path, name: str) -> Path:
         subprocess.run([sys.executable, "-m", "llmkit", stage, "-c", f"runs/{name}/config.yaml"], cwd=workspace,
                        check=True, capture_output=True, timeout=600)
     return run
+
+
+def gauge(studio: Studio, chat_id: str, name: str) -> float:
+    text = studio.get(f"/api/chat/{chat_id}/metrics").text
+    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
 
 
 def chat(studio: Studio, chat_id: str, prompt: str) -> str:
@@ -147,7 +154,7 @@ def test_chat_with_checkpoints_of_a_lora_run_and_of_an_encrypted_run(tmp_path: P
                       "max_steps": 6, "eval_every_steps": 6, "eval_batches": 1, "checkpoint_every_steps": 3,
                       "warmup_steps": 1, "device": "cpu", "precision": "fp32"}}
     key = base64.b64encode(bytes(range(32))).decode()
-    s = start_studio(tmp_path, env={"RUN_KEY": key})
+    s = start_studio(tmp_path, env={"RUN_KEY": key, "LLMKIT_FAULT": "engine:sleep=0.05"})  # 20 tokens/s at most
     try:
         assert s.post("/api/runs", {"yaml": yaml.safe_dump(lora)}).status_code == 200
         sealed = tiny_yaml("sealed", privacy={"encryption_key_env": "RUN_KEY"},
@@ -165,5 +172,18 @@ def test_chat_with_checkpoints_of_a_lora_run_and_of_an_encrypted_run(tmp_path: P
         written = tmp_path / "runs" / "sealed" / "studio" / "models" / "step-000005"
         for name in ("model.safetensors", "tokenizer.json"):
             assert (written / name).read_bytes().startswith(crypto.MAGIC), name  # sealed on disk, opened in memory
+
+        # Stop in the page closes its stream: the model's server stops generating
+        request = {"messages": [{"role": "user", "content": "A class is"}], "max_tokens": 400, "stream": True,
+                   "temperature": 1.0}
+        with httpx.stream("POST", f"{s.url}/api/chat/{encrypted}/v1/chat/completions", json=request,
+                          headers=s.headers(), timeout=60) as stream:
+            lines = stream.iter_lines()
+            assert [next(lines) for _ in range(3)]
+        deadline = time.monotonic() + 10  # the whole answer would take 20 s
+        while time.monotonic() < deadline and gauge(s, encrypted, "llmkit_active_requests"):
+            time.sleep(0.1)
+        assert gauge(s, encrypted, "llmkit_active_requests") == 0 and gauge(s, encrypted, "llmkit_engine_requests") == 0
+        assert gauge(s, encrypted, "llmkit_generation_tokens_total") < 400
     finally:
         stop_studio(s)

@@ -137,6 +137,9 @@ def test_runs_made_from_the_cli_are_listed_and_file_links_are_signed_and_sandbox
                                                            "lr": 1e-3, "elapsed_s": s}) + "\n" for s in range(1, 11))
                                      + '{"kind": "train", "step": 11, "lo')  # a line being written
     (run / "report.html").write_text("<html><script>fetch('/api/runs')</script>report</html>")
+    sharded = run / "checkpoints" / "step-000005"
+    (sharded / "dcp").mkdir(parents=True)
+    (sharded / "COMMITTED").write_text("")
     listed = [r for r in studio.get("/api/runs").json() if r["name"] == "cli-run"]
     assert [(r["name"], r["status"], r["step"], r["total"], r["loss"]) for r in listed] == [("cli-run", "done", 10, 40, 4.0)]
     assert listed[0]["spark"][0] == 4.9
@@ -149,6 +152,11 @@ def test_runs_made_from_the_cli_are_listed_and_file_links_are_signed_and_sandbox
     assert studio.post("/api/runs/cli-run/export", {"format": "gguf", "quant": "q1"}).status_code == 400
     assert studio.post("/api/runs/cli-run/export", {"format": "gguf", "push_to_hub": "../x"}).status_code == 400
     assert studio.post("/api/runs/cli-run/stop").status_code == 409
+    listed = studio.run("cli-run")["checkpoints"]
+    assert listed[0]["step"] == 5 and listed[0]["sharded"] and "several processes" in listed[0]["chat"]
+    refused = studio.post("/api/chat/open", {"run": "cli-run", "step": 5})
+    assert refused.status_code == 400 and "sharded" in refused.json()["error"]["message"]
+    assert studio.post("/api/chat/open", {"run": "cli-run", "step": 7}).status_code == 400  # no such checkpoint
 
 
 def test_a_job_that_died_shows_failed_with_its_last_log_lines(studio: Studio) -> None:
