@@ -241,3 +241,27 @@ def test_a_hub_dataset_is_streamed_into_the_token_shards(cli, hub, tmp_path: Pat
     meta = json.loads(out.stdout)["outputs"]["pretrain"]
     assert meta["train_documents"] + meta["val_documents"] == 300
     assert "org/notes/data/train.jsonl" in hub.downloads
+
+
+def test_the_studio_pushes_an_export_to_the_hub_when_a_token_is_set(hub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from .studio.conftest import start_studio, stop_studio, tiny_yaml
+
+    studio = start_studio(tmp_path, env=_env(hub, tmp_path / "hf", HF_TOKEN="hf_write"))
+    try:
+        assert studio.post("/api/runs", {"yaml": tiny_yaml("s", train={"max_steps": 4, "eval_every_steps": 4})}).status_code == 200
+        done = studio.wait("s", lambda d: d["status"] in ("done", "failed"))
+        assert done["status"] == "done" and done["hub_push"]
+        assert studio.post("/api/runs/s/export", {"format": "hf", "push_to_hub": "me/from-studio"}).status_code == 200
+        exported = studio.wait("s", lambda d: d["jobs"]["export"] and d["jobs"]["export"]["status"] in ("done", "failed"))
+        assert exported["jobs"]["export"]["status"] == "done", exported["jobs"]["export"].get("log_tail")
+        repo = hub.repos["me/from-studio"]
+        assert {"config.json", "model.safetensors", "README.md"} <= set(repo.commits[repo.refs["main"]])
+    finally:
+        stop_studio(studio)
+    quiet = start_studio(tmp_path, env=_env(hub, tmp_path / "hf"))  # no token: the page offers no push
+    try:
+        assert quiet.run("s")["hub_push"] is False
+        refused = quiet.post("/api/runs/s/export", {"format": "hf", "push_to_hub": "me/other"})
+        assert refused.status_code == 400 and "HF_TOKEN" in refused.json()["error"]["message"]
+    finally:
+        stop_studio(quiet)

@@ -248,6 +248,11 @@ def _export_args(run: RunDir, data: dict[str, Any]) -> list[str]:
     if repo:
         if not isinstance(repo, str) or not compose_.HUB_REPO.fullmatch(repo):
             raise Refused(f"{repo!r} is not a Hub repository (org/name)")
+        if views.hub_token(run) is None:
+            cfg = run.load_config()
+            raise Refused(f"no Hub token: ${cfg.hub_token_env or 'HF_TOKEN'} is empty where the studio runs",
+                          "pushing needs a token with write access (the run's hub_token_env)",
+                          f"start the studio with {cfg.hub_token_env or 'HF_TOKEN'} set, or export without pushing")
         args += ["--push-to-hub", repo]
     return args
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,17 @@ def detail(run: RunDir) -> dict[str, Any]:
                jobs={kind: jobs.state(run, kind) for kind in jobs.KINDS},
                log=log_tail(jobs.log_path(run, "train")), cli=cli_commands(run))
     out["eval"] = json.loads(run.eval_results.read_text()) if run.eval_results.is_file() else None
+    out["hub_push"] = hub_token(run) is not None
     return out
+
+
+def hub_token(run: RunDir) -> str | None:
+    """The run's Hub token variable when it holds a token (an export may then be pushed)."""
+    try:
+        name = run.load_config().hub_token_env
+    except Exception:  # an unreadable config pushes nothing
+        return None
+    return name if name and os.environ.get(name) else None
 
 
 def cli_commands(run: RunDir) -> list[str]:
