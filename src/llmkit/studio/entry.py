@@ -29,8 +29,8 @@ def run_studio(workspace: str | Path = ".", host: str = "127.0.0.1", port: int =
                api_key_env: str | None = None, max_upload_mb: int = DEFAULT_UPLOAD_MB,
                echo: Callable[[str], None] = print) -> None:
     """Serve the studio over ``workspace`` (its ``runs/`` holds the runs)."""
-    require("fastapi", "serve", "llmkit studio")
-    uvicorn = require("uvicorn", "serve", "llmkit studio")
+    require("fastapi", "studio", "llmkit studio")
+    uvicorn = require("uvicorn", "studio", "llmkit studio")
     require("httpx", "studio", "llmkit studio's chat")
     from llmkit.studio.app import create_app
     from llmkit.studio.chat import ChatServers
