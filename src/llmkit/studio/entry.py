@@ -10,7 +10,6 @@ from pathlib import Path
 
 from llmkit.errors import UsageError
 from llmkit.optional import require
-from llmkit.studio.guard import LOOPBACK, Secrets
 
 DEFAULT_PORT = 7860
 DEFAULT_UPLOAD_MB = 512
@@ -34,6 +33,7 @@ def run_studio(workspace: str | Path = ".", host: str = "127.0.0.1", port: int =
     require("httpx", "studio", "llmkit studio's chat")
     from llmkit.studio.app import create_app
     from llmkit.studio.chat import ChatServers
+    from llmkit.studio.guard import LOOPBACK, Secrets
     from llmkit.studio.workspace import Workspace
 
     ws = Workspace.at(workspace)

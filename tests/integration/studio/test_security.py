@@ -182,3 +182,13 @@ def test_the_plan_is_llmkits_own_for_the_config(studio: Studio) -> None:
     plan = studio.post("/api/plan", {"yaml": composed["yaml"]}).json()
     assert plan["recommendations"][0]["fits"] and plan["parameters"] > 0
     assert any(r["device"] == "this-cpu" for r in plan["candidates"])
+
+
+def test_without_its_packages_the_studio_says_which_extra_to_install(tmp_path: Path) -> None:
+    for name in ("fastapi", "starlette", "uvicorn"):  # as if the studio extra were not installed
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"raise ImportError('no {name} here')\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "llmkit", "studio", "--port", "0", "--workspace", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 3 and "pip install 'llmkit[studio]'" in out.stderr and "Traceback" not in out.stderr
