@@ -15,7 +15,7 @@ import logging
 import posixpath
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -123,19 +123,25 @@ class Guard:
         return None
 
     def _limited(self, receive: Any) -> Any:
-        seen = 0
         limit = self.state.config.max_body_bytes
+        return limited(receive, limit, lambda: ApiError(413, f"request body over {limit} bytes", code="body_too_large"))
 
-        async def wrapped() -> dict[str, Any]:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise ApiError(413, f"request body over {limit} bytes", code="body_too_large")
-            return message
 
-        return wrapped
+def limited(receive: Any, limit: int, too_large: Callable[[], Exception]) -> Any:
+    """An ASGI ``receive`` that raises ``too_large()`` once the body's bytes pass ``limit`` (a body
+    sent without Content-Length, or one that lied about it)."""
+    seen = 0
+
+    async def wrapped() -> dict[str, Any]:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise too_large()
+        return message
+
+    return wrapped
 
 
 async def _read_json(request: Request) -> dict[str, Any]:

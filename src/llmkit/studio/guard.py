@@ -23,7 +23,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from llmkit.serving.app import canonical_path
+from llmkit.serving.app import canonical_path, limited
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 BODY_LIMIT = 1 << 20
@@ -75,7 +75,7 @@ class StudioGuard:
         if length is not None and (not length.isdigit() or int(length) > limit):
             return await error(413, f"the request body is over {limit:,} bytes", "",
                                "send a smaller file" if path == UPLOAD_PATH else "")(scope, receive, send)
-        await self.app(scope, _limited(receive, limit), send)
+        await self.app(scope, limited(receive, limit, lambda: BodyTooLarge(limit)), send)
 
     def _check(self, method: str, path: str, headers: dict[str, str]) -> JSONResponse | None:
         host = headers.get("host", "").rsplit(":", 1)[0] if not headers.get("host", "").endswith("]") \
@@ -100,21 +100,6 @@ class StudioGuard:
             if origin is not None and origin.split("://", 1)[-1] != headers.get("host", ""):
                 return error(403, f"requests from {origin} are refused", "", "use the studio's own page")
         return None
-
-
-def _limited(receive: Any, limit: int) -> Any:
-    seen = 0
-
-    async def wrapped() -> dict[str, Any]:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise BodyTooLarge(limit)
-        return message
-
-    return wrapped
 
 
 class BodyTooLarge(Exception):
